@@ -1,0 +1,121 @@
+"""The one place that resolves paths, URLs and environment variables.
+
+Everything the studio writes lives under ``home`` (``STUDIO_HOME``, default ``./studio-data``).
+Stored paths are relative to it, so several hosts may mount it at different places.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class UnsafePath(ValueError):
+    """A name or path that would leave the data directory or holds unsafe characters."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    queue_url: str
+    upload_limit_bytes: int
+    auth: tuple[str, str] | None
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.datasets_dir, self.jobs_dir, self.models_dir, self.exports_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def resolve(self, relative: str | os.PathLike) -> Path:
+        """Absolute path of a stored (home-relative) path; refuses anything that leaves ``home``."""
+        p = Path(relative)
+        if p.is_absolute():
+            raise UnsafePath(f"'{relative}' is an absolute path; only paths inside the data directory are allowed")
+        full = (self.home / p).resolve()
+        if not full.is_relative_to(self.home.resolve()):
+            raise UnsafePath(f"'{relative}' points outside the data directory")
+        return full
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """Home-relative form of an absolute path inside ``home`` (what the database stores)."""
+        full = Path(path).resolve()
+        home = self.home.resolve()
+        if not full.is_relative_to(home):
+            raise UnsafePath(f"'{path}' is outside the data directory")
+        return full.relative_to(home).as_posix()
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Names of datasets, jobs and adapters: letters, digits, '.', '_' and '-', at most 64 characters."""
+    name = (name or "").strip()
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise UnsafePath(
+            f"the {what} '{name}' is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _parse_auth(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("STUDIO_AUTH / --auth must look like user:password")
+    return user, password
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    home = Path(env.get("STUDIO_HOME", "studio-data")).expanduser().resolve()
+    database_url = env.get("STUDIO_DATABASE_URL") or f"sqlite:///{home / 'studio.db'}"
+    queue_url = env.get("STUDIO_QUEUE_URL") or f"sqlite:///{home / 'queue.db'}"
+    limit = int(env.get("STUDIO_UPLOAD_LIMIT_MB", "1024")) * 1024 * 1024
+    return Settings(
+        home=home,
+        database_url=database_url,
+        queue_url=queue_url,
+        upload_limit_bytes=limit,
+        auth=_parse_auth(env.get("STUDIO_AUTH")),
+    )
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+        _settings.ensure_dirs()
+    return _settings
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change STUDIO_HOME between cases)."""
+    global _settings
+    _settings = None
