@@ -24,6 +24,7 @@ class Settings:
     queue_url: str
     upload_limit_bytes: int
     auth: tuple[str, str] | None
+    models_dir: Path
 
     @property
     def datasets_dir(self) -> Path:
@@ -32,10 +33,6 @@ class Settings:
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
 
     @property
     def exports_dir(self) -> Path:
@@ -100,6 +97,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         queue_url=queue_url,
         upload_limit_bytes=limit,
         auth=_parse_auth(env.get("STUDIO_AUTH")),
+        # converted base models may live outside the data directory, shared by several homes
+        models_dir=Path(env.get("STUDIO_MODELS_DIR") or home / "models").expanduser().resolve(),
     )
 
 

@@ -1,0 +1,45 @@
+"""The gradio app: one module per tab; this module only assembles them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+
+
+def build_ui() -> gr.Blocks:
+    from .. import db
+    from . import chat_tab, datasets_tab, runs_tab, train_tab
+
+    db.get_engine()  # create tables before the first request
+    with gr.Blocks(title="Fine-Tune Studio") as demo:
+        gr.HTML('<div class="studio-header"><img src="/gradio_api/file=static/logo.svg" alt="" class="studio-logo">'
+                '<h1>Fine-Tune Studio</h1><span>LoRA and QLoRA fine-tuning, no code</span></div>')
+        with gr.Tabs(elem_id="tabs"):
+            data = datasets_tab.build()
+            train = train_tab.build()
+            runs = runs_tab.build()
+            chat = chat_tab.build()
+        datasets_tab.wire(data, [train["components"]["dataset"]])
+
+        def after_start():
+            jobs = db.list_jobs()
+            latest = jobs[0].id if jobs else None
+            return gr.update(choices=runs_tab.run_choices(), value=latest), runs_tab.runs_table()
+
+        train["start"].click(after_start, None, [runs["run"], runs["table"]])
+
+        def on_load():
+            return (gr.update(choices=datasets_tab.dataset_names()), gr.update(choices=runs_tab.run_choices()),
+                    gr.update(choices=chat_tab.adapter_choices()), runs_tab.runs_table(),
+                    train["estimate_fn"](*[c.value for c in train["inputs"]]))
+
+        demo.load(on_load, None, [train["components"]["dataset"], runs["run"], chat["run"], runs["table"],
+                                  train["estimate"]])
+    return demo
+
+
+def launch_kwargs() -> dict:
+    return {"css_paths": [STATIC / "studio.css"], "favicon_path": STATIC / "favicon.svg",
+            "theme": gr.themes.Soft(primary_hue="indigo")}

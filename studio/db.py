@@ -1,0 +1,265 @@
+"""SQLModel tables and the few queries the studio needs.
+
+The worker reports to the UI only through these tables. SQLite by default (one file under the data
+directory, WAL mode so the UI reads while the worker writes); PostgreSQL through STUDIO_DATABASE_URL.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+ACTIVE = ("queued", "running")
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
+STATUSES = ACTIVE + FINISHED
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class DatasetRecord(SQLModel, table=True):
+    __tablename__ = "datasets"
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    filename: str                      # the name the user uploaded
+    path: str                          # relative to the data directory
+    sha256: str = Field(index=True)
+    format: str
+    kind: str                          # chat | text | preference
+    rows: int
+    stats_json: str = "{}"
+    mapping_json: str = "{}"
+    created_at: float = Field(default_factory=now)
+
+    @property
+    def stats(self) -> dict:
+        return json.loads(self.stats_json or "{}")
+
+    @property
+    def mapping(self) -> dict:
+        return json.loads(self.mapping_json or "{}")
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True)
+    spec_json: str                     # the full JobSpec
+    status: str = Field(default="queued", index=True)
+    created_at: float = Field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    error: str | None = None           # one human sentence; the traceback goes to the job's log file
+    output_dir: str = ""               # relative to the data directory
+    adapter_path: str | None = None    # relative to the data directory
+    total_steps: int | None = None
+    current_step: int = 0
+    epoch: float | None = None
+    cancel_requested: bool = False
+    task_id: str | None = None
+    worker_host: str | None = None
+    worker_pid: int | None = None
+    device: str | None = None
+    summary_json: str = "{}"
+
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.spec_json)
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(self.summary_json or "{}")
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "job_events"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True, foreign_key="jobs.id")
+    status: str
+    message: str = ""
+    time: float = Field(default_factory=now)
+
+
+class MetricPoint(SQLModel, table=True):
+    __tablename__ = "metric_points"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True, foreign_key="jobs.id")
+    step: int = Field(index=True)
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    num_tokens: float | None = None
+    memory_gb: float | None = None
+    time: float = Field(default_factory=now)
+
+    def as_row(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in METRIC_KEYS}
+
+
+METRIC_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
+               "num_tokens", "memory_gb", "time")
+
+_engines: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    if url is None:
+        from .settings import get_settings
+
+        url = get_settings().database_url
+    engine = _engines.get(url)
+    if engine is None:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        SQLModel.metadata.create_all(engine)
+        _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    with Session(get_engine(), expire_on_commit=False) as s:
+        yield s
+
+
+# ---- datasets -------------------------------------------------------------------------------
+
+def list_datasets() -> list[DatasetRecord]:
+    with session() as s:
+        return list(s.exec(select(DatasetRecord).order_by(DatasetRecord.created_at.desc())))
+
+
+def get_dataset(name_or_id: str) -> DatasetRecord | None:
+    with session() as s:
+        rec = s.get(DatasetRecord, name_or_id)
+        if rec is None:
+            rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name_or_id)).first()
+        return rec
+
+
+def find_dataset_by_hash(sha256: str) -> DatasetRecord | None:
+    with session() as s:
+        return s.exec(select(DatasetRecord).where(DatasetRecord.sha256 == sha256)).first()
+
+
+# ---- jobs -----------------------------------------------------------------------------------
+
+def get_job(job_id: str) -> Job | None:
+    with session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            job = s.exec(select(Job).where(Job.name == job_id)).first()
+        return job
+
+
+def list_jobs(statuses: tuple[str, ...] | None = None) -> list[Job]:
+    with session() as s:
+        q = select(Job).order_by(Job.created_at.desc())
+        if statuses:
+            q = q.where(Job.status.in_(statuses))  # type: ignore[attr-defined]
+        return list(s.exec(q))
+
+
+def update_job(job_id: str, **values: Any) -> Job:
+    with session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise KeyError(job_id)
+        for k, v in values.items():
+            setattr(job, k, v)
+        s.add(job)
+        s.commit()
+        s.refresh(job)
+        return job
+
+
+def set_status(job_id: str, status: str, message: str = "", **values: Any) -> Job:
+    """Persist a transition with its timestamp (and the job's new fields) in one transaction."""
+    assert status in STATUSES, status
+    with session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise KeyError(job_id)
+        job.status = status
+        for k, v in values.items():
+            setattr(job, k, v)
+        s.add(job)
+        s.add(JobEvent(job_id=job_id, status=status, message=message))
+        s.commit()
+        s.refresh(job)
+        return job
+
+
+def job_events(job_id: str) -> list[JobEvent]:
+    with session() as s:
+        return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def queue_position(job: Job) -> int | None:
+    """1-based position among queued jobs, oldest first."""
+    if job.status != "queued":
+        return None
+    with session() as s:
+        ahead = s.exec(select(Job.id).where(Job.status == "queued", Job.created_at < job.created_at)).all()
+        return len(ahead) + 1
+
+
+def add_metrics(job_id: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with session() as s:
+        for row in rows:
+            s.add(MetricPoint(job_id=job_id, **{k: v for k, v in row.items() if k in METRIC_KEYS}))
+        s.commit()
+
+
+def metrics_since(job_id: str, after_id: int = 0) -> list[MetricPoint]:
+    """Metric points newer than ``after_id`` (incremental polling)."""
+    with session() as s:
+        q = select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.id > after_id).order_by(MetricPoint.id)
+        return list(s.exec(q))
+
+
+def metric_rows(job_id: str) -> list[dict[str, Any]]:
+    return [m.as_row() for m in metrics_since(job_id)]
+
+
+def delete_metrics_after(job_id: str, step: int) -> None:
+    """On resume, forget points logged after the checkpoint we restart from (no repeated steps)."""
+    with session() as s:
+        for m in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step)):
+            s.delete(m)
+        s.commit()

@@ -1,0 +1,143 @@
+"""Submitting, cancelling, resuming and deleting jobs; detecting lost ones. No torch here: the UI
+process calls these, the worker picks the work up through the queue."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+
+from . import db
+from .settings import check_name, get_settings
+from .spec import JobSpec, SpecError
+
+HEARTBEAT_STALE_SECONDS = float(os.environ.get("STUDIO_HEARTBEAT_STALE", "120"))
+
+
+def validate_spec(spec: JobSpec) -> dict[str, str]:
+    """Everything that can be known before queueing: fields, the dataset, the model's layers."""
+    from .models import ModelError, check_model, linear_layer_names
+
+    kind = None
+    errors: dict[str, str] = {}
+    if spec.dataset:
+        rec = db.get_dataset(spec.dataset)
+        if rec is None:
+            errors["dataset"] = f"there is no dataset named '{spec.dataset}'; upload it first"
+        else:
+            kind = rec.kind
+    if spec.eval_dataset and db.get_dataset(spec.eval_dataset) is None:
+        errors["eval_dataset"] = f"there is no dataset named '{spec.eval_dataset}'"
+    linear = None
+    try:
+        check_model(spec.base_model)
+        linear = linear_layer_names(spec.base_model)
+    except ModelError as exc:
+        errors["base_model"] = str(exc)
+    errors = {**spec.validate(linear_names=linear, dataset_kind=kind), **errors}
+    return errors
+
+
+def submit(spec: JobSpec) -> db.Job:
+    """Validate, save the job, hand it to the queue. Nothing is written when validation fails."""
+    from workers.tasks import train_job
+
+    errors = validate_spec(spec)
+    if errors:
+        raise SpecError(errors)
+    settings = get_settings()
+    job = db.Job(name="", spec_json=spec.to_json())
+    job.name = check_name(spec.name, "run name") if spec.name else f"{spec.dataset[:40]}-{job.id[:6]}"
+    if spec.name and any(j.name == job.name for j in db.list_jobs()):
+        raise SpecError({"name": f"a run named '{job.name}' already exists"})
+    job.output_dir = settings.relative(settings.jobs_dir / job.id)
+    with db.session() as s:
+        s.add(job)
+        s.add(db.JobEvent(job_id=job.id, status="queued", message="submitted"))
+        s.commit()
+    try:
+        result = train_job(job.id)
+    except Exception:
+        delete(job.id)  # never leave a row the queue does not know about
+        raise
+    task_id = getattr(result, "id", None)
+    return db.update_job(job.id, task_id=task_id)
+
+
+def cancel(job_id: str) -> db.Job:
+    """Queued: revoked and cancelled at once. Running: stops at the end of the current step."""
+    from workers.queue import huey
+
+    job = db.get_job(job_id)
+    if job is None:
+        raise KeyError(job_id)
+    if job.status == "queued":
+        if job.task_id:
+            huey.revoke_by_id(job.task_id)
+        return db.set_status(job.id, "cancelled", "cancelled while queued", finished_at=time.time())
+    if job.status == "running":
+        return db.update_job(job.id, cancel_requested=True)
+    return job
+
+
+def resume(job_id: str) -> db.Job:
+    from workers.tasks import train_job
+
+    job = db.get_job(job_id)
+    if job is None:
+        raise KeyError(job_id)
+    if job.status not in ("interrupted", "cancelled", "failed"):
+        raise ValueError(f"only an interrupted, cancelled or failed run can be resumed; this one is {job.status}")
+    job = db.set_status(job.id, "queued", "resume requested", cancel_requested=False, error=None, finished_at=None)
+    result = train_job(job.id, resume=True)
+    return db.update_job(job.id, task_id=getattr(result, "id", None))
+
+
+def delete(job_id: str) -> None:
+    """Remove the job, its metrics and its files. A running job must be cancelled first."""
+    job = db.get_job(job_id)
+    if job is None:
+        return
+    if job.status == "running":
+        raise ValueError("cancel the run before deleting it")
+    settings = get_settings()
+    if job.output_dir:
+        shutil.rmtree(settings.resolve(job.output_dir), ignore_errors=True)
+    with db.session() as s:
+        for model in (db.MetricPoint, db.JobEvent):
+            for row in s.exec(db.select(model).where(model.job_id == job.id)):
+                s.delete(row)
+        s.flush()
+        row = s.get(db.Job, job.id)
+        if row is not None:
+            s.delete(row)
+        s.commit()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
+    """Running jobs whose worker died (same host, pid gone) or whose heartbeat is stale -> interrupted."""
+    stale_seconds = HEARTBEAT_STALE_SECONDS if stale_seconds is None else stale_seconds
+    host = socket.gethostname()
+    now = time.time()
+    lost = []
+    for job in db.list_jobs(("running",)):
+        gone = job.worker_host == host and job.worker_pid and not _pid_alive(job.worker_pid)
+        stale = job.heartbeat_at is not None and now - job.heartbeat_at > stale_seconds
+        if gone or stale:
+            why = "its worker process is gone" if gone else f"no heartbeat for {now - job.heartbeat_at:.0f} s"
+            db.set_status(job.id, "interrupted", why, finished_at=now,
+                          error=f"interrupted at step {job.current_step}: {why}; resume it from its last checkpoint")
+            lost.append(job.id)
+    return lost

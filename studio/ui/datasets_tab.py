@@ -1,0 +1,165 @@
+"""Datasets tab: upload, check, preview what the model will learn, store, list, delete."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from .. import db, library
+from ..datasets import FORMATS, DatasetError
+from ..settings import UnsafePath
+from ..spec import BUNDLED_MODEL
+
+PREVIEW_ROWS = 5
+
+
+def dataset_table() -> list[list]:
+    return [[d.name, d.format, d.kind, d.rows, d.filename, d.sha256[:10]] for d in db.list_datasets()]
+
+
+def dataset_names() -> list[str]:
+    return [d.name for d in db.list_datasets()]
+
+
+def _row_summary(row: dict) -> list[str]:
+    if "messages" in row:
+        turns = [f"{m['role']}: {m['content']}" for m in row["messages"]]
+        return ["\n".join(turns)[:600], str(sum(m["role"] == "assistant" for m in row["messages"]))]
+    if "text" in row:
+        return [row["text"][:600], "-"]
+    return [json.dumps(row, ensure_ascii=False)[:600], "-"]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def template_preview(loaded, base_model: str, max_length: int):
+    """(highlighted segments of the first row, token-length histogram) with the chosen model's template;
+    (None, None) when the model is not on disk yet."""
+    from ..models import cached_dir
+
+    model_dir = cached_dir(base_model)
+    if model_dir is None or loaded.kind == "preference":
+        return None, None
+    from .. import render
+    from ..charts import length_histogram
+
+    tok = _tokenizer(str(model_dir))
+    first = loaded.rows[0]
+    if loaded.kind == "text":
+        segments = [(first["text"][:2000], "trained")]
+    else:
+        segments = [(text, "trained" if trained else None)
+                    for text, trained in render.preview_segments(tok, first["messages"], max_length)]
+    lengths = render.token_lengths(tok, loaded.rows[:2000], loaded.kind)
+    return segments, length_histogram(lengths, max_length)
+
+
+def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: float):
+    """Preview without storing: message, rows table, stats, highlighted template, histogram."""
+    empty = ("", gr.update(value=[], visible=False), "", gr.update(value=None, visible=False),
+             gr.update(value=None, visible=False))
+    if file is None:
+        return ("Choose a file to see its preview.",) + empty[1:]
+    path = Path(file if isinstance(file, str) else file.name)
+    try:
+        loaded = library.inspect(path, filename=path.name, format=None if fmt == "auto" else fmt, drop_bad=drop_bad)
+    except (DatasetError, UnsafePath) as exc:
+        return (f"**This file cannot be used:** {exc}",) + empty[1:]
+    stats = loaded.stats()
+    msg = f"**{path.name}**: {loaded.format} format, **{len(loaded.rows)} rows** ready to train"
+    if loaded.dropped:
+        msg += f" ({len(loaded.dropped)} dropped: " + "; ".join(loaded.dropped[:3]) + ("…" if len(loaded.dropped) > 3 else "") + ")"
+    rows = [[i + 1, *_row_summary(r)] for i, r in enumerate(loaded.rows[:PREVIEW_ROWS])]
+    stats_md = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items())
+    try:
+        segments, hist = template_preview(loaded, base_model or BUNDLED_MODEL, int(max_length or 512))
+    except Exception as exc:  # the preview is a help, never a blocker
+        segments, hist = None, None
+        stats_md += f"\n\n(template preview unavailable: {exc})"
+    return (msg, gr.update(value=rows, visible=True), stats_md,
+            gr.update(value=segments, visible=segments is not None),
+            gr.update(value=hist, visible=hist is not None))
+
+
+def add_upload(file, fmt: str, drop_bad: bool, name: str):
+    if file is None:
+        return "Choose a file first.", dataset_table(), gr.update()
+    path = Path(file if isinstance(file, str) else file.name)
+    try:
+        rec, created = library.add(path, name=name.strip() or None, filename=path.name,
+                                   format=None if fmt == "auto" else fmt, drop_bad=drop_bad)
+    except (DatasetError, UnsafePath) as exc:
+        return f"**Not added:** {exc}", dataset_table(), gr.update()
+    what = "Added" if created else "Already in the library (same content)"
+    return (f"{what}: **{rec.name}**, {rec.rows} rows ({rec.format}).", dataset_table(),
+            gr.update(choices=dataset_names(), value=rec.name))
+
+
+def delete_selected(name: str):
+    if not name:
+        return "Choose a dataset to delete.", dataset_table(), gr.update(choices=dataset_names())
+    try:
+        library.delete(name)
+    except DatasetError as exc:
+        return f"**Not deleted:** {exc}", dataset_table(), gr.update()
+    return f"Deleted {name}.", dataset_table(), gr.update(choices=dataset_names(), value=None)
+
+
+def build(base_model_box=None) -> dict:
+    with gr.Tab("Datasets", id="datasets"):
+        gr.Markdown("Upload chat (`messages`, ShareGPT), instruction (alpaca), prompt/completion, plain text "
+                    "or preference data as JSON, JSONL, CSV, TSV, Parquet or TXT (optionally gzip-compressed).")
+        with gr.Row():
+            with gr.Column(scale=2):
+                upload = gr.File(label="Dataset file", file_count="single", elem_id="dataset-upload")
+            with gr.Column(scale=1):
+                fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format", elem_id="dataset-format")
+                drop_bad = gr.Checkbox(False, label="Drop bad rows instead of refusing the file")
+                name = gr.Textbox(label="Name (optional)", placeholder="derived from the file name",
+                                  elem_id="dataset-name")
+                add_btn = gr.Button("Add to library", variant="primary", elem_id="dataset-add")
+        message = gr.Markdown(elem_id="dataset-message")
+        preview = gr.Dataframe(headers=["#", "row", "assistant turns"], visible=False, wrap=True,
+                               elem_id="dataset-preview", label="First rows")
+        stats = gr.Markdown(elem_id="dataset-stats")
+        with gr.Row():
+            segments = gr.HighlightedText(label="What the model learns (highlighted = trained on)",
+                                          color_map={"trained": "green"}, visible=False, elem_id="dataset-mask",
+                                          combine_adjacent=True)
+            hist = gr.Plot(label="Token lengths", visible=False, elem_id="dataset-hist")
+        gr.Markdown("### Library")
+        table = gr.Dataframe(value=dataset_table, headers=["name", "format", "kind", "rows", "file", "sha256"],
+                             interactive=False, elem_id="dataset-table")
+        with gr.Row():
+            chosen = gr.Dropdown(choices=dataset_names(), label="Dataset", allow_custom_value=False,
+                                 elem_id="dataset-chosen")
+            delete_btn = gr.Button("Delete dataset", variant="stop")
+    max_len = gr.Number(512, visible=False)
+    base = base_model_box if base_model_box is not None else gr.Textbox(BUNDLED_MODEL, visible=False)
+    inputs = [upload, fmt, drop_bad, base, max_len]
+    for trigger in (upload.change, fmt.change, drop_bad.change):
+        trigger(check_upload, inputs, [message, preview, stats, segments, hist])
+    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "add": add_btn, "message": message,
+            "table": table, "chosen": chosen, "delete": delete_btn, "max_len": max_len}
+
+
+def wire(parts: dict, dataset_dropdowns: list) -> None:
+    """Connect buttons whose outputs live in other tabs (the Train tab's dataset dropdown)."""
+    dropdowns = [parts["chosen"], *dataset_dropdowns]
+
+    def fan_out(handler):
+        def run(*args):
+            message, table, update = handler(*args)
+            return (message, table, *[update] * len(dropdowns))
+        return run
+
+    parts["add"].click(fan_out(add_upload), [parts["upload"], parts["fmt"], parts["drop_bad"], parts["name"]],
+                       [parts["message"], parts["table"], *dropdowns])
+    parts["delete"].click(fan_out(delete_selected), [parts["chosen"]], [parts["message"], parts["table"], *dropdowns])

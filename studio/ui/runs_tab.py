@@ -1,0 +1,204 @@
+"""Runs tab: status, live chart (a gr.Timer polling the database for points since the last one),
+progress with ETA, cancel / resume / delete, YAML and CSV downloads."""
+from __future__ import annotations
+
+import html
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from .. import charts, db, jobs
+from ..settings import get_settings
+from ..spec import JobSpec
+
+POLL_SECONDS = 1.5
+LOG_TAIL_LINES = 12
+
+
+def run_choices() -> list[tuple[str, str]]:
+    return [(f"{j.name} · {j.status}", j.id) for j in db.list_jobs()]
+
+
+def runs_table() -> list[list]:
+    out = []
+    for j in db.list_jobs():
+        spec = j.spec
+        quant = "4-bit" if spec.get("load_in_4bit") else "8-bit" if spec.get("load_in_8bit") else "16-bit"
+        out.append([j.name, j.status, f"{j.current_step}/{j.total_steps or '?'}", spec.get("base_model"),
+                    spec.get("dataset"), f"r={spec.get('r')}, {quant}", j.device or "",
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at))])
+    return out
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_html(job: db.Job) -> str:
+    total = job.total_steps or 0
+    done = job.current_step or 0
+    frac = min(1.0, done / total) if total else 0.0
+    elapsed = eta = None
+    if job.started_at:
+        end = job.finished_at if job.status not in db.ACTIVE else time.time()
+        elapsed = end - job.started_at
+        if job.status == "running" and done and total:
+            eta = elapsed / done * (total - done)
+    pct = f"{frac * 100:.0f}%"
+    text = f"step {done} / {total or '?'} · elapsed {_fmt_seconds(elapsed)}"
+    if job.status == "running":
+        text += f" · ETA {_fmt_seconds(eta)}"
+    if job.epoch is not None:
+        text += f" · epoch {job.epoch:.2f}"
+    return (f'<div class="studio-progress" data-step="{done}" data-total="{total}">'
+            f'<div class="studio-progress-bar" style="width:{pct}"></div></div>'
+            f'<div class="studio-progress-text">{html.escape(text)}</div>')
+
+
+def status_markdown(job: db.Job) -> str:
+    line = f"### {job.name} — **{job.status}**"
+    pos = db.queue_position(job)
+    if pos:
+        line += f" (position {pos} in the queue)"
+    if job.error:
+        line += f"\n\n⚠️ {job.error}"
+    if job.worker_host:
+        line += f"\n\nworker {job.worker_host} · device {job.device or '?'}"
+    s = job.summary
+    if job.status == "completed" and s:
+        bits = []
+        if s.get("final_loss") is not None:
+            bits.append(f"final loss {s['final_loss']:.3f}")
+        if s.get("best_eval_loss") is not None:
+            bits.append(f"best eval loss {s['best_eval_loss']:.3f} (step {s.get('best_eval_step')})")
+        if s.get("runtime_seconds"):
+            bits.append(f"runtime {_fmt_seconds(s['runtime_seconds'])}")
+        if s.get("tokens_per_second"):
+            bits.append(f"{s['tokens_per_second']:.0f} tokens/s")
+        if s.get("trainable_params"):
+            bits.append(f"trainable {s['trainable_params'] / 1e6:.2f}M of {s['total_params'] / 1e6:.0f}M")
+        if s.get("adapter_bytes"):
+            bits.append(f"adapter {s['adapter_bytes'] / 1e6:.1f} MB")
+        line += "\n\n" + " · ".join(bits)
+    return line
+
+
+def log_tail(job: db.Job) -> str:
+    if not job.output_dir:
+        return ""
+    path = get_settings().resolve(job.output_dir) / "train.log"
+    if not path.exists():
+        return ""
+    lines = path.read_text(errors="replace").splitlines()
+    keep = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or "job " in ln]
+    return "\n".join(keep[-LOG_TAIL_LINES:])
+
+
+def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bool):
+    """One timer tick: new points since the last seen id, the figure, status, progress."""
+    if not job_id:
+        return (cache, gr.update(), "Choose a run.", "", "", gr.Timer(active=False))
+    job = db.get_job(job_id)
+    if job is None:
+        return ({}, None, "This run no longer exists.", "", "", gr.Timer(active=False))
+    cache = cache if cache and cache.get("job_id") == job_id else {"job_id": job_id, "last_id": 0, "rows": []}
+    new = db.metrics_since(job_id, cache["last_id"])
+    if new:
+        cache = {"job_id": job_id, "last_id": new[-1].id, "rows": cache["rows"] + [m.as_row() for m in new]}
+    rows = cache["rows"]
+    best = job.summary.get("best_eval_step")
+    fig = charts.run_figure(rows, smoothing=smoothing, log_scale=log_scale, best_step=best,
+                            total_steps=job.total_steps)
+    active = job.status in db.ACTIVE
+    return (cache, fig, status_markdown(job), progress_html(job), log_tail(job), gr.Timer(active=active))
+
+
+def select_run(job_id, smoothing, log_scale):
+    cache, fig, status, progress, logs, _ = poll(job_id, None, smoothing, log_scale)
+    job = db.get_job(job_id) if job_id else None
+    return cache, fig, status, progress, logs, gr.Timer(active=bool(job and job.status in db.ACTIVE))
+
+
+def do_cancel(job_id):
+    if not job_id:
+        return "Choose a run."
+    job = jobs.cancel(job_id)
+    return ("Cancel requested: the run stops at the end of the current step and keeps its last checkpoint."
+            if job.status == "running" else f"Run is {job.status}.")
+
+
+def do_resume(job_id):
+    try:
+        job = jobs.resume(job_id)
+    except (ValueError, KeyError) as exc:
+        return f"Not resumed: {exc}", gr.update()
+    return f"Run {job.name} queued to resume from its last checkpoint.", gr.Timer(active=True)
+
+
+def do_delete(job_id):
+    try:
+        jobs.delete(job_id)
+    except ValueError as exc:
+        return f"Not deleted: {exc}", gr.update()
+    return "Run deleted.", gr.update(choices=run_choices(), value=None)
+
+
+def download_yaml(job_id):
+    job = db.get_job(job_id) if job_id else None
+    if job is None:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="studio-yaml-")) / f"{job.name}.yaml"
+    out.write_text(JobSpec.from_dict(job.spec).to_yaml())
+    return str(out)
+
+
+def download_csv(job_id):
+    job = db.get_job(job_id) if job_id else None
+    if job is None:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="studio-csv-")) / f"{job.name}-metrics.csv"
+    out.write_text(charts.rows_to_csv(db.metric_rows(job.id)))
+    return str(out)
+
+
+def build() -> dict:
+    with gr.Tab("Runs", id="runs"):
+        with gr.Row():
+            run = gr.Dropdown(choices=run_choices(), label="Run", elem_id="run-select", scale=4)
+            refresh = gr.Button("Refresh list", size="sm", scale=1)
+        status = gr.Markdown(elem_id="run-status")
+        progress = gr.HTML(elem_id="run-progress")
+        with gr.Row():
+            smoothing = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing", scale=3)
+            log_scale = gr.Checkbox(False, label="Log scale", scale=1)
+        chart = gr.Plot(label="Training curves", elem_id="run-chart")
+        logs = gr.Textbox(label="Log (warnings and errors)", lines=4, max_lines=12, interactive=False)
+        with gr.Row():
+            cancel = gr.Button("Cancel", variant="stop", elem_id="run-cancel")
+            resume = gr.Button("Resume", elem_id="run-resume")
+            delete = gr.Button("Delete run", elem_id="run-delete")
+            yaml_btn = gr.Button("Download YAML")
+            csv_btn = gr.Button("Download metrics CSV")
+        action = gr.Markdown()
+        files = gr.File(label="Download", interactive=False)
+        table = gr.Dataframe(value=runs_table, headers=["name", "status", "step", "base", "dataset", "config",
+                                                        "device", "created"], interactive=False, label="All runs")
+        cache = gr.State({})
+        timer = gr.Timer(POLL_SECONDS, active=False)
+    outs = [cache, chart, status, progress, logs, timer]
+    run.change(select_run, [run, smoothing, log_scale], outs)
+    timer.tick(poll, [run, cache, smoothing, log_scale], outs, show_progress="hidden")
+    for ctl in (smoothing, log_scale):
+        ctl.change(poll, [run, cache, smoothing, log_scale], outs, show_progress="hidden")
+    refresh.click(lambda: (gr.update(choices=run_choices()), runs_table()), None, [run, table])
+    cancel.click(do_cancel, [run], [action])
+    resume.click(do_resume, [run], [action, timer])
+    delete.click(do_delete, [run], [action, run])
+    yaml_btn.click(download_yaml, [run], [files])
+    csv_btn.click(download_csv, [run], [files])
+    return {"run": run, "table": table, "timer": timer}

@@ -1,0 +1,117 @@
+"""The one way training reports back: a TrainerCallback that writes to the database.
+
+Metric points are buffered and written in batches (never one transaction per step); the heartbeat
+and the cancel flag are checked at most once a second. Stopping uses ``control.should_training_stop``
+after asking for a checkpoint, so a cancelled or interrupted run can be resumed.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+
+from transformers import TrainerCallback
+
+from studio import db
+
+# Set by the consumer's signal handler (SIGINT/SIGTERM): stop at the end of the step, save, mark interrupted.
+SHUTDOWN = threading.Event()
+COMPLETE_MARKER = "studio-checkpoint-complete"
+
+
+def _memory_gb() -> float:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 1e9
+    except Exception:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # peak RSS (kB on Linux)
+
+
+class StudioCallback(TrainerCallback):
+    def __init__(self, job_id: str, flush_seconds: float = 2.0, poll_seconds: float = 1.0, on_checkpoint=None):
+        self.job_id = job_id
+        self.flush_seconds = flush_seconds
+        self.poll_seconds = poll_seconds
+        self.on_checkpoint = on_checkpoint
+        self.buffer: list[dict] = []
+        self.last_flush = 0.0
+        self.last_poll = 0.0
+        self.stop_reason: str | None = None   # "cancelled" | "interrupted"
+        self._last_tokens: tuple[float, float] | None = None
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def flush(self, state=None) -> None:
+        if not self.is_main:
+            return
+        rows, self.buffer = self.buffer, []
+        db.add_metrics(self.job_id, rows)
+        values = {"heartbeat_at": time.time()}
+        if state is not None:
+            values.update(current_step=state.global_step, epoch=state.epoch)
+        db.update_job(self.job_id, **values)
+        self.last_flush = time.time()
+
+    def _poll(self, control) -> None:
+        now = time.time()
+        if now - self.last_poll < self.poll_seconds and not SHUTDOWN.is_set():
+            return
+        self.last_poll = now
+        if self.stop_reason is None:
+            if SHUTDOWN.is_set():
+                self.stop_reason = "interrupted"
+            elif self.is_main and (job := db.get_job(self.job_id)) is not None and job.cancel_requested:
+                self.stop_reason = "cancelled"
+        if self.stop_reason:
+            control.should_save = True
+            control.should_training_stop = True
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.is_main:
+            db.update_job(self.job_id, total_steps=state.max_steps, heartbeat_at=time.time())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._poll(control)
+        if time.time() - self.last_flush >= self.flush_seconds:
+            self.flush(state)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        row = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+        if "loss" in logs:
+            row["loss"] = float(logs["loss"])
+        if "eval_loss" in logs:
+            row["eval_loss"] = float(logs["eval_loss"])
+        for src, dst in (("learning_rate", "learning_rate"), ("grad_norm", "grad_norm"), ("num_tokens", "num_tokens")):
+            if logs.get(src) is not None and "eval_loss" not in logs:
+                row[dst] = float(logs[src])
+        if row.get("num_tokens") is not None:
+            if self._last_tokens is not None:
+                dt = row["time"] - self._last_tokens[1]
+                if dt > 0:
+                    row["tokens_per_second"] = (row["num_tokens"] - self._last_tokens[0]) / dt
+            self._last_tokens = (row["num_tokens"], row["time"])
+        if "loss" in row or "eval_loss" in row:
+            row["memory_gb"] = _memory_gb()
+            self.buffer.append(row)
+        if "eval_loss" in row:
+            self.flush(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        # The checkpoint folder is complete once on_save runs: mark it so resume never picks a torn one.
+        ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if self.is_main and os.path.isdir(ckpt):
+            with open(os.path.join(ckpt, COMPLETE_MARKER), "w") as fh:
+                fh.write(str(time.time()))
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(ckpt, state.global_step)
+        self.flush(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flush(state)

@@ -1,0 +1,35 @@
+"""huey tasks. Heavy imports (torch, transformers, peft, trl) live inside the bodies, so the UI
+process can enqueue without loading the training stack."""
+from __future__ import annotations
+
+import logging
+
+from huey import crontab
+
+from workers.queue import huey
+
+log = logging.getLogger("studio.tasks")
+
+
+@huey.task(name="studio.train")
+def train_job(job_id: str, resume: bool = False) -> str:
+    from workers.train import run_job
+
+    return run_job(job_id, resume=resume)
+
+
+@huey.periodic_task(crontab(minute="*"), name="studio.find_lost_jobs")
+def find_lost_jobs() -> list[str]:
+    """Jobs whose heartbeat is stale or whose worker is gone become 'interrupted' (never 'running' forever)."""
+    from studio import jobs
+
+    return jobs.mark_lost_jobs()
+
+
+@huey.on_startup()
+def _on_startup() -> None:
+    from studio import jobs
+
+    lost = jobs.mark_lost_jobs()
+    if lost:
+        log.warning("marked %d lost job(s) interrupted at consumer start: %s", len(lost), ", ".join(lost))

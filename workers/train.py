@@ -1,0 +1,419 @@
+"""The only training code: JobSpec -> bitsandbytes / peft / TRL configs -> trainer.
+
+Small pure translation functions at the top (testable without a GPU), then ``run_job`` which the huey
+task calls. Reports go to the database only, through ``StudioCallback``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from studio import db
+from studio.settings import get_settings
+from studio.spec import JobSpec
+
+log = logging.getLogger("studio.train")
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+
+
+# ---- device facts ---------------------------------------------------------------------------------
+
+def device_name() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_is_fast(device: str | None = None) -> bool:
+    """bf16 only where the hardware computes it natively; emulated bf16 is far slower than fp32."""
+    device = device or device_name()
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def compute_dtype(spec: JobSpec, device: str | None = None) -> torch.dtype:
+    if spec.bnb_4bit_compute_dtype != "auto":
+        return getattr(torch, spec.bnb_4bit_compute_dtype)
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+
+
+def precision_flags(spec: JobSpec, device: str | None = None) -> dict:
+    p = spec.precision
+    if p == "auto":
+        p = "bf16" if bf16_is_fast(device) else "fp32"
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+# ---- spec -> library configs (pure) -------------------------------------------------------------
+
+def quantization_config(spec: JobSpec, device: str | None = None):
+    from transformers import BitsAndBytesConfig
+
+    if spec.load_in_4bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=spec.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=spec.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=compute_dtype(spec, device),
+        )
+    if spec.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def lora_config(spec: JobSpec, linear_names: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=spec.resolved_target_modules(linear_names),
+        bias=spec.lora_bias,
+        use_dora=spec.use_dora,
+        use_rslora=spec.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def schedule(spec: JobSpec, n_train: int, world_size: int = 1) -> dict:
+    """Total optimizer steps and the eval / checkpoint intervals (0 in the spec = about 5 per run)."""
+    per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps * world_size
+    steps_per_epoch = max(1, math.ceil(n_train / per_step))
+    total = spec.max_steps if spec.max_steps > 0 else max(1, math.ceil(spec.num_train_epochs * steps_per_epoch))
+    eval_steps = spec.eval_steps or max(1, total // 5)
+    save_steps = spec.save_steps or max(1, total // 5)
+    if spec.early_stopping_patience:
+        save_steps = eval_steps  # the best checkpoint must exist where it was evaluated
+    return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
+            "save_steps": save_steps}
+
+
+def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None) -> dict:
+    sched = schedule(spec, n_train, int(os.environ.get("WORLD_SIZE", "1")))
+    args = dict(
+        output_dir=str(output_dir),
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.lr_scheduler_type,
+        warmup_steps=int(round(spec.warmup_ratio * sched["total_steps"])),
+        num_train_epochs=spec.num_train_epochs,
+        max_steps=spec.max_steps if spec.max_steps > 0 else -1,
+        per_device_train_batch_size=spec.per_device_train_batch_size,
+        per_device_eval_batch_size=spec.per_device_train_batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm if spec.max_grad_norm > 0 else None,
+        logging_steps=spec.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=sched["eval_steps"] if has_eval else None,
+        save_strategy="steps",
+        save_steps=sched["save_steps"],
+        save_total_limit=3,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=(device or device_name()) == "cpu",
+        dataloader_pin_memory=False,
+        **precision_flags(spec, device),
+    )
+    if spec.max_grad_norm == 0:
+        args["max_grad_norm"] = 0.0
+    if spec.early_stopping_patience and has_eval:
+        args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+                    save_total_limit=None)
+    return args
+
+
+def sft_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        max_length=spec.max_length,
+        dataset_kwargs={"skip_prepare_dataset": False},
+        **common_args(spec, output_dir, n_train, has_eval, device),
+    )
+
+
+def dpo_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
+    from trl import DPOConfig
+
+    return DPOConfig(beta=spec.beta, max_length=spec.max_length,
+                     **common_args(spec, output_dir, n_train, has_eval, device))
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def split_rows(rows: list[dict], eval_split: float, seed: int) -> tuple[list[dict], list[dict]]:
+    if eval_split <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_split)))
+    eval_idx = set(order[:n_eval])
+    return ([r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx])
+
+
+def encode_rows(tokenizer, rows: list[dict], kind: str, spec: JobSpec) -> list[dict]:
+    """Tokenise with the model's chat template; assistant tokens carry the loss (TRL's assistant_masks)."""
+    from studio.render import encode_chat, encode_text
+
+    out = []
+    for row in rows:
+        if kind == "text":
+            ids, mask = encode_text(tokenizer, row["text"], spec.max_length)
+        else:
+            ids, mask = encode_chat(tokenizer, row["messages"], spec.max_length)
+            if not spec.assistant_only_loss:
+                mask = [1] * len(ids)
+        if any(mask):
+            out.append({"input_ids": ids, "assistant_masks": mask})
+    return out
+
+
+def load_training_rows(spec: JobSpec) -> tuple[str, list[dict], list[dict]]:
+    from studio.datasets import load_file
+
+    settings = get_settings()
+    rec = db.get_dataset(spec.dataset)
+    if rec is None:
+        raise ValueError(f"the dataset '{spec.dataset}' does not exist (it may have been deleted)")
+    data = load_file(settings.resolve(rec.path), format=rec.format, mapping=rec.mapping or None, drop_bad=True)
+    if spec.eval_dataset:
+        erec = db.get_dataset(spec.eval_dataset)
+        if erec is None:
+            raise ValueError(f"the eval dataset '{spec.eval_dataset}' does not exist")
+        edata = load_file(settings.resolve(erec.path), format=erec.format, mapping=erec.mapping or None, drop_bad=True)
+        return data.kind, data.rows, edata.rows
+    train, evaluation = split_rows(data.rows, spec.eval_split, spec.seed)
+    return data.kind, train, evaluation
+
+
+# ---- model ----------------------------------------------------------------------------------------
+
+def disable_cpu_bf16_repack(model) -> int:
+    """bitsandbytes on AVX512-BF16 CPUs repacks a Linear4bit weight in place during a no-grad eval
+    forward, after which no input gradient flows through it and every LoRA layer below stops learning.
+    Turning the fast path off on the training model keeps gradients flowing after evaluation."""
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None = None):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio import catalog
+
+    device = device or device_name()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    qconfig = quantization_config(spec, device)
+    kwargs = {"dtype": compute_dtype(spec, device) if qconfig is not None else torch.float32}
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        if device == "cuda":
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if qconfig is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    linear = sorted(catalog.linear_layers_from_safetensors(model_dir)) or _linear_names(model)
+    model = get_peft_model(model, lora_config(spec, linear))
+    disable_cpu_bf16_repack(model)
+    return model, tokenizer
+
+
+def _linear_names(model) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return sorted(names - {"lm_head"})
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """Newest checkpoint the studio finished writing (a torn one, without the marker, is skipped)."""
+    from workers.callbacks import COMPLETE_MARKER
+
+    ckpts = []
+    for p in (output_dir / CHECKPOINTS).glob("checkpoint-*"):
+        try:
+            step = int(p.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if (p / COMPLETE_MARKER).exists() and (p / "trainer_state.json").exists():
+            ckpts.append((step, p))
+    return max(ckpts)[1] if ckpts else None
+
+
+# ---- the job ----------------------------------------------------------------------------------------
+
+def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        estimate = ""
+        try:
+            from studio import catalog, memory
+
+            config = catalog.config_for(spec.base_model)
+            if config:
+                estimate = f" (estimated peak {memory.estimate_for_spec(spec, config).total_gb:.1f} GB)"
+        except Exception:
+            pass
+        return (f"ran out of memory at step {step}{estimate}: try 4-bit, a lower batch size or a shorter max length")
+    from studio.datasets import DatasetError
+    from studio.models import ModelError
+
+    if isinstance(exc, (DatasetError, ModelError, ValueError)) and text:
+        return text[0].upper() + text[1:] if not text[0].isupper() else text
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"training stopped by an unexpected error at step {step}: {type(exc).__name__}" + (f": {first}" if first else "")
+
+
+class JobLog:
+    """Routes this job's log records (and tracebacks) into <job>/train.log."""
+
+    def __init__(self, path: Path):
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.loggers = [logging.getLogger(n) for n in ("studio", "transformers", "trl", "peft", "py.warnings")]
+
+    def __enter__(self):
+        logging.captureWarnings(True)
+        for lg in self.loggers:
+            lg.addHandler(self.handler)
+            if lg.level == logging.NOTSET or lg.level > logging.INFO:
+                lg.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        for lg in self.loggers:
+            lg.removeHandler(self.handler)
+        self.handler.close()
+
+
+def run_job(job_id: str, resume: bool = False) -> str:
+    """Train one job to completion, cancellation or interruption; returns the final status."""
+    from studio.models import resolve_model
+    from workers.callbacks import StudioCallback
+
+    settings = get_settings()
+    job = db.get_job(job_id)
+    if job is None:
+        raise KeyError(f"job {job_id} does not exist")
+    if job.status not in ("queued", "interrupted", "cancelled") and not resume:
+        log.warning("job %s is %s; not running it again", job_id, job.status)
+        return job.status
+    spec = JobSpec.from_dict(job.spec)
+    out = settings.resolve(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = device_name()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    step = 0
+    with JobLog(out / "train.log"):
+        try:
+            checkpoint = last_complete_checkpoint(out) if resume else None
+            if is_main:
+                db.set_status(job_id, "running", "resumed" if resume else "started", started_at=time.time(),
+                              heartbeat_at=time.time(), worker_host=socket.gethostname(), worker_pid=os.getpid(),
+                              device=device, error=None, cancel_requested=False, finished_at=None)
+                if checkpoint is not None:
+                    step = int(checkpoint.name.split("-")[1])
+                    db.delete_metrics_after(job_id, step)
+                elif resume:
+                    db.delete_metrics_after(job_id, 0)
+            kind, train_rows, eval_rows = load_training_rows(spec)
+            model_dir = resolve_model(spec.base_model)
+            log.info("job %s: %d train rows, %d eval rows, base %s on %s", job_id, len(train_rows), len(eval_rows),
+                     model_dir, device)
+            model, tokenizer = load_model_for_training(spec, model_dir, device)
+            callback = StudioCallback(job_id)
+            trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            step = trainer.state.global_step
+            if callback.stop_reason:
+                if is_main:
+                    db.set_status(job_id, callback.stop_reason, f"stopped at step {step}", finished_at=time.time(),
+                                  current_step=step)
+                return callback.stop_reason
+            if is_main:
+                adapter_dir = out / ADAPTER
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+                trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+                summary = _summary(trainer, adapter_dir, model)
+                db.set_status(job_id, "completed", f"finished {step} steps", finished_at=time.time(),
+                              adapter_path=settings.relative(adapter_dir), current_step=step,
+                              summary_json=__import__("json").dumps(summary))
+            return "completed"
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a readable job state
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            if is_main:
+                db.set_status(job_id, "failed", "error", error=human_error(exc, step, spec), finished_at=time.time())
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return "failed"
+
+
+def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path, callback, device):
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [callback]
+    if spec.early_stopping_patience and eval_rows:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    if spec.method == "dpo":
+        from trl import DPOTrainer
+
+        train_ds, eval_ds = Dataset.from_list(train_rows), Dataset.from_list(eval_rows) if eval_rows else None
+        args = dpo_config(spec, out / CHECKPOINTS, len(train_rows), bool(eval_rows), device)
+        return DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, callbacks=callbacks)
+    from trl import SFTTrainer
+
+    train_enc = encode_rows(tokenizer, train_rows, kind, spec)
+    if not train_enc:
+        raise ValueError("no training row has any token to learn from after truncation; raise max length")
+    eval_enc = encode_rows(tokenizer, eval_rows, kind, spec) if eval_rows else []
+    args = sft_config(spec, out / CHECKPOINTS, len(train_enc), bool(eval_enc), device)
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
+                      eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+def _summary(trainer, adapter_dir: Path, model) -> dict:
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    evals = [(h["eval_loss"], h["step"]) for h in state.log_history if "eval_loss" in h]
+    trainable, total = model.get_nb_trainable_parameters()
+    runtime = next((h.get("train_runtime") for h in reversed(state.log_history) if "train_runtime" in h), None)
+    tokens = next((h.get("num_tokens") for h in reversed(state.log_history) if "num_tokens" in h), None)
+    return {
+        "final_loss": losses[-1] if losses else None,
+        "best_eval_loss": min(evals)[0] if evals else None,
+        "best_eval_step": min(evals)[1] if evals else None,
+        "runtime_seconds": runtime,
+        "tokens": tokens,
+        "tokens_per_second": (tokens / runtime) if tokens and runtime else None,
+        "trainable_params": trainable,
+        "total_params": total,
+        "adapter_bytes": sum(f.stat().st_size for f in adapter_dir.rglob("*") if f.is_file()),
+        "steps": state.global_step,
+    }
