@@ -1,0 +1,191 @@
+"""Token ids and assistant-only masks from the model's own chat template, for any template.
+
+The template renders the whole conversation once. For each assistant turn, rendering the conversation
+up to it (with the generation prompt) and up to and including it gives the characters that turn adds:
+its content and its end-of-turn token. The full text is tokenised once and every token that overlaps
+those characters is trained on. Templates whose prefixes do not line up (some rewrite earlier turns)
+fall back to finding each reply in the rendered text.
+
+No torch or transformers at import time: callers hand in a tokenizer.
+"""
+from __future__ import annotations
+
+import os
+
+# used only when a tokenizer has no chat template of its own (base models)
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class RenderError(ValueError):
+    """The chat template refused a conversation (one sentence, with the template's own reason)."""
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    extra = {} if getattr(tokenizer, "chat_template", None) else {"chat_template": FALLBACK_CHAT_TEMPLATE}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **extra)
+    if not isinstance(text, str):  # some versions wrap a single rendering in a list
+        text = text[0]
+    return text
+
+
+def _render_or_none(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str | None:
+    """A partial rendering, or None where the template refuses it (an empty or unusual prefix)."""
+    try:
+        return _render(tokenizer, messages, generation_prompt)
+    except Exception:
+        return None
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def render_chat(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (content + end-of-turn)."""
+    try:
+        full = _render(tokenizer, messages)
+    except Exception as exc:  # jinja raises its own types; the message is what matters
+        raise RenderError(f"the model's chat template refused this conversation: {exc}") from None
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, after = _render_or_none(tokenizer, messages[:i], True), _render_or_none(tokenizer, messages[: i + 1])
+        after = after or ""
+        if (before is not None and cursor <= len(before) <= len(after)
+                and full.startswith(before) and full.startswith(after)):
+            start, end = len(before), len(after)
+        else:
+            start, end = _find_reply(full, message["content"], before, after, cursor)
+        start, end = _trim(full, start, end)
+        if end > start:
+            spans.append((start, end))
+            cursor = end
+    return full, spans
+
+
+def _find_reply(full: str, content: str, before: str | None, after: str, cursor: int) -> tuple[int, int]:
+    """Where a reply sits in ``full`` when prefixes do not line up: the content, then what the template writes after it."""
+    needle = content.strip() or content
+    at = full.find(needle, cursor) if needle else -1
+    if at < 0:  # the template rewrote the content: fall back to where the renderings agree
+        start = max(cursor, _common_prefix(before or "", full))
+        return start, max(start, _common_prefix(after, full))
+    end = at + len(needle)
+    tail_at = after.rfind(needle)
+    if tail_at >= 0:
+        tail = after[tail_at + len(needle):].rstrip()
+        if tail and full.startswith(tail, end):
+            end += len(tail)
+    return at, end
+
+
+def _inside(a: int, b: int, spans: list[tuple[int, int]]) -> bool:
+    """Whether the token at characters [a, b) overlaps a span (an empty token: lies in one)."""
+    return any((a < e and b > s) if b > a else (s <= a < e) for s, e in spans)
+
+
+def _tokenize(tokenizer, text: str, spans: list[tuple[int, int]]):
+    """ids, mask and character offsets (None for slow tokenizers) of ``text``; mask 1 inside ``spans``."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        return ids, [int(_inside(a, b, spans)) for a, b in offsets], offsets
+    ids, mask, pos = [], [], 0
+    for start, end in spans + [(len(text), len(text))]:
+        for piece, flag in ((text[pos:start], 0), (text[start:end], 1)):
+            if piece:
+                piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += piece_ids
+                mask += [flag] * len(piece_ids)
+        pos = end
+    return ids, mask, None
+
+
+def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """input_ids and assistant mask (1 = trained-on assistant token), truncated to ``max_length`` (start kept)."""
+    text, spans = render_chat(tokenizer, messages)
+    ids, mask, _ = _tokenize(tokenizer, text, spans)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask
+
+
+def encode_text(tokenizer, text: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Plain text: the tokenizer's own special tokens, then eos; every token trained on."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    if max_length is not None:
+        ids = ids[:max_length]
+    return ids, [1] * len(ids)
+
+
+def preview_segments(tokenizer, messages: list[dict], max_length: int | None = None) -> list[tuple[str, bool]]:
+    """Consecutive chunks of the rendered conversation with whether they are trained on (for HighlightedText)."""
+    text, spans = render_chat(tokenizer, messages)
+    ids, mask, offsets = _tokenize(tokenizer, text, spans)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+        offsets = offsets[:max_length] if offsets is not None else None
+    if not ids:
+        return []
+    runs: list[tuple[int, int, bool]] = []  # token ranges with one flag
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[start]:
+            runs.append((start, i, bool(mask[start])))
+            start = i
+    segments = []
+    if offsets is not None:
+        truncated = max_length is not None and len(ids) == max_length
+        pos = 0
+        for n, (a, b, flag) in enumerate(runs):
+            last = n == len(runs) - 1
+            cut = (offsets[b - 1][1] if truncated else len(text)) if last else max(pos, offsets[b][0])
+            segments.append((text[pos:cut], flag))
+            pos = cut
+    else:
+        segments = [(tokenizer.decode(ids[a:b], skip_special_tokens=False, clean_up_tokenization_spaces=False), flag)
+                    for a, b, flag in runs]
+    return [(chunk, flag) for chunk, flag in segments if chunk]
+
+
+def token_lengths(tokenizer, rows: list[dict], kind: str) -> list[int]:
+    """Untruncated token count of each normalised row (preference: prompt + the longer reply)."""
+    if kind == "text":
+        eos = tokenizer.eos_token_id
+        out = []
+        for ids in _batch_ids(tokenizer, [r["text"] for r in rows], special=True):
+            out.append(len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0))
+        return out
+    if kind == "chat":
+        return [len(ids) for ids in _batch_ids(tokenizer, [_render(tokenizer, r["messages"]) for r in rows])]
+    if kind == "preference":
+        chosen = _batch_ids(tokenizer, [_render(tokenizer, r["prompt"] + r["chosen"]) for r in rows])
+        rejected = _batch_ids(tokenizer, [_render(tokenizer, r["prompt"] + r["rejected"]) for r in rows])
+        return [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
+    raise ValueError(f"unknown dataset kind '{kind}'; expected chat, text or preference")
+
+
+def _batch_ids(tokenizer, texts: list[str], special: bool = False, batch: int = 1000) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in range(0, len(texts), batch):
+        out += tokenizer(texts[i:i + batch], add_special_tokens=special)["input_ids"]
+    return out
