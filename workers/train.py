@@ -295,13 +295,15 @@ class JobLog:
         self.handler = logging.FileHandler(path)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.loggers = [logging.getLogger(n) for n in ("studio", "transformers", "trl", "peft", "py.warnings")]
+        self.levels = {"studio": logging.INFO}
 
     def __enter__(self):
         logging.captureWarnings(True)
         for lg in self.loggers:
             lg.addHandler(self.handler)
-            if lg.level == logging.NOTSET or lg.level > logging.INFO:
-                lg.setLevel(logging.INFO)
+            wanted = self.levels.get(lg.name, logging.WARNING)
+            if lg.level == logging.NOTSET or lg.level > wanted:
+                lg.setLevel(wanted)
         return self
 
     def __exit__(self, *exc):
