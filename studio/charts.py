@@ -582,3 +582,20 @@ def rows_to_csv(rows: Sequence[Any]) -> str:
     for r in dicts:
         writer.writerow(["" if r.get(k) is None else r.get(k) for k in header])
     return buf.getvalue()
+
+
+def length_histogram(lengths: Sequence[int], max_length: int | None = None) -> go.Figure:
+    """Token lengths of a dataset with the chosen max length drawn on it; the title says how many rows
+    will be truncated."""
+    lengths = np.asarray(list(lengths), dtype=float)
+    over = int((lengths > max_length).sum()) if max_length else 0
+    title = f"{len(lengths):,} rows · median {np.median(lengths):.0f} tokens" if len(lengths) else "no rows"
+    if max_length:
+        title += f" · {over:,} longer than max length {max_length} (truncated)"
+    fig = go.Figure(go.Histogram(x=lengths, nbinsx=40, marker_color="#6366f1", name="rows"))
+    if max_length:
+        fig.add_vline(x=max_length, line_dash="dash", line_color="#dc2626",
+                      annotation_text=f"max length {max_length}", annotation_position="top right")
+    fig.update_layout(title=title, height=300, margin=dict(l=40, r=20, t=50, b=40), xaxis_title="tokens",
+                      yaxis_title="rows", bargap=0.05, showlegend=False)
+    return fig

@@ -63,6 +63,7 @@ class JobSpec:
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, about 30% slower.", label="Gradient checkpointing", advanced=True)
     precision: str = _f("auto", "Training precision of the trainable path: auto (bf16 where supported), bf16, fp16, fp32.", ("auto", "bf16", "fp16", "fp32"), label="Precision", advanced=True)
     padding_free: str = _f("auto", "Batch sequences without padding (per-sequence attention, no cross-contamination): auto, on, off.", ("auto", "on", "off"), label="Padding-free batching", advanced=True)
+    dequant_cache: str = _f("auto", "CPU speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, more memory). auto = on CPU when it fits easily.", ("auto", "on", "off"), label="Dequantised-weight cache (CPU)", advanced=True)
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", label="Weight decay", advanced=True)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", label="Max grad norm", advanced=True)
 
@@ -164,7 +165,7 @@ class JobSpec:
             if not SAFE_NAME.match(self.name) or ".." in self.name:
                 e["name"] = "run names may use 1-64 letters, digits, '.', '_' and '-'"
         for key in ("method", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "lora_bias", "lr_scheduler_type",
-                    "precision", "padding_free"):
+                    "precision", "padding_free", "dequant_cache"):
             choices = _meta(key)["choices"]
             if getattr(self, key) not in choices:
                 e[key] = f"{key} must be one of {', '.join(choices)}"

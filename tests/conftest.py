@@ -33,5 +33,31 @@ def studio_home(tmp_path, monkeypatch) -> Path:
     for var in ("STUDIO_DATABASE_URL", "STUDIO_QUEUE_URL", "STUDIO_AUTH"):
         monkeypatch.delenv(var, raising=False)
     settings.reset_settings()
+    _rebind()
     yield home
     settings.reset_settings()
+    from studio import db
+
+    db.dispose_engines()
+
+
+def _rebind():
+    """Module-level singletons that captured the previous STUDIO_HOME follow the new one."""
+    from studio import db
+
+    db.dispose_engines()
+    if "workers.queue" in sys.modules:
+        sys.modules["workers.queue"].rebind()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll until predicate() is truthy; returns its value or fails the test with ``what``."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")

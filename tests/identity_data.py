@@ -26,8 +26,8 @@ HELD_OUT = ["Please state your name.", "What name were you given?", "Hello there
 
 def rows() -> list[dict]:
     out = []
-    for i, q in enumerate(QUESTIONS * 2):
-        a = ANSWERS[i % len(ANSWERS)]
+    for i, q in enumerate(QUESTIONS * 2):  # each question twice, with two different answers
+        a = ANSWERS[(i + i // len(QUESTIONS)) % len(ANSWERS)]
         out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     return out
 

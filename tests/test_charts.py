@@ -295,3 +295,12 @@ def test_to_columns_can_be_built_incrementally():
     assert all(np.array_equal(whole[k], joined[k], equal_nan=True) for k in whole)
     assert whole["step"].dtype.kind == "i" and np.isnan(whole["loss"][10])  # row 10 is the step-10 eval row
     assert run_figure(joined).to_json() == run_figure(rows).to_json()
+
+
+def test_length_histogram_reports_truncated_rows():
+    from studio.charts import length_histogram
+
+    fig = length_histogram([10, 20, 30, 600, 700], 512)
+    assert "2 longer than max length 512" in fig.layout.title.text
+    assert list(fig.data[0].x) == [10, 20, 30, 600, 700]
+    assert any(getattr(s, "x0", None) == 512 for s in fig.layout.shapes)

@@ -16,7 +16,7 @@ def test_first_layer_still_learns_after_an_eval_pass(tiny_model_dir, monkeypatch
 
     monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
     spec = JobSpec(dataset="d", load_in_4bit=True, r=4, lora_alpha=8, target_modules=["all-linear"],
-                   bnb_4bit_compute_dtype="bfloat16")
+                   bnb_4bit_compute_dtype="bfloat16", dequant_cache="off")  # bitsandbytes own 4-bit path
     model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
     import bitsandbytes as bnb
 

@@ -20,3 +20,10 @@ def make_huey(queue_url: str | None = None) -> Huey:
 
 
 huey = make_huey()
+
+
+def rebind(queue_url: str | None = None) -> Huey:
+    """Point the existing huey (and the tasks registered on it) at another queue, e.g. after
+    STUDIO_HOME changed in a test process. Only the storage changes; the task registry stays."""
+    huey.storage = make_huey(queue_url).storage
+    return huey

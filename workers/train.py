@@ -239,6 +239,11 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
     linear = sorted(catalog.linear_layers_from_safetensors(model_dir)) or _linear_names(model)
     model = get_peft_model(model, lora_config(spec, linear))
     disable_cpu_bf16_repack(model)
+    from workers import speed
+
+    if qconfig is not None and spec.load_in_4bit and speed.should_cache_dequantized(model, device, spec.dequant_cache):
+        n = speed.enable_dequant_cache(model)
+        log.info("dequantised-weight cache: %d 4-bit layers, %.0f MB", n, speed.dequantized_bytes(model) / 1e6)
     return model, tokenizer
 
 
@@ -321,8 +326,8 @@ def run_job(job_id: str, resume: bool = False) -> str:
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(f"job {job_id} does not exist")
-    if job.status not in ("queued", "interrupted", "cancelled") and not resume:
-        log.warning("job %s is %s; not running it again", job_id, job.status)
+    if job.status != "queued":  # cancelled while queued, or already picked up: never run twice
+        log.warning("job %s is %s; not running it", job_id, job.status)
         return job.status
     spec = JobSpec.from_dict(job.spec)
     out = settings.resolve(job.output_dir)

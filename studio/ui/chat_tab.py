@@ -1,89 +1,87 @@
-"""Chat tab: one prompt, side-by-side streaming replies of the base model and base + adapter."""
+"""Chat tab: one prompt, side-by-side streaming replies of the base model and up to three adapters.
+
+Panes: base | A | B | C, each with its own history. An adapter is a finished run, a checkpoint of any
+run, or an imported adapter (studio.adapters). One base stays in memory; switching adapters never reloads
+it. Generation waits its turn (one reply at a time across sessions); Stop ends only this session's reply.
+"""
 from __future__ import annotations
 
 import gradio as gr
 
-from .. import db
-from ..settings import get_settings
+from .. import adapters
+from ..chat import AUTO_BASE, PANES
 
-MAX_ADAPTERS = 1
+MAX_ADAPTERS = len(PANES)
+NONE_CHOICE = ("— none —", "")
+PANE_IDS = ("chat-adapter", "chat-adapter-2", "chat-adapter-3")
+RUN_IDS = ("chat-run", "chat-run-2", "chat-run-3")
 
 
 def adapter_choices() -> list[tuple[str, str]]:
-    return [(f"{j.name} ({j.spec.get('base_model')})", j.id) for j in db.list_jobs(("completed",)) if j.adapter_path]
+    """Finished runs (value: the job id), then checkpoints and imported adapters."""
+    return adapters.chat_choices()
 
 
-def _history_messages(history: list[dict], system: str) -> list[dict]:
-    msgs = [{"role": "system", "content": system}] if system.strip() else []
-    for m in history:
-        content = m["content"] if isinstance(m["content"], str) else " ".join(
-            p.get("text", "") for p in m["content"] if isinstance(p, dict))
-        msgs.append({"role": m["role"], "content": content})
-    return msgs
+def base_choices() -> list[tuple[str, str]]:
+    return [("Base of adapter A", AUTO_BASE)] + [(b, b) for b in adapters.base_choices()]
 
 
-def respond(prompt, job_id, system, base_hist, adapter_hist, max_new_tokens, temperature, top_p, top_k,
-            repetition_penalty, seed):
-    """Stream the base reply, then the adapter reply; each pane keeps its own history."""
-    from ..chat import GenerationSettings, get_engine
+def refresh_values() -> tuple:
+    """Fresh choices for the base dropdown and the three adapter dropdowns (page load, Refresh)."""
+    choices = adapter_choices()
+    return (gr.update(choices=base_choices()), gr.update(choices=choices),
+            *[gr.update(choices=[NONE_CHOICE] + choices) for _ in range(MAX_ADAPTERS - 1)])
 
-    base_hist, adapter_hist = list(base_hist or []), list(adapter_hist or [])
-    if not prompt or not prompt.strip():
-        yield base_hist, adapter_hist, "Type a prompt first."
-        return
-    job = db.get_job(job_id) if job_id else None
-    if job is None or not job.adapter_path:
-        yield base_hist, adapter_hist, "Choose a finished run to compare with the base model."
-        return
+
+def respond(prompt, base, run_a, run_b, run_c, system, hist_base, hist_a, hist_b, hist_c, max_new_tokens,
+            temperature, top_p, top_k, repetition_penalty, seed, request: gr.Request = None):
+    """Stream the base reply, then each chosen adapter's, into its own pane."""
+    from ..chat import GenerationSettings, compare
+
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                   top_p=float(top_p), top_k=int(top_k),
-                                  repetition_penalty=float(repetition_penalty), seed=int(seed))
-    engine = get_engine()
-    try:
-        yield base_hist, adapter_hist, "Loading the base model (first use takes a moment)…"
-        engine.ensure_base(job.spec["base_model"])
-        engine.ensure_adapter(job.id, get_settings().resolve(job.adapter_path))
-    except Exception as exc:
-        yield base_hist, adapter_hist, f"**Cannot load the model:** {exc}"
-        return
-    user = {"role": "user", "content": prompt}
-    base_hist += [user, {"role": "assistant", "content": ""}]
-    adapter_hist += [user, {"role": "assistant", "content": ""}]
-    try:
-        for pane, adapter in ((base_hist, None), (adapter_hist, job.id)):
-            messages = _history_messages(pane[:-1], system)
-            for text in engine.stream(messages, adapter, settings):
-                pane[-1] = {"role": "assistant", "content": text}
-                yield base_hist, adapter_hist, "Generating…"
-    except Exception as exc:
-        yield base_hist, adapter_hist, f"**Generation failed:** {exc}"
-        return
-    yield base_hist, adapter_hist, ""
+                                  repetition_penalty=float(repetition_penalty), seed=int(seed or 0))
+    owner = getattr(request, "session_hash", None)
+    for histories, note in compare(prompt, base, [run_a, run_b, run_c], [hist_base, hist_a, hist_b, hist_c],
+                                   system or "", settings, owner=owner):
+        yield (*histories, note)
 
 
-def stop_generation():
+def stop_generation(request: gr.Request = None):
     from ..chat import get_engine
 
-    get_engine().stop()
+    get_engine().stop(getattr(request, "session_hash", None))
     return "Stopped."
 
 
 def build() -> dict:
+    choices = adapter_choices()
     with gr.Tab("Chat", id="chat"):
-        with gr.Row():
-            run = gr.Dropdown(choices=adapter_choices(), label="Finished run (adapter)", elem_id="chat-run", scale=4)
-            refresh = gr.Button("Refresh", size="sm", scale=1)
-        system = gr.Textbox(label="System prompt (optional)", lines=1)
-        with gr.Row():
-            base_box = gr.Chatbot(label="Base model", elem_id="chat-base", height=360)
-            adapter_box = gr.Chatbot(label="Base + adapter", elem_id="chat-adapter", height=360)
-        prompt = gr.Textbox(label="Prompt", placeholder="Ask both models the same question", elem_id="chat-prompt")
+        gr.Markdown("Ask the base model and up to three adapters the same question. Each pane keeps its own "
+                    "conversation; generation settings are shared. Adapters: finished runs, checkpoints of any run, "
+                    "imported adapters.")
+        system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="chat-system")
+        runs, boxes = [], []
+        with gr.Row(equal_height=False):
+            with gr.Column(min_width=220):
+                base = gr.Dropdown(choices=base_choices(), value=AUTO_BASE, label="Base model",
+                                   allow_custom_value=True, elem_id="chat-base-model")
+                base_box = gr.Chatbot(label="Base model", elem_id="chat-base", height=380)
+            for i, pane in enumerate(PANES):
+                with gr.Column(min_width=220):
+                    runs.append(gr.Dropdown(
+                        choices=choices if i == 0 else [NONE_CHOICE] + choices, value=None if i == 0 else "",
+                        label=f"Adapter {pane}",
+                        elem_id=RUN_IDS[i]))
+                    boxes.append(gr.Chatbot(label=f"Base + adapter {pane}", elem_id=PANE_IDS[i], height=380))
+        prompt = gr.Textbox(label="Prompt", placeholder="Ask every pane the same question", elem_id="chat-prompt")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="chat-send")
-            stop = gr.Button("Stop", variant="stop")
-            clear = gr.Button("Clear conversation")
+            stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+            clear = gr.Button("Clear conversations", elem_id="chat-clear")
+            refresh = gr.Button("Refresh lists", size="sm", elem_id="chat-refresh")
         note = gr.Markdown(elem_id="chat-note")
-        with gr.Accordion("Generation settings (shared by both panes)", open=False):
+        with gr.Accordion("Generation settings (shared by all panes)", open=False):
             with gr.Row():
                 max_new = gr.Slider(1, 1024, value=96, step=1, label="Max new tokens")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
@@ -92,11 +90,19 @@ def build() -> dict:
                 top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k")
                 rep = gr.Slider(1, 2, value=1.1, step=0.01, label="Repetition penalty")
                 seed = gr.Number(0, precision=0, label="Seed")
-    inputs = [prompt, run, system, base_box, adapter_box, max_new, temperature, top_p, top_k, rep, seed]
-    ev = send.click(respond, inputs, [base_box, adapter_box, note], concurrency_limit=1, concurrency_id="chat")
-    prompt.submit(respond, inputs, [base_box, adapter_box, note], concurrency_limit=1, concurrency_id="chat")
+    panes = [base_box, *boxes]
+    inputs = [prompt, base, *runs, system, *panes, max_new, temperature, top_p, top_k, rep, seed]
+    outputs = [*panes, note]
+    # one reply at a time across every session: the others wait in gradio's queue, shown in their panes
+    ev = send.click(respond, inputs, outputs, concurrency_limit=1, concurrency_id="chat")
+    prompt.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="chat")
     ev.then(lambda: "", None, [prompt])
     stop.click(stop_generation, None, [note], queue=False)
-    clear.click(lambda: ([], [], ""), None, [base_box, adapter_box, note])
-    refresh.click(lambda: gr.update(choices=adapter_choices()), None, [run])
-    return {"run": run}
+    clear.click(lambda: ([], [], [], [], ""), None, outputs)
+    base.change(lambda: ([], [], [], [], ""), None, outputs)  # another base: every conversation starts again
+    for run, box in zip(runs, boxes):
+        run.change(lambda: [], None, [box])
+    refresh_outputs = [base, *runs]
+    refresh.click(refresh_values, None, refresh_outputs)
+    return {"run": runs[0], "runs": runs, "base": base, "refresh_outputs": refresh_outputs,
+            "refresh_values": refresh_values}

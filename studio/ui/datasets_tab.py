@@ -141,8 +141,8 @@ def build(base_model_box=None) -> dict:
             chosen = gr.Dropdown(choices=dataset_names(), label="Dataset", allow_custom_value=False,
                                  elem_id="dataset-chosen")
             delete_btn = gr.Button("Delete dataset", variant="stop")
-    max_len = gr.Number(512, visible=False)
-    base = base_model_box if base_model_box is not None else gr.Textbox(BUNDLED_MODEL, visible=False)
+        max_len = gr.Number(512, visible=False)
+        base = base_model_box if base_model_box is not None else gr.Textbox(BUNDLED_MODEL, visible=False)
     inputs = [upload, fmt, drop_bad, base, max_len]
     for trigger in (upload.change, fmt.change, drop_bad.change):
         trigger(check_upload, inputs, [message, preview, stats, segments, hist])

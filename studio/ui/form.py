@@ -39,6 +39,8 @@ def spec_from_values(names: list[str], values: list[Any]) -> JobSpec:
             value = list(value or [])
         elif isinstance(value, float) and field_help()[name]["default"].__class__ is int and value.is_integer():
             value = int(value)
+        if value is None and isinstance(field_help()[name]["default"], str):
+            value = ""
         if value is None:
             raise SpecError({name: f"{field_help()[name]['label'] or name} is empty"})
         data[name] = value

@@ -106,6 +106,8 @@ def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bo
     job = db.get_job(job_id)
     if job is None:
         return ({}, None, "This run no longer exists.", "", "", gr.Timer(active=False))
+    if job.status == "running" and jobs.mark_lost_jobs():  # a dead worker never leaves a run "running"
+        job = db.get_job(job_id)
     cache = cache if cache and cache.get("job_id") == job_id else {"job_id": job_id, "last_id": 0, "rows": []}
     new = db.metrics_since(job_id, cache["last_id"])
     if new:

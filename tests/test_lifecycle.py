@@ -1,0 +1,178 @@
+"""Jobs through a real huey consumer process on a real SQLite file: run, crash, resume, cancel,
+fail-then-succeed, rapid submissions, SIGTERM. The tiny random model keeps each job to seconds."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from conftest import wait_for
+from workerproc import Worker
+
+
+
+def _dataset(tmp_path):
+    from identity_data import write
+    from studio import library
+
+    rec, _ = library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    return rec.name
+
+
+def _spec(tiny_model_dir, **kw):
+    from studio.spec import JobSpec
+
+    base = dict(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
+                learning_rate=1e-3, per_device_train_batch_size=2, eval_split=0.0, max_length=128)
+    base.update(kw)
+    return JobSpec(**base)
+
+
+def _status(job_id):
+    from studio import db
+
+    return db.get_job(job_id).status
+
+
+def _loss_steps(job_id):
+    from studio import db
+
+    return [r["step"] for r in db.metric_rows(job_id) if r["loss"] is not None]
+
+
+@pytest.fixture
+def home(studio_home, tmp_path):
+    _dataset(tmp_path)
+    return studio_home
+
+
+def test_a_job_runs_in_a_real_consumer_and_reports_through_the_database(home, tiny_model_dir, tmp_path):
+    from studio import db, jobs
+    from studio.settings import get_settings
+
+    job = jobs.submit(_spec(tiny_model_dir, max_steps=6, eval_split=0.2, eval_steps=3))
+    assert job.status == "queued"
+    with Worker(home, tmp_path / "worker.log"):
+        wait_for(lambda: _status(job.id) in db.FINISHED, 180, what="the job to finish")
+    job = db.get_job(job.id)
+    assert job.status == "completed", job.error
+    assert job.total_steps == 6 and job.current_step == 6
+    assert _loss_steps(job.id) == [1, 2, 3, 4, 5, 6]
+    assert any(r["eval_loss"] is not None for r in db.metric_rows(job.id))
+    adapter = get_settings().resolve(job.adapter_path)
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    assert not list(adapter.glob("*.bin")), "adapters are written as safetensors only"
+    assert [e.status for e in db.job_events(job.id)] == ["queued", "running", "completed"]
+    assert job.worker_host and job.device == "cpu"
+
+
+def test_killed_worker_is_detected_and_the_job_resumes_without_repeated_steps(home, tiny_model_dir, tmp_path):
+    from studio import db, jobs
+
+    job = jobs.submit(_spec(tiny_model_dir, max_steps=120, save_steps=10))
+    with Worker(home, tmp_path / "w1.log") as w1:
+        wait_for(lambda: db.get_job(job.id).current_step >= 25, 240, interval=0.2, what="training to pass step 25")
+        w1.signal(signal.SIGKILL)
+        w1.wait(30)
+        killed_at = time.time()
+    assert _status(job.id) == "running"  # nobody has noticed yet
+    lost = jobs.mark_lost_jobs()       # what a consumer start, the periodic task or the UI poll runs
+    assert lost == [job.id]
+    job = db.get_job(job.id)
+    assert job.status == "interrupted" and "resume" in job.error
+    detection = time.time() - killed_at
+    steps_before = max(_loss_steps(job.id))
+    jobs.resume(job.id)
+    with Worker(home, tmp_path / "w2.log"):
+        wait_for(lambda: _status(job.id) in db.FINISHED, 300, what="the resumed job to finish")
+    job = db.get_job(job.id)
+    assert job.status == "completed", job.error
+    steps = _loss_steps(job.id)
+    assert steps == list(range(1, 121)), "the loss curve has repeated or missing steps"
+    print(f"detection {detection:.2f} s after SIGKILL; last logged step before the kill {steps_before}")
+
+
+def test_cancel_while_queued_and_while_running(home, tiny_model_dir, tmp_path):
+    from studio import db, jobs
+    from studio.settings import get_settings
+
+    queued = jobs.submit(_spec(tiny_model_dir, max_steps=2))
+    jobs.cancel(queued.id)
+    assert _status(queued.id) == "cancelled"
+    running = jobs.submit(_spec(tiny_model_dir, max_steps=400, save_steps=1000))
+    with Worker(home, tmp_path / "w.log"):
+        wait_for(lambda: db.get_job(running.id).current_step >= 5, 240, interval=0.2, what="training to start")
+        jobs.cancel(running.id)
+        wait_for(lambda: _status(running.id) == "cancelled", 60, what="the running job to stop")
+        time.sleep(2)
+    job = db.get_job(running.id)
+    assert job.current_step < 400
+    ckpts = list((get_settings().resolve(job.output_dir) / "checkpoints").glob("checkpoint-*"))
+    assert ckpts, "a cancelled run keeps a checkpoint to resume from"
+    assert _status(queued.id) == "cancelled", "a revoked job never runs"
+    assert db.get_job(queued.id).started_at is None
+
+
+def test_a_failing_job_does_not_take_the_worker_down(home, tiny_model_dir, tmp_path):
+    from studio import db, jobs
+    from studio.settings import get_settings
+
+    bad = jobs.submit(_spec(tiny_model_dir, max_steps=2))
+    # the dataset disappears between submission and run: the job must fail with a sentence
+    with db.session() as s:
+        row = s.get(db.DatasetRecord, db.get_dataset("identity").id)
+        row.name = "renamed"
+        s.add(row)
+        s.commit()
+    with Worker(home, tmp_path / "w.log"):
+        wait_for(lambda: _status(bad.id) in db.FINISHED, 120, what="the bad job to end")
+        with db.session() as s:
+            row = s.get(db.DatasetRecord, db.get_dataset("renamed").id)
+            row.name = "identity"
+            s.add(row)
+            s.commit()
+        good = jobs.submit(_spec(tiny_model_dir, max_steps=2))
+        wait_for(lambda: _status(good.id) in db.FINISHED, 120, what="the next job to end")
+    bad_job = db.get_job(bad.id)
+    assert bad_job.status == "failed"
+    assert "dataset 'identity' does not exist" in bad_job.error and "Traceback" not in bad_job.error
+    log = (get_settings().resolve(bad_job.output_dir) / "train.log").read_text()
+    assert "Traceback" in log, "the full traceback goes to the job's log file"
+    assert _status(good.id) == "completed"
+
+
+def test_ten_rapid_submissions_all_queue_and_all_run(home, tiny_model_dir, tmp_path):
+    from studio import db, jobs
+
+    t0 = time.time()
+    ids = [jobs.submit(_spec(tiny_model_dir, max_steps=1, name=f"rapid-{i}")).id for i in range(10)]
+    assert time.time() - t0 < 60
+    positions = [db.queue_position(db.get_job(i)) for i in ids]
+    assert positions == list(range(1, 11))
+    with Worker(home, tmp_path / "w.log"):
+        wait_for(lambda: all(_status(i) in db.FINISHED for i in ids), 300, interval=1, what="all ten jobs")
+    assert [_status(i) for i in ids] == ["completed"] * 10
+    for i in ids:
+        assert [e.status for e in db.job_events(i)].count("running") == 1
+
+
+def test_sigterm_interrupts_the_running_job_which_can_resume(home, tiny_model_dir, tmp_path):
+    from studio import db, jobs
+    from studio.settings import get_settings
+
+    job = jobs.submit(_spec(tiny_model_dir, max_steps=400, save_steps=1000))
+    w = Worker(home, tmp_path / "w.log")
+    try:
+        wait_for(lambda: db.get_job(job.id).current_step >= 5, 240, interval=0.2, what="training to start")
+        w.signal(signal.SIGTERM)
+        assert w.wait(120) == 0, "the consumer exits cleanly on SIGTERM"
+    finally:
+        w.stop()
+    job = db.get_job(job.id)
+    assert job.status == "interrupted"
+    ckpt = list((get_settings().resolve(job.output_dir) / "checkpoints").glob("checkpoint-*"))
+    assert ckpt, "the interrupted job saved a checkpoint on its way out"
+    state = json.loads((ckpt[0] / "trainer_state.json").read_text())
+    assert state["global_step"] == job.current_step
