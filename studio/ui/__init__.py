@@ -26,16 +26,18 @@ def build_ui() -> gr.Blocks:
         def after_start():
             jobs = db.list_jobs()
             latest = jobs[0].id if jobs else None
-            return gr.update(choices=runs_tab.run_choices(), value=latest), runs_tab.runs_table()
+            choices = runs_tab.run_choices()
+            return gr.update(choices=choices, value=latest), gr.update(choices=choices), runs_tab.runs_table()
 
-        train["start"].click(after_start, None, [runs["run"], runs["table"]])
+        train["start"].click(after_start, None, [runs["run"], runs["picks"], runs["table"]])
 
         def on_load():
-            return (gr.update(choices=datasets_tab.dataset_names()), gr.update(choices=runs_tab.run_choices()),
-                    gr.update(choices=chat_tab.adapter_choices()), runs_tab.runs_table(),
+            choices = runs_tab.run_choices()
+            return (gr.update(choices=datasets_tab.dataset_names()), gr.update(choices=choices),
+                    gr.update(choices=choices), gr.update(choices=chat_tab.adapter_choices()), runs_tab.runs_table(),
                     train["estimate_fn"](*[c.value for c in train["inputs"]]))
 
-        demo.load(on_load, None, [train["components"]["dataset"], runs["run"], chat["run"], runs["table"],
+        demo.load(on_load, None, [train["components"]["dataset"], runs["run"], runs["picks"], chat["run"], runs["table"],
                                   train["estimate"]])
     return demo
 

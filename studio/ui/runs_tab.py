@@ -45,7 +45,7 @@ def progress_html(job: db.Job) -> str:
     frac = min(1.0, done / total) if total else 0.0
     elapsed = eta = None
     if job.started_at:
-        end = job.finished_at if job.status not in db.ACTIVE else time.time()
+        end = (job.finished_at if job.status not in db.ACTIVE else None) or time.time()
         elapsed = end - job.started_at
         if job.status == "running" and done and total:
             eta = elapsed / done * (total - done)
@@ -99,7 +99,7 @@ def log_tail(job: db.Job) -> str:
     return "\n".join(keep[-LOG_TAIL_LINES:])
 
 
-def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bool):
+def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bool, force: bool = False):
     """One timer tick: new points since the last seen id, the figure, status, progress."""
     if not job_id:
         return (cache, gr.update(), "Choose a run.", "", "", gr.Timer(active=False))
@@ -110,18 +110,23 @@ def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bo
         job = db.get_job(job_id)
     cache = cache if cache and cache.get("job_id") == job_id else {"job_id": job_id, "last_id": 0, "rows": []}
     new = db.metrics_since(job_id, cache["last_id"])
+    fresh = not cache["rows"] or force
     if new:
-        cache = {"job_id": job_id, "last_id": new[-1].id, "rows": cache["rows"] + [m.as_row() for m in new]}
-    rows = cache["rows"]
-    best = job.summary.get("best_eval_step")
-    fig = charts.run_figure(rows, smoothing=smoothing, log_scale=log_scale, best_step=best,
-                            total_steps=job.total_steps)
+        cache = {"job_id": job_id, "last_id": new[-1].id, "rows": cache["rows"] + [m.as_row() for m in new],
+                 "status": job.status}
     active = job.status in db.ACTIVE
+    if not new and not fresh and cache.get("status") == job.status:
+        # nothing new: leave the figure alone (no redraw in the browser, no work on the server)
+        return (cache, gr.skip(), status_markdown(job), progress_html(job), log_tail(job), gr.Timer(active=active))
+    cache["status"] = job.status
+    best = job.summary.get("best_eval_step")
+    fig = charts.run_figure(cache["rows"], smoothing=smoothing, log_scale=log_scale, best_step=best,
+                            total_steps=job.total_steps, uirevision=job_id)
     return (cache, fig, status_markdown(job), progress_html(job), log_tail(job), gr.Timer(active=active))
 
 
 def select_run(job_id, smoothing, log_scale):
-    cache, fig, status, progress, logs, _ = poll(job_id, None, smoothing, log_scale)
+    cache, fig, status, progress, logs, _ = poll(job_id, None, smoothing, log_scale, force=True)
     job = db.get_job(job_id) if job_id else None
     return cache, fig, status, progress, logs, gr.Timer(active=bool(job and job.status in db.ACTIVE))
 
@@ -168,6 +173,18 @@ def download_csv(job_id):
     return str(out)
 
 
+def compare(job_ids: list[str] | None, smoothing: float, log_scale: bool):
+    """Overlay any runs (finished or live), each labelled by what differs in its config."""
+    picked = [j for j in (db.get_job(i) for i in (job_ids or [])) if j is not None]
+    if not picked:
+        return charts.empty_figure("choose runs to compare", uirevision="compare"), []
+    configs = {j.name: {k: v for k, v in j.spec.items() if k != "name"} for j in picked}
+    labels = charts.config_labels(configs)
+    runs = [(f"{j.name}: {labels[j.name]}" if len(picked) > 1 else j.name, db.metric_rows(j.id)) for j in picked]
+    fig = charts.compare_figure(runs, smoothing=smoothing, log_scale=log_scale)
+    return fig, charts.config_diff(configs)
+
+
 def build() -> dict:
     with gr.Tab("Runs", id="runs"):
         with gr.Row():
@@ -190,17 +207,26 @@ def build() -> dict:
         files = gr.File(label="Download", interactive=False)
         table = gr.Dataframe(value=runs_table, headers=["name", "status", "step", "base", "dataset", "config",
                                                         "device", "created"], interactive=False, label="All runs")
+        with gr.Accordion("Compare runs", open=False, elem_id="compare"):
+            picks = gr.Dropdown(choices=run_choices(), multiselect=True, max_choices=20, label="Runs to overlay",
+                                elem_id="compare-runs")
+            compare_btn = gr.Button("Compare", elem_id="compare-button")
+            compare_chart = gr.Plot(label="Runs compared", elem_id="compare-chart")
+            diff = gr.Dataframe(label="Settings that differ", interactive=False, elem_id="compare-diff")
         cache = gr.State({})
         timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [cache, chart, status, progress, logs, timer]
     run.change(select_run, [run, smoothing, log_scale], outs)
     timer.tick(poll, [run, cache, smoothing, log_scale], outs, show_progress="hidden")
     for ctl in (smoothing, log_scale):
-        ctl.change(poll, [run, cache, smoothing, log_scale], outs, show_progress="hidden")
-    refresh.click(lambda: (gr.update(choices=run_choices()), runs_table()), None, [run, table])
+        ctl.change(lambda r, c, s, l: poll(r, c, s, l, force=True), [run, cache, smoothing, log_scale], outs,
+                   show_progress="hidden")
+    refresh.click(lambda: (gr.update(choices=run_choices()), gr.update(choices=run_choices()), runs_table()), None,
+                  [run, picks, table])
+    compare_btn.click(compare, [picks, smoothing, log_scale], [compare_chart, diff])
     cancel.click(do_cancel, [run], [action])
     resume.click(do_resume, [run], [action, timer])
     delete.click(do_delete, [run], [action, run])
     yaml_btn.click(download_yaml, [run], [files])
     csv_btn.click(download_csv, [run], [files])
-    return {"run": run, "table": table, "timer": timer}
+    return {"run": run, "table": table, "timer": timer, "picks": picks}

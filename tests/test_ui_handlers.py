@@ -1,0 +1,83 @@
+"""The tabs' handlers, called directly (no browser): form values in, messages and figures out."""
+import json
+
+from studio import db
+
+
+def _job(name="r1", **spec):
+    from studio.spec import JobSpec
+
+    job = db.Job(name=name, spec_json=JobSpec(dataset="d", **spec).to_json(), status="running", total_steps=10,
+                 current_step=2, started_at=1.0)
+    with db.session() as s:
+        s.add(job)
+        s.commit()
+    return job
+
+
+def test_bad_upload_gets_one_sentence_and_nothing_is_stored(studio_home, tmp_path):
+    from studio.ui import datasets_tab
+
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n')
+    message, *_ = datasets_tab.check_upload(str(bad), "auto", False, "SmolLM2-135M-Instruct", 512)
+    assert message.startswith("**This file cannot be used:**") and "line 2" in message
+    message, table, _ = datasets_tab.add_upload(str(bad), "auto", False, "")
+    assert message.startswith("**Not added:**") and table == []
+    assert db.list_datasets() == [] and not any((studio_home / "datasets").iterdir())
+
+
+def test_good_upload_previews_then_stores_once(studio_home, tmp_path):
+    from identity_data import write
+    from studio.ui import datasets_tab
+
+    path = write(tmp_path / "id.jsonl")
+    message, preview, stats, *_ = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512)
+    assert "40 rows" in message and "messages" in message
+    assert "Zorblax" in json.dumps(preview["value"])
+    first, table, _ = datasets_tab.add_upload(str(path), "auto", False, "id")
+    again, table2, _ = datasets_tab.add_upload(str(path), "auto", False, "other-name")
+    assert first.startswith("Added") and again.startswith("Already in the library")
+    assert len(table2) == 1
+
+
+def test_poll_reads_only_new_points_and_stops_the_timer_when_done(studio_home):
+    from studio.ui import runs_tab
+
+    job = _job()
+    db.add_metrics(job.id, [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    cache, fig, status, progress, _, timer = runs_tab.poll(job.id, None, 0.0, False)
+    assert len(cache["rows"]) == 2 and "running" in status and 'data-step="2"' in progress
+    assert timer.active
+    db.add_metrics(job.id, [{"step": 3, "loss": 1.2}])
+    cache, fig, *_ = runs_tab.poll(job.id, cache, 0.0, False)
+    assert [r["step"] for r in cache["rows"]] == [1, 2, 3]
+    train = next(t for t in fig.data if t.name == "train loss")
+    assert list(train.x) == [1, 2, 3]
+    db.set_status(job.id, "completed", "done")
+    *_, timer = runs_tab.poll(job.id, cache, 0.0, False)
+    assert timer.active is False
+
+
+def test_compare_labels_runs_by_what_differs(studio_home):
+    from studio.ui import runs_tab
+
+    a, b = _job("a", r=8, load_in_4bit=True), _job("b", r=32, load_in_4bit=False)
+    for j in (a, b):
+        db.add_metrics(j.id, [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
+    fig, diff = runs_tab.compare([a.id, b.id], 0.0, False)
+    names = " ".join(t.name for t in fig.data)
+    assert "r=8" in names and "r=32" in names and "4-bit" in names and "16-bit" in names
+    assert any(row[0] in ("r", "LoRA rank") for row in diff)
+
+
+def test_spec_form_round_trip():
+    from studio.spec import JobSpec
+    from studio.ui import form
+
+    names = ["base_model", "dataset", "r", "learning_rate", "target_modules", "golden_prompts", "load_in_4bit"]
+    spec = JobSpec(dataset="d", r=8, target_modules=["q_proj"], golden_prompts=["a", "b"])
+    values = form.values_from_spec(names, spec)
+    values[2] = 8.0  # gradio Numbers come back as floats
+    again = form.spec_from_values(names, values)
+    assert again.r == 8 and isinstance(again.r, int) and again.golden_prompts == ["a", "b"]
