@@ -1,8 +1,9 @@
 """Inference for the Chat tab: one base model in memory, many adapters attached through peft.
 
 The base reply comes from ``disable_adapter()``; switching adapters is ``set_adapter`` and never
-reloads the base. This model object is never the training one. torch/transformers/peft are imported
-lazily on first use, so the UI process starts light.
+reloads the base (``base_loads`` counts real loads). This model object is never the training one.
+``compare`` drives the side-by-side panes: base | A | B | C, each with its own history.
+torch/transformers/peft are imported lazily on first use, so the UI process starts light.
 """
 from __future__ import annotations
 
@@ -35,18 +36,36 @@ class GenerationSettings:
         return kw
 
 
+MAX_LOADED_ADAPTERS = 8   # least recently used adapters beyond this are dropped from memory
+
+
+def base_key(ref: str) -> str:
+    """One spelling per base model, so aliases of the same model never reload it."""
+    from .models import is_bundled
+    from .spec import BUNDLED_MODEL
+
+    ref = (ref or "").strip()
+    if is_bundled(ref):
+        return BUNDLED_MODEL
+    p = Path(ref).expanduser()
+    return str(p.resolve()) if p.exists() else ref
+
+
 class ChatEngine:
     def __init__(self):
         self.lock = threading.Lock()  # plain Lock: a gradio generator may resume on another thread
         self.base_ref: str | None = None
         self.model = None          # PeftModel once an adapter is attached, else the plain base
         self.tokenizer = None
-        self.adapters: dict[str, str] = {}   # adapter name -> folder
+        self.adapters: dict[str, str] = {}   # adapter name -> folder, least recently used first
         self.base_loads = 0
         self.stop_event = threading.Event()
+        self.current_owner: str | None = None   # the session whose reply is being generated
+        self.stops: dict[str | None, float] = {}  # session -> time it last pressed Stop
 
     # -- loading ------------------------------------------------------------------------------------
     def ensure_base(self, ref: str) -> None:
+        ref = base_key(ref)
         with self.lock:
             if self.base_ref == ref and self.model is not None:
                 return
@@ -74,6 +93,7 @@ class ChatEngine:
         with self.lock:
             folder = str(folder)
             if self.adapters.get(name) == folder:
+                self.adapters[name] = self.adapters.pop(name)  # most recently used last
                 return
             from peft import PeftModel
 
@@ -84,15 +104,33 @@ class ChatEngine:
             else:
                 if name in self.adapters:
                     self.model.delete_adapter(name)
+                    del self.adapters[name]
+                while len(self.adapters) >= MAX_LOADED_ADAPTERS:
+                    oldest = next(iter(self.adapters))
+                    self.model.delete_adapter(oldest)
+                    del self.adapters[oldest]
                 self.model.load_adapter(folder, adapter_name=name, use_safetensors=True)
             self.model.eval()
             self.adapters[name] = folder
 
-    # -- generation -----------------------------------------------------------------------------------
-    def stream(self, messages: list[dict], adapter: str | None, settings: GenerationSettings) -> Iterator[str]:
-        """Yield the growing reply of the base (adapter=None) or of base+adapter."""
+    def _adapter_context(self, adapter: str | None):
+        """The context that makes the next forward pass the base (adapter=None) or base + ``adapter``."""
         import contextlib
 
+        if adapter is None:
+            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        if adapter not in self.adapters:
+            raise KeyError(f"adapter {adapter} is not loaded")
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    # -- generation -----------------------------------------------------------------------------------
+    def stream(self, messages: list[dict], adapter: str | None, settings: GenerationSettings,
+               owner: str | None = None) -> Iterator[str]:
+        """Yield the growing reply of the base (adapter=None) or of base+adapter.
+
+        ``owner`` (a browser session) lets Stop end only that session's reply.
+        """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -102,19 +140,16 @@ class ChatEngine:
             def __call__(self, input_ids, scores, **kwargs):
                 return stop_event.is_set()
 
+        from .render import _render
+
         with self.lock:
             stop_event.clear()
+            self.current_owner = owner
             tok = self.tokenizer
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = _render(tok, messages, generation_prompt=True)  # the fallback template for base models
             enc = tok(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
-            if adapter is None:
-                ctx = self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
-            else:
-                if adapter not in self.adapters:
-                    raise KeyError(f"adapter {adapter} is not loaded")
-                self.model.set_adapter(adapter)
-                ctx = contextlib.nullcontext()
+            ctx = self._adapter_context(adapter)
             errors: list[BaseException] = []
 
             def work():
@@ -138,6 +173,7 @@ class ChatEngine:
             finally:
                 stop_event.set()
                 thread.join()
+                self.current_owner = None
             if errors:
                 raise errors[0]
 
@@ -147,8 +183,33 @@ class ChatEngine:
             pass
         return out
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def nll(self, messages: list[dict], adapter: str | None, max_length: int | None = 2048) -> tuple[float, int]:
+        """Teacher-forced negative log-likelihood (sum, token count) of the assistant tokens of a conversation,
+        the same tokens training puts its loss on (``studio.render.encode_chat``)."""
+        import torch
+
+        from .render import encode_chat
+
+        with self.lock:
+            ids, mask = encode_chat(self.tokenizer, messages, max_length)
+            targets = torch.tensor(mask[1:], dtype=torch.bool)
+            if len(ids) < 2 or not targets.any():
+                return 0.0, 0
+            x = torch.tensor([ids], device=self.model.device)
+            with self._adapter_context(adapter), torch.inference_mode():
+                logits = self.model(input_ids=x).logits[0, :-1].float()
+            targets = targets.to(logits.device)
+            loss = torch.nn.functional.cross_entropy(logits[targets], x[0, 1:][targets], reduction="sum")
+            return float(loss), int(targets.sum())
+
+    def stop(self, owner: str | None = None) -> None:
+        """Stop the reply being generated; with ``owner``, only if it is that session's."""
+        self.stops[owner] = time.time()
+        if owner is None or self.current_owner in (None, owner):
+            self.stop_event.set()
+
+    def stopped_since(self, owner: str | None, since: float) -> bool:
+        return self.stops.get(owner, 0.0) >= since
 
 
 _engine: ChatEngine | None = None
@@ -163,3 +224,91 @@ def get_engine() -> ChatEngine:
 
 def settings_dict(s: GenerationSettings) -> dict:
     return asdict(s)
+
+
+# ---- side-by-side comparison ------------------------------------------------------------------------
+
+PANES = ("A", "B", "C")
+AUTO_BASE = "auto"
+
+
+def as_messages(history: list[dict], system: str = "") -> list[dict]:
+    """A pane's history (gradio message dicts) as plain chat messages, with the system prompt first."""
+    msgs = [{"role": "system", "content": system}] if (system or "").strip() else []
+    for m in history:
+        content = m["content"] if isinstance(m["content"], str) else " ".join(
+            p.get("text", "") for p in m["content"] if isinstance(p, dict))
+        msgs.append({"role": m["role"], "content": content})
+    return msgs
+
+
+def _note(status: str, problems: list[str]) -> str:
+    return "  \n".join([status] * bool(status) + [f"⚠️ {p}" for p in problems])
+
+
+def compare(prompt: str, base_choice: str | None, refs: list[str | None], histories: list[list[dict] | None],
+            system: str, settings: GenerationSettings, engine: ChatEngine | None = None,
+            owner: str | None = None) -> Iterator[tuple[list[list[dict]], str]]:
+    """Yield (histories, note) while the base and up to three adapters answer ``prompt`` in turn.
+
+    ``histories``: [base, A, B, C], each its own conversation. ``refs``: adapter refs of panes A-C
+    (studio.adapters.resolve; empty = no adapter). ``base_choice`` "auto" (or empty) takes the first
+    adapter's base. An adapter trained on another base is used only if its shapes fit the chosen one.
+    """
+    from . import adapters
+
+    engine = engine or get_engine()
+    histories = [list(h or []) for h in histories] + [[] for _ in range(1 + len(refs) - len(histories))]
+    if not (prompt or "").strip():
+        yield histories, "Type a prompt first."
+        return
+    problems: list[str] = []
+    chosen = []
+    for i, ref in enumerate(refs):
+        if not ref:
+            continue
+        try:
+            chosen.append((i + 1, adapters.resolve(ref)))
+        except (adapters.AdapterError, ValueError) as exc:
+            problems.append(f"{PANES[i]}: {exc}")
+    base = base_choice if base_choice and base_choice != AUTO_BASE else (chosen[0][1].base_model if chosen else "")
+    if not base:
+        yield histories, _note("Choose a base model or an adapter (a finished run, a checkpoint or an import).",
+                               problems)
+        return
+    usable = []
+    for pane, ref in chosen:
+        if not adapters.same_base(ref.base_model, base):
+            try:
+                adapters.check_adapter(ref.folder, base)
+            except adapters.AdapterError as exc:
+                problems.append(f"{PANES[pane - 1]}: {ref.name} was trained on {ref.base_model}, not {base}: {exc}")
+                continue
+        usable.append((pane, ref))
+    started = time.time()
+    if engine.model is None or engine.base_ref != base_key(base):
+        yield histories, _note("Loading the base model (first use takes a moment)…", problems)
+    try:
+        engine.ensure_base(base)
+        for _, ref in usable:
+            engine.ensure_adapter(ref.key, ref.folder)
+    except Exception as exc:  # a missing file, a bad folder, out of memory: one line in the note
+        yield histories, _note(f"**Cannot load the model:** {exc}", problems)
+        return
+    panes = [(0, None, "base")] + [(pane, ref.key, ref.name) for pane, ref in usable]
+    for pane, _, _ in panes:
+        histories[pane] += [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+    for n, (pane, key, label) in enumerate(panes):
+        if engine.stopped_since(owner, started):
+            for later, _, _ in panes[n:]:
+                histories[later][-1] = {"role": "assistant", "content": "(stopped)"}
+            break
+        messages = as_messages(histories[pane][:-1], system)
+        try:
+            for text in engine.stream(messages, key, settings, owner=owner):
+                histories[pane][-1] = {"role": "assistant", "content": text}
+                yield histories, _note(f"Generating: {label}…", problems)
+        except Exception as exc:
+            yield histories, _note(f"**Generation failed ({label}):** {exc}", problems)
+            return
+    yield histories, _note("Stopped." if engine.stopped_since(owner, started) else "", problems)

@@ -215,6 +215,18 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from .adapters import cli_chat
+
+    return cli_chat(args)
+
+
+def cmd_export(args) -> int:
+    from .adapters import cli_export
+
+    return cli_export(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studio", description="Fine-Tune Studio")
     sub = p.add_subparsers(dest="command", required=True)
@@ -263,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("config")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_estimate)
+
+    ch = sub.add_parser("chat", help="ask a finished run (or a checkpoint, or an imported adapter) one question")
+    ch.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")
+    ch.add_argument("--prompt", required=True)
+    ch.add_argument("--compare", action="store_true", help="print the base model's reply first")
+    ch.add_argument("--system", default="", help="system prompt")
+    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.set_defaults(func=cmd_chat)
+    x = sub.add_parser("export", help="merge an adapter into its base and/or write a GGUF + Ollama Modelfile")
+    x.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")
+    x.add_argument("--merge", metavar="OUT", default=None, help="write the merged model to this new folder")
+    x.add_argument("--gguf", metavar="OUT", default=None, help="a .gguf file, or a folder for <name>-<quant>.gguf")
+    x.add_argument("--quant", default="q8_0", choices=["q8_0", "f16", "f32"])
+    x.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the merged weights")
+    x.add_argument("--no-drift-check", action="store_true", help="skip loading the GGUF back to compare")
+    x.set_defaults(func=cmd_export)
     return p
 
 

@@ -319,8 +319,9 @@ class JobLog:
 
 def run_job(job_id: str, resume: bool = False) -> str:
     """Train one job to completion, cancellation or interruption; returns the final status."""
+    from studio.evaluation import GoldenPromptsCallback, golden_prompts_for
     from studio.models import resolve_model
-    from workers.callbacks import StudioCallback
+    from workers.callbacks import SHUTDOWN, StudioCallback
 
     settings = get_settings()
     job = db.get_job(job_id)
@@ -354,6 +355,9 @@ def run_job(job_id: str, resume: bool = False) -> str:
             model, tokenizer = load_model_for_training(spec, model_dir, device)
             callback = StudioCallback(job_id)
             trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
+            golden = golden_prompts_for(spec, eval_rows)
+            if golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
+                trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set))
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             step = trainer.state.global_step
             if callback.stop_reason:

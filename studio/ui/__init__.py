@@ -10,7 +10,7 @@ STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
 def build_ui() -> gr.Blocks:
     from .. import db
-    from . import chat_tab, datasets_tab, runs_tab, train_tab
+    from . import adapters_tab, chat_tab, datasets_tab, runs_tab, train_tab
 
     db.get_engine()  # create tables before the first request
     with gr.Blocks(title="Fine-Tune Studio") as demo:
@@ -21,6 +21,7 @@ def build_ui() -> gr.Blocks:
             train = train_tab.build()
             runs = runs_tab.build()
             chat = chat_tab.build()
+            library = adapters_tab.build()
         datasets_tab.wire(data, [train["components"]["dataset"]])
 
         def after_start():
@@ -34,11 +35,12 @@ def build_ui() -> gr.Blocks:
         def on_load():
             choices = runs_tab.run_choices()
             return (gr.update(choices=datasets_tab.dataset_names()), gr.update(choices=choices),
-                    gr.update(choices=choices), gr.update(choices=chat_tab.adapter_choices()), runs_tab.runs_table(),
-                    train["estimate_fn"](*[c.value for c in train["inputs"]]))
+                    gr.update(choices=choices), runs_tab.runs_table(),
+                    train["estimate_fn"](*[c.value for c in train["inputs"]]),
+                    *chat["refresh_values"](), *library["refresh_values"]())
 
-        demo.load(on_load, None, [train["components"]["dataset"], runs["run"], runs["picks"], chat["run"], runs["table"],
-                                  train["estimate"]])
+        demo.load(on_load, None, [train["components"]["dataset"], runs["run"], runs["picks"], runs["table"],
+                                  train["estimate"], *chat["refresh_outputs"], *library["refresh_outputs"]])
     return demo
 
 

@@ -1,0 +1,759 @@
+"""The adapter library: finished runs, their checkpoints and imported adapters, in one place.
+
+    list_adapters()                      finished runs and imports, with base, key config, metrics, size
+    resolve(ref)                         the value a dropdown or the CLI passes -> an AdapterRef (folder, base)
+    zip_adapter(ref)                     adapter files + tokenizer (if present) + a generated model card
+    import_adapter(src, name, base)      safetensors only, zip-slip safe, checked against the base's shapes
+    merge(ref) / export_gguf(ref)        studio.export under <home>/exports/<name>-merged|-gguf, drift JSON beside
+    cli_chat(args) / cli_export(args)    `studio chat` and `studio export`
+
+A ref is a finished run's id (or name), ``<job id>/checkpoint-<N>`` for a checkpoint of any run, or
+``imported/<name>``. No torch at import time: the UI lists adapters without the training stack.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import db
+from .settings import UnsafePath, check_name, get_settings
+
+IMPORTS = "adapters"                       # <home>/adapters/<name>/
+IMPORT_PREFIX = "imported/"
+META_FILE = "studio_adapter.json"          # what the studio records about an imported adapter
+CHECKPOINTS = "checkpoints"                # = workers.train.CHECKPOINTS
+CHECKPOINT_MARKER = "studio-checkpoint-complete"  # = workers.callbacks.COMPLETE_MARKER (a test keeps them equal)
+CHECKPOINT_STATUSES = ("running", "cancelled", "interrupted", "failed")  # a completed run offers its adapter
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "pytorch_model.bin")
+MAX_ZIP_MEMBERS = 256
+DRIFT_PROMPTS = ["Hello! Who are you?", "What is the capital of France?", "Write one sentence about the sea."]
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be listed, imported or exported; the message is one human sentence."""
+
+
+@dataclass
+class AdapterRef:
+    ref: str                    # the value dropdowns and the CLI pass around
+    name: str                   # human name, also the stem of export folders
+    kind: str                   # run | checkpoint | imported
+    folder: Path                # holds adapter_config.json + adapter_model.safetensors
+    base_model: str
+    job_id: str | None = None
+    step: int | None = None
+
+    @property
+    def key(self) -> str:
+        """A name peft accepts for the adapter (no dots), unique per ref."""
+        clean = re.sub(r"[^A-Za-z0-9_]", "_", self.ref)[:40]
+        return f"{clean}_{hashlib.sha1(self.ref.encode()).hexdigest()[:8]}"
+
+
+# ---- listing ----------------------------------------------------------------------------------
+
+def imports_dir() -> Path:
+    return get_settings().resolve(IMPORTS)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def human_bytes(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def config_text(spec: dict) -> str:
+    """The few choices that tell adapters apart: method, rank, alpha, quantisation, targets, lr, steps."""
+    quant = "4-bit" if spec.get("load_in_4bit") else "8-bit" if spec.get("load_in_8bit") else "16-bit"
+    targets = ",".join(spec.get("target_modules") or [])
+    bits = [spec.get("method", "sft"), f"r={spec.get('r')}", f"alpha={spec.get('lora_alpha')}", quant, targets,
+            f"lr {spec.get('learning_rate')}"]
+    if spec.get("use_dora"):
+        bits.append("DoRA")
+    return " · ".join(str(b) for b in bits if b)
+
+
+def _imported_meta(folder: Path) -> dict:
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _adapter_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def list_adapters() -> list[dict]:
+    """Finished runs with an adapter, newest first, then imported adapters by name."""
+    settings = get_settings()
+    out = []
+    for job in db.list_jobs(("completed",)):
+        if not job.adapter_path:
+            continue
+        folder = settings.resolve(job.adapter_path)
+        summary, spec = job.summary, job.spec
+        out.append({"ref": job.id, "name": job.name, "kind": "run", "base_model": spec.get("base_model", ""),
+                    "config": config_text(spec), "dataset": spec.get("dataset", ""),
+                    "final_loss": summary.get("final_loss"), "best_eval_loss": summary.get("best_eval_loss"),
+                    "steps": summary.get("steps", job.current_step), "bytes": _size(folder), "path": str(folder),
+                    "created_at": job.created_at})
+    root = imports_dir()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir() or folder.name.startswith(".") or not (folder / META_FILE).exists():
+            continue
+        meta, cfg = _imported_meta(folder), _adapter_config(folder)
+        targets = cfg.get("target_modules")
+        targets = ",".join(targets) if isinstance(targets, list) else str(targets or "")
+        bits = (f"r={cfg.get('r')}", f"alpha={cfg.get('lora_alpha')}", targets)
+        out.append({"ref": IMPORT_PREFIX + folder.name, "name": folder.name, "kind": "imported",
+                    "base_model": meta.get("base_model", ""), "config": " · ".join(b for b in bits if b),
+                    "dataset": "", "final_loss": None, "best_eval_loss": None, "steps": None,
+                    "bytes": _size(folder), "path": str(folder), "created_at": meta.get("imported_at")})
+    return out
+
+
+def list_checkpoints(statuses: tuple[str, ...] = CHECKPOINT_STATUSES) -> list[AdapterRef]:
+    """Complete checkpoints (the worker's marker written) that hold an adapter, newest run first."""
+    settings = get_settings()
+    out: list[AdapterRef] = []
+    for job in db.list_jobs(statuses):
+        if not job.output_dir:
+            continue
+        folder = settings.resolve(job.output_dir) / CHECKPOINTS
+        steps = []
+        for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else []:
+            match = re.fullmatch(r"checkpoint-(\d+)", ckpt.name)
+            if (match and (ckpt / CHECKPOINT_MARKER).exists()
+                    and (ckpt / "adapter_model.safetensors").exists()):
+                steps.append((int(match.group(1)), ckpt))
+        for step, ckpt in sorted(steps, reverse=True):
+            out.append(AdapterRef(f"{job.id}/checkpoint-{step}", _checkpoint_name(job.name, step), "checkpoint", ckpt,
+                                  job.spec.get("base_model", ""), job.id, step))
+    return out
+
+
+def _checkpoint_name(job_name: str, step: int) -> str:
+    suffix = f"-step{step}"
+    return job_name[: 64 - len(suffix)] + suffix
+
+
+def chat_choices() -> list[tuple[str, str]]:
+    """(label, ref) for every adapter chat can load: finished runs, checkpoints, imports."""
+    choices = [(f"{j.name} ({j.spec.get('base_model')})", j.id)
+               for j in db.list_jobs(("completed",)) if j.adapter_path]
+    jobs = {j.id: j for j in db.list_jobs()}
+    for c in list_checkpoints():
+        job = jobs.get(c.job_id)
+        status = job.status if job else ""
+        choices.append((f"{job.name if job else c.job_id} · checkpoint {c.step} ({status})", c.ref))
+    for a in list_adapters():
+        if a["kind"] == "imported":
+            choices.append((f"{a['name']} (imported, {a['base_model']})", a["ref"]))
+    return choices
+
+
+def base_choices() -> list[str]:
+    """Base models the studio knows of: the bundled one and every base a run or an import used."""
+    from .spec import BUNDLED_MODEL
+
+    seen = [BUNDLED_MODEL]
+    for job in db.list_jobs():
+        seen.append(job.spec.get("base_model", ""))
+    for a in list_adapters():
+        seen.append(a["base_model"])
+    return [b for b in dict.fromkeys(seen) if b]
+
+
+def resolve(ref: str) -> AdapterRef:
+    """A run id or name, ``<job>/checkpoint-<N>`` or ``imported/<name>`` -> the adapter's folder and base."""
+    settings = get_settings()
+    ref = (ref or "").strip()
+    if not ref:
+        raise AdapterError("choose an adapter")
+    if ref.startswith(IMPORT_PREFIX):
+        return _resolve_import(ref[len(IMPORT_PREFIX):])
+    if "/" in ref:
+        job_part, _, ckpt = ref.partition("/")
+        match = re.fullmatch(r"checkpoint-(\d+)", ckpt)
+        job = db.get_job(job_part)
+        if match is None or job is None:
+            raise AdapterError(f"there is no checkpoint '{ref}'")
+        folder = settings.resolve(job.output_dir) / CHECKPOINTS / ckpt
+        if not (folder / "adapter_model.safetensors").exists():
+            raise AdapterError(f"the checkpoint {ckpt} of {job.name} is gone or holds no adapter "
+                               "(old checkpoints are removed as training goes on)")
+        step = int(match.group(1))
+        return AdapterRef(f"{job.id}/{ckpt}", _checkpoint_name(job.name, step), "checkpoint", folder,
+                          job.spec.get("base_model", ""), job.id, step)
+    job = db.get_job(ref)
+    if job is not None:
+        if not job.adapter_path:
+            raise AdapterError(f"the run {job.name} is {job.status} and has no final adapter; "
+                               "pick one of its checkpoints instead")
+        return AdapterRef(job.id, job.name, "run", settings.resolve(job.adapter_path),
+                          job.spec.get("base_model", ""), job.id)
+    try:
+        return _resolve_import(ref)
+    except AdapterError:
+        raise AdapterError(f"there is no finished run or imported adapter named '{ref}'") from None
+
+
+def _resolve_import(name: str) -> AdapterRef:
+    try:
+        name = check_name(name, "adapter name")
+    except UnsafePath as exc:
+        raise AdapterError(str(exc)) from None
+    folder = get_settings().resolve(f"{IMPORTS}/{name}")
+    if not (folder / META_FILE).exists():
+        raise AdapterError(f"there is no imported adapter named '{name}'")
+    return AdapterRef(IMPORT_PREFIX + name, name, "imported", folder, _imported_meta(folder).get("base_model", ""))
+
+
+def same_base(a: str, b: str) -> bool:
+    """Whether two base-model references name the same model (bundled aliases, equal folders)."""
+    from .models import is_bundled
+
+    a, b = (a or "").strip(), (b or "").strip()
+    if a == b:
+        return True
+    if is_bundled(a) and is_bundled(b):
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+# ---- the model card and the zip -----------------------------------------------------------------
+
+def model_card(job: db.Job) -> str:
+    """README.md for a finished run: training config (JobSpec YAML), dataset statistics, final metrics."""
+    from .spec import JobSpec
+
+    spec = JobSpec.from_dict(job.spec)
+    from .models import is_bundled
+
+    hub_base = BUNDLED_HUB_ID if is_bundled(spec.base_model) else (
+        spec.base_model if spec.base_model.count("/") == 1 and not Path(spec.base_model).exists() else None)
+    front = ["---", "library_name: peft", "pipeline_tag: text-generation",
+             f"tags: [lora, {spec.method}, fine-tune-studio]"]
+    if hub_base:
+        front.append(f"base_model: {hub_base}")
+    front.append("---")
+    quant = "QLoRA 4-bit" if spec.load_in_4bit else "8-bit" if spec.load_in_8bit else "16/32-bit"
+    lines = front + ["", f"# {job.name}", "",
+                     f"A LoRA adapter for **{spec.base_model}**, trained with Fine-Tune Studio "
+                     f"({spec.method.upper()}, {quant} base).", ""]
+    summary = job.summary
+    lines += ["## Final metrics", "", "| metric | value |", "|---|---|"]
+    labels = (("steps", "optimizer steps"), ("final_loss", "final training loss"),
+              ("best_eval_loss", "best eval loss"), ("best_eval_step", "best eval step"),
+              ("runtime_seconds", "runtime (s)"), ("tokens", "tokens seen"),
+              ("trainable_params", "trainable parameters"), ("total_params", "total parameters"),
+              ("adapter_bytes", "adapter size (bytes)"))
+    for key, label in labels:
+        value = summary.get(key)
+        if value is not None:
+            lines.append(f"| {label} | {value:.4g} |" if isinstance(value, float) else f"| {label} | {value} |")
+    lines.append("")
+    lines += ["## Dataset", ""]
+    for role, name in (("training", spec.dataset), ("evaluation", spec.eval_dataset)):
+        if not name:
+            continue
+        rec = db.get_dataset(name)
+        if rec is None:
+            lines += [f"- {role}: `{name}` (no longer in the studio's library)"]
+            continue
+        lines += [f"- {role}: `{rec.name}` ({rec.filename}, format {rec.format}, kind {rec.kind}, {rec.rows} rows, "
+                  f"sha256 {rec.sha256[:16]}…)"]
+        for key, value in rec.stats.items():
+            lines.append(f"  - {key}: {value}")
+    if not spec.eval_dataset:
+        lines.append(f"- evaluation: {spec.eval_split:.0%} of the training rows held out (seed {spec.seed})")
+    lines += ["", "## Training configuration", "", "```yaml", spec.to_yaml().rstrip(), "```", "",
+              "## Use it", "", "```python", "from peft import PeftModel",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f"base = AutoModelForCausalLM.from_pretrained({(hub_base or spec.base_model)!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({(hub_base or spec.base_model)!r})",
+              "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")", "```", ""]
+    return "\n".join(lines)
+
+
+def _imported_card(ref: AdapterRef) -> str:
+    meta = _imported_meta(ref.folder)
+    return "\n".join(["---", "library_name: peft", "---", "", f"# {ref.name}", "",
+                      f"A LoRA adapter imported into Fine-Tune Studio for **{ref.base_model}** "
+                      f"from `{meta.get('source', '?')}`.", ""])
+
+
+def zip_adapter(job_id: str) -> Path:
+    """<home>/exports/<name>-adapter.zip: adapter config + safetensors, tokenizer files when the adapter
+    folder has them, and a README.md model card. Accepts any ref (run, checkpoint or import)."""
+    ref = resolve(job_id)
+    settings = get_settings()
+    missing = [f for f in ADAPTER_FILES if not (ref.folder / f).is_file()]
+    if missing:
+        raise AdapterError(f"the adapter of {ref.name} is incomplete: {', '.join(missing)} missing")
+    job = db.get_job(ref.job_id) if ref.job_id else None
+    card = model_card(job) if job is not None else _imported_card(ref)
+    out = settings.exports_dir / f"{check_name(ref.name, 'adapter name')}-adapter.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in ADAPTER_FILES + TOKENIZER_FILES:
+                if (ref.folder / name).is_file():
+                    zf.write(ref.folder / name, name)
+            zf.writestr("README.md", card)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+# ---- import -----------------------------------------------------------------------------------
+
+PICKLE_SENTENCE = ("this adapter is stored as {file}, a pickle file that can run code when it is loaded; "
+                   "only adapter_model.safetensors is imported (convert it with peft: load it where you trust it "
+                   "and save_pretrained(..., safe_serialization=True))")
+
+
+def import_adapter(path_or_zip, name: str, base_model: str) -> Path:
+    """Check and store an adapter under <home>/adapters/<name>/; returns that folder.
+
+    ``path_or_zip``: a .zip, a folder, or a list of files (adapter_config.json + adapter_model.safetensors).
+    The adapter's own ``base_model_name_or_path`` is ignored: the shapes are checked against ``base_model``,
+    which is recorded instead.
+    """
+    try:
+        name = check_name(name, "adapter name")
+        target = get_settings().resolve(f"{IMPORTS}/{name}")
+    except UnsafePath as exc:
+        raise AdapterError(str(exc)) from None
+    if not (base_model or "").strip():
+        raise AdapterError("choose the base model the adapter was trained on")
+    if target.exists():
+        raise AdapterError(f"an adapter named '{name}' already exists; choose another name")
+    settings = get_settings()
+    staging = settings.tmp_dir / f"import-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    try:
+        source = _gather(path_or_zip, staging / "src", settings.upload_limit_bytes)
+        folder = _adapter_root(source)
+        report = check_adapter(folder, base_model)
+        out = staging / "out"
+        out.mkdir()
+        for fname in ADAPTER_FILES + TOKENIZER_FILES + ("README.md",):
+            src = folder / fname
+            if src.is_file() and not src.is_symlink():
+                shutil.copyfile(src, out / fname)
+        config = json.loads((out / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = base_model  # the user's choice, not the file's claim
+        (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        label = path_or_zip if not isinstance(path_or_zip, (list, tuple)) else path_or_zip[0]
+        meta = {"name": name, "base_model": base_model, "imported_at": time.time(),
+                "source": Path(str(label)).name, **report}
+        (out / META_FILE).write_text(json.dumps(meta, indent=2))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(out, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _gather(path_or_zip, dest: Path, max_bytes: int) -> Path:
+    """Put the uploaded material in one folder: extract a zip, copy listed files; a folder is used in place."""
+    if isinstance(path_or_zip, (list, tuple)):
+        paths = [Path(str(p)) for p in path_or_zip]
+        if len(paths) == 1:
+            return _gather(paths[0], dest, max_bytes)
+        if any(zipfile.is_zipfile(p) for p in paths if p.is_file()):
+            raise AdapterError("upload either one .zip or the adapter's files, not both")
+        dest.mkdir(parents=True)
+        for p in paths:
+            if not p.is_file():
+                raise AdapterError(f"the file '{p.name}' does not exist")
+            shutil.copyfile(p, dest / re.sub(r"[^A-Za-z0-9._-]", "_", p.name).lstrip("."))
+        return dest
+    path = Path(str(path_or_zip))
+    if path.is_dir():
+        return path
+    if not path.is_file():
+        raise AdapterError(f"'{path}' does not exist")
+    if zipfile.is_zipfile(path):
+        safe_extract(path, dest, max_bytes)
+        return dest
+    if path.name.endswith(PICKLE_WEIGHTS):
+        raise AdapterError(PICKLE_SENTENCE.format(file=path.name))
+    raise AdapterError("upload the adapter as a .zip, or both adapter_config.json and adapter_model.safetensors")
+
+
+def safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
+    """Extract a zip without ever writing outside ``dest``: no absolute paths, no '..', no links, bounded size."""
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with zipfile.ZipFile(zip_path) as zf:
+        members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise AdapterError(f"the zip holds {len(members)} entries; an adapter needs a handful")
+        total = 0
+        for m in members:
+            name = m.filename.replace("\\", "/")
+            parts = [p for p in name.split("/") if p not in ("", ".")]
+            mode = (m.external_attr >> 16) & 0o170000
+            target = (root / "/".join(parts)).resolve() if parts else root
+            if (name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts or mode == 0o120000
+                    or not target.is_relative_to(root)):
+                raise AdapterError(f"the zip holds an unsafe path '{m.filename}' (a link, or a path that leaves "
+                                   "its folder); nothing was imported")
+            total += m.file_size
+            if total > max_bytes:
+                raise AdapterError(f"the zip unpacks to more than {max_bytes / 1e6:.0f} MB (the upload limit)")
+        for m in members:
+            parts = [p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+            if not parts:
+                continue
+            target = root.joinpath(*parts)
+            if m.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, open(target, "wb") as dst:
+                copied = 0
+                while chunk := src.read(1 << 20):
+                    copied += len(chunk)
+                    if copied > m.file_size:
+                        raise AdapterError(f"'{m.filename}' in the zip is larger than its header says")
+                    dst.write(chunk)
+
+
+def _adapter_root(folder: Path) -> Path:
+    """The folder holding adapter_config.json: the upload itself, or its single sub-folder."""
+    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    for c in candidates:
+        if (c / "adapter_config.json").is_file() or any((c / f).is_file() for f in PICKLE_WEIGHTS):
+            root = c
+            break
+    else:
+        raise AdapterError("the upload holds no adapter_config.json; is it a peft LoRA adapter?")
+    if not (root / "adapter_model.safetensors").is_file():
+        pickled = next((f for f in PICKLE_WEIGHTS if (root / f).is_file()), None)
+        if pickled:
+            raise AdapterError(PICKLE_SENTENCE.format(file=pickled))
+        raise AdapterError("the upload has no adapter_model.safetensors")
+    if not (root / "adapter_config.json").is_file():
+        raise AdapterError("the upload has no adapter_config.json next to adapter_model.safetensors")
+    return root
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
+
+
+def _headers(folder: Path) -> dict[str, dict]:
+    from .catalog import _safetensors_header
+
+    out: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out.update({k: v for k, v in _safetensors_header(path).items() if k != "__metadata__"})
+    return out
+
+
+def _check_safetensors_file(path: Path) -> dict:
+    """The header of a safetensors file whose tensors all lie inside the file."""
+    from .catalog import _safetensors_header
+
+    try:
+        header = _safetensors_header(path)
+        with open(path, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        raise AdapterError(f"{path.name} is not a valid safetensors file") from None
+    if 8 + length + end > path.stat().st_size:
+        raise AdapterError(f"{path.name} is cut short: its header promises more data than the file holds")
+    return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def check_adapter(folder: str | Path, base_model: str) -> dict:
+    """Check a LoRA adapter against a base model by shapes alone (safetensors headers, no torch).
+
+    Every lora_A must be (r, in_features) and every lora_B (out_features, r) of a linear layer the base
+    really has; the config's target modules must be layers of the base. Returns what was found.
+    """
+    from . import catalog
+    from .models import ModelError, resolve_model
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        raise AdapterError("adapter_config.json is missing or not valid JSON") from None
+    if not isinstance(config, dict):
+        raise AdapterError("adapter_config.json must hold a JSON object")
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise AdapterError(f"only LoRA adapters are supported; this one is {config.get('peft_type')}")
+    tensors = _check_safetensors_file(folder / "adapter_model.safetensors")
+    try:
+        base_dir = resolve_model(base_model)
+    except ModelError as exc:
+        raise AdapterError(f"cannot read the base model: {exc}") from None
+    leaves = catalog.linear_layers_from_safetensors(base_dir)
+    base_shapes = {k[: -len(".weight")]: tuple(v.get("shape") or ()) for k, v in _headers(base_dir).items()
+                   if k.endswith(".weight")}
+    if not leaves:
+        raise AdapterError(f"cannot read the linear layers of {base_model} (no safetensors weights)")
+    ranks: dict[str, dict[str, tuple]] = {}
+    for key, info in tensors.items():
+        match = _LORA_KEY.match(key)
+        if match:
+            ranks.setdefault(match["module"], {})[match["part"]] = tuple(info.get("shape") or ())
+    if not ranks:
+        raise AdapterError("the adapter holds no LoRA weights (no lora_A / lora_B tensors)")
+    names = ", ".join(sorted(leaves))
+    found_r = set()
+    for module, parts in sorted(ranks.items()):
+        leaf = module.rsplit(".", 1)[-1]
+        if leaf not in leaves:
+            raise AdapterError(f"the adapter changes '{leaf}' layers, which {base_model} does not have "
+                               f"(its linear layers are {names}); was it trained on another model?")
+        if module not in base_shapes:
+            raise AdapterError(f"the adapter has weights for '{module}', which {base_model} does not have "
+                               "(a model with more layers?); was it trained on another model?")
+        out_f, in_f = base_shapes[module]
+        a, b = parts.get("lora_A"), parts.get("lora_B")
+        if a is None or b is None:
+            raise AdapterError(f"the adapter's '{module}' has only one of lora_A and lora_B")
+        if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or a[0] != b[1]:
+            raise AdapterError(f"the adapter's shapes for '{module}' (lora_A {list(a)}, lora_B {list(b)}) do not fit "
+                               f"{base_model}, whose layer is {in_f} -> {out_f}; it was trained on another model")
+        found_r.add(a[0])
+    rank = config.get("r")
+    if not config.get("rank_pattern") and rank is not None and found_r != {rank}:
+        raise AdapterError(f"adapter_config.json says r={rank} but the weights have rank {sorted(found_r)}")
+    targets = config.get("target_modules")
+    if isinstance(targets, list):
+        unknown = [t for t in targets
+                   if t not in leaves and not any(m == t or m.endswith("." + t) for m in base_shapes)]
+        if unknown:
+            raise AdapterError(f"adapter_config.json targets {', '.join(map(repr, unknown))}, which {base_model} "
+                               f"does not have (its linear layers are {names})")
+    return {"r": sorted(found_r), "modules": sorted({m.rsplit('.', 1)[-1] for m in ranks}), "lora_layers": len(ranks)}
+
+
+def delete_import(name: str) -> None:
+    ref = _resolve_import(name)
+    shutil.rmtree(ref.folder)
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+def _export_paths(ref: AdapterRef) -> tuple[Path, Path]:
+    name = check_name(ref.name, "export name")
+    exports = get_settings().exports_dir
+    return exports / f"{name}-merged", exports / f"{name}-gguf"
+
+
+def merge(ref_value: str, dtype: str = "float32", out: Path | None = None) -> dict:
+    """base + adapter -> <home>/exports/<name>-merged/, replacing an earlier merge there; or into ``out``
+    (the CLI's choice), which must not exist yet."""
+    from . import export
+    from .models import resolve_model
+
+    ref = resolve(ref_value)
+    merged, _ = _export_paths(ref)
+    target = Path(out) if out is not None else merged
+    result = export.merge_adapter(resolve_model(ref.base_model), ref.folder, target, dtype=dtype,
+                                  overwrite=out is None or Path(out) == merged)
+    return {**result, "path": str(target)}
+
+
+def _chat_template(model_dir: Path) -> str | None:
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    try:
+        template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return template if isinstance(template, str) else None
+
+
+def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts: list[str] | None = None,
+                out_dir: Path | None = None) -> dict:
+    """Merge (reusing an existing merge), write <name>-<quant>.gguf and a Modelfile, check drift.
+
+    The drift result is stored beside the GGUF as drift-<quant>.json.
+    """
+    from . import export
+
+    ref = resolve(ref_value)
+    merged_dir, gguf_dir = _export_paths(ref)
+    gguf_dir = Path(out_dir) if out_dir is not None else gguf_dir
+    result: dict = {"name": ref.name}
+    if not _merge_is_current(merged_dir, ref.folder):
+        result["merge"] = merge(ref.ref, out=merged_dir)
+    gguf_file = gguf_dir / f"{ref.name}-{quant}.gguf"
+    result["gguf"] = {**export.write_gguf(merged_dir, gguf_file, quant), "path": str(gguf_file)}
+    modelfile = export.write_modelfile(gguf_file, gguf_dir / "Modelfile", _chat_template(merged_dir))
+    result["modelfile"] = str(modelfile)
+    if drift:
+        report = export.drift_check(merged_dir, gguf_file, prompts or _drift_prompts(ref))
+        text = json.dumps({"quant": quant, "gguf": gguf_file.name, "checked_at": time.time(), **report}, indent=2)
+        report = json.loads(text)  # what read_drift returns later: reply pairs as lists
+        tmp = gguf_dir / f".drift-{quant}.json.partial"
+        tmp.write_text(text)
+        os.replace(tmp, gguf_dir / f"drift-{quant}.json")
+        result["drift"] = report
+    result["snippets"] = snippets(ref.ref, str(gguf_file))
+    return result
+
+
+def _merge_is_current(merged_dir: Path, adapter_dir: Path) -> bool:
+    weights = list(merged_dir.glob("*.safetensors")) if merged_dir.is_dir() else []
+    adapter = adapter_dir / "adapter_model.safetensors"
+    return bool(weights) and min(w.stat().st_mtime for w in weights) >= adapter.stat().st_mtime
+
+
+def _drift_prompts(ref: AdapterRef) -> list[str]:
+    job = db.get_job(ref.job_id) if ref.job_id else None
+    golden = (job.spec.get("golden_prompts") if job else None) or []
+    return list(golden[:3]) or DRIFT_PROMPTS
+
+
+def read_drift(ref_value: str) -> list[dict]:
+    """Stored drift reports of an adapter's GGUF exports (one per quant)."""
+    _, gguf_dir = _export_paths(resolve(ref_value))
+    out = []
+    for path in sorted(gguf_dir.glob("drift-*.json")) if gguf_dir.is_dir() else []:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def existing_gguf(ref_value: str) -> str | None:
+    _, gguf_dir = _export_paths(resolve(ref_value))
+    files = sorted(gguf_dir.glob("*.gguf"), key=lambda p: p.stat().st_mtime) if gguf_dir.is_dir() else []
+    return str(files[-1]) if files else None
+
+
+def snippets(ref_value: str, gguf_file: str | None = None) -> dict[str, str]:
+    from . import export
+    from .models import is_bundled
+
+    ref = resolve(ref_value)
+    base = BUNDLED_HUB_ID if is_bundled(ref.base_model) else ref.base_model
+    return export.serving_snippets(base, str(ref.folder), ref.name, gguf_file or existing_gguf(ref.ref))
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def cli_chat(args) -> int:
+    """`studio chat RUN --prompt TEXT [--compare]`: the adapter's reply (and the base's, with --compare)."""
+    from .chat import ChatEngine, GenerationSettings
+    from .models import ModelError
+
+    try:
+        ref = resolve(args.run)
+    except (AdapterError, UnsafePath) as exc:
+        return _fail(str(exc))
+    if not (args.prompt or "").strip():
+        return _fail("give a prompt with --prompt")
+    settings = GenerationSettings(max_new_tokens=getattr(args, "max_new_tokens", 128),
+                                  temperature=getattr(args, "temperature", 0.0), seed=getattr(args, "seed", 0))
+    messages = ([{"role": "system", "content": args.system}] if getattr(args, "system", "") else []) + [
+        {"role": "user", "content": args.prompt}]
+    engine = ChatEngine()
+    try:
+        engine.ensure_base(ref.base_model)
+        engine.ensure_adapter(ref.key, ref.folder)
+    except (ModelError, FileNotFoundError, OSError, ValueError) as exc:
+        return _fail(f"cannot load {ref.name}: {exc}", 1)
+    if args.compare:
+        print(f"--- base ({ref.base_model})", flush=True)
+        _print_stream(engine.stream(messages, None, settings))
+        print(f"--- {ref.name}", flush=True)
+    _print_stream(engine.stream(messages, ref.key, settings))
+    return 0
+
+
+def _print_stream(stream) -> None:
+    shown = ""
+    for text in stream:
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print(flush=True)
+
+
+def cli_export(args) -> int:
+    """`studio export RUN --merge OUT` and/or `--gguf OUT [--quant q8_0]`.
+
+    OUT is a path on this machine chosen by whoever runs the command (the CLI runs with their rights); a
+    --gguf OUT ending in .gguf names the file, otherwise it is a folder. Without --merge, the GGUF is built
+    from a merge under <home>/exports/.
+    """
+    from . import export
+    from .models import ModelError
+
+    if not args.merge and not args.gguf:
+        return _fail("say what to export: --merge OUT and/or --gguf OUT")
+    quant = (getattr(args, "quant", None) or "q8_0").lower()
+    if quant not in export.GGUF_QUANTS:
+        return _fail(f"--quant must be one of {', '.join(export.GGUF_QUANTS)}")
+    try:
+        ref = resolve(args.run)
+        if args.merge:
+            result = merge(ref.ref, dtype=getattr(args, "dtype", None) or "float32", out=Path(args.merge))
+            print(f"merged into {result['path']} ({human_bytes(result['bytes'])}, {result['seconds']:.1f} s)")
+        if args.gguf:
+            out = Path(args.gguf)
+            merged = Path(args.merge) if args.merge else None
+            if merged is None:
+                merged = _export_paths(ref)[0]
+                if not _merge_is_current(merged, ref.folder):
+                    merge(ref.ref, out=merged)
+            gguf_file = out if out.suffix == ".gguf" else out / f"{ref.name}-{quant}.gguf"
+            info = export.write_gguf(merged, gguf_file, quant)
+            modelfile = export.write_modelfile(gguf_file, gguf_file.parent / "Modelfile", _chat_template(merged))
+            print(f"wrote {gguf_file} ({human_bytes(info['bytes'])}, {info['seconds']:.1f} s) and {modelfile}")
+            if not getattr(args, "no_drift_check", False):
+                report = export.drift_check(merged, gguf_file, _drift_prompts(ref))
+                (gguf_file.parent / f"drift-{quant}.json").write_text(json.dumps({"quant": quant, **report}, indent=2))
+                print(f"drift: {report['identical_replies']}/{report['prompts']} identical greedy replies, "
+                      f"max |logit diff| {report['max_abs_logit_diff']:.4f}")
+    except (AdapterError, UnsafePath, ModelError, FileExistsError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    except ValueError as exc:  # e.g. GGUF of a non-Llama model
+        return _fail(str(exc))
+    return 0

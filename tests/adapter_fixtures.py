@@ -1,0 +1,70 @@
+"""Finished runs without training: database rows plus a random (non-zero) LoRA adapter on the tiny model."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+_cache: dict[tuple, Path] = {}
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int = 1, r: int = 4, target_modules="all-linear") -> Path:
+    """A LoRA adapter whose A and B are both random (init_lora_weights=False): it really changes the model.
+    Built once per (base, seed, r, targets) and copied."""
+    key = (str(base_dir), seed, r, str(target_modules))
+    if key not in _cache:
+        import tempfile
+
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules, init_lora_weights=False,
+                            task_type="CAUSAL_LM")
+        folder = Path(tempfile.mkdtemp(prefix="studio-test-adapter-"))
+        get_peft_model(model, config).save_pretrained(folder)
+        _cache[key] = folder
+    shutil.copytree(_cache[key], out, dirs_exist_ok=True)
+    return out
+
+
+def make_job(base_dir: Path, name: str, seed: int = 1, status: str = "completed", dataset: str = "",
+             summary: dict | None = None, **spec_values):
+    """A job row as the worker leaves it: output folder under jobs/<id>, adapter under adapter/ when completed."""
+    from studio import db
+    from studio.settings import get_settings
+    from studio.spec import JobSpec
+
+    settings = get_settings()
+    db.get_engine()
+    spec = JobSpec(base_model=str(base_dir), dataset=dataset or "tiny-data", name=name, load_in_4bit=False,
+                   **spec_values)
+    job = db.Job(name=name, spec_json=spec.to_json(), status=status)
+    out = settings.jobs_dir / job.id
+    job.output_dir = settings.relative(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if status == "completed":
+        make_adapter(base_dir, out / "adapter", seed)
+        job.adapter_path = settings.relative(out / "adapter")
+        job.summary_json = json.dumps(summary or {"final_loss": 1.25, "best_eval_loss": 1.5, "best_eval_step": 4,
+                                                  "steps": 8, "runtime_seconds": 3.5, "trainable_params": 1234,
+                                                  "total_params": 99999})
+        job.current_step = 8
+    with db.session() as s:
+        s.add(job)
+        s.commit()
+    return db.get_job(job.id)
+
+
+def make_checkpoint(job, base_dir: Path, step: int, seed: int = 7, complete: bool = True) -> Path:
+    from studio.adapters import CHECKPOINT_MARKER
+    from studio.settings import get_settings
+
+    folder = get_settings().resolve(job.output_dir) / "checkpoints" / f"checkpoint-{step}"
+    make_adapter(base_dir, folder, seed)
+    (folder / "trainer_state.json").write_text("{}")
+    if complete:
+        (folder / CHECKPOINT_MARKER).write_text("1")
+    return folder

@@ -1,0 +1,213 @@
+"""Adapter library: listing, zip with model card, safe import (safetensors only, shapes, zip-slip), export."""
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from adapter_fixtures import make_adapter, make_job
+
+
+def _dataset(name="tiny-data"):
+    from studio import db
+
+    rec = db.DatasetRecord(name=name, filename="tiny.jsonl", path="datasets/x/tiny.jsonl", sha256="ab" * 32,
+                           format="messages", kind="chat", rows=42,
+                           stats_json=json.dumps({"rows": 42, "turns_mean": 2.0, "duplicates_dropped": 1}))
+    with db.session() as s:
+        s.add(rec)
+        s.commit()
+    return rec
+
+
+def _zip(path: Path, files: dict[str, bytes | Path]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data.read_bytes() if isinstance(data, Path) else data)
+    return path
+
+
+def test_list_adapters_shows_runs_and_imports(tiny_model_dir, studio_home, tmp_path):
+    from studio import adapters
+
+    job = make_job(tiny_model_dir, "listed", seed=1, r=8, lora_alpha=16)
+    make_job(tiny_model_dir, "still-running", status="running")
+    adapters.import_adapter(make_adapter(tiny_model_dir, tmp_path / "up", 2), "brought-in", str(tiny_model_dir))
+    rows = {a["name"]: a for a in adapters.list_adapters()}
+    assert set(rows) == {"listed", "brought-in"}
+    run = rows["listed"]
+    assert run["ref"] == job.id and run["kind"] == "run" and run["base_model"] == str(tiny_model_dir)
+    assert "r=8" in run["config"] and "alpha=16" in run["config"] and "16-bit" in run["config"]
+    assert run["final_loss"] == 1.25 and run["best_eval_loss"] == 1.5 and run["bytes"] > 1000
+    imported = rows["brought-in"]
+    assert imported["kind"] == "imported" and imported["ref"] == "imported/brought-in" and "r=4" in imported["config"]
+
+
+def test_zip_holds_adapter_tokenizer_and_model_card(tiny_model_dir, studio_home):
+    from studio import adapters
+    from studio.settings import get_settings
+
+    _dataset()
+    job = make_job(tiny_model_dir, "zipped", seed=1, golden_prompts=["Who are you?"])
+    path = adapters.zip_adapter(job.id)
+    assert path == get_settings().exports_dir / "zipped-adapter.zip"
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        card = zf.read("README.md").decode()
+    assert "library_name: peft" in card and "# zipped" in card
+    assert "| final training loss | 1.25 |" in card and "| best eval loss | 1.5 |" in card
+    assert "`tiny-data` (tiny.jsonl, format messages, kind chat, 42 rows" in card and "turns_mean: 2.0" in card
+    assert "```yaml" in card and "golden_prompts:\n- Who are you?" in card and f"base_model: {tiny_model_dir}" in card
+
+    adapter_dir = get_settings().resolve(job.adapter_path)  # tokenizer files travel only when present
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (adapter_dir / name).write_bytes((tiny_model_dir / name).read_bytes())
+    with zipfile.ZipFile(adapters.zip_adapter(job.name)) as zf:
+        assert {"tokenizer.json", "tokenizer_config.json"} <= set(zf.namelist())
+
+
+def test_import_roundtrip_ignores_the_adapters_own_base_claim(tiny_model_dir, studio_home, tmp_path):
+    from studio import adapters
+
+    job = make_job(tiny_model_dir, "source", seed=1)
+    original = adapters.zip_adapter(job.id)
+    with zipfile.ZipFile(original) as zf:  # the file claims another base, inside a folder
+        files = {f"source/{n}": zf.read(n) for n in zf.namelist()}
+    config = json.loads(files["source/adapter_config.json"])
+    config["base_model_name_or_path"] = "evil/other-model"
+    files["source/adapter_config.json"] = json.dumps(config).encode()
+    upload = _zip(tmp_path / "upload.zip", files)
+
+    folder = adapters.import_adapter(upload, "round-trip", str(tiny_model_dir))
+    assert folder == studio_home / "adapters" / "round-trip"
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    meta = json.loads((folder / adapters.META_FILE).read_text())
+    assert meta["base_model"] == str(tiny_model_dir) and meta["r"] == [4] and "q_proj" in meta["modules"]
+    assert (folder / "adapter_model.safetensors").read_bytes() == files["source/adapter_model.safetensors"]
+    with pytest.raises(adapters.AdapterError, match="already exists"):
+        adapters.import_adapter(upload, "round-trip", str(tiny_model_dir))
+    with pytest.raises(adapters.AdapterError, match="not allowed"):
+        adapters.import_adapter(upload, "../escape", str(tiny_model_dir))
+    assert not list((studio_home / "tmp").iterdir())
+
+
+def test_import_refuses_pickle_only_adapters(tiny_model_dir, studio_home, tmp_path):
+    from studio import adapters
+
+    source = make_adapter(tiny_model_dir, tmp_path / "a", 1)
+    upload = _zip(tmp_path / "pickled.zip", {"adapter_config.json": source / "adapter_config.json",
+                                             "adapter_model.bin": b"\x80\x04pickle"})
+    with pytest.raises(adapters.AdapterError, match=r"adapter_model\.bin, a pickle file that can run code"):
+        adapters.import_adapter(upload, "pickled", str(tiny_model_dir))
+    loose = tmp_path / "adapter_model.bin"
+    loose.write_bytes(b"\x80\x04pickle")
+    for upload in ([source / "adapter_config.json", loose], [loose]):  # loose files, as the UI uploads them
+        with pytest.raises(adapters.AdapterError, match="pickle"):
+            adapters.import_adapter(upload, "loose", str(tiny_model_dir))
+    assert not (studio_home / "adapters").exists() or not list((studio_home / "adapters").iterdir())
+
+
+@pytest.mark.parametrize("shape, message", [({"hidden": 32}, "do not fit"), ({"layers": 3}, "more layers")])
+def test_import_refuses_an_adapter_of_another_shape(tiny_model_dir, studio_home, tmp_path_factory, shape, message):
+    from tiny import build_tiny_model
+
+    from studio import adapters
+
+    other = build_tiny_model(tmp_path_factory.mktemp("other"), **shape)
+    folder = make_adapter(other, tmp_path_factory.mktemp("adapter") / "a", 1)
+    with pytest.raises(adapters.AdapterError, match=message):
+        adapters.import_adapter(folder, "wrong-shape", str(tiny_model_dir))
+    assert not (studio_home / "adapters" / "wrong-shape").exists()
+
+
+def test_import_checks_target_modules_and_rank(tiny_model_dir, studio_home, tmp_path):
+    from studio import adapters
+
+    folder = make_adapter(tiny_model_dir, tmp_path / "a", 1)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "wqkv"]}))
+    with pytest.raises(adapters.AdapterError, match="targets 'wqkv'"):
+        adapters.check_adapter(folder, str(tiny_model_dir))
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    with pytest.raises(adapters.AdapterError, match="r=8 but the weights have rank"):
+        adapters.check_adapter(folder, str(tiny_model_dir))
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(adapters.AdapterError, match="cut short"):
+        adapters.check_adapter(folder, str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/tmp/studio-evil.txt", "ok/../../evil.txt", "link"])
+def test_import_refuses_zip_slip(tiny_model_dir, studio_home, tmp_path, member):
+    from studio import adapters
+
+    source = make_adapter(tiny_model_dir, tmp_path / "a", 1)
+    upload = tmp_path / "slip.zip"
+    with zipfile.ZipFile(upload, "w") as zf:
+        zf.writestr("adapter_config.json", (source / "adapter_config.json").read_bytes())
+        zf.writestr("adapter_model.safetensors", (source / "adapter_model.safetensors").read_bytes())
+        if member == "link":
+            info = zipfile.ZipInfo("adapter_link")
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+        else:
+            zf.writestr(member, b"gotcha")
+    with pytest.raises(adapters.AdapterError, match="unsafe path"):
+        adapters.import_adapter(upload, "slip", str(tiny_model_dir))
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/studio-evil.txt").exists()
+    assert not (studio_home / "adapters" / "slip").exists()
+    assert not list((studio_home / "tmp").iterdir())
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.inference_mode():
+        return model(ids).logits
+
+
+def test_merged_export_matches_base_plus_adapter(tiny_model_dir, studio_home, tmp_path, capsys):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from studio import adapters
+    from studio.settings import get_settings
+
+    job = make_job(tiny_model_dir, "merge-me", seed=1)
+    result = adapters.merge(job.id)
+    out = get_settings().exports_dir / "merge-me-merged"
+    assert result["path"] == str(out) and result["bytes"] > 0
+    ids = torch.tensor([[1, 5, 40, 77, 123, 200, 9, 31]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    plain = _logits(base, ids)
+    reference = _logits(PeftModel.from_pretrained(base, get_settings().resolve(job.adapter_path)).eval(), ids)
+    merged = _logits(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), ids)
+    assert (reference - plain).abs().max() > 1e-2
+    assert torch.allclose(merged, reference, atol=1e-4, rtol=0)
+
+    target = tmp_path / "cli-merged"  # the CLI writes where its user says, never over an existing folder
+    args = argparse.Namespace(run="merge-me", merge=str(target), gguf=None, quant="q8_0")
+    assert adapters.cli_export(args) == 0 and (target / "config.json").exists()
+    assert adapters.cli_export(args) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_gguf_export_writes_modelfile_drift_and_snippets(tiny_model_dir, studio_home):
+    from studio import adapters
+    from studio.settings import get_settings
+
+    job = make_job(tiny_model_dir, "to-gguf", seed=1, golden_prompts=["Hello, how are you?"])
+    result = adapters.export_gguf(job.id, quant="f16")
+    folder = get_settings().exports_dir / "to-gguf-gguf"
+    assert result["merge"]["bytes"] > 0  # merged on the way
+    assert Path(result["gguf"]["path"]) == folder / "to-gguf-f16.gguf" and result["gguf"]["bytes"] > 0
+    assert (folder / "Modelfile").read_text().startswith("FROM ./to-gguf-f16.gguf")
+    drift = json.loads((folder / "drift-f16.json").read_text())
+    assert drift["prompts"] == 1 and drift["quant"] == "f16" and drift["max_abs_logit_diff"] < 0.1
+    assert adapters.read_drift(job.id) == [drift] == [result["drift"]]
+    assert "ollama create to-gguf" in result["snippets"]["ollama"]
+    assert f"to-gguf={get_settings().resolve(job.adapter_path)}" in result["snippets"]["vllm"]
+    assert "merge" not in adapters.export_gguf(job.id, quant="q8_0", drift=False)  # the merge is reused
