@@ -142,9 +142,13 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
 def sft_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
     from trl import SFTConfig
 
+    extra = {}
+    if spec.padding_free == "auto":
+        extra["train_sampling_strategy"] = "group_by_length"  # similar lengths per batch: little padding
     return SFTConfig(
         max_length=spec.max_length,
         dataset_kwargs={"skip_prepare_dataset": False},
+        **extra,
         **common_args(spec, output_dir, n_train, has_eval, device),
     )
 
@@ -399,14 +403,32 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
                           processing_class=tokenizer, callbacks=callbacks)
     from trl import SFTTrainer
 
+    class StudioSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer; with padding-free batches it counts real tokens, not the 4-D mask's cells."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            if mask is None or mask.dim() != 4 or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            before = self._total_train_tokens
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self._total_train_tokens = before + int(inputs["input_ids"].numel())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
     train_enc = encode_rows(tokenizer, train_rows, kind, spec)
     if not train_enc:
         raise ValueError("no training row has any token to learn from after truncation; raise max length")
     eval_enc = encode_rows(tokenizer, eval_rows, kind, spec) if eval_rows else []
     args = sft_config(spec, out / CHECKPOINTS, len(train_enc), bool(eval_enc), device)
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
-                      eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
-                      processing_class=tokenizer, callbacks=callbacks)
+    collator = None
+    if spec.padding_free == "on":
+        from workers.batching import PaddingFreeCollator
+
+        collator = PaddingFreeCollator()
+    return StudioSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
+                            eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+                            processing_class=tokenizer, callbacks=callbacks, data_collator=collator)
 
 
 def _summary(trainer, adapter_dir: Path, model) -> dict:
