@@ -44,7 +44,8 @@ def cmd_serve(args) -> int:
         demo.queue(default_concurrency_limit=8)
         print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (data in {settings.home})", flush=True)
         demo.launch(server_name=args.host, server_port=args.port, auth=settings.auth, show_error=False,
-                    quiet=True, footer_links=["api"], allowed_paths=[str(STATIC)], **launch_kwargs())
+                    quiet=True, footer_links=["api"], allowed_paths=[str(STATIC)],
+                    max_file_size=settings.upload_limit_bytes, **launch_kwargs())
     except KeyboardInterrupt:
         pass
     finally:
@@ -158,7 +159,8 @@ def cmd_jobs(args) -> int:
     from . import db
 
     for j in db.list_jobs():
-        print(f"{j.id}\t{j.name}\t{j.status}\t{j.current_step}/{j.total_steps or '?'}\t{j.error or ''}")
+        print(f"{j.id}\t{j.name}\t{j.status}\t{j.current_step}/{j.total_steps or '?'}\t{j.worker_host or ''}\t"
+              f"{j.device or ''}\t{j.error or ''}")
     return 0
 
 

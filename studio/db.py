@@ -15,6 +15,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from . import migrations
+
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
 STATUSES = ACTIVE + FINISHED
@@ -138,7 +140,7 @@ def get_engine(url: str | None = None) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        SQLModel.metadata.create_all(engine)
+        migrations.upgrade(engine)  # create_all + pending migrations, under a lock (studio/migrations.py)
         _engines[url] = engine
     return engine
 

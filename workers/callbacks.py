@@ -43,6 +43,7 @@ class StudioCallback(TrainerCallback):
         self.stop_reason: str | None = None   # "cancelled" | "interrupted"
         self._last_tokens: tuple[float, float] | None = None
         self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
 
     # -- helpers ----------------------------------------------------------------------------------
     def flush(self, state=None) -> None:
@@ -56,16 +57,18 @@ class StudioCallback(TrainerCallback):
         db.update_job(self.job_id, **values)
         self.last_flush = time.time()
 
-    def _poll(self, control) -> None:
+    def _poll(self, control, args=None) -> None:
         now = time.time()
-        if now - self.last_poll < self.poll_seconds and not SHUTDOWN.is_set():
-            return
-        self.last_poll = now
-        if self.stop_reason is None:
+        if self.stop_reason is None and (now - self.last_poll >= self.poll_seconds or SHUTDOWN.is_set()):
+            self.last_poll = now
             if SHUTDOWN.is_set():
                 self.stop_reason = "interrupted"
             elif self.is_main and (job := db.get_job(self.job_id)) is not None and job.cancel_requested:
                 self.stop_reason = "cancelled"
+        if self.world_size > 1:  # every rank, every step: all ranks stop at the same step or none does
+            from workers.distributed import agree_on_stop
+
+            self.stop_reason = agree_on_stop(self.stop_reason, getattr(args, "device", None))
         if self.stop_reason:
             control.should_save = True
             control.should_training_stop = True
@@ -76,7 +79,7 @@ class StudioCallback(TrainerCallback):
             db.update_job(self.job_id, total_steps=state.max_steps, heartbeat_at=time.time())
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._poll(control)
+        self._poll(control, args)
         if time.time() - self.last_flush >= self.flush_seconds:
             self.flush(state)
         return control

@@ -65,10 +65,10 @@ def launch_backend(num_processes: int, env: dict[str, str] | None = None) -> str
     if have == 0 and _truthy(env.get(CPU_DDP_ENV)):
         return "cpu"
     pinned = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    example = ",".join(str(i) for i in range(num_processes))
     raise LaunchError(
         f"this run asks for {num_processes} GPUs but the worker on {socket.gethostname()} sees {have}{pinned}; "
-        f"start a worker with enough devices, e.g. `studio worker --gpus {','.join(map(str, range(num_processes)))}`, "
-        "or lower the run's GPU count")
+        f"start a worker with enough devices, e.g. `studio worker --gpus {example}`, or lower the run's GPU count")
 
 
 def device_label(world_size: int | None = None) -> str:

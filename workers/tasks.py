@@ -13,8 +13,11 @@ log = logging.getLogger("studio.tasks")
 
 @huey.task(name="studio.train")
 def train_job(job_id: str, resume: bool = False) -> str:
+    from workers.distributed import run_distributed, wants_distributed
     from workers.train import run_job
 
+    if wants_distributed(job_id):  # num_gpus > 1: accelerate launch, one process per device
+        return run_distributed(job_id, resume=resume)
     return run_job(job_id, resume=resume)
 
 

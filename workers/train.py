@@ -102,7 +102,8 @@ def schedule(spec: JobSpec, n_train: int, world_size: int = 1) -> dict:
 
 
 def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None) -> dict:
-    sched = schedule(spec, n_train, int(os.environ.get("WORLD_SIZE", "1")))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    sched = schedule(spec, n_train, world_size)
     args = dict(
         output_dir=str(output_dir),
         learning_rate=spec.learning_rate,
@@ -133,6 +134,10 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
     )
     if spec.max_grad_norm == 0:
         args["max_grad_norm"] = 0.0
+    if world_size > 1:
+        # every LoRA weight gets a gradient each step; the default search for unused ones (PeftModel is not a
+        # PreTrainedModel) costs a graph walk per step and breaks with gradient checkpointing
+        args["ddp_find_unused_parameters"] = False
     if spec.early_stopping_patience and has_eval:
         args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
                     save_total_limit=None)
@@ -223,7 +228,7 @@ def disable_cpu_bf16_repack(model) -> int:
 
 def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None = None):
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from studio import catalog
 
@@ -241,6 +246,7 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
     if qconfig is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
     linear = sorted(catalog.linear_layers_from_safetensors(model_dir)) or _linear_names(model)
+    set_seed(spec.seed)  # the adapter's initial weights follow the spec's seed: same on every rank, host and run
     model = get_peft_model(model, lora_config(spec, linear))
     disable_cpu_bf16_repack(model)
     from workers import speed
@@ -321,17 +327,21 @@ class JobLog:
         self.handler.close()
 
 
-def run_job(job_id: str, resume: bool = False) -> str:
-    """Train one job to completion, cancellation or interruption; returns the final status."""
+def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str:
+    """Train one job to completion, cancellation or interruption; returns the final status.
+
+    ``check_status=False``: a rank of a multi-device job; its launcher checked the status already, and
+    rank 0 may have set 'running' before the other ranks read the job."""
     from studio.evaluation import GoldenPromptsCallback, golden_prompts_for
     from studio.models import resolve_model
     from workers.callbacks import SHUTDOWN, StudioCallback
+    from workers.distributed import device_label
 
     settings = get_settings()
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(f"job {job_id} does not exist")
-    if job.status != "queued":  # cancelled while queued, or already picked up: never run twice
+    if check_status and job.status != "queued":  # cancelled while queued, or already picked up: never run twice
         log.warning("job %s is %s; not running it", job_id, job.status)
         return job.status
     spec = JobSpec.from_dict(job.spec)
@@ -346,7 +356,7 @@ def run_job(job_id: str, resume: bool = False) -> str:
             if is_main:
                 db.set_status(job_id, "running", "resumed" if resume else "started", started_at=time.time(),
                               heartbeat_at=time.time(), worker_host=socket.gethostname(), worker_pid=os.getpid(),
-                              device=device, error=None, cancel_requested=False, finished_at=None)
+                              device=device_label(), error=None, cancel_requested=False, finished_at=None)
                 if checkpoint is not None:
                     step = int(checkpoint.name.split("-")[1])
                     db.delete_metrics_after(job_id, step)
