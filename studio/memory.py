@@ -1,0 +1,325 @@
+"""Peak memory of a LoRA / QLoRA fine-tuning step: arithmetic only, no torch.
+
+Like nanoGPT's ``estimate_mfu()``, every number is a named quantity. The peak of a training step comes at
+the start of the backward pass, when every activation of the forward pass is still kept and the loss
+gradient over the vocabulary is being formed; it is estimated as the sum of eight terms:
+
+    base weights            frozen weights at their storage width: 4-bit / 8-bit linear layers under
+                            bitsandbytes, the embeddings, lm_head (counted once when tied) and norms kept at
+                            the compute dtype; 16- or 32-bit everything otherwise. On CPU a quantised load
+                            keeps the checkpoint file mapped (its unquantised tensors are used in place), so
+                            the pages of the original linear weights stay resident as well
+    quantization constants  bitsandbytes 4-bit: one fp32 absmax per 64 weights, or with double quantisation
+                            one 8-bit absmax per 64 weights plus one fp32 constant per 256 blocks
+                            (0.127 bit per weight, QLoRA paper section 3); 8-bit: one fp32 scale per row
+    LoRA weights            r x (in + out) per targeted layer (+ out for the DoRA magnitude), stored in
+    LoRA gradients          the adapter dtype: fp32 (peft upcasts adapters), or bf16 when the base is
+    optimizer states        quantised (TRL casts QLoRA adapters to bf16, as the QLoRA paper does); torch's
+                            AdamW keeps two states per parameter in the parameter's dtype. Under autocast,
+                            fp32 adapters also keep a bf16 copy for backward (counted with the weights)
+    activations             per layer and token, see ``layer_activation_bytes``; with gradient
+                            checkpointing only each layer's input is kept, plus one layer recomputed
+    logits                  batch x seq x vocab x 12 bytes: the fp32 log-softmax (kept for backward) and the
+                            two fp32 gradients the loss's backward forms (the logits themselves are dropped
+                            by then; in the forward pass they, the fp32 upcast and the log-softmax take less)
+    framework overhead      CUDA context and kernels on a GPU; on CPU the resident size of the Python
+                            process with torch, transformers, peft and bitsandbytes imported, the kernels
+                            a first step touches, and the freed activation memory glibc's allocator keeps
+                            (measured: about half of what one forward pass allocates, checkpointed or not)
+
+Units: the result is in GiB (2**30 bytes), the unit nvidia-smi reports and GPU sizes are sold in
+("24 GB" cards hold 24 GiB); the studio labels it GB. docs/memory.md checks the terms against published
+figures and against peak RSS measured on CPU by bench/memory.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 2**30
+GPU_SIZES_GB = (8, 12, 16, 24, 40, 48, 80)
+
+# bitsandbytes quantisation
+QUANT_BLOCK = 64                # weights sharing one absmax (bnb_4bit blocksize)
+DOUBLE_QUANT_BLOCK = 256        # first-level absmax values sharing one fp32 constant under double quantisation
+FP32 = 4
+
+# activations
+NORM_BYTES = FP32               # LlamaRMSNorm upcasts its input to fp32 and keeps that copy for backward
+LSE_BYTES = FP32                # SDPA keeps one fp32 log-sum-exp per head and token, never an s x s matrix
+CUDA_MASK_BYTES = 1             # fused CUDA dropout keeps a bool mask; on CPU the mask has the input's dtype
+
+# logits, per batch x seq x vocab element
+LOG_SOFTMAX_BYTES = FP32        # cross_entropy upcasts to fp32; its log-softmax output is kept for backward
+LOSS_GRAD_BYTES = 2 * FP32      # backward: the fp32 gradient of the log-softmax output and of its input
+
+# framework overhead
+CUDA_CONTEXT_GIB = 0.75         # CUDA context, cuBLAS workspace, kernels and allocator slack
+CPU_IMPORTS_GIB = 0.40          # VmRSS with torch, transformers, peft and bitsandbytes imported (bench: 0.40)
+CPU_KERNELS_GIB = 0.03          # kernel code pages and thread pools a first training step touches (bench)
+CPU_ALLOCATOR_RETENTION = 0.55  # glibc keeps freed activations in its heaps: x the forward's allocations (bench)
+
+TERMS = ("base weights", "quantization constants", "LoRA weights", "LoRA gradients", "optimizer states",
+         "activations", "logits", "framework overhead")
+
+# the tensor that feeds each Llama projection: q, k and v read the same normed hidden states
+INPUT_OF = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
+            "o_proj": "attention output", "gate_proj": "mlp input", "up_proj": "mlp input",
+            "down_proj": "mlp hidden"}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a decoder-only config.json that the arithmetic needs."""
+
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelShape":
+        c = config.get("text_config", config) if "hidden_size" not in config else config
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if not c.get(k)]
+        if missing:
+            raise ValueError(f"the model configuration lacks {', '.join(missing)}; "
+                             "the memory estimate covers Llama-style decoder models")
+        heads = int(c["num_attention_heads"])
+        attention_bias = bool(c.get("attention_bias", False))
+        return cls(vocab=int(c["vocab_size"]), hidden=int(c["hidden_size"]),
+                   intermediate=int(c["intermediate_size"]), layers=int(c["num_hidden_layers"]), heads=heads,
+                   kv_heads=int(c.get("num_key_value_heads") or heads),
+                   head_dim=int(c.get("head_dim") or int(c["hidden_size"]) // heads),
+                   tied=bool(c.get("tie_word_embeddings", False)),
+                   qkv_bias=attention_bias or c.get("model_type") == "qwen2",  # Qwen2 always has q/k/v biases
+                   o_bias=attention_bias, mlp_bias=bool(c.get("mlp_bias", False)))
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer in one decoder layer."""
+        h, i = self.hidden, self.intermediate
+        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
+                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def biases_per_layer(self) -> int:
+        return ((self.q_dim + 2 * self.kv_dim) * self.qkv_bias + self.hidden * self.o_bias
+                + (2 * self.intermediate + self.hidden) * self.mlp_bias)
+
+
+@dataclass
+class Estimate:
+    total_params: int                 # all parameters as peft counts them: the base model plus the adapters
+    trainable_params: int
+    breakdown: dict[str, float] = field(default_factory=dict)  # term -> GiB, in TERMS order
+    total_gb: float = 0.0             # GiB
+
+    def fits(self) -> dict[int, bool]:
+        """Whether the estimated peak fits a device of each common size (8 ... 80 GB)."""
+        return {size: self.total_gb <= size for size in GPU_SIZES_GB}
+
+    def trainable_text(self) -> str:
+        """e.g. "4.9M of 139M, 3.5%"."""
+        share = 100 * self.trainable_params / self.total_params if self.total_params else 0.0
+        pct = f"{share:.1f}" if share >= 0.1 or share == 0 else f"{share:.2g}"
+        return f"{_count(self.trainable_params)} of {_count(self.total_params)}, {pct}%"
+
+
+def _count(n: int) -> str:
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div * 0.9995:  # 999,950 reads 1.0M, not 1000K
+            v = n / div
+            return f"{v:.1f}{unit}" if v < 99.95 else f"{v:.0f}{unit}"
+    return str(n)
+
+
+def resolve_targets(shape: ModelShape, target_modules: list[str]) -> list[str]:
+    """Expand presets (all-linear, attention, mlp) and check the names against the model's layers."""
+    from .spec import JobSpec
+
+    names = list(shape.linears())
+    resolved = JobSpec(target_modules=list(target_modules)).resolved_target_modules(names)
+    unknown = [t for t in resolved if t not in names and t != "lm_head"]
+    if unknown:
+        raise ValueError(f"the model has no linear layer named {', '.join(map(repr, unknown))}; "
+                         f"it has {', '.join(names)}")
+    return resolved
+
+
+def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, compute_bytes: int,
+                           adapter_bytes: int, lora_dropout: float, device: str, use_dora: bool = False,
+                           bits: int = 16) -> float:
+    """Bytes one decoder layer keeps for the backward pass, per token, with frozen base weights.
+
+    After "Reducing Activation Recomputation in Large Transformer Models" (Korthikanti et al. 2022), adapted
+    to a Llama layer whose base weights are frozen, so a frozen linear layer keeps nothing of its input:
+      norms       2 RMSNorms x fp32 copy of the hidden state and its 1/rms          8h + 8
+      attention   SDPA keeps q, k, v (GQA: k and v at kv width) and its output,
+                  plus an fp32 log-sum-exp per head; no s x s term                  cb(2 q_dim + 2 kv_dim) + 4 heads
+      mlp         SiLU input, SiLU output and the up projection                     3 cb i
+      adapters    per targeted layer: the input of lora_A (own copy after dropout,
+                  shared by q/k/v and by gate/up when there is no dropout and no
+                  dtype cast), the dropout mask, and lora_A's output (r)
+      DoRA        the base and LoRA outputs, kept for the magnitude's gradient      2 cb out per layer
+      8-bit       bitsandbytes' int8 matmul keeps its input even for frozen weights  cb per distinct input
+                  (MatMul8bitLt on GPU, MatMul8bitFp's ctx.A on CPU)
+    Verified tensor by tensor with torch.autograd.graph.saved_tensors_hooks (docs/memory.md).
+    """
+    h, i, cb = shape.hidden, shape.intermediate, compute_bytes
+    layer = shape.linears()
+    norms = 2 * (NORM_BYTES * h + FP32)  # and the fp32 1/rms of each token
+    attention = cb * (2 * shape.q_dim + 2 * shape.kv_dim) + LSE_BYTES * shape.heads
+    mlp = 3 * cb * i
+
+    lora_bytes = min(adapter_bytes, compute_bytes)  # dtype lora_A/lora_B run in (autocast or the adapter's)
+    cast = adapter_bytes != compute_bytes           # peft casts the input to the adapter dtype first
+    mask_bytes = CUDA_MASK_BYTES if device == "cuda" else (adapter_bytes if cast else compute_bytes)
+    adapters = 0.0
+    # SDPA returns its output laid out (batch, seq, heads, head_dim), so o_proj reads the very tensor SDPA keeps
+    shared_inputs: set[str] = {"attention output"}
+    for name in targets:
+        if name not in layer:
+            continue
+        fan_in, fan_out = layer[name]
+        if lora_dropout > 0 or cast:  # lora_A keeps its own copy: dropped out, or cast to the adapter dtype
+            adapters += fan_in * (lora_bytes + (mask_bytes if lora_dropout > 0 else 0))
+        elif INPUT_OF.get(name, name) not in shared_inputs:  # lora_A keeps the layer's input itself
+            adapters += fan_in * lora_bytes
+            shared_inputs.add(INPUT_OF.get(name, name))
+        adapters += r * lora_bytes
+        if use_dora:
+            adapters += 2 * fan_out * cb
+    int8_inputs = 0
+    if bits == 8:
+        for name, (fan_in, _) in layer.items():
+            if INPUT_OF.get(name, name) not in shared_inputs:
+                int8_inputs += fan_in * cb
+                shared_inputs.add(INPUT_OF.get(name, name))
+    return norms + attention + mlp + adapters + int8_inputs
+
+
+def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batch_size: int, seq_len: int,
+             gradient_checkpointing: bool, compute_bytes: int = 2, double_quant: bool = True,
+             device: str = "cuda", use_dora: bool = False, lora_dropout: float = 0.05,
+             adapter_bytes: int | None = None, optimizer_bytes: int | None = None) -> Estimate:
+    """Peak memory of one LoRA training step on one device.
+
+    ``bits``: storage of the frozen linear weights (4 / 8: bitsandbytes; 16 / 32: unquantised).
+    ``compute_bytes``: bytes of the compute dtype: activations, and the weights bitsandbytes leaves
+    unquantised (embeddings, lm_head, norms). ``adapter_bytes``: dtype of the adapters and their gradients;
+    default 2 (bf16) when the base is quantised (TRL casts QLoRA adapters to bf16), else 4 (fp32, peft's
+    default). ``optimizer_bytes``: dtype of the two AdamW states; default the adapters' (torch AdamW), 4 for
+    bitsandbytes' 32-bit (paged) AdamW.
+    """
+    if bits not in (4, 8, 16, 32):
+        raise ValueError(f"bits must be 4, 8, 16 or 32, got {bits}")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    s = ModelShape.from_config(config)
+    targets = resolve_targets(s, target_modules)
+    layer = s.linears()
+    if adapter_bytes is None:
+        adapter_bytes = 2 if bits in (4, 8) else FP32
+    tokens = batch_size * seq_len
+
+    # ---- parameters -------------------------------------------------------------------------------
+    linear_weights = s.layers * sum(fi * fo for fi, fo in layer.values())  # what bitsandbytes quantises
+    embeddings = s.vocab * s.hidden
+    lm_head = 0 if s.tied else s.vocab * s.hidden
+    norms_and_biases = s.layers * (2 * s.hidden + s.biases_per_layer()) + s.hidden
+    base_params = linear_weights + embeddings + lm_head + norms_and_biases
+
+    lora_per_layer = sum(r * (layer[n][0] + layer[n][1]) + (layer[n][1] if use_dora else 0)
+                         for n in targets if n in layer)
+    lora_head = r * (s.hidden + s.vocab) + (s.vocab if use_dora else 0) if "lm_head" in targets else 0
+    trainable = s.layers * lora_per_layer + lora_head
+
+    # ---- weights ----------------------------------------------------------------------------------
+    unquantised = embeddings + lm_head + norms_and_biases
+    if bits in (4, 8):
+        base_weights = linear_weights * bits / 8 + unquantised * compute_bytes
+        if device == "cpu":  # the mapped checkpoint (stored in the compute dtype) keeps its linear weights resident
+            base_weights += linear_weights * compute_bytes
+    else:
+        base_weights = base_params * bits / 8
+    if bits == 4:
+        blocks = linear_weights / QUANT_BLOCK
+        quant_constants = (blocks * 1 + blocks / DOUBLE_QUANT_BLOCK * FP32) if double_quant else blocks * FP32
+    elif bits == 8:
+        quant_constants = s.layers * sum(fo for _, fo in layer.values()) * FP32  # one fp32 scale per row
+    else:
+        quant_constants = 0
+
+    lora_bytes = min(adapter_bytes, compute_bytes)
+    # under autocast, fp32 adapters are cast to the compute dtype for each matmul; the copies live until backward
+    autocast_copies = trainable * lora_bytes if adapter_bytes > compute_bytes else 0
+    lora_weights = trainable * adapter_bytes + autocast_copies
+    lora_gradients = trainable * adapter_bytes
+    optimizer_states = 2 * trainable * (optimizer_bytes or adapter_bytes)  # AdamW: exp_avg and exp_avg_sq
+
+    # ---- activations ------------------------------------------------------------------------------
+    per_layer = layer_activation_bytes(s, targets, r, compute_bytes=compute_bytes, adapter_bytes=adapter_bytes,
+                                       lora_dropout=lora_dropout, device=device, use_dora=use_dora, bits=bits)
+    final_norm = NORM_BYTES * s.hidden + FP32
+    if gradient_checkpointing:
+        # each layer's input is kept; in the backward pass one layer at a time is recomputed in full
+        per_token = s.layers * s.hidden * compute_bytes + per_layer + final_norm
+    else:
+        per_token = s.layers * per_layer + final_norm
+    if lora_head:
+        per_token += s.hidden * compute_bytes * 2 + r * compute_bytes
+    activations = tokens * per_token
+    weight_copy = bits in (4, 8) or bits // 8 != adapter_bytes or adapter_bytes != compute_bytes
+    if use_dora and lora_dropout > 0 and weight_copy:
+        # DoRA recomputes the base output from the dropped-out input with a dequantised / dtype-cast copy of
+        # the weight, and that copy is kept for backward: one per targeted layer (of one layer when checkpointed)
+        copies_per_layer = sum(layer[n][0] * layer[n][1] for n in targets if n in layer) * lora_bytes
+        activations += (1 if gradient_checkpointing else s.layers) * copies_per_layer
+
+    # forward: the logits, their fp32 upcast (none when already fp32) and its log-softmax; the Trainer drops
+    # the logits before backward, where the log-softmax meets two fp32 gradients of the same size
+    logits_forward = compute_bytes + (FP32 if compute_bytes < FP32 else 0) + LOG_SOFTMAX_BYTES
+    logits_backward = LOG_SOFTMAX_BYTES + LOSS_GRAD_BYTES
+    logits = tokens * s.vocab * max(logits_forward, logits_backward)
+
+    if device == "cuda":
+        overhead = CUDA_CONTEXT_GIB * GIB
+    else:
+        # every layer's activations pass through malloc in the forward pass, kept or (checkpointing) not
+        forward_allocations = tokens * (s.layers * per_layer + final_norm)
+        overhead = (CPU_IMPORTS_GIB + CPU_KERNELS_GIB) * GIB + CPU_ALLOCATOR_RETENTION * forward_allocations
+
+    values = (base_weights, quant_constants, lora_weights, lora_gradients, optimizer_states, activations, logits,
+              overhead)
+    breakdown = {term: v / GIB for term, v in zip(TERMS, values)}
+    return Estimate(total_params=base_params + trainable, trainable_params=trainable, breakdown=breakdown,
+                    total_gb=sum(breakdown.values()))
+
+
+def estimate_for_spec(spec, config: dict, device: str = "cuda") -> Estimate:
+    """The estimate for a JobSpec on ``device``.
+
+    Precision "auto" means bf16 on a GPU and fp32 on CPU. DPO runs chosen and rejected sequences in one
+    batch, so its activations and logits count twice the batch (the reference pass keeps nothing).
+    """
+    half = spec.precision in ("bf16", "fp16") or (spec.precision == "auto" and device == "cuda")
+    compute_bytes = 2 if half else FP32
+    bits = 4 if spec.load_in_4bit else 8 if spec.load_in_8bit else 8 * compute_bytes
+    batch = spec.per_device_train_batch_size * (2 if spec.method == "dpo" else 1)
+    return estimate(config, bits=bits, r=spec.r, target_modules=list(spec.target_modules), batch_size=batch,
+                    seq_len=spec.max_length, gradient_checkpointing=spec.gradient_checkpointing,
+                    compute_bytes=compute_bytes, double_quant=spec.bnb_4bit_use_double_quant, device=device,
+                    use_dora=spec.use_dora, lora_dropout=spec.lora_dropout)
