@@ -264,8 +264,10 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
         quant_constants = 0
 
     lora_bytes = min(adapter_bytes, compute_bytes)
-    # under autocast, fp32 adapters are cast to the compute dtype for each matmul; the copies live until backward
-    autocast_copies = trainable * lora_bytes if adapter_bytes > compute_bytes else 0
+    # under autocast, fp32 adapters are cast to the compute dtype for each matmul; the copies live until
+    # backward (with checkpointing only those of the layer being recomputed)
+    copied_layers = 1 if gradient_checkpointing else s.layers
+    autocast_copies = (copied_layers * lora_per_layer + lora_head) * lora_bytes if adapter_bytes > compute_bytes else 0
     lora_weights = trainable * adapter_bytes + autocast_copies
     lora_gradients = trainable * adapter_bytes
     optimizer_states = 2 * trainable * (optimizer_bytes or adapter_bytes)  # AdamW: exp_avg and exp_avg_sq

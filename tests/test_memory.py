@@ -39,12 +39,15 @@ def test_qlora_paper_33b_fits_a_24gb_gpu():
 
 
 def test_adapter_and_optimizer_dtypes():
-    bf16 = est("meta-llama/Meta-Llama-3-8B")  # quantised: bf16 adapters, bf16 AdamW states
-    fp32 = est("meta-llama/Meta-Llama-3-8B", adapter_bytes=4, optimizer_bytes=4)
+    bf16 = est("meta-llama/Meta-Llama-3-8B", gradient_checkpointing=False)  # quantised: bf16 adapters and states
+    fp32 = est("meta-llama/Meta-Llama-3-8B", gradient_checkpointing=False, adapter_bytes=4, optimizer_bytes=4)
     assert fp32.breakdown["LoRA gradients"] == pytest.approx(2 * bf16.breakdown["LoRA gradients"])
     assert fp32.breakdown["optimizer states"] == pytest.approx(2 * bf16.breakdown["optimizer states"])
-    # under autocast fp32 adapters also keep a bf16 copy: 4 + 2 bytes per parameter
+    # under autocast fp32 adapters also keep a bf16 copy for backward: 4 + 2 bytes per parameter ...
     assert fp32.breakdown["LoRA weights"] == pytest.approx(3 * bf16.breakdown["LoRA weights"])
+    # ... of every layer, or of the one layer being recomputed under gradient checkpointing
+    ckpt = est("meta-llama/Meta-Llama-3-8B", adapter_bytes=4)
+    assert ckpt.breakdown["LoRA weights"] == pytest.approx(bf16.breakdown["LoRA weights"] * (2 + 1 / 32))
 
 
 def test_double_quantization_saves_about_0_37_bit_per_parameter():

