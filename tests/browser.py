@@ -97,7 +97,15 @@ def pick_first_containing(page, elem_id: str, text: str) -> None:
 
 
 def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
+    # gradio can render the selected tab's button twice and push a later one into a hidden overflow list in
+    # headless Chromium, so click the tab's own button by its text through the DOM
+    clicked = page.evaluate(
+        """(name) => { const b = [...document.querySelectorAll('button[role=tab]')]
+                             .find(x => x.textContent.trim() === name && x.getAttribute('data-tab-id') === name.toLowerCase())
+                          || [...document.querySelectorAll('button[role=tab]')].find(x => x.textContent.trim() === name);
+                     if (!b) return false; b.click(); return true; }""", name)
+    assert clicked, f"no tab named {name}"
+    page.wait_for_timeout(300)
 
 
 def chart_points(page, trace: str = "train loss") -> int:
@@ -105,5 +113,5 @@ def chart_points(page, trace: str = "train loss") -> int:
     return page.evaluate(
         """(trace) => { const el = document.querySelector('#run-chart .js-plotly-plot');
                if (!el || !el.data) return 0;
-               const t = el.data.find(d => d.name === trace);
-               return t && t.x ? Array.from(t.x).length : 0; }""", trace)
+               const t = (el._fullData || el.data).find(d => d.name === trace);
+               return t && t.x && t.x.length !== undefined ? t.x.length : 0; }""", trace)

@@ -24,6 +24,8 @@ def test_upload_train_watch_and_chat_in_the_browser(tmp_path):
     require_browser()
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=60_000)
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     data = identity_data.write(tmp_path / "identity.jsonl")
     server = Server(tmp_path / "home", ARTIFACTS / "acceptance-server.log", STUDIO_MODELS_DIR=str(SHARED_MODELS))

@@ -24,13 +24,14 @@ def build_ui() -> gr.Blocks:
             library = adapters_tab.build()
         datasets_tab.wire(data, [train["components"]["dataset"]])
 
-        def after_start():
-            jobs = db.list_jobs()
-            latest = jobs[0].id if jobs else None
+        def after_start(job_id):
+            """Show this session's new run in the Runs tab (never another session's)."""
             choices = runs_tab.run_choices()
-            return gr.update(choices=choices, value=latest), gr.update(choices=choices), runs_tab.runs_table()
+            run = gr.update(choices=choices, value=job_id) if job_id else gr.update(choices=choices)
+            return run, gr.update(choices=choices), runs_tab.runs_table()
 
-        train["start"].click(after_start, None, [runs["run"], runs["picks"], runs["table"]])
+        train["start_event"].then(after_start, [train["last_job"]], [runs["run"], runs["picks"], runs["table"]]).then(
+            runs["select"], runs["select_inputs"], runs["outs"])
 
         def on_load():
             choices = runs_tab.run_choices()

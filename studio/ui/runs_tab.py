@@ -216,7 +216,8 @@ def build() -> dict:
         cache = gr.State({})
         timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [cache, chart, status, progress, logs, timer]
-    run.change(select_run, [run, smoothing, log_scale], outs)
+    # .input (user choice) rather than .change: the Runs tab re-selects programmatically after Start (below)
+    run.input(select_run, [run, smoothing, log_scale], outs)
     timer.tick(poll, [run, cache, smoothing, log_scale], outs, show_progress="hidden")
     for ctl in (smoothing, log_scale):
         ctl.change(lambda r, c, s, l: poll(r, c, s, l, force=True), [run, cache, smoothing, log_scale], outs,
@@ -229,4 +230,5 @@ def build() -> dict:
     delete.click(do_delete, [run], [action, run])
     yaml_btn.click(download_yaml, [run], [files])
     csv_btn.click(download_csv, [run], [files])
-    return {"run": run, "table": table, "timer": timer, "picks": picks}
+    return {"run": run, "table": table, "timer": timer, "picks": picks, "select": select_run,
+            "select_inputs": [run, smoothing, log_scale], "outs": outs}

@@ -96,6 +96,7 @@ def build() -> dict:
                     yaml_file = gr.File(label="Import a job YAML", file_types=[".yaml", ".yml"])
                     yaml_btn = gr.Button("Download this form as YAML", size="sm")
                     yaml_out = gr.File(label="YAML", interactive=False)
+        last_job = gr.State(None)  # inside the Tab: a component created directly under gr.Tabs breaks the tab bar
     names = list(comps)
     inputs = [comps[n] for n in names]
 
@@ -103,18 +104,19 @@ def build() -> dict:
         return form.spec_from_values(names, list(values))
 
     def on_start(*values):
+        """(message, id of the job this browser session just queued, or None)."""
         try:
             spec = to_spec(*values)
             job = jobs.submit(spec)
         except SpecError as exc:
-            return form.errors_markdown(exc.errors)
+            return form.errors_markdown(exc.errors), None
         except Exception as exc:  # the queue or database refused: say so, no traceback
-            return f"**The run was not queued:** {exc}"
+            return f"**The run was not queued:** {exc}", None
         from .. import db
 
         pos = db.queue_position(job)
         return (f"Run **{job.name}** queued (position {pos}). Follow it in the Runs tab." if pos else
-                f"Run **{job.name}** submitted ({job.status}).")
+                f"Run **{job.name}** submitted ({job.status})."), job.id
 
     def on_estimate(*values):
         try:
@@ -152,7 +154,7 @@ def build() -> dict:
                 updates.append(gr.update(value=v))
         return updates + ["Form filled from the YAML file."]
 
-    start.click(on_start, inputs, [status], concurrency_limit=4)
+    start_event = start.click(on_start, inputs, [status, last_job], concurrency_limit=4)
     comps["base_model"].change(refresh_modules, [comps["base_model"]], [comps["target_modules"]])
     attn_btn.click(lambda b: preset(b, "attention"), [comps["base_model"]], [comps["target_modules"]])
     mlp_btn.click(lambda b: preset(b, "mlp"), [comps["base_model"]], [comps["target_modules"]])
@@ -162,5 +164,6 @@ def build() -> dict:
         comps[name].change(on_estimate, inputs, [estimate], show_progress="hidden")
     yaml_btn.click(on_yaml_download, inputs, [yaml_out, status])
     yaml_file.upload(on_yaml_import, [yaml_file], [*inputs, status])
-    return {"components": comps, "start": start, "status": status, "estimate": estimate,
+    return {"components": comps, "start": start, "start_event": start_event, "last_job": last_job,
+            "status": status, "estimate": estimate,
             "estimate_fn": on_estimate, "inputs": inputs}
