@@ -99,12 +99,14 @@ def pick_first_containing(page, elem_id: str, text: str) -> None:
 def open_tab(page, name: str) -> None:
     # gradio can render the selected tab's button twice and push a later one into a hidden overflow list in
     # headless Chromium, so click the tab's own button by its text through the DOM
+    page.wait_for_selector("button[role=tab]", state="attached")
     clicked = page.evaluate(
         """(name) => { const b = [...document.querySelectorAll('button[role=tab]')]
                              .find(x => x.textContent.trim() === name && x.getAttribute('data-tab-id') === name.toLowerCase())
                           || [...document.querySelectorAll('button[role=tab]')].find(x => x.textContent.trim() === name);
                      if (!b) return false; b.click(); return true; }""", name)
-    assert clicked, f"no tab named {name}"
+    assert clicked, f"no tab named {name}: " + str(page.evaluate(
+        "() => [...document.querySelectorAll('button[role=tab]')].map(x => [x.textContent.trim(), x.getAttribute('data-tab-id')])"))
     page.wait_for_timeout(300)
 
 
