@@ -82,6 +82,15 @@ def launch_browser(playwright):
                                       headless=True, args=CHROMIUM_ARGS)
 
 
+def open_page(playwright, url: str):
+    """(browser, page): a 1400x1000 headless page on ``url`` with generous waits for a loaded CPU."""
+    browser = launch_browser(playwright)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    return browser, page
+
+
 def pick(page, elem_id: str, option: str) -> None:
     """Choose an option of a gradio Dropdown by its visible text."""
     box = page.locator(f"#{elem_id} input")

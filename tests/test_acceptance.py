@@ -13,7 +13,7 @@ import time
 import pytest
 
 import identity_data
-from browser import SHARED_MODELS, Server, chart_points, launch_browser, open_tab, pick, pick_first_containing, \
+from browser import SHARED_MODELS, Server, chart_points, open_page, open_tab, pick, pick_first_containing, \
     require_browser
 from conftest import ARTIFACTS
 
@@ -32,10 +32,7 @@ def test_upload_train_watch_and_chat_in_the_browser(tmp_path):
     try:
         print(f"page served {server.wait_ready():.1f} s after start")
         with sync_playwright() as p:
-            browser = launch_browser(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(server.url)
+            browser, page = open_page(p, server.url)
 
             # Datasets: upload, preview, add
             page.locator("#dataset-upload input[type=file]").set_input_files(str(data))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from browser import SHARED_MODELS, Server, chart_points, launch_browser, open_tab, pick, pick_first_containing, \
+from browser import SHARED_MODELS, Server, chart_points, open_page, open_tab, pick, pick_first_containing, \
     require_browser
 from conftest import ARTIFACTS
 
@@ -60,10 +60,7 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
     try:
         server.wait_ready()
         with sync_playwright() as p:
-            browser = launch_browser(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(server.url)
+            browser, page = open_page(p, server.url)
 
             # a bad file: one sentence, nothing stored
             page.locator("#dataset-upload input[type=file]").set_input_files(str(bad))
@@ -102,10 +99,7 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
         try:
             ui_only.wait_ready()
             with sync_playwright() as p:
-                browser = launch_browser(p)
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(60_000)
-                page.goto(ui_only.url)
+                browser, page = open_page(p, ui_only.url)
                 open_tab(page, "Runs")
                 pick_first_containing(page, "run-select", first)
                 _wait(lambda: chart_points(page) >= n1, 60, "the chart after a UI restart")
@@ -115,10 +109,7 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
             ui_only.stop()
 
         with sync_playwright() as p:
-            browser = launch_browser(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(server.url)
+            browser, page = open_page(p, server.url)
             open_tab(page, "Runs")
             pick_first_containing(page, "run-select", first)
             page.locator("#run-cancel").click()

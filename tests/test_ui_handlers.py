@@ -68,7 +68,8 @@ def test_compare_labels_runs_by_what_differs(studio_home):
     fig, diff = runs_tab.compare([a.id, b.id], 0.0, False)
     names = " ".join(t.name for t in fig.data)
     assert "r=8" in names and "r=32" in names and "4-bit" in names and "16-bit" in names
-    assert any(row[0] in ("r", "LoRA rank") for row in diff)
+    assert diff["headers"] == ["setting", "a", "b"]
+    assert ["r", "8", "32"] in [list(map(str, row)) for row in diff["data"]]
 
 
 def test_spec_form_round_trip():
@@ -81,3 +82,20 @@ def test_spec_form_round_trip():
     values[2] = 8.0  # gradio Numbers come back as floats
     again = form.spec_from_values(names, values)
     assert again.r == 8 and isinstance(again.r, int) and again.golden_prompts == ["a", "b"]
+
+
+def test_column_mapping_is_proposed_and_can_be_changed(studio_home, tmp_path):
+    from studio.ui import datasets_tab
+
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer,notes\nWhat is 2+2?,4,x\nCapital of France?,Paris,y\n")
+    message, _, _, _, _, mapping = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512)
+    assert "question = instruction" in mapping and "answer = output" in mapping, message
+    # the user maps the answer to another column instead: the preview follows
+    message, preview, *_ = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512,
+                                                   "question = instruction\nnotes = output")
+    assert "x" in str(preview["value"]) and "Paris" not in str(preview["value"])
+    bad, *_ = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512, "question")
+    assert "line 1" in bad
+    msg, table, _ = datasets_tab.add_upload(str(path), "auto", False, "qa", "question = instruction\nanswer = output")
+    assert msg.startswith("Added") and db.get_dataset("qa").mapping == {"question": "instruction", "answer": "output"}

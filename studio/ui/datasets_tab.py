@@ -61,15 +61,34 @@ def template_preview(loaded, base_model: str, max_length: int):
     return segments, length_histogram(lengths, max_length)
 
 
-def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: float):
-    """Preview without storing: message, rows table, stats, highlighted template, histogram."""
+def parse_mapping(text: str | None) -> dict[str, str] | None:
+    """'file column = expected column' per line -> mapping; None when empty. Raises DatasetError."""
+    mapping = {}
+    for n, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        left, sep, right = line.replace("->", "=").partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise DatasetError(f"column mapping line {n} should look like 'question = instruction', got '{line.strip()}'")
+        mapping[left.strip()] = right.strip()
+    return mapping or None
+
+
+def mapping_text(mapping: dict | None) -> str:
+    return "\n".join(f"{k} = {v}" for k, v in (mapping or {}).items())
+
+
+def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: float, mapping: str = ""):
+    """Preview without storing: message, rows table, stats, highlighted template, histogram, and the
+    column mapping used (proposed automatically when the file's names differ)."""
     empty = ("", gr.update(value=[], visible=False), "", gr.update(value=None, visible=False),
-             gr.update(value=None, visible=False))
+             gr.update(value=None, visible=False), gr.update())
     if file is None:
         return ("Choose a file to see its preview.",) + empty[1:]
     path = Path(file if isinstance(file, str) else file.name)
     try:
-        loaded = library.inspect(path, filename=path.name, format=None if fmt == "auto" else fmt, drop_bad=drop_bad)
+        loaded = library.inspect(path, filename=path.name, format=None if fmt == "auto" else fmt,
+                                 mapping=parse_mapping(mapping), drop_bad=drop_bad)
     except (DatasetError, UnsafePath) as exc:
         return (f"**This file cannot be used:** {exc}",) + empty[1:]
     stats = loaded.stats()
@@ -83,18 +102,21 @@ def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: fl
     except Exception as exc:  # the preview is a help, never a blocker
         segments, hist = None, None
         stats_md += f"\n\n(template preview unavailable: {exc})"
+    if loaded.mapping:
+        msg += " · columns mapped: " + ", ".join(f"{k} → {v}" for k, v in loaded.mapping.items())
     return (msg, gr.update(value=rows, visible=True), stats_md,
             gr.update(value=segments, visible=segments is not None),
-            gr.update(value=hist, visible=hist is not None))
+            gr.update(value=hist, visible=hist is not None), mapping_text(loaded.mapping))
 
 
-def add_upload(file, fmt: str, drop_bad: bool, name: str):
+def add_upload(file, fmt: str, drop_bad: bool, name: str, mapping: str = ""):
     if file is None:
         return "Choose a file first.", dataset_table(), gr.update()
     path = Path(file if isinstance(file, str) else file.name)
     try:
         rec, created = library.add(path, name=name.strip() or None, filename=path.name,
-                                   format=None if fmt == "auto" else fmt, drop_bad=drop_bad)
+                                   format=None if fmt == "auto" else fmt, drop_bad=drop_bad,
+                                   mapping=parse_mapping(mapping))
     except (DatasetError, UnsafePath) as exc:
         return f"**Not added:** {exc}", dataset_table(), gr.update()
     what = "Added" if created else "Already in the library (same content)"
@@ -122,6 +144,9 @@ def build(base_model_box=None) -> dict:
             with gr.Column(scale=1):
                 fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format", elem_id="dataset-format")
                 drop_bad = gr.Checkbox(False, label="Drop bad rows instead of refusing the file")
+                mapping = gr.Textbox(label="Column mapping", lines=2, elem_id="dataset-mapping",
+                                     info="file column = expected column, one per line; proposed when names "
+                                          "differ (question = instruction, answer = output, ...)")
                 name = gr.Textbox(label="Name (optional)", placeholder="derived from the file name",
                                   elem_id="dataset-name")
                 add_btn = gr.Button("Add to library", variant="primary", elem_id="dataset-add")
@@ -143,10 +168,12 @@ def build(base_model_box=None) -> dict:
             delete_btn = gr.Button("Delete dataset", variant="stop")
         max_len = gr.Number(512, visible=False)
         base = base_model_box if base_model_box is not None else gr.Textbox(BUNDLED_MODEL, visible=False)
-    inputs = [upload, fmt, drop_bad, base, max_len]
-    for trigger in (upload.change, fmt.change, drop_bad.change):
-        trigger(check_upload, inputs, [message, preview, stats, segments, hist])
-    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "add": add_btn, "message": message,
+    inputs = [upload, fmt, drop_bad, base, max_len, mapping]
+    outputs = [message, preview, stats, segments, hist, mapping]
+    upload.change(lambda *a: check_upload(*a[:-1], ""), inputs, outputs)  # a new file: propose afresh
+    for trigger in (fmt.change, drop_bad.change, mapping.submit, mapping.blur):
+        trigger(check_upload, inputs, outputs)
+    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "mapping": mapping, "add": add_btn, "message": message,
             "table": table, "chosen": chosen, "delete": delete_btn, "max_len": max_len}
 
 
@@ -160,6 +187,7 @@ def wire(parts: dict, dataset_dropdowns: list) -> None:
             return (message, table, *[update] * len(dropdowns))
         return run
 
-    parts["add"].click(fan_out(add_upload), [parts["upload"], parts["fmt"], parts["drop_bad"], parts["name"]],
+    parts["add"].click(fan_out(add_upload), [parts["upload"], parts["fmt"], parts["drop_bad"], parts["name"],
+                                              parts["mapping"]],
                        [parts["message"], parts["table"], *dropdowns])
     parts["delete"].click(fan_out(delete_selected), [parts["chosen"]], [parts["message"], parts["table"], *dropdowns])

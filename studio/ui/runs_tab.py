@@ -177,12 +177,12 @@ def compare(job_ids: list[str] | None, smoothing: float, log_scale: bool):
     """Overlay any runs (finished or live), each labelled by what differs in its config."""
     picked = [j for j in (db.get_job(i) for i in (job_ids or [])) if j is not None]
     if not picked:
-        return charts.empty_figure("choose runs to compare", uirevision="compare"), []
+        return charts.empty_figure("choose runs to compare", uirevision="compare"), {"headers": ["setting"], "data": []}
     configs = {j.name: {k: v for k, v in j.spec.items() if k != "name"} for j in picked}
     labels = charts.config_labels(configs)
     runs = [(f"{j.name}: {labels[j.name]}" if len(picked) > 1 else j.name, db.metric_rows(j.id)) for j in picked]
     fig = charts.compare_figure(runs, smoothing=smoothing, log_scale=log_scale)
-    return fig, charts.config_diff(configs)
+    return fig, {"headers": ["setting", *configs], "data": charts.config_diff(configs)}
 
 
 def build() -> dict:
