@@ -133,8 +133,10 @@ def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
     now = time.time()
     lost = []
     for job in db.list_jobs(("running",)):
-        gone = job.worker_host == host and job.worker_pid and not _pid_alive(job.worker_pid)
-        stale = job.heartbeat_at is not None and now - job.heartbeat_at > stale_seconds
+        local = job.worker_host == host and bool(job.worker_pid)
+        gone = local and not _pid_alive(job.worker_pid)
+        # on this host a live process is proof enough; elsewhere only the heartbeat can tell
+        stale = not local and job.heartbeat_at is not None and now - job.heartbeat_at > stale_seconds
         if gone or stale:
             why = "its worker process is gone" if gone else f"no heartbeat for {now - job.heartbeat_at:.0f} s"
             db.set_status(job.id, "interrupted", why, finished_at=now,

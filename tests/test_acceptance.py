@@ -62,7 +62,7 @@ def test_upload_train_watch_and_chat_in_the_browser(tmp_path):
                 if "running" in status:
                     t_start = t_start or time.time()
                     seen_running_points = max(seen_running_points, chart_points(page))
-                if "completed" in status or "failed" in status:
+                if any(word in status for word in ("completed", "failed", "cancelled", "interrupted")):
                     break
                 time.sleep(2)
             status = page.locator("#run-status").inner_text()

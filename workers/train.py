@@ -5,6 +5,7 @@ task calls. Reports go to the database only, through ``StudioCallback``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -303,6 +304,33 @@ def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
     return f"training stopped by an unexpected error at step {step}: {type(exc).__name__}" + (f": {first}" if first else "")
 
 
+class Heartbeat:
+    """Writes the job's heartbeat every few seconds from a thread while the job runs, so a long step,
+    evaluation or checkpoint never makes a live job look lost."""
+
+    def __init__(self, job_id: str, every: float = 10.0):
+        import threading
+
+        self.job_id, self.every = job_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{job_id}")
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            try:
+                db.update_job(self.job_id, heartbeat_at=time.time())
+            except Exception:  # a missed beat is harmless; the next one retries
+                log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class JobLog:
     """Routes this job's log records (and tracebacks) into <job>/train.log."""
 
@@ -350,7 +378,7 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     device = device_name()
     is_main = int(os.environ.get("RANK", "0")) == 0
     step = 0
-    with JobLog(out / "train.log"):
+    with JobLog(out / "train.log"), (Heartbeat(job_id) if is_main else contextlib.nullcontext()):
         try:
             checkpoint = last_complete_checkpoint(out) if resume else None
             if is_main:
@@ -384,7 +412,7 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 shutil.rmtree(adapter_dir, ignore_errors=True)
                 trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
                 summary = _summary(trainer, adapter_dir, model)
-                db.set_status(job_id, "completed", f"finished {step} steps", finished_at=time.time(),
+                db.set_status(job_id, "completed", f"finished {step} steps", finished_at=time.time(), error=None,
                               adapter_path=settings.relative(adapter_dir), current_step=step,
                               summary_json=__import__("json").dumps(summary))
             return "completed"
