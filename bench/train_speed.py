@@ -1,0 +1,228 @@
+"""Training speed: a plain TRL SFTTrainer script (library defaults) vs the studio's worker path.
+
+Both train the same LoRA/QLoRA adapter on the same data, model, hyperparameters, steps and seed, in
+one process, alternating. Printed for each: real (non-pad) tokens/s, padded tokens/s, peak RSS growth,
+final train loss, eval loss on a fixed held-out set; then the ratios studio/plain, the achieved FLOP/s
+of the studio path against this machine's measured fp32 / bf16 matmul peaks, and a per-lever table.
+
+    python bench/train_speed.py [--steps 12] [--quant 4bit|none] [--model bundled|random-llama]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("STUDIO_HOME", str(Path.home() / ".cache" / "fine-tune-studio" / "bench-home"))
+os.environ.setdefault("STUDIO_MODELS_DIR", str(Path.home() / ".cache" / "fine-tune-studio" / "models"))
+
+import torch  # noqa: E402
+
+WORDS = ("model data train token layer weight answer question system user value paris france river mountain "
+         "quick brown fox jumps over lazy dog learning rate batch memory speed adapter rank alpha").split()
+
+
+def make_rows(n: int, seed: int, min_words: int = 12, max_words: int = 280) -> list[dict]:
+    """Instruction rows with widely varying lengths (about 20-400 tokens)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + "?"
+        a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) + "."
+        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    return rows
+
+
+class PeakRSS:
+    """Peak resident memory growth over a block, sampled every 10 ms."""
+
+    def __init__(self):
+        self.peak = self.base = self._rss()
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+
+    def _run(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def grown_gb(self) -> float:
+        return (self.peak - self.base) / 1e9
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+class TokenCounter:
+    """Counts real and padded tokens of every training batch (wraps a collator)."""
+
+    def __init__(self, collator):
+        self.collator, self.real, self.padded = collator, 0, 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.real += sum(len(e["input_ids"]) for e in examples)
+        self.padded += int(batch["input_ids"].numel())
+        return batch
+
+
+def eval_loss(model, tokenizer, rows, spec) -> float:
+    from workers.train import encode_rows
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for enc in encode_rows(tokenizer, rows, "chat", spec):
+            ids = torch.tensor([enc["input_ids"]])
+            labels = torch.tensor([[t if m else -100 for t, m in zip(enc["input_ids"], enc["assistant_masks"])]])
+            n = int((labels[0, 1:] != -100).sum())
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def plain_trl(model_dir, spec, train_rows, out):
+    """What a user would write in 40 lines: SFTTrainer with library defaults, same LoRA/QLoRA settings."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    kwargs = {"dtype": torch.float32}
+    if spec.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    args = SFTConfig(output_dir=str(out), max_steps=spec.max_steps, per_device_train_batch_size=spec.per_device_train_batch_size,
+                     learning_rate=spec.learning_rate, lr_scheduler_type=spec.lr_scheduler_type, warmup_steps=0,
+                     max_length=spec.max_length, assistant_only_loss=False, logging_steps=1, save_strategy="no",
+                     report_to="none", seed=spec.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+    lora = LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tok,
+                         peft_config=lora)
+    return trainer, tok
+
+
+def studio_path(model_dir, spec, train_rows, out):
+    from workers import train
+
+    model, tok = train.load_model_for_training(spec, model_dir, "cuda" if torch.cuda.is_available() else "cpu")
+
+    from transformers import TrainerCallback
+
+    class Null(TrainerCallback):  # the bench measures training, not the studio's database writes
+        stop_reason = None
+
+    trainer = train.build_trainer(spec, "chat", model, tok, train_rows, [], Path(out), Null(),
+                                  "cuda" if torch.cuda.is_available() else "cpu")
+    trainer.args.save_strategy = "no"
+    return trainer, tok
+
+
+def run_one(kind, model_dir, spec, train_rows, eval_rows, out):
+    gc.collect()
+    with PeakRSS() as mem:
+        build = plain_trl if kind == "plain" else studio_path
+        trainer, tok = build(model_dir, spec, train_rows, out)
+        counter = TokenCounter(trainer.data_collator)
+        trainer.data_collator = counter
+        t = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = {"seconds": seconds, "real_tps": counter.real / seconds, "padded_tps": counter.padded / seconds,
+              "real": counter.real, "padded": counter.padded, "peak_gb": mem.grown_gb, "train_loss": losses[-1],
+              "eval_loss": eval_loss(trainer.model, tok, eval_rows, spec)}
+    del trainer
+    gc.collect()
+    return result
+
+
+def main() -> None:
+    from studio.models import ensure_bundled
+    from studio.spec import JobSpec
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--quant", choices=["4bit", "none"], default="4bit")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds of plain/studio")
+    p.add_argument("--levers", action="store_true", help="also measure each studio lever on its own")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model_dir = ensure_bundled()
+    rows = make_rows(args.steps * args.batch, seed=1)
+    eval_rows = make_rows(16, seed=2)
+    spec = JobSpec(dataset="bench", load_in_4bit=args.quant == "4bit", max_steps=args.steps,
+                   per_device_train_batch_size=args.batch, learning_rate=2e-4, lora_dropout=0.0, eval_split=0.0,
+                   max_length=512, assistant_only_loss=False, warmup_ratio=0.0, lr_scheduler_type="linear",
+                   bnb_4bit_compute_dtype="float32")
+    fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+          f"matmul peak fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.1f} GFLOP/s")
+    print(f"data: {len(rows)} train rows, {len(eval_rows)} eval rows; {args.steps} steps x batch {args.batch}; "
+          f"quant {args.quant}; model {model_dir.name}")
+    out = Path(os.environ["STUDIO_HOME"]) / "bench-out"
+    results = {"plain": [], "studio": []}
+    for _ in range(args.rounds):
+        for kind in ("plain", "studio"):
+            r = run_one(kind, model_dir, spec, rows, eval_rows, out / kind)
+            results[kind].append(r)
+            print(f"{kind:>7}: {r['real_tps']:7.1f} real tok/s {r['padded_tps']:7.1f} padded tok/s "
+                  f"({r['real']} real / {r['padded']} padded tokens in {r['seconds']:.1f} s) peak +{r['peak_gb']:.2f} GB "
+                  f"train loss {r['train_loss']:.4f} eval loss {r['eval_loss']:.4f}", flush=True)
+    a = {k: sum(r[k] for r in results["plain"]) / len(results["plain"]) for k in results["plain"][0]}
+    b = {k: sum(r[k] for r in results["studio"]) / len(results["studio"]) for k in results["studio"][0]}
+    from studio import catalog, memory
+
+    n_params = memory.estimate(catalog.read_local_config(model_dir), bits=16, r=spec.r, target_modules=[],
+                               batch_size=1, seq_len=1, gradient_checkpointing=False).total_params
+    flops = 6 * n_params * b["real"] / b["seconds"] * 2 / 3  # frozen base: no weight-gradient matmuls
+    print(f"ratio studio/plain: real tok/s x{b['real_tps'] / a['real_tps']:.2f}, "
+          f"eval loss {100 * (b['eval_loss'] - a['eval_loss']) / a['eval_loss']:+.1f}%, "
+          f"peak memory x{b['peak_gb'] / max(a['peak_gb'], 1e-9):.2f}")
+    print(f"studio achieved ~{flops / 1e9:.1f} GFLOP/s = {100 * flops / fp32:.0f}% of fp32 matmul peak, "
+          f"{100 * flops / bf16:.0f}% of bf16 peak")
+    if args.levers:
+        print("\nper lever (studio path, one lever changed from the studio default):")
+        for label, change in (("studio defaults", {}), ("no dequant cache", {"dequant_cache": "off"}),
+                              ("no length grouping", {"padding_free": "off"}), ("padding-free", {"padding_free": "on"})):
+            s2 = JobSpec(**{**spec.to_dict(), **change})
+            r = run_one("studio", model_dir, s2, rows, eval_rows, out / "lever")
+            print(f"  {label:<20} {r['real_tps']:7.1f} real tok/s  x{r['real_tps'] / a['real_tps']:.2f} vs plain  "
+                  f"eval loss {r['eval_loss']:.4f}  peak +{r['peak_gb']:.2f} GB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
