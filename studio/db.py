@@ -164,12 +164,17 @@ def list_datasets() -> list[DatasetRecord]:
         return list(s.exec(select(DatasetRecord).order_by(DatasetRecord.created_at.desc())))
 
 
-def get_dataset(name_or_id: str) -> DatasetRecord | None:
+def _by_id_or_name(model, key: str):
+    """A row by primary key, else by its unique-ish ``name`` column (users type either)."""
     with session() as s:
-        rec = s.get(DatasetRecord, name_or_id)
-        if rec is None:
-            rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name_or_id)).first()
-        return rec
+        row = s.get(model, key)
+        if row is None:
+            row = s.exec(select(model).where(model.name == key)).first()
+        return row
+
+
+def get_dataset(name_or_id: str) -> DatasetRecord | None:
+    return _by_id_or_name(DatasetRecord, name_or_id)
 
 
 def find_dataset_by_hash(sha256: str) -> DatasetRecord | None:
@@ -180,11 +185,7 @@ def find_dataset_by_hash(sha256: str) -> DatasetRecord | None:
 # ---- jobs -----------------------------------------------------------------------------------
 
 def get_job(job_id: str) -> Job | None:
-    with session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            job = s.exec(select(Job).where(Job.name == job_id)).first()
-        return job
+    return _by_id_or_name(Job, job_id)
 
 
 def list_jobs(statuses: tuple[str, ...] | None = None) -> list[Job]:
