@@ -4,6 +4,7 @@
     .venv/bin/python bench/memory.py --model DIR     # any local Hugging Face Llama folder instead
     .venv/bin/python bench/memory.py --audit         # check the per-layer activation formula tensor by tensor
     .venv/bin/python bench/memory.py --published     # estimates beside published GPU figures (arithmetic only)
+    python bench/memory.py --device cuda --model DIR # on a GPU: torch.cuda.max_memory_allocated, bf16 compute
 
 Each configuration runs in its own subprocess so peaks never mix. The child imports the training stack,
 reads its resident size (VmRSS: the python/torch baseline), loads the model, wraps it with peft, resets the
@@ -37,6 +38,11 @@ CONFIGS = [
     (32, 8, 128, False), (32, 64, 128, False), (32, 64, 512, False), (32, 8, 512, True),
     (4, 8, 128, False), (4, 64, 128, False), (4, 64, 512, False),
 ]
+# on a GPU: bf16 base (as hub checkpoints ship) or NF4 with bf16 compute, bf16 autocast as TRL runs it
+CUDA_CONFIGS = [
+    (16, 8, 512, False), (16, 64, 512, False), (16, 64, 2048, False), (16, 8, 2048, True),
+    (4, 8, 512, False), (4, 64, 512, False), (4, 64, 2048, False), (4, 16, 2048, True),
+]
 
 
 def bundled_model_dir(cache: Path = DEFAULT_CACHE) -> Path:
@@ -62,6 +68,53 @@ def _rss_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def measure_one_cuda(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: bool, batch: int,
+                     steps: int) -> dict:
+    """One configuration on the GPU, in this process: the caching allocator's peak (the CUDA context and
+    kernels are outside it). Returns sizes in bytes."""
+    import peft
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.manual_seed(0)
+    kwargs = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    if bits == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model.config.use_cache = False
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=TARGETS,
+                                             task_type="CAUSAL_LM"))
+    if bits == 4:
+        for param in model.parameters():  # as TRL does for QLoRA: bf16 adapters
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    model.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    torch.cuda.synchronize()
+    loaded = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, (batch, seq_len), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del loss
+    torch.cuda.synchronize()
+    return {"baseline": 0, "loaded": loaded, "peak": torch.cuda.max_memory_allocated(), "trainable": trainable,
+            "seconds_per_step": (time.time() - t0) / steps, "peft": peft.__version__}
 
 
 def measure_one(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: bool, batch: int, steps: int,
@@ -121,9 +174,10 @@ def measure_one(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: 
             "seconds_per_step": (time.time() - t0) / steps, "peft": peft.__version__}
 
 
-def run_child(model_dir: Path, cfg: tuple, batch: int, steps: int, threads: int, env: dict | None = None) -> dict:
+def run_child(model_dir: Path, cfg: tuple, batch: int, steps: int, threads: int, env: dict | None = None,
+              device: str = "cpu") -> dict:
     bits, r, seq, ckpt = cfg
-    cmd = [sys.executable, __file__, "--model", str(model_dir), "--one",
+    cmd = [sys.executable, __file__, "--model", str(model_dir), "--device", device, "--one",
            json.dumps({"bits": bits, "r": r, "seq_len": seq, "checkpointing": ckpt, "batch": batch, "steps": steps,
                        "threads": threads})]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
@@ -133,13 +187,50 @@ def run_child(model_dir: Path, cfg: tuple, batch: int, steps: int, threads: int,
     raise RuntimeError(f"measurement {cfg} failed:\n{out.stderr[-3000:]}")
 
 
-def estimate_for(model_dir: Path, cfg: tuple, batch: int):
+def estimate_for(model_dir: Path, cfg: tuple, batch: int, device: str = "cpu"):
     from studio import catalog, memory
 
     bits, r, seq, ckpt = cfg
     config = catalog.read_local_config(model_dir)
     return memory.estimate(config, bits=bits, r=r, target_modules=TARGETS, batch_size=batch, seq_len=seq,
-                           gradient_checkpointing=ckpt, compute_bytes=4, device="cpu", lora_dropout=0.05)
+                           gradient_checkpointing=ckpt, compute_bytes=4 if device == "cpu" else 2, device=device,
+                           lora_dropout=0.05)
+
+
+def cuda_table(model_dir: Path, batch: int, steps: int, save: str | None = None) -> int:
+    """estimate (without the CUDA context, which the allocator does not see) / torch.cuda.max_memory_allocated."""
+    from studio import memory
+    from studio.memory import GIB
+
+    import torch
+
+    print(f"model {model_dir.name} on {torch.cuda.get_device_name()}, batch {batch}, {steps} steps per configuration, "
+          f"LoRA on all 7 linear layers, dropout 0.05, bf16 autocast; GiB (allocator peak, CUDA context excluded)")
+    head = f"| {'config':<28} | {'trainable':>9} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} | {'s/step':>6} |"
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    ratios, rows = [], []
+    for cfg in CUDA_CONFIGS:
+        bits, r, seq, ckpt = cfg
+        try:
+            m = run_child(model_dir, cfg, batch, steps, 1, device="cuda")
+        except RuntimeError as exc:
+            print(f"| {str(cfg):<28} | failed: {str(exc).splitlines()[-1][:200]}", flush=True)
+            continue
+        est = estimate_for(model_dir, cfg, batch, "cuda")
+        predicted = est.total_gb - memory.CUDA_CONTEXT_GIB
+        measured = m["peak"] / GIB
+        ratios.append(predicted / measured)
+        rows.append({"config": list(cfg), "batch": batch, "estimate_gib": predicted, "measured_gib": measured,
+                     "breakdown": est.breakdown, **m})
+        name = f"{'bf16' if bits == 16 else 'nf4'} r={r} seq={seq}{' ckpt' if ckpt else ''}"
+        print(f"| {name:<28} | {m['trainable'] / 1e6:8.2f}M | {predicted:8.3f} | {measured:8.3f} | "
+              f"{predicted / measured:5.2f} | {m['seconds_per_step']:6.3f} |", flush=True)
+    if ratios:
+        print(f"ratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f}")
+    if save:
+        Path(save).write_text(json.dumps(rows, indent=1))
+    return 0 if ratios and all(0.8 <= x <= 1.25 for x in ratios) else 1
 
 
 def main_table(model_dir: Path, batch: int, steps: int, threads: int, only: str | None,
@@ -307,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", help="also write the measurements as JSON to this file")
     ap.add_argument("--published", action="store_true", help="estimates beside published figures (no model)")
     ap.add_argument("--audit", action="store_true", help="check the activation formula with saved_tensors_hooks")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one configuration as JSON
     args = ap.parse_args(argv)
     if args.audit:
@@ -314,11 +406,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.published:
         return published()
     model_dir = args.model or bundled_model_dir()
+    if args.one and args.device == "cuda":
+        cfg = json.loads(args.one)
+        print(json.dumps(measure_one_cuda(str(model_dir), cfg["bits"], cfg["r"], cfg["seq_len"], cfg["checkpointing"],
+                                          cfg["batch"], cfg["steps"])))
+        return 0
     if args.one:
         cfg = json.loads(args.one)
         print(json.dumps(measure_one(str(model_dir), cfg["bits"], cfg["r"], cfg["seq_len"], cfg["checkpointing"],
                                      cfg["batch"], cfg["steps"], cfg.get("threads", 1))))
         return 0
+    if args.device == "cuda":
+        return cuda_table(model_dir, args.batch, args.steps, args.save)
     return main_table(model_dir, args.batch, args.steps, args.threads, args.only, args.fixed_mmap_threshold,
                       args.save)
 

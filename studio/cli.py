@@ -205,15 +205,25 @@ def cmd_estimate(args) -> int:
     if config is None:
         return _fail(f"no configuration is known for '{spec.base_model}': give a local model folder or a model "
                      f"from the table ({', '.join(sorted(catalog.ARCHITECTURES)[:6])}, …)")
-    est = memory.estimate_for_spec(spec, config)
+    warnings: list[str] = []
+    if args.device == "workers":
+        from .jobs import estimate_for_workers
+
+        est, where, warnings = estimate_for_workers(spec, config)
+    else:
+        est = memory.estimate_for_spec(spec, config, args.device)
+        where = f"estimated for a {'CUDA GPU' if args.device == 'cuda' else 'CPU'}"
     if args.json:
         print(json.dumps({"total_params": est.total_params, "trainable_params": est.trainable_params,
                           "total_gb": est.total_gb, "breakdown": est.breakdown,
-                          "fits": {str(k): v for k, v in est.fits().items()}}, indent=2))
+                          "fits": {str(k): v for k, v in est.fits().items()}, "device": where,
+                          "warnings": warnings}, indent=2))
     else:
         for k, v in est.breakdown.items():
             print(f"{k:>24}: {v:8.2f} GB")
-        print(f"{'total':>24}: {est.total_gb:8.2f} GB\ntrainable: {est.trainable_text()}")
+        print(f"{'total':>24}: {est.total_gb:8.2f} GB\ntrainable: {est.trainable_text()}\n{where}")
+        for w in warnings:
+            print(f"warning: {w}")
     return 0
 
 
@@ -276,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("estimate", help="estimate peak training memory of a job YAML")
     e.add_argument("config")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--device", choices=["cuda", "cpu", "workers"], default="cuda",
+                   help="estimate for a CUDA GPU (default), a CPU, or the devices of the running workers (with a "
+                        "warning for each one it would not fit)")
     e.set_defaults(func=cmd_estimate)
 
     ch = sub.add_parser("chat", help="ask a finished run (or a checkpoint, or an imported adapter) one question")

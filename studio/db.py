@@ -113,6 +113,21 @@ class MetricPoint(SQLModel, table=True):
         return {k: getattr(self, k) for k in METRIC_KEYS}
 
 
+class WorkerRecord(SQLModel, table=True):
+    """A running worker and the device it trains on: the Train form's memory estimate warns against it."""
+    __tablename__ = "workers"
+    id: str = Field(primary_key=True)  # host:pid
+    host: str
+    pid: int
+    device: str                        # "cuda" or "cpu"
+    device_name: str = ""
+    memory_gb: float = 0.0             # per GPU on cuda; the machine's RAM on cpu
+    gpu_count: int = 0
+    bf16: bool = False                 # bf16 computes natively (precision "auto" trains in bf16)
+    started_at: float = Field(default_factory=now)
+    seen_at: float = Field(default_factory=now, index=True)
+
+
 METRIC_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
                "num_tokens", "memory_gb", "time")
 
@@ -266,3 +281,43 @@ def delete_metrics_after(job_id: str, step: int) -> None:
         for m in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step)):
             s.delete(m)
         s.commit()
+
+
+# ---- workers --------------------------------------------------------------------------------
+
+def register_worker(**facts: Any) -> WorkerRecord:
+    """Insert or refresh this worker's row (``id`` = host:pid)."""
+    with session() as s:
+        row = s.get(WorkerRecord, facts["id"])
+        if row is None:
+            row = WorkerRecord(**facts)
+        else:
+            for k, v in facts.items():
+                setattr(row, k, v)
+        row.seen_at = now()
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return row
+
+
+def touch_worker(worker_id: str) -> None:
+    with session() as s:
+        row = s.get(WorkerRecord, worker_id)
+        if row is not None:
+            row.seen_at = now()
+            s.add(row)
+            s.commit()
+
+
+def remove_worker(worker_id: str) -> None:
+    with session() as s:
+        row = s.get(WorkerRecord, worker_id)
+        if row is not None:
+            s.delete(row)
+            s.commit()
+
+
+def list_workers() -> list[WorkerRecord]:
+    with session() as s:
+        return list(s.exec(select(WorkerRecord).order_by(WorkerRecord.seen_at.desc())))

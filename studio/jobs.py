@@ -143,3 +143,50 @@ def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
                           error=f"interrupted at step {job.current_step}: {why}; resume it from its last checkpoint")
             lost.append(job.id)
     return lost
+
+
+WORKER_BEAT_SECONDS = 30.0
+
+
+def live_workers(stale_seconds: float | None = None) -> list[db.WorkerRecord]:
+    """Workers that are running now: on this host, a live pid; elsewhere, a recent beat. Rows of workers
+    that died without saying goodbye are removed on the way."""
+    stale_seconds = max(HEARTBEAT_STALE_SECONDS, 3 * WORKER_BEAT_SECONDS) if stale_seconds is None else stale_seconds
+    here, t = socket.gethostname(), time.time()
+    live = []
+    for w in db.list_workers():
+        dead = (w.host == here and not _pid_alive(w.pid)) or (w.host != here and t - w.seen_at > stale_seconds)
+        if dead:
+            if w.host == here or t - w.seen_at > 24 * 3600:
+                db.remove_worker(w.id)
+            continue
+        live.append(w)
+    return live
+
+
+def estimate_for_workers(spec: JobSpec, config: dict):
+    """The memory estimate for the device(s) the job can train on, with warnings.
+
+    Returns (estimate, device line, warnings). With live workers, the estimate is computed for each
+    worker's device (GPU or CPU, native bf16 or not, its memory) and the one shown is the largest; a
+    warning names every worker whose device memory the estimate exceeds. Without a live worker, the
+    estimate is for a CUDA GPU and says so.
+    """
+    from . import memory
+
+    workers = live_workers()
+    if not workers:
+        return memory.estimate_for_spec(spec, config), "no worker is running: estimated for a CUDA GPU", []
+    estimates, warnings = [], []
+    for w in workers:
+        est = memory.estimate_for_spec(spec, config, w.device, bf16=w.bf16, memory_gb=w.memory_gb)
+        estimates.append((est, w))
+        need = est.total_gb * memory.GIB / 1e9
+        if w.memory_gb and need > w.memory_gb:
+            what = "GPU" if w.device == "cuda" else "RAM"
+            warnings.append(f"needs about {need:.1f} GB, more than the {w.memory_gb:.1f} GB {what} of worker "
+                            f"{w.host} ({w.device_name}): lower the batch size or max length, turn on gradient "
+                            f"checkpointing or 4-bit")
+    est, w = max(estimates, key=lambda ew: ew[0].total_gb)
+    kinds = sorted({f"{x.device_name} ({x.memory_gb:.0f} GB{', bf16' if x.bf16 else ''})" for x in workers})
+    return est, f"estimated for the worker's device: {'; '.join(kinds)}", warnings

@@ -60,6 +60,7 @@ CPU_ALLOCATOR_RETENTION = 0.55  # glibc keeps freed activations in its heaps: x 
 
 TERMS = ("base weights", "quantization constants", "LoRA weights", "LoRA gradients", "optimizer states",
          "activations", "logits", "framework overhead")
+DEQUANT_TERM = "dequantised weight cache"  # only present when the CPU speed lever is on (workers/speed.py)
 
 # the tensor that feeds each Llama projection: q, k and v read the same normed hidden states
 INPUT_OF = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
@@ -214,7 +215,8 @@ def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, com
 def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batch_size: int, seq_len: int,
              gradient_checkpointing: bool, compute_bytes: int = 2, double_quant: bool = True,
              device: str = "cuda", use_dora: bool = False, lora_dropout: float = 0.05,
-             adapter_bytes: int | None = None, optimizer_bytes: int | None = None) -> Estimate:
+             adapter_bytes: int | None = None, optimizer_bytes: int | None = None,
+             dequant_cache: bool = False) -> Estimate:
     """Peak memory of one LoRA training step on one device.
 
     ``bits``: storage of the frozen linear weights (4 / 8: bitsandbytes; 16 / 32: unquantised).
@@ -222,7 +224,8 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     unquantised (embeddings, lm_head, norms). ``adapter_bytes``: dtype of the adapters and their gradients;
     default 2 (bf16) when the base is quantised (TRL casts QLoRA adapters to bf16), else 4 (fp32, peft's
     default). ``optimizer_bytes``: dtype of the two AdamW states; default the adapters' (torch AdamW), 4 for
-    bitsandbytes' 32-bit (paged) AdamW.
+    bitsandbytes' 32-bit (paged) AdamW. ``dequant_cache``: 4-bit weights also held dequantised in the
+    compute dtype (the CPU speed lever), an extra term after the others.
     """
     if bits not in (4, 8, 16, 32):
         raise ValueError(f"bits must be 4, 8, 16 or 32, got {bits}")
@@ -307,21 +310,41 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     values = (base_weights, quant_constants, lora_weights, lora_gradients, optimizer_states, activations, logits,
               overhead)
     breakdown = {term: v / GIB for term, v in zip(TERMS, values)}
+    if dequant_cache and bits == 4:
+        breakdown[DEQUANT_TERM] = linear_weights * compute_bytes / GIB
     return Estimate(total_params=base_params + trainable, trainable_params=trainable, breakdown=breakdown,
                     total_gb=sum(breakdown.values()))
 
 
-def estimate_for_spec(spec, config: dict, device: str = "cuda") -> Estimate:
+def dequant_cache_on(spec, config: dict, device: str, memory_gb: float | None) -> bool:
+    """The worker's rule (workers/speed.py): on CPU, "auto" caches when the fp32 weights take under a
+    quarter of the memory."""
+    if not spec.load_in_4bit or device != "cpu" or spec.dequant_cache == "off":
+        return False
+    if spec.dequant_cache == "on":
+        return True
+    s = ModelShape.from_config(config)
+    linear_bytes = s.layers * sum(fi * fo for fi, fo in s.linears().values()) * FP32
+    return memory_gb is not None and linear_bytes < memory_gb * 1e9 / 4
+
+
+def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | None = None,
+                      memory_gb: float | None = None) -> Estimate:
     """The estimate for a JobSpec on ``device``.
 
-    Precision "auto" means bf16 on a GPU and fp32 on CPU. DPO runs chosen and rejected sequences in one
-    batch, so its activations and logits count twice the batch (the reference pass keeps nothing).
+    Precision "auto" means bf16 where the device computes it natively (``bf16``; default: on a GPU, not
+    on CPU), as the worker decides. Unquantised, the frozen base is held in that dtype. DPO runs chosen
+    and rejected sequences in one batch, so its activations and logits count twice the batch (the
+    reference pass keeps nothing). ``memory_gb``: the device's memory, for the CPU dequantisation cache.
     """
-    half = spec.precision in ("bf16", "fp16") or (spec.precision == "auto" and device == "cuda")
+    native = (device == "cuda") if bf16 is None else bf16
+    half = spec.precision in ("bf16", "fp16") or (spec.precision == "auto" and native)
     compute_bytes = 2 if half else FP32
-    bits = 4 if spec.load_in_4bit else 8 if spec.load_in_8bit else 8 * compute_bytes
+    frozen_bytes = 2 if spec.precision == "bf16" or (spec.precision == "auto" and native) else FP32
+    bits = 4 if spec.load_in_4bit else 8 if spec.load_in_8bit else 8 * frozen_bytes
     batch = spec.per_device_train_batch_size * (2 if spec.method == "dpo" else 1)
     return estimate(config, bits=bits, r=spec.r, target_modules=list(spec.target_modules), batch_size=batch,
                     seq_len=spec.max_length, gradient_checkpointing=spec.gradient_checkpointing,
                     compute_bytes=compute_bytes, double_quant=spec.bnb_4bit_use_double_quant, device=device,
-                    use_dora=spec.use_dora, lora_dropout=spec.lora_dropout)
+                    use_dora=spec.use_dora, lora_dropout=spec.lora_dropout,
+                    dequant_cache=dequant_cache_on(spec, config, device, memory_gb))

@@ -223,3 +223,52 @@ def test_serving_snippets(adapter_dir):
 def test_serving_snippets_raise_vllm_rank(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 64}))
     assert export.serving_snippets("b", str(tmp_path), "n", None)["vllm"].endswith("--max-lora-rank 64")
+
+
+@pytest.mark.slow
+def test_gguf_round_trip_on_the_bundled_smollm2(tmp_path, monkeypatch, record_property):
+    """The real model, merged with a LoRA adapter: F16 GGUF gives the same greedy replies on the golden
+    prompts; Q8_0 stays close (its error is the 8-bit rounding of weights that came from a Q4_1 file)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from browser import SHARED_MODELS
+    from studio import settings
+    from studio.models import ensure_bundled
+
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(SHARED_MODELS))
+    settings.reset_settings()
+    base = ensure_bundled()
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.002)  # a real change to every layer that keeps replies fluent
+    model.save_pretrained(tmp_path / "adapter")
+    del model
+    merged = tmp_path / "merged"
+    export.merge_adapter(base, tmp_path / "adapter", merged)
+    golden = ["What is the capital of France?", "Give me three tips for staying focused.",
+              "Explain what a neural network is in one sentence."]
+
+    f16 = export.write_gguf(merged, tmp_path / "m-f16.gguf", "f16")
+    report = export.drift_check(merged, tmp_path / "m-f16.gguf", golden, max_new_tokens=24)
+    print(f"\nbundled F16: {f16['bytes'] / 1e6:.1f} MB in {f16['seconds']:.1f} s, "
+          f"{report['identical_replies']}/3 identical, max logit diff {report['max_abs_logit_diff']:.4f}")
+    assert report["identical_prompt_tokens"] == 3  # the GGUF's own tokenizer encodes the prompts identically
+    assert report["identical_replies"] == 3, report["replies"]
+    assert "Paris" in report["replies"][0][0]  # a real model, really answering
+    assert report["max_abs_logit_diff"] < 0.1, report
+
+    q8 = export.write_gguf(merged, tmp_path / "m-q8_0.gguf", "q8_0")
+    assert q8["bytes"] < 0.6 * f16["bytes"]
+    report = export.drift_check(merged, tmp_path / "m-q8_0.gguf", golden[:2], max_new_tokens=8)
+    record_property("bundled_q8_0_mean_abs_logit_diff", report["mean_abs_logit_diff"])
+    print(f"bundled Q8_0: {q8['bytes'] / 1e6:.1f} MB, max logit diff {report['max_abs_logit_diff']:.3f}, "
+          f"mean {report['mean_abs_logit_diff']:.3f}")
+    assert report["identical_prompt_tokens"] == 2
+    assert report["mean_abs_logit_diff"] < 0.6 and report["max_abs_logit_diff"] < 3.0, report
+    assert report["identical_replies"] >= 1, report["replies"]

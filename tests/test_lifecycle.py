@@ -176,3 +176,34 @@ def test_sigterm_interrupts_the_running_job_which_can_resume(home, tiny_model_di
     assert ckpt, "the interrupted job saved a checkpoint on its way out"
     state = json.loads((ckpt[0] / "trainer_state.json").read_text())
     assert state["global_step"] == job.current_step
+
+
+def test_a_running_worker_registers_its_device_and_the_estimate_warns_against_it(home, tmp_path):
+    """The Train form's estimate is computed for the running worker's device and warns when a job would
+    not fit in it; the worker's row goes away when it stops (gracefully) or dies (SIGKILL)."""
+    from studio import catalog, db, jobs
+    from studio.spec import JobSpec
+
+    assert jobs.live_workers() == []
+    with Worker(home, tmp_path / "w1.log") as w:
+        wait_for(lambda: jobs.live_workers(), timeout=120, what="the worker to register")
+        (row,) = jobs.live_workers()
+        assert row.pid == w.pid and row.device in ("cpu", "cuda") and row.memory_gb > 1
+        small = JobSpec(dataset="d")  # the bundled model, 4-bit
+        est, where, warnings = jobs.estimate_for_workers(small, catalog.config_for(small.base_model))
+        assert warnings == [] and row.device_name in where
+        huge = JobSpec(dataset="d", base_model="meta-llama/Meta-Llama-3-70B", load_in_4bit=False)
+        est, where, warnings = jobs.estimate_for_workers(huge, catalog.config_for(huge.base_model))
+        assert est.total_gb > 100
+        assert len(warnings) == 1 and f"{row.memory_gb:.1f} GB" in warnings[0] and row.host in warnings[0]
+        w.signal(signal.SIGTERM)
+        assert w.wait(timeout=60) == 0
+    assert db.list_workers() == []  # a graceful stop removes the row
+    with Worker(home, tmp_path / "w2.log") as w:
+        wait_for(lambda: jobs.live_workers(), timeout=120, what="the worker to register")
+        w.signal(signal.SIGKILL)
+        w.wait(timeout=30)
+        assert jobs.live_workers() == []  # a dead pid on this host: not live, and its row is cleaned up
+        assert db.list_workers() == []
+    est, where, warnings = jobs.estimate_for_workers(huge, catalog.config_for(huge.base_model))
+    assert "no worker is running" in where and warnings == []

@@ -322,3 +322,23 @@ def test_catalog_and_memory_do_not_import_torch():
             "sys.exit(1 if any(m in sys.modules for m in ('torch', 'transformers')) else 0)")
     root = str(catalog.__file__).rsplit("/studio/", 1)[0]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_estimate_follows_the_workers_device_precision_and_dequant_cache():
+    """What the worker will do decides the estimate: native bf16 halves activations and an unquantised
+    frozen base; the CPU dequantisation cache of a 4-bit run is its own term."""
+    cfg = config_for(BUNDLED_MODEL)
+    lora = JobSpec(dataset="d", load_in_4bit=False)
+    fp32 = estimate_for_spec(lora, cfg, "cpu", bf16=False)
+    bf16 = estimate_for_spec(lora, cfg, "cpu", bf16=True)
+    assert bf16.breakdown["base weights"] == pytest.approx(fp32.breakdown["base weights"] / 2)
+    assert bf16.breakdown["activations"] < fp32.breakdown["activations"]
+    qlora = JobSpec(dataset="d")
+    cached = estimate_for_spec(qlora, cfg, "cpu", bf16=False, memory_gb=24)
+    linear = 30 * 576 * (576 + 192 + 192 + 576 + 3 * 1536)  # SmolLM2: 30 layers of q, k, v, o, gate, up, down
+    assert cached.breakdown[memory.DEQUANT_TERM] == pytest.approx(linear * 4 / memory.GIB)
+    assert cached.total_gb == pytest.approx(sum(cached.breakdown.values()))
+    off = estimate_for_spec(JobSpec(dataset="d", dequant_cache="off"), cfg, "cpu", bf16=False, memory_gb=24)
+    assert memory.DEQUANT_TERM not in off.breakdown
+    assert memory.DEQUANT_TERM not in estimate_for_spec(qlora, cfg, "cpu", memory_gb=0.1).breakdown  # too small
+    assert memory.DEQUANT_TERM not in estimate_for_spec(qlora, cfg, "cuda", memory_gb=80).breakdown

@@ -23,13 +23,21 @@ def block_causal_mask(lengths: list[int]) -> torch.Tensor:
 
 @dataclass
 class PaddingFreeCollator:
-    """Collates pre-tokenised examples ({"input_ids", "labels"}) into one unpadded row."""
+    """Collates pre-tokenised examples into one unpadded row.
+
+    Labels come from ``labels`` when given, else from ``input_ids`` with the tokens outside
+    ``assistant_masks`` / ``completion_mask`` (TRL's names) set to -100, as TRL's own collator does.
+    """
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         ids, labels, positions, lengths = [], [], [], []
         for ex in examples:
             seq = list(ex["input_ids"])
-            lab = list(ex.get("labels", seq))
+            if "labels" in ex:
+                lab = list(ex["labels"])
+            else:
+                keep = ex.get("assistant_masks", ex.get("completion_mask"))
+                lab = [t if keep is None or keep[i] else -100 for i, t in enumerate(seq)]
             lab[0] = -100  # never predict a sequence's first token from the previous sequence
             ids += seq
             labels += lab
@@ -41,3 +49,38 @@ class PaddingFreeCollator:
             "position_ids": torch.tensor([positions]),
             "attention_mask": block_causal_mask(lengths),
         }
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Batches of similar length, in random order: little padding without a length curriculum.
+
+    Each epoch: shuffle (seeded), cut into mega-batches of ``group`` batches, sort each mega-batch by
+    length into batches, then shuffle the order of the full batches (the one short batch goes last, so
+    the DataLoader's own batching keeps the boundaries). Unlike transformers' sampler, small datasets are
+    grouped too (its mega-batches shrink to one batch below 16 batches) and the batches are not served
+    longest-first.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 64):
+        self.lengths, self.batch_size, self.seed, self.group, self.epoch = list(lengths), batch_size, seed, group, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.group
+        full, short = [], []
+        for i in range(0, len(perm), size):
+            chunk = sorted(perm[i:i + size], key=lambda j: -self.lengths[j])
+            for k in range(0, len(chunk), self.batch_size):
+                (full if len(chunk[k:k + self.batch_size]) == self.batch_size else short).append(chunk[k:k + self.batch_size])
+        order = torch.randperm(len(full), generator=g).tolist()
+        return [full[k] for k in order] + short
+
+    def __iter__(self):
+        return iter([i for b in self.batches() for i in b])

@@ -38,6 +38,45 @@ def prepare_bundled_model() -> None:
         log.warning("bundled model unavailable: %s", exc)
 
 
+class WorkerRegistration:
+    """This worker's row in the ``workers`` table, refreshed every WORKER_BEAT_SECONDS, removed on exit."""
+
+    def __init__(self):
+        import socket
+
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        from studio import db
+        from workers.train import device_facts
+
+        facts = device_facts()
+        db.register_worker(id=self.id, host=self.id.rsplit(":", 1)[0], pid=os.getpid(), **facts)
+        log.info("device: %s, %.1f GB, bf16 %s", facts["device_name"], facts["memory_gb"], facts["bf16"])
+        threading.Thread(target=self._beat, daemon=True, name="worker-beat").start()
+        return self
+
+    def _beat(self):
+        from studio import db
+        from studio.jobs import WORKER_BEAT_SECONDS
+
+        while not self._stop.wait(WORKER_BEAT_SECONDS):
+            try:
+                db.touch_worker(self.id)
+            except Exception as exc:  # a database hiccup must not kill the worker
+                log.warning("worker beat failed: %s", exc)
+
+    def __exit__(self, *exc):
+        from studio import db
+
+        self._stop.set()
+        try:
+            db.remove_worker(self.id)
+        except Exception as exc:
+            log.warning("could not remove the worker row: %s", exc)
+
+
 def run_worker(gpus: str | None = None, prepare: bool = True) -> None:
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
@@ -53,4 +92,5 @@ def run_worker(gpus: str | None = None, prepare: bool = True) -> None:
     consumer = StudioConsumer(huey, workers=1, worker_type="thread", periodic=True, check_worker_health=True,
                               scheduler_interval=1, shutdown_timeout=600)
     log.info("worker ready (pid %d, queue %s)", os.getpid(), type(huey).__name__)
-    consumer.run()
+    with WorkerRegistration():
+        consumer.run()

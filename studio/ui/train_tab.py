@@ -41,19 +41,22 @@ def preset(base_model: str, which: str):
 
 def estimate_markdown(spec: JobSpec) -> str:
     try:
-        from .. import catalog, memory
+        from .. import catalog
         from ..models import cached_dir
 
         d = cached_dir(spec.base_model)
         config = catalog.config_for(spec.base_model, str(d) if d else None)
         if config is None:
             return "Memory estimate: the model's configuration is not known here."
-        est = memory.estimate_for_spec(spec, config)
+        from ..jobs import estimate_for_workers
+
+        est, where, warnings = estimate_for_workers(spec, config)
     except Exception as exc:  # an estimate must never block the form
         return f"Memory estimate unavailable: {exc}"
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
     fits = " ".join(f"{gb} GB {'✅' if ok else '❌'}" for gb, ok in est.fits().items())
-    return (f"**Estimated peak memory: {est.total_gb:.2f} GB** · trainable {est.trainable_text()}\n\n"
+    warn = "".join(f"\n\n⚠️ **Too big for a worker:** {w}" for w in warnings)
+    return (f"**Estimated peak memory: {est.total_gb:.2f} GB** · trainable {est.trainable_text()} · {where}{warn}\n\n"
             f"| term | GB |\n|---|---|\n{rows}\n\nFits on: {fits}")
 
 
