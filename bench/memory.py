@@ -70,17 +70,14 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def measure_one_cuda(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: bool, batch: int,
-                     steps: int) -> dict:
-    """One configuration on the GPU, in this process: the caching allocator's peak (the CUDA context and
-    kernels are outside it). Returns sizes in bytes."""
-    import peft
+def _lora_model(model_dir: str, bits: int, r: int, checkpointing: bool, dtype, device_map=None):
+    """The measured model: base at ``dtype`` (or NF4 with bf16 compute), LoRA on all seven projections
+    with bf16 adapters under 4-bit as TRL does. Returns (model, optimizer, trainable, vocab)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    torch.manual_seed(0)
-    kwargs = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    kwargs = {"dtype": dtype, **({"device_map": device_map} if device_map else {})}
     if bits == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -93,13 +90,27 @@ def measure_one_cuda(model_dir: str, bits: int, r: int, seq_len: int, checkpoint
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=TARGETS,
                                              task_type="CAUSAL_LM"))
     if bits == 4:
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):  # the CPU inference layout breaks backward
+                module.support_avx512bf16_for_cpu = False
         for param in model.parameters():  # as TRL does for QLoRA: bf16 adapters
             if param.requires_grad:
                 param.data = param.data.to(torch.bfloat16)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    vocab = model.config.vocab_size
+    return model, optimizer, trainable, model.config.vocab_size
+
+
+def measure_one_cuda(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: bool, batch: int,
+                     steps: int) -> dict:
+    """One configuration on the GPU, in this process: the caching allocator's peak (the CUDA context and
+    kernels are outside it). Returns sizes in bytes."""
+    import peft
+    import torch
+
+    torch.manual_seed(0)
+    model, optimizer, trainable, vocab = _lora_model(model_dir, bits, r, checkpointing, torch.bfloat16, {"": 0})
     torch.cuda.synchronize()
     loaded = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -122,41 +133,16 @@ def measure_one(model_dir: str, bits: int, r: int, seq_len: int, checkpointing: 
     """One configuration, in this process. Returns sizes in bytes."""
     import gc
 
-    import bitsandbytes as bnb
+    import bitsandbytes  # noqa: F401  (the baseline includes the whole training stack)
     import peft
     import torch
-    import transformers  # noqa: F401  (the baseline includes the whole training stack)
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    import transformers  # noqa: F401
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     gc.collect()
     baseline = _rss_kib("VmRSS") * 1024
-
-    kwargs = {"dtype": torch.float32}
-    if bits == 4:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    model.config.use_cache = False
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=TARGETS,
-                                             task_type="CAUSAL_LM"))
-    if bits == 4:
-        for module in model.modules():
-            if isinstance(module, bnb.nn.Linear4bit):  # the CPU inference layout breaks backward
-                module.support_avx512bf16_for_cpu = False
-        for param in model.parameters():  # as TRL does for QLoRA: bf16 adapters
-            if param.requires_grad:
-                param.data = param.data.to(torch.bfloat16)
-    model.train()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    vocab = model.config.vocab_size
+    model, optimizer, trainable, vocab = _lora_model(model_dir, bits, r, checkpointing, torch.float32)
     gc.collect()
     loaded = _rss_kib("VmRSS") * 1024
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: loading peaks are not training peaks

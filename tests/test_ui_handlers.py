@@ -99,3 +99,26 @@ def test_column_mapping_is_proposed_and_can_be_changed(studio_home, tmp_path):
     assert "line 1" in bad
     msg, table, _ = datasets_tab.add_upload(str(path), "auto", False, "qa", "question = instruction\nanswer = output")
     assert msg.startswith("Added") and db.get_dataset("qa").mapping == {"question": "instruction", "answer": "output"}
+
+
+def test_memory_estimate_names_the_workers_device_and_warns_when_too_big(studio_home):
+    """The Train form's estimate is for the running worker's device; a job bigger than its memory gets a
+    warning naming the worker (the row a real worker writes; see test_lifecycle for the real process)."""
+    import os
+    import socket
+
+    from studio.spec import JobSpec
+    from studio.ui.train_tab import estimate_markdown
+
+    text = estimate_markdown(JobSpec(dataset="d"))
+    assert "Estimated peak memory" in text and "no worker is running" in text
+    db.register_worker(id=f"{socket.gethostname()}:{os.getpid()}", host=socket.gethostname(), pid=os.getpid(),
+                       device="cuda", device_name="NVIDIA L4", memory_gb=24.0, gpu_count=1, bf16=True)
+    small = estimate_markdown(JobSpec(dataset="d"))
+    assert "NVIDIA L4 (24 GB, bf16)" in small and "Too big" not in small
+    big = estimate_markdown(JobSpec(dataset="d", base_model="meta-llama/Meta-Llama-3-8B", load_in_4bit=False,
+                                    max_length=4096, per_device_train_batch_size=8))
+    assert "Too big for a worker" in big and "24.0 GB GPU" in big and socket.gethostname() in big
+    qlora = estimate_markdown(JobSpec(dataset="d", base_model="meta-llama/Meta-Llama-3-8B",
+                                      gradient_checkpointing=True, max_length=512, per_device_train_batch_size=1))
+    assert "Too big" not in qlora  # the advice in the warning works: 4-bit with checkpointing fits
