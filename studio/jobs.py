@@ -188,5 +188,10 @@ def estimate_for_workers(spec: JobSpec, config: dict):
                             f"{w.host} ({w.device_name}): lower the batch size or max length, turn on gradient "
                             f"checkpointing or 4-bit")
     est, w = max(estimates, key=lambda ew: ew[0].total_gb)
-    kinds = sorted({f"{x.device_name} ({x.memory_gb:.0f} GB{', bf16' if x.bf16 else ''})" for x in workers})
+    batching = {"padding_free": "padding-free batches", "grouped": "length-grouped batches",
+                "random": "padded random batches"}[spec.batching()]
+    kinds = sorted({f"{x.device_name} ({x.memory_gb:.0f} GB{', bf16' if x.bf16 else ''}) trains with "
+                    f"{spec.resolved_precision(x.bf16)}, {batching}"
+                    f"{', dequantised-weight cache' if memory.DEQUANT_TERM in e.breakdown else ''}"
+                    for e, x in estimates})
     return est, f"estimated for the worker's device: {'; '.join(kinds)}", warnings

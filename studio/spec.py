@@ -25,6 +25,9 @@ def _f(default, help: str, choices: tuple | None = None, label: str | None = Non
     return field(default=default, metadata=meta)
 
 
+PACKED_ROW_LIMIT = 8192  # padding-free rows longer than this cost more in the L x L mask than padding saves
+
+
 @dataclass
 class JobSpec:
     # what to train
@@ -128,6 +131,24 @@ class JobSpec:
         return cls.from_dict(data or {})
 
     # ---- derived ----------------------------------------------------------------------------
+
+    def batching(self) -> str:
+        """How SFT batches are formed: "padding_free", "grouped" (similar lengths, random order) or "random".
+
+        auto: padding-free while a packed row (batch x max length) stays within PACKED_ROW_LIMIT tokens,
+        else length-grouped batches. See workers.train.batching_mode for the measurements behind it.
+        """
+        if self.padding_free == "on":
+            return "padding_free"
+        if self.padding_free == "off":
+            return "random"
+        return "padding_free" if self.per_device_train_batch_size * self.max_length <= PACKED_ROW_LIMIT else "grouped"
+
+    def resolved_precision(self, native_bf16: bool) -> str:
+        """What precision "auto" becomes on a device (bf16 only where it is computed natively)."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if native_bf16 else "fp32"
 
     def resolved_target_modules(self, linear_names: list[str]) -> list[str]:
         """Expand presets against the model's linear layer names (lm_head excluded)."""

@@ -91,3 +91,14 @@ def test_translations_to_library_configs():
     assert cfg.max_length == spec.max_length and cfg.eval_strategy == "steps" and cfg.learning_rate == spec.learning_rate
     dcfg = train.dpo_config(JobSpec(method="dpo", beta=0.2), __import__("pathlib").Path("/tmp/x"), 10, False, "cpu")
     assert dcfg.beta == 0.2
+
+
+def test_auto_settings_resolve_per_device():
+    from studio.spec import PACKED_ROW_LIMIT, JobSpec
+
+    spec = JobSpec(dataset="d")
+    assert spec.resolved_precision(True) == "bf16" and spec.resolved_precision(False) == "fp32"
+    assert JobSpec(dataset="d", precision="fp32").resolved_precision(True) == "fp32"
+    assert spec.batching() == "padding_free"
+    long_rows = JobSpec(dataset="d", per_device_train_batch_size=8, max_length=PACKED_ROW_LIMIT // 4)
+    assert long_rows.batching() == "grouped"

@@ -68,9 +68,7 @@ def compute_dtype(spec: JobSpec, device: str | None = None) -> torch.dtype:
 
 
 def precision_flags(spec: JobSpec, device: str | None = None) -> dict:
-    p = spec.precision
-    if p == "auto":
-        p = "bf16" if bf16_is_fast(device) else "fp32"
+    p = spec.resolved_precision(bf16_is_fast(device))
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
@@ -172,9 +170,6 @@ def sft_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, de
     )
 
 
-PACKED_ROW_LIMIT = 8192  # padding-free rows longer than this cost more in the L x L mask than padding saves
-
-
 def batching_mode(spec: JobSpec, device: str | None = None) -> str:
     """How SFT batches are formed: "padding_free", "grouped" (similar lengths, random order) or "random".
 
@@ -185,12 +180,7 @@ def batching_mode(spec: JobSpec, device: str | None = None) -> str:
     their uniform-length steps weight short examples more under Adam: +3.0% eval loss on the 1B run, past
     the 2% budget, so they are only the fallback for long packed rows.
     """
-    if spec.padding_free == "on":
-        return "padding_free"
-    if spec.padding_free == "off":
-        return "random"
-    packed = spec.per_device_train_batch_size * spec.max_length
-    return "padding_free" if packed <= PACKED_ROW_LIMIT else "grouped"
+    return spec.batching()
 
 
 def dpo_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
