@@ -124,6 +124,7 @@ class WorkerRecord(SQLModel, table=True):
     memory_gb: float = 0.0             # per GPU on cuda; the machine's RAM on cpu
     gpu_count: int = 0
     bf16: bool = False                 # bf16 computes natively (precision "auto" trains in bf16)
+    fast_4bit: bool = True             # bitsandbytes has fast 4-bit kernels here (GPU, or a CPU with AVX-512)
     started_at: float = Field(default_factory=now)
     seen_at: float = Field(default_factory=now, index=True)
 

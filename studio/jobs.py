@@ -179,7 +179,8 @@ def estimate_for_workers(spec: JobSpec, config: dict):
         return memory.estimate_for_spec(spec, config), "no worker is running: estimated for a CUDA GPU", []
     estimates, warnings = [], []
     for w in workers:
-        est = memory.estimate_for_spec(spec, config, w.device, bf16=w.bf16, memory_gb=w.memory_gb)
+        est = memory.estimate_for_spec(spec, config, w.device, bf16=w.bf16, memory_gb=w.memory_gb,
+                                       fast_4bit=w.fast_4bit)
         estimates.append((est, w))
         need = est.total_gb * memory.GIB / 1e9
         if w.memory_gb and need > w.memory_gb:

@@ -316,26 +316,29 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
                     total_gb=sum(breakdown.values()))
 
 
-def dequant_cache_on(spec, config: dict, device: str, memory_gb: float | None) -> bool:
-    """The worker's rule (workers/speed.py): on CPU, "auto" caches when the fp32 weights take under a
-    quarter of the memory."""
+def dequant_cache_on(spec, config: dict, device: str, memory_gb: float | None, fast_4bit: bool = False) -> bool:
+    """The worker's rule (workers/speed.py): on a CPU without fast 4-bit kernels, "auto" caches when the
+    fp32 weights take under a quarter of the memory."""
     if not spec.load_in_4bit or device != "cpu" or spec.dequant_cache == "off":
         return False
     if spec.dequant_cache == "on":
         return True
+    if fast_4bit:
+        return False
     s = ModelShape.from_config(config)
     linear_bytes = s.layers * sum(fi * fo for fi, fo in s.linears().values()) * FP32
     return memory_gb is not None and linear_bytes < memory_gb * 1e9 / 4
 
 
 def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | None = None,
-                      memory_gb: float | None = None) -> Estimate:
+                      memory_gb: float | None = None, fast_4bit: bool = False) -> Estimate:
     """The estimate for a JobSpec on ``device``.
 
     Precision "auto" means bf16 where the device computes it natively (``bf16``; default: on a GPU, not
     on CPU), as the worker decides. Unquantised, the frozen base is held in that dtype. DPO runs chosen
     and rejected sequences in one batch, so its activations and logits count twice the batch (the
-    reference pass keeps nothing). ``memory_gb``: the device's memory, for the CPU dequantisation cache.
+    reference pass keeps nothing). ``memory_gb`` and ``fast_4bit``: the device's memory and whether
+    bitsandbytes has fast CPU kernels there, for the CPU dequantisation cache.
     """
     native = (device == "cuda") if bf16 is None else bf16
     half = spec.precision in ("bf16", "fp16") or (spec.precision == "auto" and native)
@@ -347,4 +350,4 @@ def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | Non
                     seq_len=spec.max_length, gradient_checkpointing=spec.gradient_checkpointing,
                     compute_bytes=compute_bytes, double_quant=spec.bnb_4bit_use_double_quant, device=device,
                     use_dora=spec.use_dora, lora_dropout=spec.lora_dropout,
-                    dequant_cache=dequant_cache_on(spec, config, device, memory_gb))
+                    dequant_cache=dequant_cache_on(spec, config, device, memory_gb, fast_4bit))

@@ -66,7 +66,7 @@ class JobSpec:
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, about 30% slower.", label="Gradient checkpointing", advanced=True)
     precision: str = _f("auto", "Training precision of the trainable path: auto (bf16 where supported), bf16, fp16, fp32.", ("auto", "bf16", "fp16", "fp32"), label="Precision", advanced=True)
     padding_free: str = _f("auto", "Batch sequences without padding (per-sequence attention, no cross-contamination): auto (on unless batch x max length is over 8192 tokens, then length-grouped batches), on, off (padded random batches).", ("auto", "on", "off"), label="Padding-free batching", advanced=True)
-    dequant_cache: str = _f("auto", "CPU speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, more memory). auto = on CPU when it fits easily.", ("auto", "on", "off"), label="Dequantised-weight cache (CPU)", advanced=True)
+    dequant_cache: str = _f("auto", "CPU speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, more memory). auto = on a CPU without AVX-512 (where bitsandbytes has no fast 4-bit kernels) when it fits easily.", ("auto", "on", "off"), label="Dequantised-weight cache (CPU)", advanced=True)
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", label="Weight decay", advanced=True)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", label="Max grad norm", advanced=True)
 

@@ -338,6 +338,8 @@ def test_estimate_follows_the_workers_device_precision_and_dequant_cache():
     linear = 30 * 576 * (576 + 192 + 192 + 576 + 3 * 1536)  # SmolLM2: 30 layers of q, k, v, o, gate, up, down
     assert cached.breakdown[memory.DEQUANT_TERM] == pytest.approx(linear * 4 / memory.GIB)
     assert cached.total_gb == pytest.approx(sum(cached.breakdown.values()))
+    fast = estimate_for_spec(qlora, cfg, "cpu", bf16=True, memory_gb=24, fast_4bit=True)
+    assert memory.DEQUANT_TERM not in fast.breakdown  # AVX-512: bitsandbytes' own kernels, no cache
     off = estimate_for_spec(JobSpec(dataset="d", dequant_cache="off"), cfg, "cpu", bf16=False, memory_gb=24)
     assert memory.DEQUANT_TERM not in off.breakdown
     assert memory.DEQUANT_TERM not in estimate_for_spec(qlora, cfg, "cpu", memory_gb=0.1).breakdown  # too small

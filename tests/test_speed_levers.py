@@ -131,3 +131,16 @@ def test_padding_free_keeps_assistant_only_loss(tiny_model_dir, tmp_path):
     assert int((batch["labels"] != -100).sum()) == expected
     text = tok.decode([t for t in batch["labels"][0].tolist() if t != -100])
     assert "answer number 0" in text and "answer number 1" in text and "question" not in text
+
+
+def test_dequant_cache_auto_only_where_bitsandbytes_is_slow(monkeypatch):
+    """auto caches on a CPU without AVX-512 (bitsandbytes' slow path there), never on one with it, never
+    on a GPU; on and off are obeyed on CPU."""
+    model = torch.nn.Linear(4, 4)
+    monkeypatch.setattr(speed, "cpu_has_fast_4bit", lambda: False)
+    assert speed.should_cache_dequantized(model, "cpu", "auto")
+    assert not speed.should_cache_dequantized(model, "cuda", "auto")
+    monkeypatch.setattr(speed, "cpu_has_fast_4bit", lambda: True)
+    assert not speed.should_cache_dequantized(model, "cpu", "auto")
+    assert speed.should_cache_dequantized(model, "cpu", "on")
+    assert not speed.should_cache_dequantized(model, "cpu", "off")

@@ -53,12 +53,22 @@ def enable_dequant_cache(model, dtype: torch.dtype | None = None) -> int:
     return n
 
 
+def cpu_has_fast_4bit() -> bool:
+    """bitsandbytes vectorises its CPU 4-bit kernels for AVX-512 (the same test it makes); without them a
+    QLoRA step on CPU is about 10x slower than with cached fp32 weights, with them the cache gains nothing
+    (bench/train_speed.py: 148 vs 162 real tok/s on an AVX512-BF16 CPU, within its noise)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def should_cache_dequantized(model, device: str, choice: str = "auto") -> bool:
-    """auto: on CPU, when the dequantised weights take under a quarter of the available memory."""
+    """auto: on a CPU without AVX-512, when the dequantised weights take under a quarter of the available
+    memory."""
     if choice == "off" or device != "cpu":
         return choice == "on" and device == "cpu"
     if choice == "on":
         return True
+    if cpu_has_fast_4bit():
+        return False
     try:
         with open("/proc/meminfo") as fh:
             avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))

@@ -49,7 +49,7 @@ def device_facts() -> dict:
     if device_name() == "cuda":
         props = torch.cuda.get_device_properties(0)
         return {"device": "cuda", "device_name": props.name, "memory_gb": props.total_memory / 1e9,
-                "gpu_count": torch.cuda.device_count(), "bf16": bf16_is_fast("cuda")}
+                "gpu_count": torch.cuda.device_count(), "bf16": bf16_is_fast("cuda"), "fast_4bit": True}
     import platform
 
     try:
@@ -57,8 +57,10 @@ def device_facts() -> dict:
             total = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal"))
     except (OSError, StopIteration):
         total = 0
+    from workers.speed import cpu_has_fast_4bit
+
     return {"device": "cpu", "device_name": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
-            "memory_gb": total / 1e9, "gpu_count": 0, "bf16": bf16_is_fast("cpu")}
+            "memory_gb": total / 1e9, "gpu_count": 0, "bf16": bf16_is_fast("cpu"), "fast_4bit": cpu_has_fast_4bit()}
 
 
 def compute_dtype(spec: JobSpec, device: str | None = None) -> torch.dtype:
