@@ -38,7 +38,7 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.002)
+                p.normal_(0, 0.0005)
     peft_model.save_pretrained(out)
     return out
 
