@@ -102,3 +102,15 @@ def test_auto_settings_resolve_per_device():
     assert spec.batching() == "padding_free"
     long_rows = JobSpec(dataset="d", per_device_train_batch_size=8, max_length=PACKED_ROW_LIMIT // 4)
     assert long_rows.batching() == "grouped"
+
+
+def test_out_of_memory_message_gives_the_estimate_for_this_device():
+    import torch
+
+    from studio.spec import JobSpec
+    from workers.train import human_error
+
+    text = human_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 7,
+                       JobSpec(dataset="d"))
+    assert text.startswith("ran out of memory at step 7 (estimated peak ")
+    assert "GB, device " in text and "gradient checkpointing" in text and "Traceback" not in text

@@ -319,10 +319,14 @@ def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
 
             config = catalog.config_for(spec.base_model)
             if config:
-                estimate = f" (estimated peak {memory.estimate_for_spec(spec, config).total_gb:.1f} GB)"
+                facts = device_facts()
+                est = memory.estimate_for_spec(spec, config, facts["device"], bf16=facts["bf16"],
+                                               memory_gb=facts["memory_gb"], fast_4bit=facts["fast_4bit"])
+                estimate = f" (estimated peak {est.total_gb:.1f} GB, device {facts['memory_gb']:.1f} GB)"
         except Exception:
             pass
-        return (f"ran out of memory at step {step}{estimate}: try 4-bit, a lower batch size or a shorter max length")
+        return (f"ran out of memory at step {step}{estimate}: try 4-bit, gradient checkpointing, a lower batch "
+                f"size or a shorter max length")
     from studio.datasets import DatasetError
     from studio.models import ModelError
 
