@@ -54,8 +54,8 @@ def estimate_markdown(spec: JobSpec) -> str:
     except Exception as exc:  # an estimate must never block the form
         return f"Memory estimate unavailable: {exc}"
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
-    fits = " ".join(f"{gb} GB {'✅' if ok else '❌'}" for gb, ok in est.fits().items())
-    warn = "".join(f"\n\n⚠️ **Too big for a worker:** {w}" for w in warnings)
+    fits = " · ".join(f"{gb} GB {'✓' if ok else '✗'}" for gb, ok in est.fits().items())
+    warn = "".join(f"\n\n**Warning: too big for a worker.** {w}" for w in warnings)
     return (f"**Estimated peak memory: {est.total_gb:.2f} GB** · trainable {est.trainable_text()} · {where}{warn}\n\n"
             f"| term | GB |\n|---|---|\n{rows}\n\nFits on: {fits}")
 
