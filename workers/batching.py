@@ -2,8 +2,8 @@
 
 The sequences of a batch are concatenated into one row; ``position_ids`` restart at 0 for each, and
 a block-diagonal causal 4-D attention mask keeps every token attending only to earlier tokens of its
-own sequence (SDPA and eager attention honour an explicit 4-D mask; position ids alone do not
-separate sequences there). The first token of each sequence is never a label, so no sequence learns
+own sequence (SDPA and eager attention honour an explicit 4-D mask; flex and flash attention instead
+find the rows from the position ids). The first token of each sequence is never a label, so no sequence learns
 to predict across a boundary.
 """
 from __future__ import annotations
@@ -27,7 +27,12 @@ class PaddingFreeCollator:
 
     Labels come from ``labels`` when given, else from ``input_ids`` with the tokens outside
     ``assistant_masks`` / ``completion_mask`` (TRL's names) set to -100, as TRL's own collator does.
+    ``block_mask=False`` leaves the mask out: position ids alone then separate the rows, which transformers
+    honours only with ``use_cache=False`` (TRL's training forward sets it; with the model's default cache
+    the rows silently attend to each other, see tests/test_speed_levers.py).
     """
+
+    block_mask: bool = True
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         ids, labels, positions, lengths = [], [], [], []
@@ -43,12 +48,14 @@ class PaddingFreeCollator:
             labels += lab
             positions += range(len(seq))
             lengths.append(len(seq))
-        return {
+        batch = {
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
-            "attention_mask": block_causal_mask(lengths),
         }
+        if self.block_mask:
+            batch["attention_mask"] = block_causal_mask(lengths)
+        return batch
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):

@@ -172,6 +172,9 @@ def sft_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, de
     )
 
 
+PACKED_KERNELS = ("flex_attention", "flash_attention_2")
+
+
 def batching_mode(spec: JobSpec, device: str | None = None) -> str:
     """How SFT batches are formed: "padding_free", "grouped" (similar lengths, random order) or "random".
 
@@ -267,6 +270,8 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
     # the frozen base in the compute dtype: bf16 when training runs in bf16 (no per-step casts, half the memory)
     frozen = torch.bfloat16 if precision_flags(spec, device)["bf16"] else torch.float32
     kwargs = {"dtype": compute_dtype(spec, device) if qconfig is not None else frozen}
+    if spec.attn_implementation != "auto":
+        kwargs["attn_implementation"] = spec.attn_implementation
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         if device == "cuda":
@@ -505,7 +510,9 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
     if mode == "padding_free":
         from workers.batching import PaddingFreeCollator
 
-        collator = PaddingFreeCollator()
+        # flex / flash attention read the packed rows from position ids (transformers builds the document
+        # mask itself, TRL runs training with use_cache=False); sdpa and eager need the explicit block mask
+        collator = PaddingFreeCollator(block_mask=spec.attn_implementation not in PACKED_KERNELS)
     return StudioSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
                             eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
                             processing_class=tokenizer, callbacks=callbacks, data_collator=collator)
