@@ -188,7 +188,7 @@ def estimate_for_workers(spec: JobSpec, config: dict):
             warnings.append(f"needs about {need:.1f} GB, more than the {w.memory_gb:.1f} GB {what} of worker "
                             f"{w.host} ({w.device_name}): lower the batch size or max length, turn on gradient "
                             f"checkpointing or 4-bit")
-    est, w = max(estimates, key=lambda ew: ew[0].total_gb)
+    est = max((e for e, _ in estimates), key=lambda e: e.total_gb)
     batching = {"padding_free": "padding-free batches", "grouped": "length-grouped batches",
                 "random": "padded random batches"}[spec.batching()]
     kinds = sorted({f"{x.device_name} ({x.memory_gb:.0f} GB{', bf16' if x.bf16 else ''}) trains with "

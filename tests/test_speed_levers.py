@@ -96,13 +96,11 @@ def test_length_grouped_batches_cover_every_row_once_with_less_padding():
 
 
 def test_batching_mode_defaults():
-    spec = JobSpec(dataset="d", per_device_train_batch_size=4, max_length=512)
-    assert train.batching_mode(spec, "cpu") == "padding_free"
-    assert train.batching_mode(spec, "cuda") == "padding_free"
+    assert JobSpec(dataset="d", per_device_train_batch_size=4, max_length=512).batching() == "padding_free"
     big = JobSpec(dataset="d", per_device_train_batch_size=32, max_length=1024)
-    assert train.batching_mode(big, "cpu") == "grouped"  # a 32k-token packed row would cost more than it saves
-    assert train.batching_mode(JobSpec(dataset="d", padding_free="off"), "cpu") == "random"
-    assert train.batching_mode(JobSpec(dataset="d", padding_free="on"), "cuda") == "padding_free"
+    assert big.batching() == "grouped"  # a 32k-token packed row would cost more than it saves
+    assert JobSpec(dataset="d", padding_free="off").batching() == "random"
+    assert JobSpec(dataset="d", padding_free="on", per_device_train_batch_size=32, max_length=1024).batching() == "padding_free"
 
 
 def test_padding_free_keeps_assistant_only_loss(tiny_model_dir, tmp_path):
@@ -118,7 +116,7 @@ def test_padding_free_keeps_assistant_only_loss(tiny_model_dir, tmp_path):
 
     spec = JobSpec(dataset="d", base_model=str(tiny_model_dir), load_in_4bit=False, r=4, lora_alpha=8,
                    max_steps=1, per_device_train_batch_size=2, eval_split=0.0, max_length=128)
-    assert spec.assistant_only_loss and train.batching_mode(spec, "cpu") == "padding_free"
+    assert spec.assistant_only_loss and spec.batching() == "padding_free"
     model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
     chats = [{"messages": [{"role": "user", "content": f"question {i}?"},
                            {"role": "assistant", "content": f"answer number {i}."}]} for i in range(2)]

@@ -175,19 +175,6 @@ def sft_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, de
 PACKED_KERNELS = ("flex_attention", "flash_attention_2")
 
 
-def batching_mode(spec: JobSpec, device: str | None = None) -> str:
-    """How SFT batches are formed: "padding_free", "grouped" (similar lengths, random order) or "random".
-
-    auto: padding-free while a packed row stays short, else length-grouped batches. Padding-free keeps
-    the plain script's batch composition (same eval loss to 4 digits in bench/train_speed.py) without
-    computing a single pad token: 2.0-2.3x the plain script's real tokens/s on CPU, 1.75x (SmolLM2 shape)
-    and 1.22x (1B, NF4) on an H100. Length-grouped batches were faster on the H100 (2.08x, 1.47x) but
-    their uniform-length steps weight short examples more under Adam: +3.0% eval loss on the 1B run, past
-    the 2% budget, so they are only the fallback for long packed rows.
-    """
-    return spec.batching()
-
-
 def dpo_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
     from trl import DPOConfig
 
@@ -506,7 +493,7 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
     eval_enc = encode_rows(tokenizer, eval_rows, kind, spec) if eval_rows else []
     args = sft_config(spec, out / CHECKPOINTS, len(train_enc), bool(eval_enc), device)
     collator = None
-    mode = batching_mode(spec, device)
+    mode = spec.batching()
     if mode == "padding_free":
         from workers.batching import PaddingFreeCollator
 
