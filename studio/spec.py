@@ -69,6 +69,7 @@ class JobSpec:
     precision: str = _f("auto", "Training precision of the trainable path: auto (bf16 where supported), bf16, fp16, fp32.", ("auto", "bf16", "fp16", "fp32"), label="Precision", advanced=True)
     padding_free: str = _f("auto", "Batch sequences without padding (per-sequence attention, no cross-contamination): auto (on unless batch x max length is over 8192 tokens, then length-grouped batches), on, off (padded random batches).", ("auto", "on", "off"), label="Padding-free batching", advanced=True)
     dequant_cache: str = _f("auto", "CPU speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, more memory). auto = on a CPU without AVX-512 (where bitsandbytes has no fast 4-bit kernels) when it fits easily.", ("auto", "on", "off"), label="Dequantised-weight cache (CPU)", advanced=True)
+    chunked_loss: str = _f("auto", "TRL's fused, chunked lm_head + log-softmax: the full logits never exist, which saves memory on large vocabularies. auto = on a GPU; off on CPU, where the plain fp32 cross-entropy over the logits is faster.", ("auto", "on", "off"), label="Chunked loss", advanced=True)
     attn_implementation: str = _f("auto", "Attention kernel (transformers' attn_implementation): auto (sdpa), sdpa, eager, flex_attention, or flash_attention_2 (needs the flash-attn package). With padding-free batches, flex and flash attention find the packed rows from their position ids instead of a dense block mask.", ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2"), label="Attention kernel", advanced=True)
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", label="Weight decay", advanced=True)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", label="Max grad norm", advanced=True)
@@ -193,7 +194,7 @@ class JobSpec:
             if not SAFE_NAME.match(self.name) or ".." in self.name:
                 e["name"] = "run names may use 1-64 letters, digits, '.', '_' and '-'"
         for key in ("method", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "lora_bias", "lr_scheduler_type",
-                    "precision", "padding_free", "dequant_cache", "attn_implementation"):
+                    "precision", "padding_free", "dequant_cache", "attn_implementation", "chunked_loss"):
             choices = _meta(key)["choices"]
             if getattr(self, key) not in choices:
                 e[key] = f"{key} must be one of {', '.join(choices)}"
