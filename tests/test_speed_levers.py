@@ -6,6 +6,26 @@ from studio.spec import JobSpec
 from workers import speed, train
 
 
+def _chat_rows(extra_words: int = 1) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"question {i}?"},
+                          {"role": "assistant", "content": "answer " * (i + extra_words)}]} for i in range(4)]
+
+
+def _tiny_trainer(tiny_model_dir, out, rows, seed: int | None = None, **spec_kw):
+    """The worker's own model + trainer on the tiny model, and the collated batch of all ``rows``."""
+    from transformers import TrainerCallback
+
+    spec = JobSpec(**{"dataset": "d", "base_model": str(tiny_model_dir), "load_in_4bit": False, "r": 4,
+                      "lora_alpha": 8, "max_steps": 1, "per_device_train_batch_size": len(rows),
+                      "eval_split": 0.0, "max_length": 128, **spec_kw})
+    if seed is not None:
+        torch.manual_seed(seed)
+    model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
+    trainer = train.build_trainer(spec, "chat", model, tok, rows, [], out, TrainerCallback(), "cpu")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    return spec, model, tok, trainer, batch
+
+
 def _grads(model, x):
     model.zero_grad()
     out = model(input_ids=x, labels=x)
@@ -106,24 +126,18 @@ def test_batching_mode_defaults():
 def test_padding_free_keeps_assistant_only_loss(tiny_model_dir, tmp_path):
     """In the worker's own trainer, a padding-free batch of chat rows trains on the assistant tokens alone
     (TRL turns assistant_masks into labels; the collator also honours the masks given directly)."""
-    from transformers import TrainerCallback
-
     from workers.batching import PaddingFreeCollator
 
     rows = [{"input_ids": [5, 6, 7, 8, 9], "assistant_masks": [0, 0, 1, 1, 1]},
             {"input_ids": [11, 12, 13], "assistant_masks": [0, 1, 1]}]
     assert PaddingFreeCollator()(rows)["labels"][0].tolist() == [-100, -100, 7, 8, 9, -100, 12, 13]
 
-    spec = JobSpec(dataset="d", base_model=str(tiny_model_dir), load_in_4bit=False, r=4, lora_alpha=8,
-                   max_steps=1, per_device_train_batch_size=2, eval_split=0.0, max_length=128)
-    assert spec.assistant_only_loss and spec.batching() == "padding_free"
-    model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
     chats = [{"messages": [{"role": "user", "content": f"question {i}?"},
                            {"role": "assistant", "content": f"answer number {i}."}]} for i in range(2)]
-    trainer = train.build_trainer(spec, "chat", model, tok, chats, [], tmp_path, TrainerCallback(), "cpu")
+    spec, _, tok, trainer, batch = _tiny_trainer(tiny_model_dir, tmp_path, chats)
+    assert spec.assistant_only_loss and spec.batching() == "padding_free"
     assert isinstance(trainer.data_collator, PaddingFreeCollator)
     examples = [trainer.train_dataset[i] for i in range(2)]
-    batch = trainer.data_collator(examples)
     expected = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples)
     assert 0 < expected < sum(len(e["input_ids"]) for e in examples) // 2  # prompts and template are masked
     assert int((batch["labels"] != -100).sum()) == expected
@@ -177,19 +191,11 @@ def test_packed_rows_without_a_mask_need_use_cache_off(tiny_model_dir):
 def test_flex_attention_spec_trains_padding_free_without_a_mask(tiny_model_dir, tmp_path):
     """attn_implementation=flex_attention reaches the model, and the worker's padding-free batches then
     carry no dense mask; the loss equals the same rows' loss under sdpa with the block mask."""
-    from transformers import TrainerCallback
-
-    rows = [{"messages": [{"role": "user", "content": f"question {i}?"},
-                          {"role": "assistant", "content": "answer " * (i + 1)}]} for i in range(4)]
     losses = {}
     for impl in ("sdpa", "flex_attention"):
-        spec = JobSpec(dataset="d", base_model=str(tiny_model_dir), load_in_4bit=False, r=4, lora_alpha=8,
-                       max_steps=1, per_device_train_batch_size=4, eval_split=0.0, max_length=128,
-                       precision="fp32", attn_implementation=impl)
-        model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
+        _, model, _, _, batch = _tiny_trainer(tiny_model_dir, tmp_path / impl, _chat_rows(), precision="fp32",
+                                              attn_implementation=impl)
         assert model.config._attn_implementation == impl
-        trainer = train.build_trainer(spec, "chat", model, tok, rows, [], tmp_path / impl, TrainerCallback(), "cpu")
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
         assert ("attention_mask" in batch) == (impl == "sdpa")
         model.eval()
         with torch.no_grad():
@@ -201,22 +207,13 @@ def test_logits_loss_equals_trls_chunked_loss(tiny_model_dir, tmp_path):
     """On CPU the worker takes the loss from the full fp32 logits (1.4x faster there than TRL's fused,
     chunked lm_head, bench figures in docs/speed.md): same loss, same gradients, and the token count and
     accuracy TRL logs."""
-    from transformers import TrainerCallback
-
-    rows = [{"messages": [{"role": "user", "content": f"question {i}?"},
-                          {"role": "assistant", "content": "answer " * (i + 2)}]} for i in range(4)]
     results = {}
     for chunked in ("on", "off"):
-        spec = JobSpec(dataset="d", base_model=str(tiny_model_dir), load_in_4bit=False, r=4, lora_alpha=8,
-                       max_steps=1, per_device_train_batch_size=4, eval_split=0.0, max_length=128,
-                       precision="fp32", lora_dropout=0.0, chunked_loss=chunked)
-        torch.manual_seed(0)
-        model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
+        _, model, _, trainer, batch = _tiny_trainer(tiny_model_dir, tmp_path / chunked, _chat_rows(2), seed=0,
+                                                    precision="fp32", lora_dropout=0.0, chunked_loss=chunked)
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.05)  # non-zero adapters: gradients reach A too
-        trainer = train.build_trainer(spec, "chat", model, tok, rows, [], tmp_path / chunked, TrainerCallback(), "cpu")
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
         model.train()
         loss = trainer.compute_loss(model, dict(batch))
         loss.backward()
