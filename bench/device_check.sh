@@ -4,7 +4,7 @@
 # big to travel, so the benches use random-initialised Llama configs of SmolLM2-135M's and a 1B shape).
 # Each part has its own time limit and writes its output under $OUT; a failing part does not stop the rest.
 #
-# Preparing the carried folders here (both are in .git/info/exclude, so name them in the device call's carry):
+# Preparing the carried folders here (both are git-ignored, so name them in the device call's carry):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #     trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 bitsandbytes==0.50.2 transformers==5.24.0 \
