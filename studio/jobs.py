@@ -126,19 +126,24 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _gone(host: str | None, pid: int | None, beat_at: float | None, stale_seconds: float, now: float) -> str | None:
+    """Why a process that beats is gone, or None: on this host a live pid is proof enough either way;
+    elsewhere only a stale beat can tell."""
+    if host == socket.gethostname() and pid:
+        return None if _pid_alive(pid) else "its worker process is gone"
+    if beat_at is not None and now - beat_at > stale_seconds:
+        return f"no heartbeat for {now - beat_at:.0f} s"
+    return None
+
+
 def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
     """Running jobs whose worker died (same host, pid gone) or whose heartbeat is stale -> interrupted."""
     stale_seconds = HEARTBEAT_STALE_SECONDS if stale_seconds is None else stale_seconds
-    host = socket.gethostname()
     now = time.time()
     lost = []
     for job in db.list_jobs(("running",)):
-        local = job.worker_host == host and bool(job.worker_pid)
-        gone = local and not _pid_alive(job.worker_pid)
-        # on this host a live process is proof enough; elsewhere only the heartbeat can tell
-        stale = not local and job.heartbeat_at is not None and now - job.heartbeat_at > stale_seconds
-        if gone or stale:
-            why = "its worker process is gone" if gone else f"no heartbeat for {now - job.heartbeat_at:.0f} s"
+        why = _gone(job.worker_host, job.worker_pid, job.heartbeat_at, stale_seconds, now)
+        if why:
             db.set_status(job.id, "interrupted", why, finished_at=now,
                           error=f"interrupted at step {job.current_step}: {why}; resume it from its last checkpoint")
             lost.append(job.id)
@@ -155,8 +160,7 @@ def live_workers(stale_seconds: float | None = None) -> list[db.WorkerRecord]:
     here, t = socket.gethostname(), time.time()
     live = []
     for w in db.list_workers():
-        dead = (w.host == here and not _pid_alive(w.pid)) or (w.host != here and t - w.seen_at > stale_seconds)
-        if dead:
+        if _gone(w.host, w.pid, w.seen_at, stale_seconds, t):
             if w.host == here or t - w.seen_at > 24 * 3600:
                 db.remove_worker(w.id)
             continue

@@ -116,6 +116,10 @@ class ModelShape:
         return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
                 "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
+    def linear_weights(self) -> int:
+        """Elements of every decoder layer's linear weights: what bitsandbytes quantises."""
+        return self.layers * sum(fi * fo for fi, fo in self.linears().values())
+
     def biases_per_layer(self) -> int:
         return ((self.q_dim + 2 * self.kv_dim) * self.qkv_bias + self.hidden * self.o_bias
                 + (2 * self.intermediate + self.hidden) * self.mlp_bias)
@@ -239,7 +243,7 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     tokens = batch_size * seq_len
 
     # ---- parameters -------------------------------------------------------------------------------
-    linear_weights = s.layers * sum(fi * fo for fi, fo in layer.values())  # what bitsandbytes quantises
+    linear_weights = s.linear_weights()
     embeddings = s.vocab * s.hidden
     lm_head = 0 if s.tied else s.vocab * s.hidden
     norms_and_biases = s.layers * (2 * s.hidden + s.biases_per_layer()) + s.hidden
@@ -325,8 +329,7 @@ def dequant_cache_on(spec, config: dict, device: str, memory_gb: float | None, f
         return True
     if fast_4bit:
         return False
-    s = ModelShape.from_config(config)
-    linear_bytes = s.layers * sum(fi * fo for fi, fo in s.linears().values()) * FP32
+    linear_bytes = ModelShape.from_config(config).linear_weights() * FP32
     return memory_gb is not None and linear_bytes < memory_gb * 1e9 / 4
 
 
@@ -340,10 +343,9 @@ def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | Non
     reference pass keeps nothing). ``memory_gb`` and ``fast_4bit``: the device's memory and whether
     bitsandbytes has fast CPU kernels there, for the CPU dequantisation cache.
     """
-    native = (device == "cuda") if bf16 is None else bf16
-    half = spec.precision in ("bf16", "fp16") or (spec.precision == "auto" and native)
-    compute_bytes = 2 if half else FP32
-    frozen_bytes = 2 if spec.precision == "bf16" or (spec.precision == "auto" and native) else FP32
+    precision = spec.resolved_precision((device == "cuda") if bf16 is None else bf16)
+    compute_bytes = 2 if precision in ("bf16", "fp16") else FP32
+    frozen_bytes = 2 if precision == "bf16" else FP32  # the worker holds the frozen base in bf16 only
     bits = 4 if spec.load_in_4bit else 8 if spec.load_in_8bit else 8 * frozen_bytes
     batch = spec.per_device_train_batch_size * (2 if spec.method == "dpo" else 1)
     return estimate(config, bits=bits, r=spec.r, target_modules=list(spec.target_modules), batch_size=batch,

@@ -45,32 +45,22 @@ class WorkerRegistration:
         import socket
 
         self.id = f"{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
 
     def __enter__(self):
         from studio import db
-        from workers.train import device_facts
+        from studio.jobs import WORKER_BEAT_SECONDS
+        from workers.train import Heartbeat, device_facts
 
         facts = device_facts()
         db.register_worker(id=self.id, host=self.id.rsplit(":", 1)[0], pid=os.getpid(), **facts)
         log.info("device: %s, %.1f GB, bf16 %s", facts["device_name"], facts["memory_gb"], facts["bf16"])
-        threading.Thread(target=self._beat, daemon=True, name="worker-beat").start()
+        self._beat = Heartbeat(lambda: db.touch_worker(self.id), WORKER_BEAT_SECONDS, "worker-beat").__enter__()
         return self
-
-    def _beat(self):
-        from studio import db
-        from studio.jobs import WORKER_BEAT_SECONDS
-
-        while not self._stop.wait(WORKER_BEAT_SECONDS):
-            try:
-                db.touch_worker(self.id)
-            except Exception as exc:  # a database hiccup must not kill the worker
-                log.warning("worker beat failed: %s", exc)
 
     def __exit__(self, *exc):
         from studio import db
 
-        self._stop.set()
+        self._beat.__exit__(*exc)
         try:
             db.remove_worker(self.id)
         except Exception as exc:

@@ -329,22 +329,22 @@ def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
 
 
 class Heartbeat:
-    """Writes the job's heartbeat every few seconds from a thread while the job runs, so a long step,
-    evaluation or checkpoint never makes a live job look lost."""
+    """Calls ``beat`` every few seconds from a thread while a block runs: a job's heartbeat (so a long
+    step, evaluation or checkpoint never makes a live job look lost) or a worker's registration."""
 
-    def __init__(self, job_id: str, every: float = 10.0):
+    def __init__(self, beat, every: float = 10.0, name: str = "heartbeat"):
         import threading
 
-        self.job_id, self.every = job_id, every
+        self.beat, self.every, self.name = beat, every, name
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{job_id}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
     def _run(self):
         while not self._stop.wait(self.every):
             try:
-                db.update_job(self.job_id, heartbeat_at=time.time())
+                self.beat()
             except Exception:  # a missed beat is harmless; the next one retries
-                log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+                log.warning("%s failed", self.name, exc_info=True)
 
     def __enter__(self):
         self._thread.start()
@@ -402,7 +402,9 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     device = device_name()
     is_main = int(os.environ.get("RANK", "0")) == 0
     step = 0
-    with JobLog(out / "train.log"), (Heartbeat(job_id) if is_main else contextlib.nullcontext()):
+    with JobLog(out / "train.log"), (
+            Heartbeat(lambda: db.update_job(job_id, heartbeat_at=time.time()), name=f"heartbeat-{job_id}")
+            if is_main else contextlib.nullcontext()):
         try:
             checkpoint = last_complete_checkpoint(out) if resume else None
             if is_main:
