@@ -6,6 +6,7 @@ directory, WAL mode so the UI reads while the worker writes); PostgreSQL through
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
@@ -135,11 +136,25 @@ METRIC_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm
 _engines: dict[str, Engine] = {}
 
 
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    # Switching a fresh file to WAL takes an exclusive lock and SQLite answers "database is locked" at once,
+    # without its busy handler, when another process (a UI and workers starting together) holds the file.
+    # WAL is a property of the file, so waiting for the others to finish is enough.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

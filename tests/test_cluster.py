@@ -351,6 +351,41 @@ def test_migrations_on_a_fresh_database_with_concurrent_starts(database):
         e.dispose()
 
 
+def test_a_fresh_sqlite_file_opened_by_many_connections_at_once(tmp_path):
+    """A UI and workers starting together on a fresh data directory: each connection switches the file to
+    WAL, and SQLite refuses that switch at once ("database is locked", no busy wait) while another
+    connection is making it. Every start must wait its turn instead (this failed about 1 round in 50)."""
+    from sqlalchemy import create_engine, event, text
+
+    from studio import db
+
+    errors, modes = [], []
+    for round_ in range(60):
+        url = f"sqlite:///{tmp_path}/fresh-{round_}.db"
+        engines = [create_engine(url, connect_args={"timeout": 30}) for _ in range(4)]
+        for e in engines:
+            event.listen(e, "connect", db._sqlite_pragmas)
+        barrier = threading.Barrier(len(engines))
+
+        def start(engine):
+            barrier.wait()
+            try:
+                with engine.connect() as conn:
+                    modes.append(conn.execute(text("PRAGMA journal_mode")).scalar())
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for e in engines:
+            e.dispose()
+    assert not errors, errors[:3]
+    assert modes == ["wal"] * 240
+
+
 # ---- real consumers on Redis + PostgreSQL --------------------------------------------------------
 
 @dataclass
