@@ -40,14 +40,16 @@ part() {  # part NAME SECONDS COMMAND...
   grep -E "^ *(plain|studio|ratio|machine|data)|^  [a-z].*(tok/s|plain)|achieved|^\|| min " "$OUT/$name.txt" | grep -v Warning
 }
 S="python3 bench/train_speed.py --tokenizer .gpu/tok"
-# the open question first: 1B QLoRA, padding-free with the dense block mask vs flex attention without one
-part speed_1b_nf4 130 $S --model random-1b --quant 4bit --steps 20 --batch 8 --levers padding-free,flex,no-grouping
-part speed_smollm2_bf16 110 $S --model random-smollm2 --quant none --steps 30 --batch 8 --levers flex,no-grouping
-part speed_1b_bf16 80 $S --model random-1b --quant none --steps 20 --batch 8 --levers flex
+# the open question first: 1B QLoRA, padding-free with the dense block mask vs flex attention without one,
+# the dequantised-weight cache (bf16 copies of the frozen weights) and the full-logits loss
+part speed_1b_nf4 200 $S --model random-1b --quant 4bit --steps 20 --batch 8 \
+  --levers padding-free,flex,dequant-cache,logits,no-grouping
+part speed_smollm2_bf16 100 $S --model random-smollm2 --quant none --steps 30 --batch 8 --levers flex,no-grouping
+part speed_1b_bf16 70 $S --model random-1b --quant none --steps 20 --batch 8 --levers flex
 python3 -c "
 import sys; sys.path.insert(0, 'bench'); from pathlib import Path; import torch, train_speed as t
 for n in ('random-smollm2', 'random-1b'):
     print(t.random_model(n, Path('.gpu/tok'), Path('/tmp/studio-home/bench-out/models'), torch.bfloat16))" > "$OUT/models.txt" 2>&1
-part memory_smollm2 120 python3 bench/memory.py --device cuda --batch 4 --steps 2 \
+part memory_smollm2 90 python3 bench/memory.py --device cuda --batch 4 --steps 2 \
   --model /tmp/studio-home/bench-out/models/random-smollm2-bfloat16 --save "$OUT/memory_smollm2.json"
 exit 0

@@ -248,7 +248,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of plain/studio")
     p.add_argument("--levers", nargs="?", const="all", default=None,
                    help="also measure each studio lever on its own (all, or a comma list of: fp32, no-grouping, "
-                        "padding-free, checkpointing, flex, chunked, logits, no-dequant-cache, plain-other)")
+                        "padding-free, checkpointing, flex, chunked, logits, no-dequant-cache, dequant-cache, plain-other)")
     p.add_argument("--warmup", type=int, default=None,
                    help="steps of a discarded first run (default: 3 on a GPU, whose first run pays for CUDA "
                         "initialisation and kernel selection; 0 on CPU)")
@@ -316,6 +316,7 @@ def main() -> None:
                   ("logits loss", {"chunked_loss": "off"}, "logits")]
         if args.quant == "4bit":
             levers.insert(2, ("no dequant cache", {"dequant_cache": "off"}, "no-dequant-cache"))
+            levers.insert(3, ("dequant cache on", {"dequant_cache": "on"}, "dequant-cache"))
         wanted = None if args.levers == "all" else set(args.levers.split(","))
         for label, change, key in levers:
             if wanted is not None and key not in wanted:

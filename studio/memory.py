@@ -60,7 +60,7 @@ CPU_ALLOCATOR_RETENTION = 0.55  # glibc keeps freed activations in its heaps: x 
 
 TERMS = ("base weights", "quantization constants", "LoRA weights", "LoRA gradients", "optimizer states",
          "activations", "logits", "framework overhead")
-DEQUANT_TERM = "dequantised weight cache"  # only present when the CPU speed lever is on (workers/speed.py)
+DEQUANT_TERM = "dequantised weight cache"  # only present when the speed lever is on (workers/speed.py)
 
 # the tensor that feeds each Llama projection: q, k and v read the same normed hidden states
 INPUT_OF = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
@@ -321,12 +321,14 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
 
 
 def dequant_cache_on(spec, config: dict, device: str, memory_gb: float | None, fast_4bit: bool = False) -> bool:
-    """The worker's rule (workers/speed.py): on a CPU without fast 4-bit kernels, "auto" caches when the
-    fp32 weights take under a quarter of the memory."""
-    if not spec.load_in_4bit or device != "cpu" or spec.dequant_cache == "off":
+    """The worker's rule (workers/speed.py): "on" caches on any device; on a CPU without fast 4-bit kernels,
+    "auto" caches when the fp32 weights take under a quarter of the memory."""
+    if not spec.load_in_4bit or spec.dequant_cache == "off":
         return False
     if spec.dequant_cache == "on":
         return True
+    if device != "cpu":
+        return False
     if fast_4bit:
         return False
     linear_bytes = ModelShape.from_config(config).linear_weights() * FP32

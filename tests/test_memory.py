@@ -344,3 +344,5 @@ def test_estimate_follows_the_workers_device_precision_and_dequant_cache():
     assert memory.DEQUANT_TERM not in off.breakdown
     assert memory.DEQUANT_TERM not in estimate_for_spec(qlora, cfg, "cpu", memory_gb=0.1).breakdown  # too small
     assert memory.DEQUANT_TERM not in estimate_for_spec(qlora, cfg, "cuda", memory_gb=80).breakdown
+    on_gpu = estimate_for_spec(JobSpec(dataset="d", dequant_cache="on"), cfg, "cuda", memory_gb=80)
+    assert on_gpu.breakdown[memory.DEQUANT_TERM] == pytest.approx(linear * 2 / memory.GIB)  # bf16 copies

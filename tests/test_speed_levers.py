@@ -147,7 +147,7 @@ def test_padding_free_keeps_assistant_only_loss(tiny_model_dir, tmp_path):
 
 def test_dequant_cache_auto_only_where_bitsandbytes_is_slow(monkeypatch):
     """auto caches on a CPU without AVX-512 (bitsandbytes' slow path there), never on one with it, never
-    on a GPU; on and off are obeyed on CPU."""
+    on a GPU (unmeasured there); on and off are obeyed on every device."""
     model = torch.nn.Linear(4, 4)
     monkeypatch.setattr(speed, "cpu_has_fast_4bit", lambda: False)
     assert speed.should_cache_dequantized(model, "cpu", "auto")
@@ -156,6 +156,8 @@ def test_dequant_cache_auto_only_where_bitsandbytes_is_slow(monkeypatch):
     assert not speed.should_cache_dequantized(model, "cpu", "auto")
     assert speed.should_cache_dequantized(model, "cpu", "on")
     assert not speed.should_cache_dequantized(model, "cpu", "off")
+    assert speed.should_cache_dequantized(model, "cuda", "on")  # a GPU with memory to spare: the user's call
+    assert not speed.should_cache_dequantized(model, "cuda", "off")
 
 
 def _packed_vs_alone(model, batch, seqs, **forward):

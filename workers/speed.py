@@ -1,6 +1,6 @@
 """Speed levers for the worker's training path, each measured in bench/train_speed.py.
 
-Dequantised-weight cache (CPU): bitsandbytes has no fast 4-bit kernel for CPUs without AVX-512, so a
+Dequantised-weight cache (CPU; "on" anywhere): bitsandbytes has no fast 4-bit kernel for CPUs without AVX-512, so a
 QLoRA step there spends most of its time dequantising every frozen NF4 weight twice (forward and
 backward). The frozen weights never change during LoRA training, so dequantising each one once and
 reusing the result gives exactly the same forward and gradients (the same NF4-rounded values, in the
@@ -61,12 +61,13 @@ def cpu_has_fast_4bit() -> bool:
 
 
 def should_cache_dequantized(model, device: str, choice: str = "auto") -> bool:
-    """auto: on a CPU without AVX-512, when the dequantised weights take under a quarter of the available
-    memory."""
-    if choice == "off" or device != "cpu":
-        return choice == "on" and device == "cpu"
-    if choice == "on":
-        return True
+    """on: on any device (on a GPU it gives back the 4-bit memory saving for bf16 matmuls without the
+    per-step dequantisation). auto: on a CPU without AVX-512, when the dequantised weights take under a
+    quarter of the available memory; never on a GPU, where it is not yet measured."""
+    if choice in ("on", "off"):
+        return choice == "on"
+    if device != "cpu":
+        return False
     if cpu_has_fast_4bit():
         return False
     try:
