@@ -248,7 +248,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of plain/studio")
     p.add_argument("--levers", nargs="?", const="all", default=None,
                    help="also measure each studio lever on its own (all, or a comma list of: fp32, no-grouping, "
-                        "padding-free, checkpointing, flex, chunked, logits, no-dequant-cache, dequant-cache, plain-other)")
+                        "padding-free, checkpointing, flex, chunked, logits, no-dequant-cache, dequant-cache, plain-other, "
+                        "compile; all leaves compile out)")
     p.add_argument("--warmup", type=int, default=None,
                    help="steps of a discarded first run (default: 3 on a GPU, whose first run pays for CUDA "
                         "initialisation and kernel selection; 0 on CPU)")
@@ -313,13 +314,14 @@ def main() -> None:
                   ("checkpointing on", {"gradient_checkpointing": True}, "checkpointing"),
                   ("flex attention", {"padding_free": "on", "attn_implementation": "flex_attention"}, "flex"),
                   ("TRL's chunked loss", {"chunked_loss": "on"}, "chunked"),
-                  ("logits loss", {"chunked_loss": "off"}, "logits")]
+                  ("logits loss", {"chunked_loss": "off"}, "logits"),
+                  ("torch.compile", {"torch_compile": True}, "compile")]  # named only: minutes of compiling
         if args.quant == "4bit":
             levers.insert(2, ("no dequant cache", {"dequant_cache": "off"}, "no-dequant-cache"))
             levers.insert(3, ("dequant cache on", {"dequant_cache": "on"}, "dequant-cache"))
         wanted = None if args.levers == "all" else set(args.levers.split(","))
         for label, change, key in levers:
-            if wanted is not None and key not in wanted:
+            if (wanted is None and key == "compile") or (wanted is not None and key not in wanted):
                 continue
             s2 = JobSpec(**{**spec.to_dict(), **change})
             r = run_one("studio", model_dir, s2, rows, eval_rows, out / "lever")

@@ -91,6 +91,11 @@ def test_translations_to_library_configs():
     assert cfg.max_length == spec.max_length and cfg.eval_strategy == "steps" and cfg.learning_rate == spec.learning_rate
     dcfg = train.dpo_config(JobSpec(method="dpo", beta=0.2), __import__("pathlib").Path("/tmp/x"), 10, False, "cpu")
     assert dcfg.beta == 0.2
+    assert not cfg.torch_compile and not dcfg.torch_compile  # minutes of compiling: only when asked
+    compiled = JobSpec.from_yaml("dataset: d\ntorch_compile: true\n")
+    assert train.sft_config(compiled, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu").torch_compile
+    assert train.dpo_config(JobSpec(**{**compiled.to_dict(), "method": "dpo"}), __import__("pathlib").Path("/tmp/x"),
+                            10, False, "cpu").torch_compile
 
 
 def test_auto_settings_resolve_per_device():

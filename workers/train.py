@@ -133,6 +133,7 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
         per_device_eval_batch_size=spec.per_device_train_batch_size,
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         gradient_checkpointing=spec.gradient_checkpointing,
+        torch_compile=spec.torch_compile,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm if spec.max_grad_norm > 0 else None,
         logging_steps=spec.logging_steps,
