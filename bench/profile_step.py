@@ -71,27 +71,25 @@ def main() -> None:
     class Window(TrainerCallback):
         """Profiles steps skip+1 .. skip+profile, timing them from the end of the last skipped step."""
         started = 0.0
-        tokens = 0
 
         def on_step_end(self, _args, state, *_a, **_k):
             if cuda:
                 torch.cuda.synchronize()
             if state.global_step == args.skip:
-                Window.tokens = counter.real
                 prof.start()
                 Window.started = time.perf_counter()
             elif state.global_step == steps:
                 Window.seconds = time.perf_counter() - Window.started
                 prof.stop()
-                Window.tokens = counter.real - Window.tokens
 
     trainer.add_callback(Window())
     trainer.train()
+    tokens = sum(counter.per_batch[args.skip:steps])  # the profiled steps' batches
     events = prof.key_averages()
     wall = Window.seconds / args.profile
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.path} path, {model_dir.name}, {args.quant}, batch {args.batch}, {where}; spec changes {changes or '-'}")
-    print(f"steady state: {wall * 1e3:.1f} ms per step, {Window.tokens / Window.seconds:.1f} real tok/s "
+    print(f"steady state: {wall * 1e3:.1f} ms per step, {tokens / Window.seconds:.1f} real tok/s "
           f"(steps {args.skip + 1}-{steps}, profiler on)")
     if cuda:
         busy = sum(e.self_device_time_total for e in events) / 1e6 / args.profile  # us -> s

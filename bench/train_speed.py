@@ -139,10 +139,12 @@ class TokenCounter:
 
     def __init__(self, collator):
         self.collator, self.real, self.padded = collator, 0, 0
+        self.per_batch: list[int] = []  # real tokens of each batch, in order (the loader collates one ahead)
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        self.real += sum(len(e["input_ids"]) for e in examples)
+        self.per_batch.append(sum(len(e["input_ids"]) for e in examples))
+        self.real += self.per_batch[-1]
         self.padded += int(batch["input_ids"].numel())
         return batch
 
