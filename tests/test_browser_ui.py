@@ -62,6 +62,11 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
         with sync_playwright() as p:
             browser, page = open_page(p, server.url)
 
+            # a fresh studio says where to begin
+            open_tab(page, "Runs")
+            expect(page.locator("#run-status")).to_contain_text("No runs yet")
+            open_tab(page, "Datasets")
+
             # a bad file: one sentence, nothing stored
             page.locator("#dataset-upload input[type=file]").set_input_files(str(bad))
             expect(page.locator("#dataset-message")).to_contain_text("cannot be used")

@@ -32,6 +32,13 @@ def runs_table() -> list[list]:
     return out
 
 
+def empty_state() -> str:
+    """What the Runs tab says before a run is chosen (evaluated at each page load)."""
+    if not db.list_jobs():
+        return "No runs yet: add a dataset in the **Datasets** tab, then start one in the **Train** tab."
+    return "Choose a run above to follow its curves, progress and log."
+
+
 def _fmt_seconds(s: float | None) -> str:
     if s is None:
         return "?"
@@ -190,7 +197,7 @@ def build() -> dict:
         with gr.Row():
             run = gr.Dropdown(choices=run_choices(), label="Run", elem_id="run-select", scale=4)
             refresh = gr.Button("Refresh list", size="sm", scale=1)
-        status = gr.Markdown(elem_id="run-status")
+        status = gr.Markdown(value=empty_state, elem_id="run-status")
         progress = gr.HTML(elem_id="run-progress")
         with gr.Row():
             smoothing = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing", scale=3)
