@@ -122,3 +122,23 @@ def test_memory_estimate_names_the_workers_device_and_warns_when_too_big(studio_
     qlora = estimate_markdown(JobSpec(dataset="d", base_model="meta-llama/Meta-Llama-3-8B",
                                       gradient_checkpointing=True, max_length=512, per_device_train_batch_size=1))
     assert "too big" not in qlora  # the advice in the warning works: 4-bit with checkpointing fits
+
+
+def test_serving_commands_appear_for_the_chosen_adapter_only(studio_home, tiny_model_dir):
+    """No adapter chosen: no empty command boxes. Chosen: the vLLM and Python commands name its folder;
+    the Ollama and llama.cpp boxes wait for a GGUF export."""
+    from adapter_fixtures import make_job
+
+    from studio.settings import get_settings
+    from studio.ui import adapters_tab
+
+    job = make_job(tiny_model_dir, "served")
+    keys = [key for key, _, _ in adapters_tab.SNIPPETS]
+    _, _, *empty = adapters_tab.on_select(None)
+    assert [u["visible"] for u in empty] == [False] * len(keys)
+    _, _, *chosen = adapters_tab.on_select(job.id)
+    shown = {key: u for key, u in zip(keys, chosen)}
+    adapter = str(get_settings().resolve(job.adapter_path))
+    assert shown["vllm"]["visible"] and "--enable-lora" in shown["vllm"]["value"] and adapter in shown["vllm"]["value"]
+    assert shown["peft"]["visible"] and "PeftModel" in shown["peft"]["value"]
+    assert not shown["ollama"]["visible"] and not shown["llama_cpp"]["visible"]

@@ -74,13 +74,15 @@ def on_zip(ref):
 
 
 def _snippet_values(ref, gguf_file=None) -> list:
-    if not ref:
-        return [""] * len(SNIPPETS)
-    try:
-        snippets = adapters.snippets(ref, gguf_file)
-    except (adapters.AdapterError, ValueError):
-        return [""] * len(SNIPPETS)
-    return [snippets.get(key, "") for key, _, _ in SNIPPETS]
+    """One update per serving box: the chosen adapter's command, shown only where there is one (the
+    Ollama and llama.cpp boxes appear once a GGUF exists)."""
+    snippets = {}
+    if ref:
+        try:
+            snippets = adapters.snippets(ref, gguf_file)
+        except (adapters.AdapterError, ValueError):
+            snippets = {}
+    return [gr.update(value=snippets.get(key, ""), visible=bool(snippets.get(key))) for key, _, _ in SNIPPETS]
 
 
 def drift_markdown(report: dict) -> str:
@@ -233,7 +235,8 @@ def build() -> dict:
                 merge_btn = gr.Button("Merge into the base", elem_id="adapters-merge")
                 gguf_btn = gr.Button("Export GGUF + Ollama Modelfile", elem_id="adapters-gguf")
             export_note = gr.Markdown(elem_id="adapters-export-result")
-            codes = [gr.Code(label=label, language=lang, interactive=False, elem_id=f"adapters-snippet-{key}")
+            codes = [gr.Code(label=label, language=lang, interactive=False, visible=False,
+                             elem_id=f"adapters-snippet-{key}")
                      for key, label, lang in SNIPPETS]
         with gr.Accordion("Import an adapter", open=False):
             gr.Markdown("A peft LoRA adapter as a .zip of its folder, or its `adapter_config.json` and "
