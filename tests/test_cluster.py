@@ -322,20 +322,17 @@ def test_migrations_upgrade_an_old_database_and_are_idempotent(database):
     engine.dispose()
 
 
-def test_migrations_on_a_fresh_database_with_concurrent_starts(database):
-    from sqlalchemy import inspect
-
-    from studio import migrations
-
-    engines = [_engine_for(database) for _ in range(3)]
+def _start_together(engines, work) -> tuple[list, list]:
+    """Run ``work(engine)`` for every engine in its own thread, all released at once (processes starting
+    together); returns the results and the exceptions."""
     results, errors = [], []
     barrier = threading.Barrier(len(engines))
 
     def start(engine):
         barrier.wait()
         try:
-            results.append(migrations.upgrade(engine))
-        except Exception as exc:  # noqa: BLE001 - reported below
+            results.append(work(engine))
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
     threads = [threading.Thread(target=start, args=(e,)) for e in engines]
@@ -343,6 +340,16 @@ def test_migrations_on_a_fresh_database_with_concurrent_starts(database):
         t.start()
     for t in threads:
         t.join(60)
+    return results, errors
+
+
+def test_migrations_on_a_fresh_database_with_concurrent_starts(database):
+    from sqlalchemy import inspect
+
+    from studio import migrations
+
+    engines = [_engine_for(database) for _ in range(3)]
+    results, errors = _start_together(engines, migrations.upgrade)
     assert not errors, errors
     assert sorted(results) == [[], [], [1]]  # one start created and upgraded, the others found it done
     assert {"datasets", "jobs", "job_events", "metric_points", "schema_version"} <= set(
@@ -359,27 +366,19 @@ def test_a_fresh_sqlite_file_opened_by_many_connections_at_once(tmp_path):
 
     from studio import db
 
+    def journal_mode(engine):
+        with engine.connect() as conn:
+            return conn.execute(text("PRAGMA journal_mode")).scalar()
+
     errors, modes = [], []
     for round_ in range(60):
         url = f"sqlite:///{tmp_path}/fresh-{round_}.db"
         engines = [create_engine(url, connect_args={"timeout": 30}) for _ in range(4)]
         for e in engines:
             event.listen(e, "connect", db._sqlite_pragmas)
-        barrier = threading.Barrier(len(engines))
-
-        def start(engine):
-            barrier.wait()
-            try:
-                with engine.connect() as conn:
-                    modes.append(conn.execute(text("PRAGMA journal_mode")).scalar())
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start, args=(e,)) for e in engines]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results, failed = _start_together(engines, journal_mode)
+        modes += results
+        errors += failed
         for e in engines:
             e.dispose()
     assert not errors, errors[:3]
