@@ -327,9 +327,7 @@ def dequant_cache_on(spec, config: dict, device: str, memory_gb: float | None, f
         return False
     if spec.dequant_cache == "on":
         return True
-    if device != "cpu":
-        return False
-    if fast_4bit:
+    if device != "cpu" or fast_4bit:
         return False
     linear_bytes = ModelShape.from_config(config).linear_weights() * FP32
     return memory_gb is not None and linear_bytes < memory_gb * 1e9 / 4

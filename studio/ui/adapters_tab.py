@@ -81,7 +81,7 @@ def _snippet_values(ref, gguf_file=None) -> list:
         try:
             snippets = adapters.snippets(ref, gguf_file)
         except (adapters.AdapterError, ValueError):
-            snippets = {}
+            pass  # an adapter that cannot be resolved any more: no commands to show
     return [gr.update(value=snippets.get(key, ""), visible=bool(snippets.get(key))) for key, _, _ in SNIPPETS]
 
 
