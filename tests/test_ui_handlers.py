@@ -142,3 +142,18 @@ def test_serving_commands_appear_for_the_chosen_adapter_only(studio_home, tiny_m
     assert shown["vllm"]["visible"] and "--enable-lora" in shown["vllm"]["value"] and adapter in shown["vllm"]["value"]
     assert shown["peft"]["visible"] and "PeftModel" in shown["peft"]["value"]
     assert not shown["ollama"]["visible"] and not shown["llama_cpp"]["visible"]
+
+
+def test_the_train_form_offers_every_spec_field(studio_home):
+    """A field missing from the form would be silently dropped when a YAML is imported and started."""
+    from dataclasses import fields
+
+    import gradio as gr
+
+    from studio.spec import JobSpec
+    from studio.ui import train_tab
+
+    with gr.Blocks():
+        with gr.Tabs():
+            built = train_tab.build()
+    assert set(built["components"]) == {f.name for f in fields(JobSpec)}

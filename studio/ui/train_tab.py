@@ -12,12 +12,13 @@ from ..spec import ATTENTION_NAMES, BUNDLED_MODEL, MLP_NAMES, JobSpec, SpecError
 from . import form
 from .datasets_tab import dataset_names
 
-ADVANCED_ORDER = ["method", "name", "eval_dataset", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
-                  "bnb_4bit_compute_dtype", "lora_bias", "use_dora", "use_rslora", "lr_scheduler_type",
-                  "warmup_ratio", "max_steps", "gradient_accumulation_steps", "assistant_only_loss",
-                  "gradient_checkpointing", "precision", "padding_free", "attn_implementation", "chunked_loss", "dequant_cache", "weight_decay", "max_grad_norm",
-                  "eval_split", "eval_steps", "save_steps", "early_stopping_patience", "seed", "logging_steps",
-                  "beta", "golden_prompts", "num_gpus"]
+ADVANCED_ORDER = ["method", "name", "eval_dataset", "load_in_8bit", "bnb_4bit_quant_type",
+                  "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "lora_bias", "use_dora", "use_rslora",
+                  "lr_scheduler_type", "warmup_ratio", "max_steps", "gradient_accumulation_steps",
+                  "assistant_only_loss", "gradient_checkpointing", "precision", "padding_free",
+                  "attn_implementation", "chunked_loss", "dequant_cache", "torch_compile", "weight_decay",
+                  "max_grad_norm", "eval_split", "eval_steps", "save_steps", "early_stopping_patience", "seed",
+                  "logging_steps", "beta", "golden_prompts", "num_gpus"]
 
 
 def module_choices(base_model: str) -> list[str]:
