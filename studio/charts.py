@@ -410,7 +410,8 @@ SHORT_NAMES = {
     "warmup_ratio": "warmup", "weight_decay": "wd", "max_grad_norm": "clip", "precision": "",
     "bnb_4bit_quant_type": "", "bnb_4bit_compute_dtype": "compute", "lora_bias": "bias",
     "eval_split": "eval", "eval_dataset": "eval data", "seed": "seed", "beta": "beta", "num_gpus": "gpus",
-    "padding_free": "padding-free", "attn_implementation": "attention", "eval_steps": "eval every", "save_steps": "save every",
+    "padding_free": "padding-free", "attn_implementation": "attention", "eval_steps": "eval every",
+    "save_steps": "save every",
     "early_stopping_patience": "patience", "logging_steps": "log every",
 }
 FLAG_NAMES = {"use_dora": "DoRA", "use_rslora": "rsLoRA", "gradient_checkpointing": "grad ckpt",

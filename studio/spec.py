@@ -6,9 +6,8 @@ Pure Python: no torch, no transformers.
 """
 from __future__ import annotations
 
-import importlib.util
-
 import difflib
+import importlib.util
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
