@@ -1,7 +1,7 @@
 """Speed levers for the worker's training path, each measured in bench/train_speed.py.
 
-Dequantised-weight cache (CPU; "on" anywhere): bitsandbytes has no fast 4-bit kernel for CPUs without AVX-512, so a
-QLoRA step there spends most of its time dequantising every frozen NF4 weight twice (forward and
+Dequantised-weight cache (CPU; "on" anywhere): bitsandbytes has no fast 4-bit kernel for CPUs without
+AVX-512, so a QLoRA step there spends most of its time dequantising every frozen NF4 weight twice (forward and
 backward). The frozen weights never change during LoRA training, so dequantising each one once and
 reusing the result gives exactly the same forward and gradients (the same NF4-rounded values, in the
 compute dtype) at fp32 speed. It costs the memory of the dequantised weights, which the memory
@@ -66,13 +66,16 @@ def should_cache_dequantized(model, device: str, choice: str = "auto") -> bool:
     quarter of the available memory; never on a GPU, where it is not yet measured."""
     if choice in ("on", "off"):
         return choice == "on"
-    if device != "cpu":
+    if device != "cpu" or cpu_has_fast_4bit():
         return False
-    if cpu_has_fast_4bit():
-        return False
+    avail = meminfo_bytes("MemAvailable")
+    return avail > 0 and dequantized_bytes(model) < avail / 4
+
+
+def meminfo_bytes(key: str) -> int:
+    """A /proc/meminfo figure (MemTotal, MemAvailable, ...) in bytes; 0 where it cannot be read."""
     try:
         with open("/proc/meminfo") as fh:
-            avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(f"{key}:"))
     except (OSError, StopIteration):
-        return False
-    return dequantized_bytes(model) < avail / 4
+        return 0

@@ -52,15 +52,10 @@ def device_facts() -> dict:
                 "gpu_count": torch.cuda.device_count(), "bf16": bf16_is_fast("cuda"), "fast_4bit": True}
     import platform
 
-    try:
-        with open("/proc/meminfo") as fh:
-            total = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        total = 0
-    from workers.speed import cpu_has_fast_4bit
+    from workers.speed import cpu_has_fast_4bit, meminfo_bytes
 
     return {"device": "cpu", "device_name": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
-            "memory_gb": total / 1e9, "gpu_count": 0, "bf16": bf16_is_fast("cpu"), "fast_4bit": cpu_has_fast_4bit()}
+            "memory_gb": meminfo_bytes("MemTotal") / 1e9, "gpu_count": 0, "bf16": bf16_is_fast("cpu"), "fast_4bit": cpu_has_fast_4bit()}
 
 
 def compute_dtype(spec: JobSpec, device: str | None = None) -> torch.dtype:
