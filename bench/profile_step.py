@@ -25,7 +25,6 @@ import torch  # noqa: E402
 def main() -> None:
     from transformers import TrainerCallback
 
-    from studio.models import ensure_bundled
     from studio.spec import JobSpec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,13 +42,7 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     out = Path(os.environ["STUDIO_HOME"]) / "bench-out"
-    if args.model == "bundled":
-        model_dir = ensure_bundled()
-    elif args.model in ts.RANDOM_CONFIGS:
-        model_dir = ts.random_model(args.model, args.tokenizer or ensure_bundled(), out / "models",
-                                    torch.bfloat16 if cuda else torch.float32)
-    else:
-        model_dir = Path(args.model)
+    model_dir = ts.bench_model(args.model, args.tokenizer, out)
     steps = args.skip + args.profile
     changes = {}
     for item in args.set:

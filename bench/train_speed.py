@@ -77,6 +77,18 @@ def random_model(name: str, tokenizer_dir: Path, out_root: Path, dtype: torch.dt
     return out
 
 
+def bench_model(name: str, tokenizer: Path | None, out: Path) -> Path:
+    """--model: the bundled SmolLM2, a random-initialised Llama of RANDOM_CONFIGS (bf16 on a GPU), or a folder."""
+    from studio.models import ensure_bundled
+
+    if name == "bundled":
+        return ensure_bundled()
+    if name in RANDOM_CONFIGS:
+        return random_model(name, tokenizer or ensure_bundled(), out / "models",
+                            torch.bfloat16 if _cuda() else torch.float32)
+    return Path(name)
+
+
 def _cuda() -> bool:
     return torch.cuda.is_available()
 
@@ -240,7 +252,6 @@ def run_one(kind, model_dir, spec, train_rows, eval_rows, out, precision="fp32")
 
 
 def main() -> None:
-    from studio.models import ensure_bundled
     from studio.spec import JobSpec
 
     p = argparse.ArgumentParser()
@@ -263,13 +274,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     out = Path(os.environ["STUDIO_HOME"]) / "bench-out"
-    if args.model == "bundled":
-        model_dir = ensure_bundled()
-    elif args.model in RANDOM_CONFIGS:
-        model_dir = random_model(args.model, args.tokenizer or ensure_bundled(), out / "models",
-                                 torch.bfloat16 if _cuda() else torch.float32)
-    else:
-        model_dir = Path(args.model)
+    model_dir = bench_model(args.model, args.tokenizer, out)
     plain_precision = args.plain if args.plain != "auto" else ("default" if _cuda() else "fp32")
     rows = make_rows(args.steps * args.batch, seed=1)
     eval_rows = make_rows(16, seed=2)
