@@ -84,8 +84,9 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
             expect(page.locator("#dataset-message")).to_contain_text("Added")
             page.screenshot(path=str(ARTIFACTS / "ui-datasets.png"), full_page=True)
 
-            # a live run: the chart gains points with no user action
-            first = _start_run(page, tiny_model_dir, r=4, steps=300, quant=False)
+            # a live run: the chart gains points with no user action. It must outlast everything up to its
+            # Cancel below (reloads, a UI restart): on a fast CPU the tiny model ran 300 steps in 3 s.
+            first = _start_run(page, tiny_model_dir, r=4, steps=100_000, quant=False)
             open_tab(page, "Runs")
             _wait(lambda: chart_points(page) >= 2, 240, "the first points")
             n1 = chart_points(page)

@@ -11,6 +11,7 @@ import pytest
 from conftest import wait_for
 from workerproc import Worker
 
+LONG_RUN = 20_000  # steps: far more than the tiny model runs before a test stops it (about 10 ms a step on a fast CPU)
 
 
 def _dataset(tmp_path):
@@ -101,14 +102,14 @@ def test_cancel_while_queued_and_while_running(home, tiny_model_dir, tmp_path):
     queued = jobs.submit(_spec(tiny_model_dir, max_steps=2))
     jobs.cancel(queued.id)
     assert _status(queued.id) == "cancelled"
-    running = jobs.submit(_spec(tiny_model_dir, max_steps=400, save_steps=1000))
+    running = jobs.submit(_spec(tiny_model_dir, max_steps=LONG_RUN, save_steps=LONG_RUN))
     with Worker(home, tmp_path / "w.log"):
         wait_for(lambda: db.get_job(running.id).current_step >= 5, 240, interval=0.2, what="training to start")
         jobs.cancel(running.id)
         wait_for(lambda: _status(running.id) == "cancelled", 60, what="the running job to stop")
         time.sleep(2)
     job = db.get_job(running.id)
-    assert job.current_step < 400
+    assert job.current_step < LONG_RUN
     ckpts = list((get_settings().resolve(job.output_dir) / "checkpoints").glob("checkpoint-*"))
     assert ckpts, "a cancelled run keeps a checkpoint to resume from"
     assert _status(queued.id) == "cancelled", "a revoked job never runs"
@@ -162,7 +163,7 @@ def test_sigterm_interrupts_the_running_job_which_can_resume(home, tiny_model_di
     from studio import db, jobs
     from studio.settings import get_settings
 
-    job = jobs.submit(_spec(tiny_model_dir, max_steps=400, save_steps=1000))
+    job = jobs.submit(_spec(tiny_model_dir, max_steps=LONG_RUN, save_steps=LONG_RUN))
     w = Worker(home, tmp_path / "w.log")
     try:
         wait_for(lambda: db.get_job(job.id).current_step >= 5, 240, interval=0.2, what="training to start")
