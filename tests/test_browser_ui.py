@@ -26,6 +26,8 @@ def _wait(predicate, timeout, what):
 
 
 def _start_run(page, model_dir, r: int, steps: int, quant: bool):
+    from playwright.sync_api import expect
+
     open_tab(page, "Train")
     box = page.locator("#spec-base_model input")
     box.fill(str(model_dir))
@@ -35,9 +37,15 @@ def _start_run(page, model_dir, r: int, steps: int, quant: bool):
     if page.locator("#spec-load_in_4bit input").is_checked() != quant:
         page.locator("#spec-load_in_4bit input").click()
     page.get_by_text("Advanced").click()
-    page.locator("#spec-max_steps input").fill(str(steps))
-    page.locator("#spec-eval_split input").fill("0")
+    for field, value in (("max_steps", str(steps)), ("eval_split", "0")):
+        box = page.locator(f"#spec-{field} input")
+        expect(box).to_be_visible()
+        box.fill(value)
+        box.press("Tab")  # commit, as a user leaving the field does
     page.get_by_text("Advanced").click()
+    # the run's length matters below (it must still be running when cancelled): Start sends what the form holds
+    expect(page.locator("#spec-max_steps input")).to_have_value(str(steps))
+    expect(page.locator("#spec-eval_split input")).to_have_value("0")
     page.locator("#start-training").click()
     page.wait_for_function("document.querySelector('#train-status').innerText.includes('queued')", timeout=30_000)
     return page.locator("#train-status").inner_text().split("Run ")[1].split(" queued")[0]
