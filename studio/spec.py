@@ -9,8 +9,12 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
+import reprlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
+
+import yaml
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 
@@ -19,8 +23,18 @@ ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query_ke
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc", "c_proj", "w1", "w2", "w3")
 
 
-def _f(default, help: str, choices: tuple | None = None, label: str | None = None, advanced: bool = False):
-    meta = {"help": help, "choices": choices, "label": label, "advanced": advanced}
+MAX_SPEC_BYTES = 256 * 1024  # a job file is a flat mapping of a few dozen fields: a few KB
+QUOTE_CHARS = 80  # the most of a user's value any message repeats
+MAX_STEPS = 10**7
+UNKNOWN_KEYS_SHOWN = 5
+
+
+def _f(default, help: str, choices: tuple | None = None, label: str | None = None, advanced: bool = False,
+       bounds: tuple | None = None, exclusive: bool = False, sentence: str | None = None):
+    """A JobSpec field. Numbers carry finite ``bounds`` (inclusive, or ``exclusive`` at both ends) that the
+    form and ``validate`` share, and optionally the ``sentence`` that refuses a value outside them."""
+    meta = {"help": help, "choices": choices, "label": label, "advanced": advanced, "bounds": bounds,
+            "exclusive": exclusive, "sentence": sentence}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,23 +60,24 @@ class JobSpec:
     bnb_4bit_compute_dtype: str = _f("auto", "dtype of the matmuls behind 4-bit weights; auto picks bfloat16 where the device supports it.", ("auto", "bfloat16", "float16", "float32"), label="Compute dtype", advanced=True)
 
     # adapter
-    r: int = _f(16, "LoRA rank: size of the low-rank update. 8-64 covers most tasks.", label="LoRA rank (r)")
-    lora_alpha: int = _f(32, "LoRA scaling numerator (update is scaled by alpha/r, or alpha/sqrt(r) with rsLoRA). Usually 2 x r.", label="LoRA alpha")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA input, 0-0.5.", label="LoRA dropout")
+    r: int = _f(16, "LoRA rank: size of the low-rank update. 8-64 covers most tasks.", label="LoRA rank (r)", bounds=(1, 1024), sentence="LoRA rank must be between 1 and 1024")
+    lora_alpha: int = _f(32, "LoRA scaling numerator (update is scaled by alpha/r, or alpha/sqrt(r) with rsLoRA). Usually 2 x r.", label="LoRA alpha", bounds=(1, 16384), sentence="LoRA alpha must be greater than 0 and at most 16384")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input, 0-0.5.", label="LoRA dropout", bounds=(0, 0.5), sentence="LoRA dropout must be between 0 and 0.5")
     target_modules: list = _f(["all-linear"], "Linear layers that get adapters: names from the model, or a preset (all-linear, attention, mlp).", label="Target modules")
     lora_bias: str = _f("none", "Train biases too: none, all, or lora_only.", ("none", "all", "lora_only"), label="Bias", advanced=True)
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better at low rank).", label="DoRA", advanced=True)
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r), which keeps high ranks stable.", label="rsLoRA", advanced=True)
 
     # optimisation
-    learning_rate: float = _f(5e-4, "Peak learning rate of the adapter weights.", label="Learning rate")
+    learning_rate: float = _f(5e-4, "Peak learning rate of the adapter weights.", label="Learning rate", bounds=(0, 1), exclusive=True, sentence="learning rate must be between 0 and 1 (exclusive)")
     lr_scheduler_type: str = _f("cosine", "Learning-rate schedule after warm-up.", ("linear", "cosine", "constant", "constant_with_warmup"), label="Scheduler", advanced=True)
-    warmup_ratio: float = _f(0.05, "Fraction of steps spent warming the learning rate up, 0-0.5.", label="Warm-up ratio", advanced=True)
-    num_train_epochs: float = _f(4.0, "Passes over the training data (ignored when max_steps > 0).", label="Epochs")
-    max_steps: int = _f(0, "Stop after this many optimizer steps; 0 = use epochs.", label="Max steps", advanced=True)
-    per_device_train_batch_size: int = _f(4, "Sequences per step on each device.", label="Batch size")
-    gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each update (effective batch = batch size x this).", label="Gradient accumulation", advanced=True)
-    max_length: int = _f(512, "Longest sequence in tokens; longer rows are truncated.", label="Max sequence length")
+    warmup_ratio: float = _f(0.05, "Fraction of steps spent warming the learning rate up, 0-0.5.", label="Warm-up ratio", advanced=True, bounds=(0, 0.5), sentence="warm-up ratio must be between 0 and 0.5")
+    num_train_epochs: float = _f(4.0, "Passes over the training data (ignored when max_steps > 0).", label="Epochs", bounds=(0, 1000), sentence="epochs must be between 0 and 1000")
+    max_steps: int = _f(0, "Stop after this many optimizer steps; 0 = use epochs.", label="Max steps", advanced=True, bounds=(0, MAX_STEPS), sentence=f"max steps must be 0 (use epochs) or a positive number up to {MAX_STEPS:,}")
+    per_device_train_batch_size: int = _f(4, "Sequences per step on each device.", label="Batch size", bounds=(1, 4096), sentence="batch size must be between 1 and 4096")
+    gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each update (effective batch = batch size x this).", label="Gradient accumulation", advanced=True, bounds=(1, 4096), sentence="gradient accumulation must be between 1 and 4096")
+    max_length: int = _f(512, "Longest sequence in tokens; longer rows are truncated.", label="Max sequence length", bounds=(32, 131072), sentence="max sequence length must be between 32 (room for the chat template) and 131072 tokens")
+    overlong: str = _f("truncate", "Conversations longer than max length: truncate (keep the start; the trained tokens past the end are lost) or drop those rows. Plain text is packed into blocks and never cut.", ("truncate", "drop"), label="Over-long rows", advanced=True)
     assistant_only_loss: bool = _f(True, "Train only on assistant replies (prompts and system text are masked). Ignored for plain text.", label="Assistant-only loss", advanced=True)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, about 30% slower.", label="Gradient checkpointing", advanced=True)
     precision: str = _f("auto", "Training precision of the trainable path: auto (bf16 where supported), bf16, fp16, fp32.", ("auto", "bf16", "fp16", "fp32"), label="Precision", advanced=True)
@@ -71,23 +86,23 @@ class JobSpec:
     chunked_loss: str = _f("auto", "TRL's fused, chunked lm_head + log-softmax: the full logits never exist, which saves memory on large vocabularies. auto = on a GPU; off on CPU, where the plain fp32 cross-entropy over the logits is faster.", ("auto", "on", "off"), label="Chunked loss", advanced=True)
     attn_implementation: str = _f("auto", "Attention kernel (transformers' attn_implementation): auto (sdpa), sdpa, eager, flex_attention, or flash_attention_2 (needs the flash-attn package). With padding-free batches, flex and flash attention find the packed rows from their position ids instead of a dense block mask.", ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2"), label="Attention kernel", advanced=True)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (transformers' torch_compile): faster steps once compiled (on a 2-core CPU x1.2 in bf16, x1.4 in fp32), but the first two steps compile for about 5 minutes there, so it pays off only on runs of several hundred steps.", label="torch.compile", advanced=True)
-    weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", label="Weight decay", advanced=True)
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", label="Max grad norm", advanced=True)
+    weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", label="Weight decay", advanced=True, bounds=(0, 10), sentence="weight decay must be between 0 and 10")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", label="Max grad norm", advanced=True, bounds=(0, 1e6), sentence="max grad norm must be 0 (no clipping) or a positive number up to 1,000,000")
 
     # evaluation, checkpoints, reproducibility
-    eval_split: float = _f(0.1, "Fraction of the training rows held out for evaluation (0 = none), seeded.", label="Eval split")
-    eval_steps: int = _f(0, "Evaluate every N steps; 0 = about 5 times per run.", label="Eval every", advanced=True)
-    save_steps: int = _f(0, "Write a resumable checkpoint every N steps; 0 = about 5 per run.", label="Checkpoint every", advanced=True)
-    early_stopping_patience: int = _f(0, "Stop when eval loss has not improved for this many evaluations; 0 = off.", label="Early-stopping patience", advanced=True)
-    seed: int = _f(42, "Random seed for the split, shuffling and adapter initialisation.", label="Seed", advanced=True)
-    logging_steps: int = _f(1, "Record a metric point every N steps.", label="Log every", advanced=True)
+    eval_split: float = _f(0.1, "Fraction of the training rows held out for evaluation (0 = none), seeded.", label="Eval split", bounds=(0, 0.9), sentence="eval split must be between 0 and 0.9")
+    eval_steps: int = _f(0, "Evaluate every N steps; 0 = about 5 times per run.", label="Eval every", advanced=True, bounds=(0, MAX_STEPS))
+    save_steps: int = _f(0, "Write a resumable checkpoint every N steps; 0 = about 5 per run.", label="Checkpoint every", advanced=True, bounds=(0, MAX_STEPS))
+    early_stopping_patience: int = _f(0, "Stop when eval loss has not improved for this many evaluations; 0 = off.", label="Early-stopping patience", advanced=True, bounds=(0, 10**6))
+    seed: int = _f(42, "Random seed for the split, shuffling and adapter initialisation.", label="Seed", advanced=True, bounds=(0, 2**32 - 1))
+    logging_steps: int = _f(1, "Record a metric point every N steps.", label="Log every", advanced=True, bounds=(1, MAX_STEPS), sentence="log every must be at least 1 step and at most 10,000,000")
 
     # DPO
-    beta: float = _f(0.1, "DPO temperature: how far the policy may move from the reference (adapter disabled).", label="DPO beta", advanced=True)
+    beta: float = _f(0.1, "DPO temperature: how far the policy may move from the reference (adapter disabled).", label="DPO beta", advanced=True, bounds=(0, 100), exclusive=True, sentence="DPO beta must be greater than 0 and less than 100")
 
     # behaviour checks and resources
     golden_prompts: list = _f([], "Prompts answered by the adapter at each checkpoint and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
-    num_gpus: int = _f(1, "GPUs for this job; more than one runs it with accelerate launch (DDP).", label="GPUs", advanced=True)
+    num_gpus: int = _f(1, "GPUs for this job; more than one runs it with accelerate launch (DDP).", label="GPUs", advanced=True, bounds=(1, 64), sentence="a job needs between 1 and 64 devices")
 
     # ---- conversion -------------------------------------------------------------------------
 
@@ -105,33 +120,47 @@ class JobSpec:
         known = {f.name: f for f in fields(cls)}
         errors: dict[str, str] = {}
         values: dict[str, Any] = {}
+        unknown = [key for key in data if key not in known]
+        for key in unknown[:UNKNOWN_KEYS_SHOWN]:
+            close = difflib.get_close_matches(str(key)[:QUOTE_CHARS], list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            errors[_clip(str(key), QUOTE_CHARS // 2)] = f"unknown key {quote(str(key))}{hint}"
+        if len(unknown) > UNKNOWN_KEYS_SHOWN:
+            errors["config"] = f"{len(unknown) - UNKNOWN_KEYS_SHOWN} more unknown keys"
         for key, value in data.items():
             if key not in known:
-                close = difflib.get_close_matches(str(key), list(known), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                errors[str(key)] = f"unknown key '{key}'{hint}"
                 continue
             try:
                 values[key] = _coerce(known[key], value)
-            except (TypeError, ValueError):
-                errors[key] = f"{key} must be {_type_word(known[key])}, got {value!r}"
+            except NotFinite:
+                errors[key] = f"{key} must be a finite number"
+            except (TypeError, ValueError, OverflowError):
+                errors[key] = f"{key} must be {_type_word(known[key])}, got {quote(value)}"
         if errors:
             raise SpecError(errors)
         return cls(**values)
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> "JobSpec":
-        import yaml
-
+        """Parse a job file: at most MAX_SPEC_BYTES, plain YAML without aliases (a few aliases can expand
+        into millions of values), nested no deeper than a mapping of lists."""
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_SPEC_BYTES:
+            raise SpecError({"config": f"a job file may be at most {MAX_SPEC_BYTES // 1024} KB; this one is "
+                                       f"{math.ceil(size / 1024):,} KB"})
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader that also refuses aliases
+        except SpecError:
+            raise
         except yaml.YAMLError as exc:
-            raise SpecError({"config": f"the file is not valid YAML: {str(exc).splitlines()[0]}"}) from None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpecError({"config": f"the file is not valid YAML: {_clip(first)}"}) from None
+        except ValueError as exc:  # a number too long to read, a date that does not exist
+            reason = _clip(str(exc).split(";")[0])
+            raise SpecError({"config": f"the file has a value that cannot be read: {reason}"}) from None
         return cls.from_dict(data or {})
 
     # ---- derived ----------------------------------------------------------------------------
@@ -206,53 +235,26 @@ class JobSpec:
         if (self.load_in_4bit or self.load_in_8bit) and quantization_available is False:
             e["load_in_4bit" if self.load_in_4bit else "load_in_8bit"] = (
                 "bitsandbytes cannot run on the worker's device; turn quantisation off")
-        if not 1 <= self.r <= 1024:
-            e["r"] = f"LoRA rank must be between 1 and 1024, got {self.r}"
-        if self.lora_alpha <= 0:
-            e["lora_alpha"] = f"LoRA alpha must be greater than 0, got {self.lora_alpha}"
-        if not 0 <= self.lora_dropout <= 0.5:
-            e["lora_dropout"] = f"LoRA dropout must be between 0 and 0.5, got {self.lora_dropout}"
         if not self.target_modules:
             e["target_modules"] = "choose at least one target module"
         elif linear_names is not None:
             names = set(linear_names)
             unknown = [t for t in self.target_modules if t not in TARGET_PRESETS and t not in names]
             if unknown:
-                e["target_modules"] = (f"the model has no linear layer named {', '.join(map(repr, unknown))}; "
+                listed = ", ".join(map(quote, unknown[:5]))
+                if len(listed) > QUOTE_CHARS:
+                    listed = f"{_clip(listed, QUOTE_CHARS)} ({len(unknown)} names)"
+                e["target_modules"] = (f"the model has no linear layer named {listed}; "
                                        f"it has {', '.join(sorted(n for n in names if n != 'lm_head'))}")
             elif not self.resolved_target_modules(linear_names):
                 e["target_modules"] = "the chosen preset matches no linear layer of this model"
-        if not 0 < self.learning_rate < 1:
-            e["learning_rate"] = f"learning rate must be between 0 and 1 (exclusive), got {self.learning_rate}"
-        if not 0 <= self.warmup_ratio <= 0.5:
-            e["warmup_ratio"] = "warm-up ratio must be between 0 and 0.5"
-        if self.max_steps < 0:
-            e["max_steps"] = "max steps must be 0 (use epochs) or a positive number"
-        if self.max_steps == 0 and not 0 < self.num_train_epochs <= 1000:
-            e["num_train_epochs"] = f"epochs must be greater than 0 and at most 1000, got {self.num_train_epochs}"
-        if not 1 <= self.per_device_train_batch_size <= 4096:
-            e["per_device_train_batch_size"] = f"batch size must be at least 1, got {self.per_device_train_batch_size}"
-        if not 1 <= self.gradient_accumulation_steps <= 4096:
-            e["gradient_accumulation_steps"] = "gradient accumulation must be at least 1"
-        if not 32 <= self.max_length <= 131072:
-            e["max_length"] = (f"max sequence length must be between 32 and 131072 tokens, got {self.max_length}; "
-                               "shorter leaves no room for the chat template")
-        if not 0 <= self.eval_split < 0.9:
-            e["eval_split"] = "eval split must be between 0 and 0.9"
-        for key in ("eval_steps", "save_steps", "early_stopping_patience"):
-            if getattr(self, key) < 0:
-                e[key] = f"{key} must be 0 or positive"
-        if self.logging_steps < 1:
-            e["logging_steps"] = "log every must be at least 1 step"
-        if self.weight_decay < 0:
-            e["weight_decay"] = "weight decay must be 0 or positive"
-        if self.max_grad_norm < 0:
-            e["max_grad_norm"] = "max grad norm must be 0 or positive"
-        if self.beta <= 0:
-            e["beta"] = "DPO beta must be greater than 0"
-        if self.num_gpus < 1:
-            e["num_gpus"] = "a job needs at least one device"
-        if self.early_stopping_patience and self.eval_split == 0 and not self.eval_dataset:
+        for f in fields(self):
+            if f.metadata["bounds"] is not None and (message := _number_error(f, getattr(self, f.name))):
+                e[f.name] = message
+        if "num_train_epochs" not in e and self.max_steps == 0 and self.num_train_epochs == 0:
+            e["num_train_epochs"] = "epochs must be greater than 0 when max steps is 0"
+        if ("early_stopping_patience" not in e and self.early_stopping_patience and self.eval_split == 0
+                and not self.eval_dataset):
             e["early_stopping_patience"] = "early stopping needs evaluation: set an eval split or an eval dataset"
         if dataset_kind is not None:
             if self.method == "dpo" and dataset_kind != "preference":
@@ -286,6 +288,67 @@ def field_help() -> dict[str, dict]:
     return out
 
 
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """repr() of a user's value, cut to at most ``limit`` characters, however large or deep the value."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple, short.maxset = 2, 4, 4, 4, 4
+    short.maxstring = short.maxother = short.maxlong = limit
+    try:
+        text = short.repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        return "a number too long to print"
+    return _clip(text, limit)
+
+
+def _clip(text: str, limit: int = 2 * QUOTE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and nesting deeper than a job file needs, before building anything."""
+
+    max_depth = 3  # the mapping, a list in it, a value in the list
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            where = f"*{_clip(event.anchor, 40)} on line {event.start_mark.line + 1}"
+            raise SpecError({"config": f"YAML aliases ({where}) are not allowed in a job file; write the value out"})
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise SpecError({"config": f"line {self.peek_event().start_mark.line + 1} nests values deeper than a job "
+                                       "file allows: it maps field names to values or to lists of values"})
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class NotFinite(ValueError):
+    """A number field was given NaN or infinity."""
+
+
+def _finite(number: float) -> float:
+    if not math.isfinite(number):
+        raise NotFinite
+    return number
+
+
+def _number_error(f, value) -> str | None:
+    """The sentence refusing a number field's value: not a number, not finite, or outside its bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{f.name} must be {_type_word(f)}, got {quote(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{f.name} must be a finite number"
+    meta = f.metadata
+    lo, hi = meta["bounds"]
+    if (lo < value < hi) if meta["exclusive"] else (lo <= value <= hi):
+        return None
+    between = f"{f.name} must be between {lo:,} and {hi:,}" + (" (exclusive)" if meta["exclusive"] else "")
+    return f"{meta['sentence'] or between}, got {quote(value)}"
+
+
 def _type_word(f) -> str:
     t = f.type if isinstance(f.type, str) else f.type.__name__
     return {"int": "a whole number", "float": "a number", "bool": "true or false", "list": "a list",
@@ -303,13 +366,15 @@ def _coerce(f, value):
     if t == "int":
         if isinstance(value, bool):
             raise ValueError
-        if isinstance(value, float) and not value.is_integer():
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise NotFinite
+        if isinstance(value, float) and not _finite(value).is_integer():
             raise ValueError
         return int(value)
     if t == "float":
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
+        return _finite(float(value))
     if t == "list":
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]

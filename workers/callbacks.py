@@ -2,12 +2,15 @@
 
 Metric points are buffered and written in batches (never one transaction per step); the heartbeat
 and the cancel flag are checked at most once a second. Stopping uses ``control.should_training_stop``
-after asking for a checkpoint, so a cancelled or interrupted run can be resumed.
+after asking for a checkpoint, so a cancelled or interrupted run can be resumed. ``FiniteGuard`` stops
+a run whose loss, gradient norm or adapter weights stop being finite numbers.
 """
 from __future__ import annotations
 
+import math
 import os
 import resource
+import shutil
 import threading
 import time
 
@@ -118,3 +121,58 @@ class StudioCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.flush(state)
+
+
+ADVICE = "lower the learning rate, keep gradient clipping on (max grad norm about 1) or use bf16/fp32 rather than fp16"
+
+
+def non_finite_word(value: float) -> str:
+    return "NaN" if math.isnan(value) else "infinite"
+
+
+def adapter_is_finite(model) -> bool:
+    """Whether every trainable (adapter) weight is a finite number."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+class FiniteGuard(TrainerCallback):
+    """Fails a run whose loss or gradient norm becomes NaN or infinite, or whose adapter weights do.
+
+    It stops training through ``control.should_training_stop`` and leaves the sentence in ``failure`` for
+    the train loop to report. A checkpoint written with non-finite weights is removed, so a resume starts
+    from the last finite one; the train loop never saves non-finite weights as the adapter.
+    """
+
+    def __init__(self):
+        self.failure: str | None = None
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+
+    def _fail(self, control, sentence: str) -> None:
+        if self.failure is None:
+            self.failure = sentence
+        control.should_training_stop = True
+        control.should_save = control.should_evaluate = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key, name in (("loss", "loss"), ("grad_norm", "gradient norm")):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                self._fail(control, f"the {name} became {non_finite_word(value)} at step {state.global_step}: {ADVICE}")
+                return
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if not self._weights_finite(state, control, model) and self.is_main:
+            # the folder goes with its completion marker: a resume starts from the last finite checkpoint
+            shutil.rmtree(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), ignore_errors=True)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.failure is None:
+            self._weights_finite(state, control, model)
+
+    def _weights_finite(self, state, control, model) -> bool:
+        if model is None or adapter_is_finite(model):
+            return True
+        self._fail(control, f"the adapter weights stopped being finite numbers by step {state.global_step}: {ADVICE}")
+        return False
