@@ -10,6 +10,7 @@ No torch or transformers at import time: callers hand in a tokenizer.
 """
 from __future__ import annotations
 
+import json
 import os
 
 # used only when a tokenizer has no chat template of its own (base models)
@@ -21,22 +22,100 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
+TOOLS_SYSTEM_HEADER = "You can call these tools (JSON schemas, one per line):"
+
+
 class RenderError(ValueError):
     """The chat template refused a conversation (one sentence, with the template's own reason)."""
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+def _template(tokenizer) -> str:
+    template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+    return template if isinstance(template, str) else "\n".join(map(str, dict(template).values()))
+
+
+def supports(tokenizer, slot: str) -> bool:
+    """Whether the chat template reads ``slot``: 'tools', 'tool_calls' or 'reasoning_content'."""
+    return slot in _template(tokenizer)
+
+
+def _call_text(calls: list[dict]) -> str:
+    return "\n".join(json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                                ensure_ascii=False) for c in calls)
+
+
+def template_messages(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[dict], list | None]:
+    """Normalised turns as this template expects them, and the ``tools`` to hand it (None: not supported).
+
+    Structured tool calls and reasoning go into the template's own slots where it has them; otherwise the
+    calls become JSON lines after the reply, the reasoning ``<think>...</think>`` before it, and the tool
+    schemas a paragraph of the system turn.
+    """
+    calls_slot, reasoning_slot = supports(tokenizer, "tool_calls"), supports(tokenizer, "reasoning_content")
+    out = []
+    for turn in messages:
+        content = turn["content"]
+        message = {"role": turn["role"]}
+        if turn.get("reasoning"):
+            if reasoning_slot:
+                message["reasoning_content"] = turn["reasoning"]
+            else:
+                content = f"<think>\n{turn['reasoning']}\n</think>\n\n{content}"
+        if turn.get("tool_calls"):
+            if calls_slot:
+                message["tool_calls"] = turn["tool_calls"]
+            else:
+                content = f"{content}\n{_call_text(turn['tool_calls'])}" if content.strip() else _call_text(turn["tool_calls"])
+        message["content"] = content
+        for key in ("tool_call_id", "name"):
+            if key in turn:
+                message[key] = turn[key]
+        out.append(message)
+    if not tools:
+        return out, None
+    if supports(tokenizer, "tools"):
+        return out, tools
+    schemas = TOOLS_SYSTEM_HEADER + "\n" + "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
+    if out and out[0]["role"] == "system":
+        return [{**out[0], "content": f"{out[0]['content']}\n\n{schemas}"}] + out[1:], None
+    return [{"role": "system", "content": schemas}] + out, None
+
+
+def template_notes(tokenizer, rows: list[dict]) -> list[str]:
+    """How this template renders the tools, tool calls and reasoning these rows hold (one sentence each)."""
+    turns = [t for r in rows for k in ("messages", "prompt", "chosen", "rejected", "completion") for t in r.get(k, [])]
+    notes = []
+    if any(r.get("tools") for r in rows):
+        notes.append("tool schemas: passed to the chat template's tools" if supports(tokenizer, "tools") else
+                     "tool schemas: this chat template has no place for tools, so they are written into the system turn")
+    if any(t.get("tool_calls") for t in turns):
+        notes.append("tool calls: rendered by the chat template's tool_calls" if supports(tokenizer, "tool_calls") else
+                     "tool calls: this chat template has no place for them, so they are JSON lines in the reply")
+    if any(t.get("reasoning") for t in turns):
+        notes.append("reasoning: rendered by the chat template's reasoning_content" if supports(
+            tokenizer, "reasoning_content") else "reasoning: this chat template has no place for it, so it is "
+                                                 "written as <think>...</think> before the reply, and trained on")
+    if any(t.get("train") is False for t in turns):
+        notes.append("turns the file marks not to train (loss_weight / weight / train = 0) are not highlighted "
+                     "and carry no loss")
+    return notes
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None) -> str:
     extra = {} if getattr(tokenizer, "chat_template", None) else {"chat_template": FALLBACK_CHAT_TEMPLATE}
+    if tools:
+        extra["tools"] = tools
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **extra)
     if not isinstance(text, str):  # some versions wrap a single rendering in a list
         text = text[0]
     return text
 
 
-def _render_or_none(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str | None:
+def _render_or_none(tokenizer, messages: list[dict], generation_prompt: bool = False,
+                    tools: list | None = None) -> str | None:
     """A partial rendering, or None where the template refuses it (an empty or unusual prefix)."""
     try:
-        return _render(tokenizer, messages, generation_prompt)
+        return _render(tokenizer, messages, generation_prompt, tools)
     except Exception:
         return None
 
@@ -53,18 +132,24 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def render_chat(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns (content + end-of-turn)."""
+def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its trained assistant turns (content + end-of-turn):
+    every assistant turn, except those the file marks not to train (``train`` false)."""
+    flags = [m["role"] == "assistant" and m.get("train", True) for m in messages]
+    messages, tools = template_messages(tokenizer, messages, tools)
+    flags = [False] * (len(messages) - len(flags)) + flags  # the tool schemas may have become a system turn
     try:
-        full = _render(tokenizer, messages)
+        full = _render(tokenizer, messages, generation_prompt, tools)
     except Exception as exc:  # jinja raises its own types; the message is what matters
         raise RenderError(f"the model's chat template refused this conversation: {exc}") from None
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not flags[i]:
             continue
-        before, after = _render_or_none(tokenizer, messages[:i], True), _render_or_none(tokenizer, messages[: i + 1])
+        before = _render_or_none(tokenizer, messages[:i], True, tools)
+        after = _render_or_none(tokenizer, messages[: i + 1], False, tools)
         after = after or ""
         if (before is not None and cursor <= len(before) <= len(after)
                 and full.startswith(before) and full.startswith(after)):
@@ -117,9 +202,11 @@ def _tokenize(tokenizer, text: str, spans: list[tuple[int, int]]):
     return ids, mask, None
 
 
-def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """input_ids and assistant mask (1 = trained-on assistant token), truncated to ``max_length`` (start kept)."""
-    text, spans = render_chat(tokenizer, messages)
+def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None, tools: list[dict] | None = None,
+                prompt_only: bool = False) -> tuple[list[int], list[int]]:
+    """input_ids and assistant mask (1 = trained-on assistant token), truncated to ``max_length`` (start kept).
+    ``prompt_only``: a prompt rendered with the generation prompt, nothing trained."""
+    text, spans = render_chat(tokenizer, messages, tools, generation_prompt=prompt_only)
     ids, mask, _ = _tokenize(tokenizer, text, spans)
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
@@ -137,9 +224,22 @@ def encode_text(tokenizer, text: str, max_length: int | None = None) -> tuple[li
     return ids, [1] * len(ids)
 
 
-def preview_segments(tokenizer, messages: list[dict], max_length: int | None = None) -> list[tuple[str, bool]]:
+def pack_text(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Documents for continued pre-training: each tokenised with the tokenizer's special tokens and eos,
+    concatenated, and cut into ``max_length`` blocks, so every token of every document is trained."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in _batch_ids(tokenizer, texts, special=True):
+        stream += ids
+        if eos is not None and (not ids or ids[-1] != eos):
+            stream.append(eos)
+    return [stream[i:i + max_length] for i in range(0, len(stream), max_length)]
+
+
+def preview_segments(tokenizer, messages: list[dict], max_length: int | None = None,
+                     tools: list[dict] | None = None) -> list[tuple[str, bool]]:
     """Consecutive chunks of the rendered conversation with whether they are trained on (for HighlightedText)."""
-    text, spans = render_chat(tokenizer, messages)
+    text, spans = render_chat(tokenizer, messages, tools)
     ids, mask, offsets = _tokenize(tokenizer, text, spans)
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
@@ -176,12 +276,21 @@ def token_lengths(tokenizer, rows: list[dict], kind: str) -> list[int]:
             out.append(len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0))
         return out
     if kind == "chat":
-        return [len(ids) for ids in _batch_ids(tokenizer, [_render(tokenizer, r["messages"]) for r in rows])]
+        return [len(ids) for ids in _batch_ids(tokenizer, [_rendered(tokenizer, r["messages"], r) for r in rows])]
+    if kind in ("unpaired_preference", "prompt_only"):
+        return [len(ids) for ids in _batch_ids(tokenizer, [
+            _rendered(tokenizer, r["prompt"] + r.get("completion", []), r) for r in rows])]
     if kind == "preference":
-        chosen = _batch_ids(tokenizer, [_render(tokenizer, r["prompt"] + r["chosen"]) for r in rows])
-        rejected = _batch_ids(tokenizer, [_render(tokenizer, r["prompt"] + r["rejected"]) for r in rows])
+        chosen = _batch_ids(tokenizer, [_rendered(tokenizer, r["prompt"] + r["chosen"], r) for r in rows])
+        rejected = _batch_ids(tokenizer, [_rendered(tokenizer, r["prompt"] + r["rejected"], r) for r in rows])
         return [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
-    raise ValueError(f"unknown dataset kind '{kind}'; expected chat, text or preference")
+    raise ValueError(f"unknown dataset kind '{kind}'; expected chat, text, preference, unpaired_preference "
+                     "or prompt_only")
+
+
+def _rendered(tokenizer, messages: list[dict], row: dict) -> str:
+    converted, tools = template_messages(tokenizer, messages, row.get("tools"))
+    return _render(tokenizer, converted, False, tools)
 
 
 def _batch_ids(tokenizer, texts: list[str], special: bool = False, batch: int = 1000) -> list[list[int]]:

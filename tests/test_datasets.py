@@ -65,7 +65,9 @@ def test_openai_tool_call_conversation(tmp_path):
     ds = load_file(write(tmp_path, "tools.jsonl", rows))
     turns = ds.rows[0]["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
-    assert json.loads(turns[1]["content"]) == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert turns[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    assert turns[2] == {"role": "tool", "content": "18C, sunny", "tool_call_id": "c1"}
 
 
 def test_sharegpt_with_function_call_and_observation(tmp_path):
@@ -80,7 +82,8 @@ def test_sharegpt_with_function_call_and_observation(tmp_path):
     assert (ds.format, ds.kind) == ("sharegpt", "chat")
     assert ds.rows[0]["messages"] == [
         msg("system", "You can call tools."), msg("user", "What is 3*7?"),
-        msg("assistant", "{\"name\": \"calc\", \"arguments\": {\"expr\": \"3*7\"}}"),
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": {"expr": "3*7"}}}]},
         msg("tool", "21"), msg("assistant", "3*7 is 21."),
     ]
 
@@ -355,7 +358,7 @@ BAD_FILES = [
      "row 1: turn 1 of 'messages' has no 'content' (or 'value') field"),
     ("image content part", "r.jsonl", [{"messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, msg("assistant", "b")]}], {},
-     "row 1: part 1 of the content of turn 1 of 'messages' has the type 'image_url'; only text parts are supported"),
+     "1 of 1 rows hold pictures, video or audio (in 'messages'), and the studio trains text-only models"),
     ("non-UTF-8 bytes", "u.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', {},
      "the file is not valid UTF-8: byte 0xE9 at byte offset 28 (line 2) cannot be decoded"),
     ("UTF-16 text", "u.csv", "text\nhello\n".encode("utf-16"), {}, "the file is UTF-16 encoded; save it as UTF-8"),

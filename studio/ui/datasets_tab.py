@@ -1,18 +1,20 @@
 """Datasets tab: upload, check, preview what the model will learn, store, list, delete."""
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import gradio as gr
 
 from .. import db, library
-from ..datasets import FORMATS, DatasetError
+from ..datasets import FORMATS, DatasetError, sft_rows, token_stats
+from ..datasets.stats import tokenizer_for
 from ..settings import UnsafePath
 from ..spec import BUNDLED_MODEL
 
 PREVIEW_ROWS = 5
+STATS_ROWS = 2000  # rows the preview tokenises for its statistics
+LOSS_WARNING = 0.05  # share of trained tokens cut by max length above which the preview and Start warn
 
 
 def dataset_table() -> list[list]:
@@ -32,33 +34,56 @@ def _row_summary(row: dict) -> list[str]:
     return [json.dumps(row, ensure_ascii=False)[:600], "-"]
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
+def _preview_conversation(loaded) -> tuple[list[dict], list | None, bool]:
+    """(turns, tools, prompt only) of the first row the chosen method would train, as the preview shows it."""
+    rows, _ = sft_rows(loaded.kind, loaded.rows)
+    first = (rows or loaded.rows)[0]
+    if "messages" in first:
+        return first["messages"], first.get("tools"), False
+    if loaded.kind == "preference":
+        return first["prompt"] + first["chosen"], first.get("tools"), False
+    return first["prompt"] + first.get("completion", []), first.get("tools"), "completion" not in first
 
 
 def template_preview(loaded, base_model: str, max_length: int):
-    """(highlighted segments of the first row, token-length histogram) with the chosen model's template;
-    (None, None) when the model is not on disk yet."""
-    from ..models import cached_dir
-
-    model_dir = cached_dir(base_model)
-    if model_dir is None or loaded.kind == "preference":
-        return None, None
+    """(highlighted segments of the first row, token-length histogram, notes on how the chosen model's template
+    renders the data, token statistics) for this base model and max length; Nones when it is not on disk yet."""
+    tok = tokenizer_for(base_model)
+    if tok is None:
+        return None, None, [f"the model '{base_model}' is not on disk yet, so the preview cannot use its template"], {}
     from .. import render
     from ..charts import length_histogram
 
-    tok = _tokenizer(str(model_dir))
-    first = loaded.rows[0]
+    sample = loaded.rows[:STATS_ROWS]
     if loaded.kind == "text":
-        segments = [(first["text"][:2000], "trained")]
+        blocks = render.pack_text(tok, [loaded.rows[0]["text"]], max_length)
+        segments = [(tok.decode(blocks[0], skip_special_tokens=False)[:2000], "trained")]
+        notes = [f"plain text is packed into {max_length}-token blocks: the first document alone makes "
+                 f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}, every token trained"]
     else:
-        segments = [(text, "trained" if trained else None)
-                    for text, trained in render.preview_segments(tok, first["messages"], max_length)]
-    lengths = render.token_lengths(tok, loaded.rows[:2000], loaded.kind)
-    return segments, length_histogram(lengths, max_length)
+        messages, tools, prompt_only = _preview_conversation(loaded)
+        if prompt_only:
+            text, _ = render.render_chat(tok, messages, tools, generation_prompt=True)
+            segments = [(text, None)]
+        else:
+            segments = [(text, "trained" if trained else None)
+                        for text, trained in render.preview_segments(tok, messages, max_length, tools)]
+        notes = render.template_notes(tok, sample)
+    lengths = render.token_lengths(tok, sample, loaded.kind)
+    return segments, length_histogram(lengths, max_length), notes, token_stats(tok, sample, loaded.kind, max_length)
+
+
+def tokens_markdown(tokens: dict, max_length: int, sampled: bool) -> str:
+    if not tokens:
+        return ""
+    of = f" (first {STATS_ROWS} rows)" if sampled else ""
+    text = (f"\n\n**Tokens at max length {max_length}{of}:** {tokens['trained_tokens']:,} trained · "
+            f"{tokens['masked_tokens']:,} masked · {tokens['truncated_tokens']:,} cut "
+            f"({tokens['overlong_rows']} rows over max length)")
+    if tokens["truncated_share"] > LOSS_WARNING:
+        text += (f"\n\n**Warning:** {tokens['truncated_share']:.0%} of the trained tokens would be cut at max "
+                 f"length {max_length}: raise max length, or choose 'drop' for over-long rows in the Train tab")
+    return text
 
 
 def parse_mapping(text: str | None) -> dict[str, str] | None:
@@ -92,16 +117,21 @@ def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: fl
     except (DatasetError, UnsafePath) as exc:
         return (f"**This file cannot be used:** {exc}",) + empty[1:]
     stats = loaded.stats()
-    msg = f"**{path.name}**: {loaded.format} format, **{len(loaded.rows)} rows** ready to train"
+    msg = (f"**{path.name}**: {loaded.format} format ({loaded.kind.replace('_', ' ')}), "
+           f"**{len(loaded.rows)} rows** ready to train")
     if loaded.dropped:
         msg += f" ({len(loaded.dropped)} dropped: " + "; ".join(loaded.dropped[:3]) + ("…" if len(loaded.dropped) > 3 else "") + ")"
     rows = [[i + 1, *_row_summary(r)] for i, r in enumerate(loaded.rows[:PREVIEW_ROWS])]
     stats_md = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items())
+    base_model, max_length = base_model or BUNDLED_MODEL, int(max_length or 512)
+    stats_md += f"\n\nPreview for **{base_model}** at max length **{max_length}**."
     try:
-        segments, hist = template_preview(loaded, base_model or BUNDLED_MODEL, int(max_length or 512))
+        segments, hist, notes, tokens = template_preview(loaded, base_model, max_length)
     except Exception as exc:  # the preview is a help, never a blocker
-        segments, hist = None, None
+        segments, hist, notes, tokens = None, None, [], {}
         stats_md += f"\n\n(template preview unavailable: {exc})"
+    stats_md += "".join(f"\n\n- {note}" for note in loaded.notes + notes)
+    stats_md += tokens_markdown(tokens, max_length, len(loaded.rows) > STATS_ROWS)
     if loaded.mapping:
         msg += " · columns mapped: " + ", ".join(f"{k} → {v}" for k, v in loaded.mapping.items())
     return (msg, gr.update(value=rows, visible=True), stats_md,
@@ -134,10 +164,12 @@ def delete_selected(name: str):
     return f"Deleted {name}.", dataset_table(), gr.update(choices=dataset_names(), value=None)
 
 
-def build(base_model_box=None) -> dict:
+def build() -> dict:
     with gr.Tab("Datasets", id="datasets"):
-        gr.Markdown("Upload chat (`messages`, ShareGPT), instruction (alpaca), prompt/completion, plain text "
-                    "or preference data as JSON, JSONL, CSV, TSV, Parquet or TXT (optionally gzip-compressed).")
+        gr.Markdown("Upload chat (`messages` with tools, tool calls and reasoning; ShareGPT), instruction (alpaca), "
+                    "prompt/completion, plain text, preference (TRL, OpenAI, Anthropic HH) or unpaired preference "
+                    "(KTO) data as JSON, JSONL, CSV, TSV, Parquet or TXT (optionally gzip-compressed). The preview "
+                    "uses the base model and max length chosen in the Train tab.")
         with gr.Row():
             with gr.Column(scale=2):
                 upload = gr.File(label="Dataset file", file_count="single", elem_id="dataset-upload")
@@ -166,15 +198,20 @@ def build(base_model_box=None) -> dict:
             chosen = gr.Dropdown(choices=dataset_names(), label="Dataset", allow_custom_value=False,
                                  elem_id="dataset-chosen")
             delete_btn = gr.Button("Delete dataset", variant="stop")
-        max_len = gr.Number(512, visible=False)
-        base = base_model_box if base_model_box is not None else gr.Textbox(BUNDLED_MODEL, visible=False)
-    inputs = [upload, fmt, drop_bad, base, max_len, mapping]
-    outputs = [message, preview, stats, segments, hist, mapping]
-    upload.change(lambda *a: check_upload(*a[:-1], ""), inputs, outputs)  # a new file: propose afresh
-    for trigger in (fmt.change, drop_bad.change, mapping.submit, mapping.blur):
+    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "mapping": mapping, "add": add_btn,
+            "message": message, "preview": preview, "stats": stats, "segments": segments, "hist": hist,
+            "table": table, "chosen": chosen, "delete": delete_btn}
+
+
+def follow(parts: dict, base_model, max_length) -> None:
+    """Check and preview on every change of the file or its options, and of the Train tab's base model and max
+    length (``base_model`` / ``max_length``: that tab's components), so the preview shows what training will do."""
+    inputs = [parts["upload"], parts["fmt"], parts["drop_bad"], base_model, max_length, parts["mapping"]]
+    outputs = [parts[k] for k in ("message", "preview", "stats", "segments", "hist", "mapping")]
+    parts["upload"].change(lambda *a: check_upload(*a[:-1], ""), inputs, outputs)  # a new file: propose afresh
+    for trigger in (parts["fmt"].change, parts["drop_bad"].change, parts["mapping"].submit, parts["mapping"].blur,
+                    base_model.change, max_length.change):
         trigger(check_upload, inputs, outputs)
-    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "mapping": mapping, "add": add_btn, "message": message,
-            "table": table, "chosen": chosen, "delete": delete_btn, "max_len": max_len}
 
 
 def wire(parts: dict, dataset_dropdowns: list) -> None:

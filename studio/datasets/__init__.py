@@ -1,0 +1,159 @@
+"""Dataset intake: read a file (``read``), detect its format and normalise its rows (``formats``), count
+(``stats``); every problem is one sentence naming the row or line.
+
+Pure Python: the UI process imports this package, so no torch and no transformers. Nothing here writes
+anywhere; callers store the file once ``load_file`` accepts it. The row shapes are described in ``formats``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .formats import (BY_NAME, CANONICAL_COLUMNS, FORMAT_FIELDS, FORMAT_HINTS, FORMATS, KIND_OF, KINDS, REGISTRY,
+                      ROLES, Format, _apply_mapping, _Bad, _blank, detect_format, media_column, propose_mapping,
+                      sft_rows)
+from .read import EXTENSIONS, MAX_DEPTH, DatasetError, Records, content_hash, read_file, read_records, split_documents
+from .read import _q
+from .stats import token_stats, turn_stats
+
+__all__ = ["BY_NAME", "CANONICAL_COLUMNS", "EXTENSIONS", "FORMATS", "FORMAT_FIELDS", "FORMAT_HINTS", "KINDS", "KIND_OF",
+           "MAX_DEPTH", "REGISTRY", "ROLES", "DatasetError", "Format", "LoadedDataset", "Records", "content_hash",
+           "detect_format", "load_file", "media_column", "propose_mapping", "read_file", "read_records", "sft_rows",
+           "split_documents", "token_stats"]
+
+
+@dataclass
+class LoadedDataset:
+    format: str
+    kind: str
+    rows: list[dict]
+    total_rows: int
+    dropped: list[str]
+    columns: list[str]
+    mapping: dict[str, str]
+    empty_dropped: int = 0
+    duplicates_dropped: int = 0
+    bad_dropped: int = 0
+    media_dropped: int = 0
+    notes: list[str] = field(default_factory=list)  # how the file was read, in sentences (shown with the preview)
+
+    def stats(self) -> dict:
+        return {
+            "rows": len(self.rows),
+            "total_rows": self.total_rows,
+            **turn_stats(self.rows, self.kind),
+            "duplicates_dropped": self.duplicates_dropped,
+            "empty_dropped": self.empty_dropped,
+            "bad_dropped": self.bad_dropped,
+            "media_dropped": self.media_dropped,
+        }
+
+
+def load_file(path, *, format: str | None = None, mapping: dict | None = None, drop_bad: bool = False,
+              max_bytes: int = 1 << 30) -> LoadedDataset:
+    """Read, detect (or take ``format``), map columns, normalise, drop empty rows and exact duplicates.
+
+    Bad rows raise DatasetError naming the first one, unless ``drop_bad`` keeps the good rows and lists
+    the reasons in ``dropped``. Rows with pictures, video or audio are never read as text: they are bad rows
+    (one sentence naming the column and how many). Raises DatasetError when nothing usable remains.
+    """
+    if format is not None and format not in FORMATS:
+        raise DatasetError(f"unknown dataset format {_q(format)}; choose one of {', '.join(FORMATS)}")
+    read = read_file(path, max_bytes=max_bytes)
+    records, columns = read.rows, read.columns
+    used: dict[str, str] = {}
+    rows_in, cols_in = records, columns
+    if mapping:
+        used = {str(k): str(v) for k, v in mapping.items() if str(k) != str(v)}
+        rows_in, cols_in = _apply_mapping(records, columns, used)
+    try:
+        detected = detect_format(rows_in, cols_in)
+    except DatasetError:
+        proposal = {} if mapping else propose_mapping(columns)
+        mapped = _apply_mapping(records, columns, proposal) if proposal else None
+        if mapped is None or not _detects(mapped, format):
+            if format is None:
+                raise
+            detected = None
+        else:
+            used, (rows_in, cols_in) = proposal, mapped
+            detected = detect_format(rows_in, cols_in)
+    fmt = BY_NAME[format or detected]
+
+    rows: list[dict] = []
+    dropped: list[tuple[int, str]] = []
+    bad: list[tuple[int, str]] = []
+    media: list[tuple[int, str]] = []
+    seen: dict[Any, int] = {}
+    empty = duplicates = 0
+    for i, record in enumerate(rows_in, 1):
+        present = [record[k] for k in fmt.fields if k in record]
+        if _blank(present or list(record.values())):
+            dropped.append((i, f"row {i}: empty row"))
+            empty += 1
+            continue
+        column = media_column(record)
+        if column is not None:
+            media.append((i, column))
+            continue
+        try:
+            row = fmt.normalise(record)
+        except _Bad as exc:
+            bad.append((i, f"row {i}: {exc}"))
+            continue
+        key = _row_key(row)
+        if key in seen:
+            dropped.append((i, f"row {i}: exact duplicate of row {seen[key]}"))
+            duplicates += 1
+            continue
+        seen[key] = i
+        rows.append(row)
+
+    total = len(records)
+    if media and (not drop_bad or not rows):
+        raise DatasetError(_media_sentence(media, total) + (": fix or remove them, or choose 'drop bad rows' "
+                                                            "to leave those rows out" if rows else ""))
+    if bad and not rows:
+        more = f"; none of the {total} rows is usable" if total > 1 else ""
+        raise DatasetError(f"{bad[0][1]}{more}")
+    if bad and not drop_bad:
+        verb = "has" if len(bad) == 1 else "have"
+        raise DatasetError(f"{bad[0][1]} ({len(bad)} of {total} rows {verb} problems: fix them, or choose "
+                           "'drop bad rows' to skip them)")
+    if not rows:
+        raise DatasetError(f"all {total} rows are empty: every field they hold is blank or null" if total > 1
+                           else "the only row is empty: every field it holds is blank or null")
+    notes = [read.note] if read.note else []
+    if media:
+        notes.append(f"{len(media)} rows with pictures, video or audio were dropped ({_media_sentence(media, total)})")
+    notes += [n for n in [sft_rows(fmt.kind, rows)[1]] if n]
+    return LoadedDataset(
+        format=fmt.name, kind=fmt.kind, rows=rows, total_rows=total,
+        dropped=[reason for _, reason in sorted(dropped + bad + [(i, f"row {i}: holds media in {_q(c)}")
+                                                                  for i, c in media])],
+        columns=list(columns), mapping=used, empty_dropped=empty, duplicates_dropped=duplicates,
+        bad_dropped=len(bad), media_dropped=len(media), notes=notes,
+    )
+
+
+def _media_sentence(media: list[tuple[int, str]], total: int) -> str:
+    columns = list(dict.fromkeys(c for _, c in media))
+    where = " and ".join(_q(c) for c in columns)
+    return (f"{len(media)} of {total} rows hold pictures, video or audio (in {where}), and the studio trains "
+            "text-only models, so they cannot be trained as text without them")
+
+
+def _row_key(row: dict) -> Any:
+    """A hashable form of a normalised row, equal exactly when the rows are."""
+    if "text" in row:
+        return row["text"]
+    return json.dumps(row, sort_keys=True, ensure_ascii=False)
+
+
+def _detects(mapped: tuple[list[dict], list[str]], wanted: str | None) -> bool:
+    try:
+        found = detect_format(*mapped)
+    except DatasetError:
+        return False
+    return wanted is None or found == wanted

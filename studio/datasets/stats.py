@@ -1,0 +1,74 @@
+"""Statistics of a normalised dataset: turn counts (pure Python) and, given the chosen base model's
+tokenizer and max length, how many tokens are trained, masked and cut off."""
+from __future__ import annotations
+
+import functools
+from statistics import mean
+
+from .formats import sft_rows
+
+
+def turn_count(row: dict, kind: str) -> int:
+    if kind == "chat":
+        return len(row["messages"])
+    if kind == "preference":
+        return len(row["prompt"]) + 1
+    if kind == "unpaired_preference":
+        return len(row["prompt"]) + len(row["completion"])
+    if kind == "prompt_only":
+        return len(row["prompt"])
+    return 1
+
+
+def turn_stats(rows: list[dict], kind: str) -> dict:
+    turns = [turn_count(row, kind) for row in rows] or [0]
+    return {"turns_min": min(turns), "turns_mean": round(mean(turns), 2), "turns_max": max(turns)}
+
+
+def token_stats(tokenizer, rows: list[dict], kind: str, max_length: int) -> dict:
+    """Token counts for ``max_length`` with this tokenizer's chat template.
+
+    trained: tokens that carry the loss; masked: tokens read but not trained (prompts, system, tool
+    results, turns the file marks not to train); truncated: trained tokens past ``max_length`` that
+    truncation would cut (``overlong_rows`` rows). Text is packed into blocks, so nothing is cut.
+    Preference rows count the prompt as masked and both replies as trained.
+    """
+    from .. import render
+
+    trained = masked = truncated = overlong = 0
+    if kind == "text":
+        trained = sum(len(b) for b in render.pack_text(tokenizer, [r["text"] for r in rows], max_length))
+    elif kind == "prompt_only":
+        masked = sum(len(render.encode_chat(tokenizer, r["prompt"], None, r.get("tools"), prompt_only=True)[0])
+                     for r in rows)
+    else:
+        if kind == "preference":
+            conversations = [(r["prompt"] + r[k], r.get("tools")) for r in rows for k in ("chosen", "rejected")]
+        else:
+            conversations = [(r["messages"], r.get("tools")) for r in sft_rows(kind, rows)[0]]
+        for messages, tools in conversations:
+            _, mask = render.encode_chat(tokenizer, messages, None, tools)
+            kept = mask[:max_length]
+            trained += sum(kept)
+            masked += len(kept) - sum(kept)
+            cut = sum(mask[max_length:])
+            truncated += cut
+            overlong += len(mask) > max_length
+    total = trained + truncated
+    return {"trained_tokens": trained, "masked_tokens": masked, "truncated_tokens": truncated,
+            "overlong_rows": overlong, "truncated_share": round(truncated / total, 4) if total else 0.0}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def tokenizer_for(base_model: str):
+    """The chosen base model's tokenizer (with its chat template), or None when the model is not on disk yet."""
+    from ..models import cached_dir
+
+    model_dir = cached_dir(base_model)
+    return None if model_dir is None else _tokenizer(str(model_dir))

@@ -1,0 +1,49 @@
+"""In a real browser: a tool-calling file previews through the Train tab's base model and its chat template,
+showing the tool schema, the tool call and the trained parts."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from browser import Server, open_page, open_tab, require_browser
+from conftest import ARTIFACTS
+from test_formats import HERMES, TOOL_ROW
+
+
+def test_tool_file_preview_follows_the_train_tab_model(tmp_path, tiny_model_dir):
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=60_000)
+    model = tmp_path / "tiny-tools"  # the tiny model with a template that renders tools and tool_calls
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": HERMES}))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    data = tmp_path / "weather-tools.jsonl"
+    data.write_text(json.dumps(TOOL_ROW) + "\n")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server = Server(tmp_path / "home", ARTIFACTS / "datasets-ui-server.log", worker=False)
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser, page = open_page(p, server.url)
+            open_tab(page, "Train")
+            box = page.locator("#spec-base_model input")
+            box.fill(str(model))
+            box.press("Enter")
+            open_tab(page, "Datasets")
+            page.locator("#dataset-upload input[type=file]").set_input_files(str(data))
+            expect(page.locator("#dataset-message")).to_contain_text("1 rows")
+            stats, mask = page.locator("#dataset-stats"), page.locator("#dataset-mask")
+            expect(stats).to_contain_text(f"Preview for {model}")
+            expect(stats).to_contain_text("tool schemas: passed to the chat template's tools")
+            expect(mask).to_contain_text("<tools>")
+            expect(mask).to_contain_text('"description": "Current weather of a city"')
+            expect(mask).to_contain_text('<tool_call>')
+            expect(mask).to_contain_text('"arguments": {"city": "Paris"}')
+            expect(mask).to_contain_text("trained")  # the legend of the highlighted (trained) parts
+            page.screenshot(path=str(ARTIFACTS / "datasets-tools.png"), full_page=True)
+            browser.close()
+    finally:
+        server.stop()
