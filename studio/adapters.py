@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
 PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "pytorch_model.bin")
 MAX_ZIP_MEMBERS = 256
+# what zipfile raises for a damaged archive: bad headers, bad CRC, bad deflate data, offsets past the end,
+# encryption or compression methods it cannot read
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 DRIFT_PROMPTS = ["Hello! Who are you?", "What is the capital of France?", "Write one sentence about the sea."]
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -165,7 +169,9 @@ def _checkpoint_name(job_name: str, step: int) -> str:
 
 def chat_choices() -> list[tuple[str, str]]:
     """(label, ref) for every adapter chat can load: finished runs, checkpoints, imports."""
-    choices = [(f"{j.name} ({j.spec.get('base_model')})", j.id)
+    from .models import shown_model
+
+    choices = [(f"{j.name} ({shown_model(j.spec.get('base_model', ''))})", j.id)
                for j in db.list_jobs(("completed",)) if j.adapter_path]
     jobs = {j.id: j for j in db.list_jobs()}
     for c in list_checkpoints():
@@ -174,12 +180,14 @@ def chat_choices() -> list[tuple[str, str]]:
         choices.append((f"{job.name if job else c.job_id} · checkpoint {c.step} ({status})", c.ref))
     for a in list_adapters():
         if a["kind"] == "imported":
-            choices.append((f"{a['name']} (imported, {a['base_model']})", a["ref"]))
+            choices.append((f"{a['name']} (imported, {shown_model(a['base_model'])})", a["ref"]))
     return choices
 
 
 def base_choices() -> list[str]:
-    """Base models the studio knows of: the bundled one and every base a run or an import used."""
+    """Base models the studio knows of: the bundled one and every base a run or an import used, local folders
+    as the UI shows them (models/NAME rather than the absolute path)."""
+    from .models import shown_model
     from .spec import BUNDLED_MODEL
 
     seen = [BUNDLED_MODEL]
@@ -187,7 +195,7 @@ def base_choices() -> list[str]:
         seen.append(job.spec.get("base_model", ""))
     for a in list_adapters():
         seen.append(a["base_model"])
-    return [b for b in dict.fromkeys(seen) if b]
+    return [b for b in dict.fromkeys(shown_model(b) for b in seen) if b]
 
 
 def resolve(ref: str) -> AdapterRef:
@@ -237,15 +245,15 @@ def _resolve_import(name: str) -> AdapterRef:
 
 def same_base(a: str, b: str) -> bool:
     """Whether two base-model references name the same model (bundled aliases, equal folders)."""
-    from .models import is_bundled
+    from .models import is_bundled, local_folder
 
     a, b = (a or "").strip(), (b or "").strip()
     if a == b:
         return True
     if is_bundled(a) and is_bundled(b):
         return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    pa, pb = local_folder(a), local_folder(b)
+    return pa is not None and pb is not None and pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 # ---- the model card and the zip -----------------------------------------------------------------
@@ -255,10 +263,11 @@ def model_card(job: db.Job) -> str:
     from .spec import JobSpec
 
     spec = JobSpec.from_dict(job.spec)
-    from .models import is_bundled
+    from .models import is_bundled, local_folder, shown_model
 
     hub_base = BUNDLED_HUB_ID if is_bundled(spec.base_model) else (
-        spec.base_model if spec.base_model.count("/") == 1 and not Path(spec.base_model).exists() else None)
+        spec.base_model if spec.base_model.count("/") == 1 and local_folder(spec.base_model) is None else None)
+    base_shown = shown_model(spec.base_model)
     front = ["---", "library_name: peft", "pipeline_tag: text-generation",
              f"tags: [lora, {spec.method}, fine-tune-studio]"]
     if hub_base:
@@ -266,7 +275,7 @@ def model_card(job: db.Job) -> str:
     front.append("---")
     quant = "QLoRA 4-bit" if spec.load_in_4bit else "8-bit" if spec.load_in_8bit else "16/32-bit"
     lines = front + ["", f"# {job.name}", "",
-                     f"A LoRA adapter for **{spec.base_model}**, trained with Fine-Tune Studio "
+                     f"A LoRA adapter for **{base_shown}**, trained with Fine-Tune Studio "
                      f"({spec.method.upper()}, {quant} base).", ""]
     summary = job.summary
     lines += ["## Final metrics", "", "| metric | value |", "|---|---|"]
@@ -297,16 +306,18 @@ def model_card(job: db.Job) -> str:
     lines += ["", "## Training configuration", "", "```yaml", spec.to_yaml().rstrip(), "```", "",
               "## Use it", "", "```python", "from peft import PeftModel",
               "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f"base = AutoModelForCausalLM.from_pretrained({(hub_base or spec.base_model)!r})",
-              f"tokenizer = AutoTokenizer.from_pretrained({(hub_base or spec.base_model)!r})",
+              f"base = AutoModelForCausalLM.from_pretrained({(hub_base or base_shown)!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({(hub_base or base_shown)!r})",
               "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")", "```", ""]
     return "\n".join(lines)
 
 
 def _imported_card(ref: AdapterRef) -> str:
+    from .models import shown_model
+
     meta = _imported_meta(ref.folder)
     return "\n".join(["---", "library_name: peft", "---", "", f"# {ref.name}", "",
-                      f"A LoRA adapter imported into Fine-Tune Studio for **{ref.base_model}** "
+                      f"A LoRA adapter imported into Fine-Tune Studio for **{shown_model(ref.base_model)}** "
                       f"from `{meta.get('source', '?')}`.", ""])
 
 
@@ -417,7 +428,11 @@ def safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
     """Extract a zip without ever writing outside ``dest``: no absolute paths, no '..', no links, bounded size."""
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    with zipfile.ZipFile(zip_path) as zf:
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except ZIP_ERRORS:
+        raise AdapterError("the zip is damaged and cannot be read; nothing was imported") from None
+    with zf:
         members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
         if len(members) > MAX_ZIP_MEMBERS:
             raise AdapterError(f"the zip holds {len(members)} entries; an adapter needs a handful")
@@ -438,18 +453,36 @@ def safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
             parts = [p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".")]
             if not parts:
                 continue
-            target = root.joinpath(*parts)
-            if m.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(m) as src, open(target, "wb") as dst:
-                copied = 0
-                while chunk := src.read(1 << 20):
-                    copied += len(chunk)
-                    if copied > m.file_size:
-                        raise AdapterError(f"'{m.filename}' in the zip is larger than its header says")
-                    dst.write(chunk)
+            try:
+                _unpack(zf, m, root.joinpath(*parts))
+            except OSError as exc:  # names that clash (a file where a folder must go) or that the disk refuses
+                raise AdapterError(f"cannot unpack '{m.filename[:80]}' from the zip ({exc.strerror or exc}); "
+                                   "nothing was imported") from None
+
+
+def _unpack(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+    if member.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as dst:
+        copied = 0
+        for chunk in _member_chunks(zf, member):
+            copied += len(chunk)
+            if copied > member.file_size:
+                raise AdapterError(f"'{member.filename}' in the zip is larger than its header says")
+            dst.write(chunk)
+
+
+def _member_chunks(zf: zipfile.ZipFile, member: zipfile.ZipInfo):
+    """The bytes of one zip member in 1 MB chunks; a damaged member is an AdapterError."""
+    try:
+        with zf.open(member) as src:
+            while chunk := src.read(1 << 20):
+                yield chunk
+    except ZIP_ERRORS:
+        raise AdapterError(f"'{member.filename[:80]}' in the zip is damaged and cannot be read; "
+                           "nothing was imported") from None
 
 
 def _adapter_root(folder: Path) -> Path:
@@ -474,29 +507,117 @@ def _adapter_root(folder: Path) -> Path:
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 
 
-def _headers(folder: Path) -> dict[str, dict]:
-    from .catalog import _safetensors_header
+# bytes per element of each safetensors dtype (the format's own list)
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100 * 1024 * 1024       # the safetensors format caps its header at 100 MB
 
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_json(raw: bytes | str):
+    """json.loads that answers ValueError for any malformed input, nesting too deep for the parser included."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+
+
+def _tensor_problem(info) -> str | None:
+    """Why one tensor entry of a safetensors header is malformed, or None."""
+    if not isinstance(info, dict):
+        return "an entry that is not an object"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        return f"an unknown dtype {str(dtype)[:20]!r}"
+    if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
+        return "a shape that is not a list of sizes"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(n) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        return "data_offsets that are not [begin, end]"
+    count = 1
+    for n in shape:
+        count *= n
+    if offsets[1] - offsets[0] != count * SAFETENSORS_DTYPES[dtype]:
+        return "data_offsets that do not match the shape and dtype"
+    return None
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensors of a safetensors file, checked against the format: a bounded JSON header of well-formed
+    entries (known dtype, list shape, [begin, end] offsets of the right size) whose data lies in the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            length = int.from_bytes(prefix, "little")
+            if len(prefix) != 8 or not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError("bad header length")
+            header = _parse_json(fh.read(length))
+    except (OSError, ValueError):
+        raise AdapterError(f"{path.name} is not a valid safetensors file") from None
+    if not isinstance(header, dict):
+        raise AdapterError(f"{path.name} is not a valid safetensors file (its header is not a JSON object)")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for key, info in tensors.items():
+        problem = _tensor_problem(info)
+        if problem:
+            raise AdapterError(f"{path.name} is not a valid safetensors file: {key[:80]!r} has {problem}")
+    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+    if 8 + length + end > size:
+        raise AdapterError(f"{path.name} is cut short: its header promises more data than the file holds")
+    return tensors
+
+
+def _headers(folder: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for path in sorted(folder.glob("*.safetensors")):
-        out.update({k: v for k, v in _safetensors_header(path).items() if k != "__metadata__"})
+        out.update(read_safetensors_header(path))
     return out
 
 
-def _check_safetensors_file(path: Path) -> dict:
-    """The header of a safetensors file whose tensors all lie inside the file."""
-    from .catalog import _safetensors_header
+def _string_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what each adapter_config.json field the studio reads may hold (None is allowed where peft allows it)
+CONFIG_FIELDS = {
+    "peft_type": (lambda v: isinstance(v, str), "a string"),
+    "r": (lambda v: _is_int(v) and v > 0, "a whole number above 0"),
+    "lora_alpha": (_number, "a number"),
+    "lora_dropout": (lambda v: _number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "target_modules": (lambda v: v is None or isinstance(v, str) or _string_list(v), "a string or a list of strings"),
+    "modules_to_save": (lambda v: v is None or _string_list(v), "a list of strings"),
+    "rank_pattern": (lambda v: isinstance(v, dict) and all(_is_int(r) and r > 0 for r in v.values()),
+                     "an object of whole numbers above 0"),
+    "alpha_pattern": (lambda v: isinstance(v, dict) and all(_number(a) for a in v.values()), "an object of numbers"),
+    "use_dora": (lambda v: isinstance(v, bool), "true or false"),
+    "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
+    "bias": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def read_adapter_config(path: Path) -> dict:
+    """adapter_config.json as a dict whose fields the studio reads have the types peft gives them."""
     try:
-        header = _safetensors_header(path)
-        with open(path, "rb") as fh:
-            length = int.from_bytes(fh.read(8), "little")
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        raise AdapterError(f"{path.name} is not a valid safetensors file") from None
-    if 8 + length + end > path.stat().st_size:
-        raise AdapterError(f"{path.name} is cut short: its header promises more data than the file holds")
-    return {k: v for k, v in header.items() if k != "__metadata__"}
+        config = _parse_json(path.read_bytes())
+    except (OSError, ValueError):
+        raise AdapterError("adapter_config.json is missing or not valid JSON") from None
+    if not isinstance(config, dict):
+        raise AdapterError("adapter_config.json must hold a JSON object")
+    for field, (valid, kind) in CONFIG_FIELDS.items():
+        if field in config and not valid(config[field]):
+            raise AdapterError(f"adapter_config.json has '{field}': {json.dumps(config[field])[:40]}, "
+                               f"but it must be {kind}")
+    return config
 
 
 def check_adapter(folder: str | Path, base_model: str) -> dict:
@@ -509,29 +630,24 @@ def check_adapter(folder: str | Path, base_model: str) -> dict:
     from .models import ModelError, resolve_model
 
     folder = Path(folder)
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        raise AdapterError("adapter_config.json is missing or not valid JSON") from None
-    if not isinstance(config, dict):
-        raise AdapterError("adapter_config.json must hold a JSON object")
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise AdapterError(f"only LoRA adapters are supported; this one is {config.get('peft_type')}")
-    tensors = _check_safetensors_file(folder / "adapter_model.safetensors")
+    config = read_adapter_config(folder / "adapter_config.json")
+    if config.get("peft_type", "LORA").upper() != "LORA":
+        raise AdapterError(f"only LoRA adapters are supported; this one is {config['peft_type'][:40]}")
+    tensors = read_safetensors_header(folder / "adapter_model.safetensors")
     try:
         base_dir = resolve_model(base_model)
     except ModelError as exc:
         raise AdapterError(f"cannot read the base model: {exc}") from None
     leaves = catalog.linear_layers_from_safetensors(base_dir)
-    base_shapes = {k[: -len(".weight")]: tuple(v.get("shape") or ()) for k, v in _headers(base_dir).items()
-                   if k.endswith(".weight")}
+    base_shapes = {k[: -len(".weight")]: tuple(v["shape"]) for k, v in _headers(base_dir).items()
+                   if k.endswith(".weight") and len(v["shape"]) == 2}
     if not leaves:
         raise AdapterError(f"cannot read the linear layers of {base_model} (no safetensors weights)")
     ranks: dict[str, dict[str, tuple]] = {}
     for key, info in tensors.items():
         match = _LORA_KEY.match(key)
         if match:
-            ranks.setdefault(match["module"], {})[match["part"]] = tuple(info.get("shape") or ())
+            ranks.setdefault(match["module"], {})[match["part"]] = tuple(info["shape"])
     if not ranks:
         raise AdapterError("the adapter holds no LoRA weights (no lora_A / lora_B tensors)")
     names = ", ".join(sorted(leaves))
@@ -664,12 +780,22 @@ def existing_gguf(ref_value: str) -> str | None:
 
 
 def snippets(ref_value: str, gguf_file: str | None = None) -> dict[str, str]:
+    """Serving commands for an adapter, with local paths as the UI shows them (relative to the data
+    directory, where the commands are meant to be run)."""
     from . import export
-    from .models import is_bundled
+    from .models import is_bundled, local_folder, shown_path
 
     ref = resolve(ref_value)
     base = BUNDLED_HUB_ID if is_bundled(ref.base_model) else ref.base_model
-    return export.serving_snippets(base, str(ref.folder), ref.name, gguf_file or existing_gguf(ref.ref))
+    gguf_file = gguf_file or existing_gguf(ref.ref)
+    out = export.serving_snippets(base, str(ref.folder), ref.name, gguf_file)
+    local = [ref.folder] + ([Path(gguf_file), Path(gguf_file).parent] if gguf_file else [])
+    base_dir = None if is_bundled(base) else local_folder(base)
+    shown = [(base, shown_path(base_dir))] if base_dir is not None else []
+    shown += [(str(p), shown_path(p)) for p in local]
+    for full, short in shown:
+        out = {k: v.replace(full, short) for k, v in out.items()}
+    return out
 
 
 # ---- command line ---------------------------------------------------------------------------

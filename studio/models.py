@@ -10,6 +10,7 @@ import fcntl
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -64,15 +65,75 @@ def is_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists() and any((path / f).exists() for f in WEIGHT_FILES)
 
 
+PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def _inside(path: Path, roots) -> bool:
+    return any(path.is_relative_to(r) for r in roots)
+
+
+def local_folder(ref: str) -> Path | None:
+    """The folder a base-model reference names on this machine (not checked against the roots), or None for a
+    hub id. Paths start with '/', '~', './' or '../' (relative ones are read from the data directory); a
+    reference like ``models/NAME`` is a folder when it lies in a model root there."""
+    from .settings import get_settings
+
+    settings = get_settings()
+    if ref.startswith(PATH_PREFIXES):
+        return settings.home / Path(ref).expanduser()
+    candidate = Path(os.path.normpath(settings.home / ref))  # links are followed later, against the roots
+    return candidate if _inside(candidate, settings.model_roots) and candidate.is_dir() else None
+
+
+def _roots_error() -> ModelError:
+    from .settings import get_settings
+
+    roots = ", ".join(shown_path(r) for r in get_settings().model_roots)
+    return ModelError(f"local model folders must be inside one of the model roots ({roots}); "
+                      "set STUDIO_MODEL_ROOTS to allow more")
+
+
+def shown_path(path: Path) -> str:
+    """How the UI shows a local folder: relative to the data directory, else to the user's home (~/...)."""
+    from .settings import get_settings
+
+    full = Path(path).resolve()
+    for base, prefix in ((get_settings().home, ""), (Path.home().resolve(), "~/")):
+        if full.is_relative_to(base) and full != base:
+            return prefix + full.relative_to(base).as_posix()
+    return str(full)
+
+
+def shown_model(ref: str) -> str:
+    """A base-model reference as the UI shows it: a local folder through shown_path, anything else as is."""
+    ref = (ref or "").strip()
+    folder = local_folder(ref) if ref and not is_bundled(ref) else None
+    return shown_path(folder) if folder is not None else ref
+
+
+def _root_folder(ref: str) -> Path | None:
+    """The resolved local folder of ``ref``, refused in one sentence (existing or not) outside the roots."""
+    from .settings import get_settings
+
+    folder = local_folder(ref)
+    if folder is None:
+        return None
+    full = folder.resolve()
+    if not _inside(full, get_settings().model_roots):
+        raise _roots_error()
+    return full
+
+
 def cached_dir(ref: str) -> Path | None:
     """The local folder of a model if it is already usable without any conversion or download."""
     if is_bundled(ref):
         d = bundled_dir()
         return d if is_model_folder(d) else None
-    p = Path(ref).expanduser()
-    if p.exists():
-        return p if is_model_folder(p) else None
-    return None
+    try:
+        p = _root_folder(ref.strip())
+    except ModelError:
+        return None
+    return p if p is not None and is_model_folder(p) else None
 
 
 def resolve_model(ref: str) -> Path:
@@ -82,15 +143,15 @@ def resolve_model(ref: str) -> Path:
         raise ModelError("choose a base model")
     if is_bundled(ref):
         return ensure_bundled()
-    p = Path(ref).expanduser()
-    if p.exists() or ref.startswith(("/", "./", "../", "~")):
+    p = _root_folder(ref)
+    if p is not None:
         if not p.is_dir():
             raise ModelError(f"'{ref}' is not a folder; give a Hugging Face model folder or a hub id")
         if not (p / "config.json").exists():
             raise ModelError(f"'{ref}' has no config.json, so it is not a Hugging Face model folder")
         if not any((p / f).exists() for f in WEIGHT_FILES):
             raise ModelError(f"'{ref}' has no model.safetensors; only safetensors weights are loaded")
-        return p.resolve()
+        return p
     return _from_hub(ref)
 
 
@@ -100,8 +161,7 @@ def check_model(ref: str) -> None:
     if is_bundled(ref):
         bundled_gguf()
         return
-    p = Path(ref).expanduser()
-    if p.exists() or ref.startswith(("/", "./", "../", "~")):
+    if local_folder(ref) is not None:
         resolve_model(ref)
         return
     _check_hub_id(ref)

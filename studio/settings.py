@@ -23,8 +23,10 @@ class Settings:
     database_url: str
     queue_url: str
     upload_limit_bytes: int
-    auth: tuple[str, str] | None
+    auth: tuple[str, str] | None          # STUDIO_AUTH=user:password (visible to local users: prefer auth_file)
     models_dir: Path
+    model_roots: tuple[Path, ...] = ()    # the only places local base-model folders may come from
+    auth_file: Path | None = None         # STUDIO_AUTH_FILE: salted password hashes (studio.auth)
 
     @property
     def datasets_dir(self) -> Path:
@@ -81,7 +83,7 @@ def _parse_auth(value: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = value.partition(":")
     if not sep or not user or not password:
-        raise ValueError("STUDIO_AUTH / --auth must look like user:password")
+        raise ValueError("STUDIO_AUTH must look like user:password")
     return user, password
 
 
@@ -91,15 +93,26 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     database_url = env.get("STUDIO_DATABASE_URL") or f"sqlite:///{home / 'studio.db'}"
     queue_url = env.get("STUDIO_QUEUE_URL") or f"sqlite:///{home / 'queue.db'}"
     limit = int(env.get("STUDIO_UPLOAD_LIMIT_MB", "1024")) * 1024 * 1024
+    # converted base models may live outside the data directory, shared by several homes
+    models_dir = Path(env.get("STUDIO_MODELS_DIR") or home / "models").expanduser().resolve()
     return Settings(
         home=home,
         database_url=database_url,
         queue_url=queue_url,
         upload_limit_bytes=limit,
         auth=_parse_auth(env.get("STUDIO_AUTH")),
-        # converted base models may live outside the data directory, shared by several homes
-        models_dir=Path(env.get("STUDIO_MODELS_DIR") or home / "models").expanduser().resolve(),
+        models_dir=models_dir,
+        model_roots=_model_roots(env, models_dir),
+        auth_file=Path(env["STUDIO_AUTH_FILE"]).expanduser().resolve() if env.get("STUDIO_AUTH_FILE") else None,
     )
+
+
+def _model_roots(env, models_dir: Path) -> tuple[Path, ...]:
+    """The models directory, the Hugging Face hub cache, and the folders in ``STUDIO_MODEL_ROOTS``
+    (os.pathsep-separated)."""
+    hub_cache = env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME") or "~/.cache/huggingface") / "hub"
+    extra = [r for r in env.get("STUDIO_MODEL_ROOTS", "").split(os.pathsep) if r.strip()]
+    return tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in [models_dir, hub_cache, *extra]))
 
 
 _settings: Settings | None = None

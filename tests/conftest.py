@@ -15,6 +15,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_roots(tmp_path_factory) -> Path:
+    """The base models tests build live under pytest's temp folder: make it a model root (worker_env passes
+    it on to subprocesses)."""
+    root = tmp_path_factory.getbasetemp()
+    os.environ["STUDIO_MODEL_ROOTS"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer random Llama (safetensors) with a ChatML tokenizer, built once per session."""

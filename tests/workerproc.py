@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def worker_env(home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}
     env.update({"STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+                "STUDIO_MODEL_ROOTS": os.environ.get("STUDIO_MODEL_ROOTS", "")})
     env.update(extra)
     return env
 
@@ -47,3 +48,12 @@ class Worker:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a process on this host (/proc/PID/stat field 4), None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2:].split()[1])

@@ -14,6 +14,7 @@ import gradio as gr
 
 from .. import adapters, db
 from ..chat import AUTO_BASE
+from ..models import shown_model, shown_path
 
 TABLE_HEADERS = ["name", "kind", "base", "config", "final loss", "best eval loss", "steps", "size", "created"]
 SNIPPETS = (("vllm", "vLLM (serve base + adapter)", "shell"), ("openai", "OpenAI-compatible request", "shell"),
@@ -29,13 +30,13 @@ def table() -> list[list]:
     rows = []
     for a in adapters.list_adapters():
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["created_at"])) if a["created_at"] else ""
-        rows.append([a["name"], a["kind"], a["base_model"], a["config"], _num(a["final_loss"]),
+        rows.append([a["name"], a["kind"], shown_model(a["base_model"]), a["config"], _num(a["final_loss"]),
                      _num(a["best_eval_loss"]), a["steps"], adapters.human_bytes(a["bytes"]), created])
     return rows
 
 
 def library_choices() -> list[tuple[str, str]]:
-    return [(f"{a['name']} ({a['kind']}, {a['base_model']})", a["ref"]) for a in adapters.list_adapters()]
+    return [(f"{a['name']} ({a['kind']}, {shown_model(a['base_model'])})", a["ref"]) for a in adapters.list_adapters()]
 
 
 def eval_sources() -> list[tuple[str, str]]:
@@ -120,7 +121,8 @@ def on_merge(ref, dtype):
         result = adapters.merge(ref, dtype=dtype)
     except Exception as exc:  # any failure leaves no half-written folder (studio.export); say why
         return f"⚠️ Merge failed: {exc}", *_snippet_values(ref)
-    return (f"Merged into `{result['path']}` ({adapters.human_bytes(result['bytes'])}, {result['seconds']:.1f} s).",
+    return (f"Merged into `{shown_path(result['path'])}` ({adapters.human_bytes(result['bytes'])}, "
+            f"{result['seconds']:.1f} s).",
             *_snippet_values(ref))
 
 
@@ -134,9 +136,10 @@ def on_gguf(ref, quant, drift):
     lines = []
     if "merge" in result:
         m = result["merge"]
-        lines.append(f"Merged into `{m['path']}` ({adapters.human_bytes(m['bytes'])}, {m['seconds']:.1f} s).")
+        lines.append(f"Merged into `{shown_path(m['path'])}` ({adapters.human_bytes(m['bytes'])}, "
+                     f"{m['seconds']:.1f} s).")
     g = result["gguf"]
-    lines.append(f"Wrote `{g['path']}` ({adapters.human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and "
+    lines.append(f"Wrote `{shown_path(g['path'])}` ({adapters.human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and "
                  f"`{result['modelfile']}`.")
     if "drift" in result:
         lines.append(drift_markdown(result["drift"]))
@@ -152,7 +155,8 @@ def on_import(files, name, base):
         folder = adapters.import_adapter(paths, name, base)
     except (adapters.AdapterError, ValueError) as exc:
         return f"⚠️ {exc}", *refresh_values()
-    return f"Imported **{folder.name}** for {base}; it is now in the Chat tab's adapter lists.", *refresh_values()
+    return (f"Imported **{folder.name}** for {shown_model(base)}; it is now in the Chat tab's adapter lists.",
+            *refresh_values())
 
 
 def _eval_rows(source: str) -> list[dict]:
