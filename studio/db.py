@@ -6,17 +6,23 @@ directory, WAL mode so the UI reads while the worker writes); PostgreSQL through
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import event
+from sqlalchemy import JSON, BigInteger, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from . import migrations
+from . import liveness, migrations
+from .methods import METHOD_METRICS
+
+log = logging.getLogger("studio.db")
 
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
@@ -74,6 +80,7 @@ class Job(SQLModel, table=True):
     task_id: str | None = None
     worker_host: str | None = None
     worker_pid: int | None = None
+    worker_pid_start: int | None = Field(default=None, sa_type=BigInteger)  # liveness.process_start(worker_pid)
     device: str | None = None
     summary_json: str = "{}"
 
@@ -109,9 +116,10 @@ class MetricPoint(SQLModel, table=True):
     num_tokens: float | None = None
     memory_gb: float | None = None
     time: float = Field(default_factory=now)
+    extra: dict | None = Field(default=None, sa_type=JSON)  # the method's own metrics (studio.methods)
 
     def as_row(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in METRIC_KEYS}
+        return {k: getattr(self, k) for k in METRIC_KEYS} | (self.extra or {})
 
 
 class WorkerRecord(SQLModel, table=True):
@@ -120,6 +128,7 @@ class WorkerRecord(SQLModel, table=True):
     id: str = Field(primary_key=True)  # host:pid
     host: str
     pid: int
+    pid_start: int | None = Field(default=None, sa_type=BigInteger)  # liveness.process_start(pid)
     device: str                        # "cuda" or "cpu"
     device_name: str = ""
     memory_gb: float = 0.0             # per GPU on cuda; the machine's RAM on cpu
@@ -176,6 +185,45 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+def checkpoint() -> None:
+    """Fold SQLite's write-ahead log into the database file and empty it, so that the file alone holds
+    every row (called when a process exits cleanly). Nothing to do on PostgreSQL."""
+    for engine in _engines.values():
+        if engine.dialect.name != "sqlite":
+            continue
+        try:
+            with engine.connect() as conn:
+                busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        except Exception as exc:  # exiting anyway: the log stays and is folded in by the next process
+            log.warning("could not checkpoint %s: %s", engine.url.database, exc)
+            continue
+        if busy:
+            log.info("%s is in use by another process; its write-ahead log stays for now", engine.url.database)
+
+
+def backup(target: Path) -> Path:
+    """Copy the SQLite database to ``target`` (a new file) with SQLite's online backup, consistent while
+    the UI and workers keep writing. Written beside ``target`` first, so a failure leaves no partial file.
+    Returns the database file that was copied."""
+    engine = get_engine()
+    partial = target.with_name(f".{target.name}.partial")
+    raw = engine.raw_connection()
+    try:
+        dest = sqlite3.connect(partial)
+        try:
+            raw.driver_connection.backup(dest)
+            dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            dest.close()
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        raw.close()
+    return Path(engine.url.database)
+
+
 def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
@@ -227,7 +275,16 @@ def list_jobs(statuses: tuple[str, ...] | None = None) -> list[Job]:
         return list(s.exec(q))
 
 
+def _with_pid_start(values: dict[str, Any], pid_key: str, start_key: str) -> dict[str, Any]:
+    """A row that records a pid records that process's start time too (a reused pid then reads as dead):
+    known for this process's own pid, unknown (None) for another's unless given."""
+    if pid_key not in values or start_key in values:
+        return values
+    return {**values, start_key: liveness.own_start() if values[pid_key] == os.getpid() else None}
+
+
 def update_job(job_id: str, **values: Any) -> Job:
+    values = _with_pid_start(values, "worker_pid", "worker_pid_start")
     with session() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -243,6 +300,7 @@ def update_job(job_id: str, **values: Any) -> Job:
 def set_status(job_id: str, status: str, message: str = "", **values: Any) -> Job:
     """Persist a transition with its timestamp (and the job's new fields) in one transaction."""
     assert status in STATUSES, status
+    values = _with_pid_start(values, "worker_pid", "worker_pid_start")
     with session() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -276,7 +334,9 @@ def add_metrics(job_id: str, rows: list[dict[str, Any]]) -> None:
         return
     with session() as s:
         for row in rows:
-            s.add(MetricPoint(job_id=job_id, **{k: v for k, v in row.items() if k in METRIC_KEYS}))
+            extra = {k: row[k] for k in METHOD_METRICS if row.get(k) is not None}
+            s.add(MetricPoint(job_id=job_id, extra=extra or None,
+                              **{k: v for k, v in row.items() if k in METRIC_KEYS}))
         s.commit()
 
 
@@ -303,6 +363,7 @@ def delete_metrics_after(job_id: str, step: int) -> None:
 
 def register_worker(**facts: Any) -> WorkerRecord:
     """Insert or refresh this worker's row (``id`` = host:pid)."""
+    facts = _with_pid_start(facts, "pid", "pid_start")
     with session() as s:
         row = s.get(WorkerRecord, facts["id"])
         if row is None:

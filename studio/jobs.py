@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import time
 
 from . import db
+from .liveness import gone
 from .settings import check_name, get_settings
 from .spec import JobSpec, SpecError
 
 HEARTBEAT_STALE_SECONDS = float(os.environ.get("STUDIO_HEARTBEAT_STALE", "120"))
+_SUBMIT_LOCK = threading.Lock()
 
 
 def validate_spec(spec: JobSpec) -> dict[str, str]:
@@ -34,34 +37,45 @@ def validate_spec(spec: JobSpec) -> dict[str, str]:
         linear = linear_layer_names(spec.base_model)
     except ModelError as exc:
         errors["base_model"] = str(exc)
-    errors = {**spec.validate(linear_names=linear, dataset_kind=kind), **errors}
+    devices = [w.device for w in live_workers()]
+    errors = {**spec.validate(linear_names=linear, dataset_kind=kind, worker_devices=devices), **errors}
     return errors
 
 
 def submit(spec: JobSpec) -> db.Job:
     """Validate, save the job, hand it to the queue. Nothing is written when validation fails."""
-    from workers.tasks import train_job
-
     errors = validate_spec(spec)
     if errors:
         raise SpecError(errors)
     settings = get_settings()
     job = db.Job(name="", spec_json=spec.to_json())
     job.name = check_name(spec.name, "run name") if spec.name else f"{spec.dataset[:40]}-{job.id[:6]}"
-    if spec.name and any(j.name == job.name for j in db.list_jobs()):
-        raise SpecError({"name": f"a run named '{job.name}' already exists"})
     job.output_dir = settings.relative(settings.jobs_dir / job.id)
-    with db.session() as s:
-        s.add(job)
-        s.add(db.JobEvent(job_id=job.id, status="queued", message="submitted"))
-        s.commit()
-    try:
-        result = train_job(job.id)
-    except Exception:
-        delete(job.id)  # never leave a row the queue does not know about
-        raise
-    task_id = getattr(result, "id", None)
-    return db.update_job(job.id, task_id=task_id)
+    # one submission at a time: creation order is queue order, so a queue position counted from
+    # created_at is the place the worker will really take the run in
+    with _SUBMIT_LOCK:
+        if spec.name and any(j.name == job.name for j in db.list_jobs()):
+            raise SpecError({"name": f"a run named '{job.name}' already exists"})
+        job.created_at = time.time()
+        with db.session() as s:
+            s.add(job)
+            s.add(db.JobEvent(job_id=job.id, status="queued", message="submitted"))
+            s.commit()
+        try:
+            return db.update_job(job.id, task_id=enqueue(job.id))
+        except Exception:
+            delete(job.id)  # never leave a row the queue does not know about
+            raise
+
+
+def enqueue(job_id: str, resume: bool = False) -> str:
+    """Hand the job to the queue; returns the task id (what cancel and delete revoke)."""
+    from workers.queue import huey
+    from workers.tasks import train_job
+
+    task = train_job.s(job_id, resume=resume)
+    huey.enqueue(task)
+    return task.id
 
 
 def cancel(job_id: str) -> db.Job:
@@ -81,16 +95,13 @@ def cancel(job_id: str) -> db.Job:
 
 
 def resume(job_id: str) -> db.Job:
-    from workers.tasks import train_job
-
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(job_id)
     if job.status not in ("interrupted", "cancelled", "failed"):
         raise ValueError(f"only an interrupted, cancelled or failed run can be resumed; this one is {job.status}")
     job = db.set_status(job.id, "queued", "resume requested", cancel_requested=False, error=None, finished_at=None)
-    result = train_job(job.id, resume=True)
-    return db.update_job(job.id, task_id=getattr(result, "id", None))
+    return db.update_job(job.id, task_id=enqueue(job.id, resume=True))
 
 
 def delete(job_id: str) -> None:
@@ -100,6 +111,10 @@ def delete(job_id: str) -> None:
         return
     if job.status == "running":
         raise ValueError("cancel the run before deleting it")
+    if job.status == "queued" and job.task_id:
+        from workers.queue import huey
+
+        huey.revoke_by_id(job.task_id, revoke_once=True)
     settings = get_settings()
     if job.output_dir:
         shutil.rmtree(settings.resolve(job.output_dir), ignore_errors=True)
@@ -114,35 +129,14 @@ def delete(job_id: str) -> None:
         s.commit()
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _gone(host: str | None, pid: int | None, beat_at: float | None, stale_seconds: float, now: float) -> str | None:
-    """Why a process that beats is gone, or None: on this host a live pid is proof enough either way;
-    elsewhere only a stale beat can tell."""
-    if host == socket.gethostname() and pid:
-        return None if _pid_alive(pid) else "its worker process is gone"
-    if beat_at is not None and now - beat_at > stale_seconds:
-        return f"no heartbeat for {now - beat_at:.0f} s"
-    return None
-
-
 def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
-    """Running jobs whose worker died (same host, pid gone) or whose heartbeat is stale -> interrupted."""
+    """Running jobs whose worker died (same host: pid gone, a zombie, or reused) or whose heartbeat is stale
+    -> interrupted."""
     stale_seconds = HEARTBEAT_STALE_SECONDS if stale_seconds is None else stale_seconds
     now = time.time()
     lost = []
     for job in db.list_jobs(("running",)):
-        why = _gone(job.worker_host, job.worker_pid, job.heartbeat_at, stale_seconds, now)
+        why = gone(job.worker_host, job.worker_pid, job.worker_pid_start, job.heartbeat_at, stale_seconds, now)
         if why:
             db.set_status(job.id, "interrupted", why, finished_at=now,
                           error=f"interrupted at step {job.current_step}: {why}; resume it from its last checkpoint")
@@ -160,7 +154,7 @@ def live_workers(stale_seconds: float | None = None) -> list[db.WorkerRecord]:
     here, t = socket.gethostname(), time.time()
     live = []
     for w in db.list_workers():
-        if _gone(w.host, w.pid, w.seen_at, stale_seconds, t):
+        if gone(w.host, w.pid, w.pid_start, w.seen_at, stale_seconds, t):
             if w.host == here or t - w.seen_at > 24 * 3600:
                 db.remove_worker(w.id)
             continue

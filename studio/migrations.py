@@ -97,6 +97,11 @@ def add_all_model_columns(conn: Connection) -> list[str]:
 
 MIGRATIONS: list[Migration] = [
     (1, "baseline: any column the models declare that an older database lacks", add_all_model_columns),
+    (2, "jobs.worker_pid_start, workers.pid_start: process start times for liveness",
+     lambda conn: add_missing_columns(conn, "jobs", ["worker_pid_start"])
+     + add_missing_columns(conn, "workers", ["pid_start"])),
+    (3, "metric_points.extra: each training method's own metrics",
+     lambda conn: add_missing_columns(conn, "metric_points", ["extra"])),
 ]
 
 

@@ -291,7 +291,8 @@ def test_migrations_upgrade_an_old_database_and_are_idempotent(database):
         conn.execute(old_jobs.insert().values(id="old1", name="from-an-old-build", spec_json="{}",
                                               created_at=1.0, output_dir="jobs/old1"))
 
-    assert migrations.upgrade(engine) == [1]
+    every = [m[0] for m in migrations.MIGRATIONS]
+    assert migrations.upgrade(engine) == every and every[0] == 1
     cols = {c["name"]: c for c in inspect(engine).get_columns("jobs")}
     for name in ("status", "worker_host", "worker_pid", "device", "current_step", "cancel_requested",
                  "summary_json", "heartbeat_at"):
@@ -299,7 +300,7 @@ def test_migrations_upgrade_an_old_database_and_are_idempotent(database):
     assert "ix_jobs_status" in {i["name"] for i in inspect(engine).get_indexes("jobs")}
     assert inspect(engine).has_table("metric_points") and inspect(engine).has_table("legacy_notes")
     with engine.connect() as conn:
-        assert conn.execute(select(migrations.schema_version.c.version)).scalars().all() == [1]
+        assert conn.execute(select(migrations.schema_version.c.version)).scalars().all() == every
     engine.dispose()
 
     # the studio reads the old row with the model's defaults
@@ -313,12 +314,13 @@ def test_migrations_upgrade_an_old_database_and_are_idempotent(database):
     engine = _engine_for(database)
     assert migrations.upgrade(engine) == []  # nothing pending: a second start changes nothing
     seen = []
-    later = migrations.MIGRATIONS + [(2, "a later change", lambda conn: seen.append(conn.dialect.name)),
-                                     (3, "and another", migrations.add_all_model_columns)]
-    assert migrations.upgrade(engine, later) == [2, 3] and len(seen) == 1
+    latest = every[-1]
+    later = migrations.MIGRATIONS + [(latest + 1, "a later change", lambda conn: seen.append(conn.dialect.name)),
+                                     (latest + 2, "and another", migrations.add_all_model_columns)]
+    assert migrations.upgrade(engine, later) == [latest + 1, latest + 2] and len(seen) == 1
     assert migrations.upgrade(engine, later) == [] and len(seen) == 1
     with engine.connect() as conn:
-        assert migrations.current_version(conn) == 3
+        assert migrations.current_version(conn) == latest + 2
     engine.dispose()
 
 

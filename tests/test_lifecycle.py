@@ -3,13 +3,15 @@ fail-then-succeed, rapid submissions, SIGTERM. The tiny random model keeps each 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
 import pytest
 
+from browser import SHARED_MODELS, Server
 from conftest import wait_for
-from workerproc import Worker
+from workerproc import Worker, parent_of
 
 LONG_RUN = 20_000  # steps: far more than the tiny model runs before a test stops it (about 10 ms a step on a fast CPU)
 
@@ -93,6 +95,38 @@ def test_killed_worker_is_detected_and_the_job_resumes_without_repeated_steps(ho
     steps = _loss_steps(job.id)
     assert steps == list(range(1, 121)), "the loss curve has repeated or missing steps"
     print(f"detection {detection:.2f} s after SIGKILL; last logged step before the kill {steps_before}")
+
+
+def test_serve_notices_its_killed_worker_interrupts_the_job_and_starts_another(home, tiny_model_dir, tmp_path):
+    """kill -9 of the worker that `studio serve` started: serve reaps it, the job becomes interrupted at once
+    (not 'running' for good), serve starts a new worker, and the job resumes on it to the end."""
+    from studio import db, jobs
+
+    job = jobs.submit(_spec(tiny_model_dir, max_steps=100, save_steps=5))
+    serve = Server(home, tmp_path / "serve.log", STUDIO_MODELS_DIR=str(SHARED_MODELS))
+    try:
+        wait_for(lambda: db.get_job(job.id).current_step >= 5, 300, interval=0.1, what="training to pass step 5")
+        victim = db.get_job(job.id).worker_pid
+        assert parent_of(victim) == serve.proc.pid, "the job runs in serve's own worker"
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        wait_for(lambda: _status(job.id) == "interrupted", 30, interval=0.2, what="serve to notice its dead worker")
+        print(f"interrupted {time.time() - killed_at:.2f} s after SIGKILL of serve's worker")
+        job = db.get_job(job.id)
+        assert "resume" in job.error and job.current_step < 100
+        assert jobs.cancel(job.id).status == "interrupted", "nothing left to cancel"
+        assert all(w.pid != victim for w in jobs.live_workers()), "the dead worker is not listed as live"
+
+        new = wait_for(lambda: [w for w in jobs.live_workers() if w.pid != victim], 180,
+                       what="serve to start another worker")
+        assert parent_of(new[0].pid) == serve.proc.pid
+        jobs.resume(job.id)
+        wait_for(lambda: _status(job.id) in db.FINISHED, 300, what="the resumed job to finish")
+    finally:
+        serve.stop()
+    job = db.get_job(job.id)
+    assert job.status == "completed", job.error
+    assert _loss_steps(job.id) == list(range(1, 101)), "the loss curve has repeated or missing steps"
 
 
 def test_cancel_while_queued_and_while_running(home, tiny_model_dir, tmp_path):

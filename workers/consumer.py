@@ -1,7 +1,8 @@
 """`studio worker`: a huey consumer that runs one job at a time.
 
 SIGINT and SIGTERM both stop gracefully: the running job finishes its current step, writes a
-checkpoint and becomes 'interrupted' (resumable); then the consumer exits.
+checkpoint and becomes 'interrupted' (resumable); then the consumer folds SQLite's write-ahead log into
+the database file and exits.
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import threading
 
 from huey.consumer import Consumer
 
+# Imported here, never inside the signal handler: an import there waits for any other thread's import
+# (the training stack, seconds) before a stop is even noticed.
+from workers.callbacks import SHUTDOWN
+
 log = logging.getLogger("studio.worker")
 
 
 class StudioConsumer(Consumer):
     def _handle_signal(self, signum, frame):
-        from workers.callbacks import SHUTDOWN
-
         if signum in (signal.SIGINT, signal.SIGTERM):
             if SHUTDOWN.is_set():  # a second signal: stop now
                 raise KeyboardInterrupt
@@ -84,3 +87,4 @@ def run_worker(gpus: str | None = None, prepare: bool = True) -> None:
     log.info("worker ready (pid %d, queue %s)", os.getpid(), type(huey).__name__)
     with WorkerRegistration():
         consumer.run()
+    db.checkpoint()  # a clean exit leaves every row in the database file itself
