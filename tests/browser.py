@@ -39,10 +39,10 @@ def free_port() -> int:
 class Server:
     """`studio serve` (UI + one real huey consumer) in its own process group."""
 
-    def __init__(self, home: Path, log: Path, worker: bool = True, **extra: str):
+    def __init__(self, home: Path, log: Path, worker: bool = True, serve_args: tuple[str, ...] = (), **extra: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "studio.cli", "serve", "--port", str(self.port)]
+        args = [sys.executable, "-m", "studio.cli", "serve", "--port", str(self.port), *serve_args]
         if not worker:
             args.append("--no-worker")
         self.log = open(log, "ab")
@@ -75,6 +75,14 @@ class Server:
                 self.proc.wait(timeout=30)
         self.log.close()
         return self.proc.returncode
+
+
+def ensure_bundled_model(models_dir: Path = SHARED_MODELS) -> Path:
+    """Convert the bundled SmolLM2 into ``models_dir`` once (what a worker does at start), so the tests that
+    need it, such as the Datasets tab's preview, never depend on a worker having finished first."""
+    subprocess.run([sys.executable, "-c", "from studio.models import ensure_bundled; ensure_bundled()"], cwd=ROOT,
+                   env=worker_env(models_dir.parent, STUDIO_MODELS_DIR=str(models_dir)), check=True, timeout=1200)
+    return models_dir / "SmolLM2-135M-Instruct"
 
 
 def launch_browser(playwright):

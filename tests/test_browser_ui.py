@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from browser import SHARED_MODELS, Server, chart_points, open_page, open_tab, pick, pick_first_containing, \
-    require_browser
+from browser import SHARED_MODELS, Server, chart_points, ensure_bundled_model, open_page, open_tab, pick, \
+    pick_first_containing, require_browser
 from conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
@@ -23,6 +23,14 @@ def _wait(predicate, timeout, what):
             return value
         time.sleep(0.5)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def _table_rows(page, elem_id: str) -> list[list[str]]:
+    """The data rows of a gradio Dataframe as the page shows them (its virtual rows, not the header)."""
+    return page.evaluate(
+        """(id) => [...document.querySelectorAll(`#${id} [role=row]`)]
+                     .filter(row => !row.querySelector('th') && !row.closest('[aria-hidden=true]'))
+                     .map(row => [...row.children].map(cell => cell.innerText.trim()))""", elem_id)
 
 
 def _start_run(page, model_dir, r: int, steps: int, quant: bool):
@@ -64,6 +72,7 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     good = write(tmp_path / "identity.jsonl")
+    ensure_bundled_model()  # the Datasets tab previews with the bundled model's chat template
     server = Server(home, ARTIFACTS / "ui-server.log", STUDIO_MODELS_DIR=str(SHARED_MODELS))
     try:
         server.wait_ready()
@@ -85,9 +94,8 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
             page.reload()
             page.locator("#dataset-upload input[type=file]").set_input_files(str(good))
             expect(page.locator("#dataset-message")).to_contain_text("40 rows")
-            if (SHARED_MODELS / "SmolLM2-135M-Instruct" / "model.safetensors").exists():
-                expect(page.locator("#dataset-mask")).to_contain_text("Zorblax")
-                expect(page.locator("#dataset-hist")).to_be_visible()
+            expect(page.locator("#dataset-mask")).to_contain_text("Zorblax")
+            expect(page.locator("#dataset-hist")).to_be_visible()
             page.locator("#dataset-add").click()
             expect(page.locator("#dataset-message")).to_contain_text("Added")
             page.screenshot(path=str(ARTIFACTS / "ui-datasets.png"), full_page=True)
@@ -120,7 +128,8 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
                 expect(page.locator("#run-status")).to_contain_text(first)
                 browser.close()
         finally:
-            ui_only.stop()
+            ui_code = ui_only.stop()
+        assert ui_code == 0, f"the UI-only studio serve did not stop cleanly ({ui_code}); see {ui_only.log.name}"
 
         with sync_playwright() as p:
             browser, page = open_page(p, server.url)
@@ -145,7 +154,10 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
             names = page.evaluate("() => document.querySelector('#compare-chart .js-plotly-plot').data"
                                   ".map(d => d.name).join('|')")
             assert "r=4" in names and "r=8" in names and "4-bit" in names, names
-            expect(page.locator("#compare-diff")).to_contain_text("r")
+            rows = _wait(lambda: _table_rows(page, "compare-diff"), 60, "the settings that differ")
+            assert ["r", "4", "8"] in rows and ["max_steps", "100000", "12"] in rows, rows
+            assert ["load_in_4bit", "false", "true"] in [[c.lower() for c in row] for row in rows], rows
+            assert all(len(set(row[1:])) == 2 for row in rows), f"a row whose values agree: {rows}"
             page.screenshot(path=str(ARTIFACTS / "ui-compare.png"), full_page=True)
 
             # chat: base | finished run | checkpoint of the cancelled run, one prompt, three panes
@@ -155,11 +167,14 @@ def test_the_studio_in_a_browser(tmp_path, tiny_model_dir):
             pick_first_containing(page, "chat-run-2", first)
             page.locator("#chat-prompt textarea").fill("What is your name?")
             page.locator("#chat-send").click()
-            expect(page.locator("#chat-note")).to_have_text("", timeout=180_000)
+            for pane in ("chat-base", "chat-adapter", "chat-adapter-2"):  # the prompt lands in each pane at once
+                expect(page.locator(f"#{pane}")).to_contain_text("What is your name?", timeout=180_000)
+            expect(page.locator("#chat-note")).to_have_text("", timeout=180_000)  # then the last reply ends
             texts = [page.locator(f"#{i}").inner_text() for i in ("chat-base", "chat-adapter", "chat-adapter-2")]
             page.screenshot(path=str(ARTIFACTS / "ui-chat-compare.png"), full_page=True)
             assert all("What is your name?" in t for t in texts), json.dumps(texts)
             assert len({t for t in texts}) >= 2, "the adapters should change the replies of the random model"
             browser.close()
     finally:
-        server.stop()
+        code = server.stop()
+    assert code == 0, f"studio serve did not stop cleanly ({code}); see {server.log.name}"

@@ -129,7 +129,6 @@ def test_serving_commands_appear_for_the_chosen_adapter_only(studio_home, tiny_m
     the Ollama and llama.cpp boxes wait for a GGUF export."""
     from adapter_fixtures import make_job
 
-    from studio.settings import get_settings
     from studio.ui import adapters_tab
 
     job = make_job(tiny_model_dir, "served")
@@ -138,7 +137,7 @@ def test_serving_commands_appear_for_the_chosen_adapter_only(studio_home, tiny_m
     assert [u["visible"] for u in empty] == [False] * len(keys)
     _, _, *chosen = adapters_tab.on_select(job.id)
     shown = {key: u for key, u in zip(keys, chosen)}
-    adapter = str(get_settings().resolve(job.adapter_path))
+    adapter = f"served={job.adapter_path}"  # relative to the data directory
     assert shown["vllm"]["visible"] and "--enable-lora" in shown["vllm"]["value"] and adapter in shown["vllm"]["value"]
     assert shown["peft"]["visible"] and "PeftModel" in shown["peft"]["value"]
     assert not shown["ollama"]["visible"] and not shown["llama_cpp"]["visible"]
@@ -157,3 +156,109 @@ def test_the_train_form_offers_every_spec_field(studio_home):
         with gr.Tabs():
             built = train_tab.build()
     assert set(built["components"]) == {f.name for f in fields(JobSpec)}
+
+
+def test_a_run_deleted_while_queued_never_reaches_the_worker(studio_home, tiny_model_dir, tmp_path):
+    """Delete in the Runs tab revokes the queued task; a task whose job vanished anyway (deleted by a
+    process that could not revoke it) is skipped with one log line. Either way: no traceback."""
+    from identity_data import write
+
+    from conftest import wait_for
+    from studio import jobs, library
+    from studio.spec import JobSpec
+    from studio.ui import runs_tab
+    from workerproc import Worker
+    from workers.tasks import train_job
+
+    library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    spec = dict(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False, r=4, max_steps=2,
+                eval_split=0.0, max_length=64)
+    deleted = jobs.submit(JobSpec(**spec))
+    message, _ = runs_tab.do_delete(deleted.id)
+    assert message == "Run deleted." and db.get_job(deleted.id) is None
+    train_job("0123456789ab")  # a task whose job row is already gone
+    after = jobs.submit(JobSpec(**spec))
+    log = tmp_path / "worker.log"
+    with Worker(studio_home, log):
+        wait_for(lambda: db.get_job(after.id).status in db.FINISHED, 180, what="the next run to finish")
+    text = log.read_text()
+    assert db.get_job(after.id).status == "completed", text
+    assert "Traceback" not in text and "KeyError" not in text, text
+    assert "does not exist" not in text, text
+    assert [ln for ln in text.splitlines() if "0123456789ab" in ln and "no longer exists" in ln], text
+    assert not [ln for ln in text.splitlines() if deleted.id in ln and "no longer exists" in ln], \
+        "the deleted run's task was not revoked"
+
+
+def _train_tab_handler(name: str):
+    """A handler of the real Train tab, as gradio calls it."""
+    import gradio as gr
+
+    from studio.ui import train_tab
+
+    with gr.Blocks() as blocks:
+        with gr.Tabs():
+            built = train_tab.build()
+    fn = next(f.fn for f in blocks.fns.values() if f.name == name)
+    return fn, built
+
+
+def test_concurrent_starts_report_their_true_places_in_the_queue(studio_home, tiny_model_dir, tmp_path):
+    """Several sessions press Start at once: each is told the place its run really has in the queue."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    from identity_data import write
+    from studio import library
+    from studio.spec import JobSpec
+    from studio.ui import form
+    from workers.queue import huey
+
+    library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    on_start, built = _train_tab_handler("on_start")
+    names = list(built["components"])
+    starts = 6
+    values = [form.values_from_spec(names, JobSpec(base_model=str(tiny_model_dir), dataset="identity",
+                                                   load_in_4bit=False, name=f"run-{i}"))
+              for i in range(starts)]
+    with ThreadPoolExecutor(starts) as pool:
+        replies = list(pool.map(lambda v: on_start(*v), values))
+    told = {}
+    for message, job_id in replies:
+        assert job_id, message
+        told[job_id] = int(re.search(r"position (\d+)", message).group(1))
+    order = [t.args[0] for t in huey.pending()]  # the order the worker will take them in
+    assert {j: order.index(j) + 1 for j in told} == told
+
+
+def test_run_buttons_with_no_run_chosen_say_so_and_change_nothing(studio_home):
+    from studio.ui import runs_tab
+
+    job = _job()
+    for handler in (runs_tab.do_delete, runs_tab.do_resume, runs_tab.do_cancel):
+        for nothing in (None, ""):
+            reply = handler(nothing)
+            message = reply[0] if isinstance(reply, tuple) else reply
+            assert message == "Choose a run first.", (handler.__name__, message)
+    assert db.get_job(job.id).status == "running" and len(db.list_jobs()) == 1
+
+
+def test_downloads_live_in_one_folder_and_old_ones_are_removed(studio_home):
+    import os
+    import time
+
+    from studio.settings import get_settings
+    from studio.ui import downloads, runs_tab
+
+    job = _job("kept")
+    db.add_metrics(job.id, [{"step": 1, "loss": 2.0}])
+    first = runs_tab.download_yaml(job.id)
+    root = get_settings().tmp_dir / "downloads"
+    assert first.endswith("/kept.yaml") and os.path.dirname(os.path.dirname(first)) == str(root)
+    assert "dataset: d" in open(first).read()
+    hour_ago = time.time() - 2 * downloads.MAX_AGE_SECONDS
+    os.utime(os.path.dirname(first), (hour_ago, hour_ago))
+    second = runs_tab.download_csv(job.id)
+    assert second.endswith("/kept-metrics.csv") and os.path.exists(second)
+    assert not os.path.exists(first), "a download older than an hour is removed at the next one"
+    assert len(list(root.iterdir())) == 1

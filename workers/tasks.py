@@ -13,9 +13,13 @@ log = logging.getLogger("studio.tasks")
 
 @huey.task(name="studio.train")
 def train_job(job_id: str, resume: bool = False) -> str:
+    from studio import db
     from workers.distributed import run_distributed, wants_distributed
     from workers.train import run_job
 
+    if db.get_job(job_id) is None:  # deleted while queued from a process that could not revoke it
+        log.warning("job %s no longer exists; skipping its task", job_id)
+        return "deleted"
     if wants_distributed(job_id):  # num_gpus > 1: accelerate launch, one process per device
         return run_distributed(job_id, resume=resume)
     return run_job(job_id, resume=resume)

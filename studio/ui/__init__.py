@@ -10,10 +10,12 @@ STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
 def build_ui() -> gr.Blocks:
     from .. import db
-    from . import adapters_tab, chat_tab, datasets_tab, runs_tab, train_tab
+    from . import adapters_tab, chat_tab, datasets_tab, downloads, runs_tab, train_tab
 
     db.get_engine()  # create tables before the first request
-    with gr.Blocks(title="Fine-Tune Studio") as demo:
+    downloads.remove_old()
+    # gradio's own copies of downloaded files go after an hour too (checked hourly)
+    with gr.Blocks(title="Fine-Tune Studio", delete_cache=(3600, 3600)) as demo:
         gr.HTML('<div class="studio-header"><img src="/gradio_api/file=static/logo.svg" alt="" class="studio-logo">'
                 '<h1>Fine-Tune Studio</h1><span>LoRA and QLoRA fine-tuning, no code</span></div>')
         with gr.Tabs(elem_id="tabs"):
@@ -23,6 +25,7 @@ def build_ui() -> gr.Blocks:
             chat = chat_tab.build()
             library = adapters_tab.build()
         datasets_tab.wire(data, [train["components"]["dataset"]])
+        datasets_tab.follow(data, train["components"]["base_model"], train["components"]["max_length"])
 
         def after_start(job_id):
             """Show this session's new run in the Runs tab (never another session's)."""
@@ -46,5 +49,7 @@ def build_ui() -> gr.Blocks:
 
 
 def launch_kwargs() -> dict:
+    from .downloads import downloads_dir
+
     return {"css_paths": [STATIC / "studio.css"], "favicon_path": STATIC / "favicon.svg",
-            "theme": gr.themes.Soft(primary_hue="indigo")}
+            "theme": gr.themes.Soft(primary_hue="indigo"), "allowed_paths": [str(STATIC), str(downloads_dir())]}

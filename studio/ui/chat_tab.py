@@ -6,6 +6,9 @@ it. Generation waits its turn (one reply at a time across sessions); Stop ends o
 """
 from __future__ import annotations
 
+import html
+from typing import Callable
+
 import gradio as gr
 
 from .. import adapters
@@ -33,6 +36,36 @@ def refresh_values() -> tuple:
             *[gr.update(choices=[NONE_CHOICE] + choices) for _ in range(MAX_ADAPTERS - 1)])
 
 
+# Messages are shown as plain text: gradio puts a message's text into the page as HTML (its sanitiser keeps
+# images, forms and styles), so a prompt or a reply could draw over the page. The panes hold the text
+# HTML-escaped with Markdown off; the handler unescapes it again before the model reads the conversation.
+PANE_TEXT = {"render_markdown": False, "sanitize_html": True}
+
+
+def _map_text(history: list[dict] | None, fn: Callable[[str], str]) -> list[dict]:
+    """``fn`` applied to the text of every message (a string, or gradio's list of text parts)."""
+    out = []
+    for m in history or []:
+        content = m.get("content")
+        if isinstance(content, str):
+            content = fn(content)
+        elif isinstance(content, list):
+            content = [{**p, "text": fn(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str)
+                       else p for p in content]
+        out.append({**m, "content": content})
+    return out
+
+
+def shown(history: list[dict] | None) -> list[dict]:
+    """A conversation as a pane shows it: every message's text HTML-escaped."""
+    return _map_text(history, lambda text: html.escape(text, quote=False))
+
+
+def typed(history: list[dict] | None) -> list[dict]:
+    """A pane's value back as the words that were typed and generated (the inverse of ``shown``)."""
+    return _map_text(history, html.unescape)
+
+
 def respond(prompt, base, run_a, run_b, run_c, system, hist_base, hist_a, hist_b, hist_c, max_new_tokens,
             temperature, top_p, top_k, repetition_penalty, seed, request: gr.Request = None):
     """Stream the base reply, then each chosen adapter's, into its own pane."""
@@ -42,9 +75,10 @@ def respond(prompt, base, run_a, run_b, run_c, system, hist_base, hist_a, hist_b
                                   top_p=float(top_p), top_k=int(top_k),
                                   repetition_penalty=float(repetition_penalty), seed=int(seed or 0))
     owner = getattr(request, "session_hash", None)
-    for histories, note in compare(prompt, base, [run_a, run_b, run_c], [hist_base, hist_a, hist_b, hist_c],
-                                   system or "", settings, owner=owner):
-        yield (*histories, note)
+    typed_histories = [typed(h) for h in (hist_base, hist_a, hist_b, hist_c)]
+    for histories, note in compare(prompt, base, [run_a, run_b, run_c], typed_histories, system or "", settings,
+                                   owner=owner):
+        yield (*[shown(h) for h in histories], note)
 
 
 def stop_generation(request: gr.Request = None):
@@ -66,14 +100,15 @@ def build() -> dict:
             with gr.Column(min_width=220):
                 base = gr.Dropdown(choices=base_choices(), value=AUTO_BASE, label="Base model",
                                    allow_custom_value=True, elem_id="chat-base-model")
-                base_box = gr.Chatbot(label="Base model", elem_id="chat-base", height=380)
+                base_box = gr.Chatbot(label="Base model", elem_id="chat-base", height=380, **PANE_TEXT)
             for i, pane in enumerate(PANES):
                 with gr.Column(min_width=220):
                     runs.append(gr.Dropdown(
                         choices=choices if i == 0 else [NONE_CHOICE] + choices, value=None if i == 0 else "",
                         label=f"Adapter {pane}",
                         elem_id=RUN_IDS[i]))
-                    boxes.append(gr.Chatbot(label=f"Base + adapter {pane}", elem_id=PANE_IDS[i], height=380))
+                    boxes.append(gr.Chatbot(label=f"Base + adapter {pane}", elem_id=PANE_IDS[i], height=380,
+                                            **PANE_TEXT))
         prompt = gr.Textbox(label="Prompt", placeholder="Ask every pane the same question", elem_id="chat-prompt")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="chat-send")

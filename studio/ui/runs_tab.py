@@ -3,15 +3,14 @@ progress with ETA, cancel / resume / delete, YAML and CSV downloads."""
 from __future__ import annotations
 
 import html
-import tempfile
 import time
-from pathlib import Path
 
 import gradio as gr
 
 from .. import charts, db, jobs
 from ..settings import get_settings
 from ..spec import JobSpec
+from . import downloads
 
 POLL_SECONDS = 1.5
 LOG_TAIL_LINES = 12
@@ -138,15 +137,23 @@ def select_run(job_id, smoothing, log_scale):
     return cache, fig, status, progress, logs, gr.Timer(active=bool(job and job.status in db.ACTIVE))
 
 
+CHOOSE_FIRST = "Choose a run first."
+
+
 def do_cancel(job_id):
     if not job_id:
-        return "Choose a run."
-    job = jobs.cancel(job_id)
+        return CHOOSE_FIRST
+    try:
+        job = jobs.cancel(job_id)
+    except KeyError:
+        return "This run no longer exists."
     return ("Cancel requested: the run stops at the end of the current step and keeps its last checkpoint."
             if job.status == "running" else f"Run is {job.status}.")
 
 
 def do_resume(job_id):
+    if not job_id:
+        return CHOOSE_FIRST, gr.update()
     try:
         job = jobs.resume(job_id)
     except (ValueError, KeyError) as exc:
@@ -155,6 +162,8 @@ def do_resume(job_id):
 
 
 def do_delete(job_id):
+    if not job_id:
+        return CHOOSE_FIRST, gr.update()
     try:
         jobs.delete(job_id)
     except ValueError as exc:
@@ -166,7 +175,7 @@ def download_yaml(job_id):
     job = db.get_job(job_id) if job_id else None
     if job is None:
         return None
-    out = Path(tempfile.mkdtemp(prefix="studio-yaml-")) / f"{job.name}.yaml"
+    out = downloads.new_file(f"{job.name}.yaml")
     out.write_text(JobSpec.from_dict(job.spec).to_yaml())
     return str(out)
 
@@ -175,7 +184,7 @@ def download_csv(job_id):
     job = db.get_job(job_id) if job_id else None
     if job is None:
         return None
-    out = Path(tempfile.mkdtemp(prefix="studio-csv-")) / f"{job.name}-metrics.csv"
+    out = downloads.new_file(f"{job.name}-metrics.csv")
     out.write_text(charts.rows_to_csv(db.metric_rows(job.id)))
     return str(out)
 
