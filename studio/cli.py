@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,19 +20,47 @@ def _fail(message: str, code: int = 2) -> int:
 
 # ---- serve / worker -----------------------------------------------------------------------------
 
+AUTH_ON_COMMAND_LINE = ("--auth is refused because every local user can read a command line (`ps`): store the "
+                        "password with `studio auth add USER --file PATH` and start with "
+                        "`studio serve --auth-file PATH`")
+AUTH_VARS = ("STUDIO_AUTH", "STUDIO_AUTH_FILE")  # the UI's login: never handed to the worker
+
+
+def _login(auth_file: str | None, settings):
+    """gradio's auth for serve: the auth file's checker, STUDIO_AUTH's (user, password), or None."""
+    from . import auth
+
+    path = Path(auth_file).expanduser().resolve() if auth_file else settings.auth_file
+    if path is None:
+        return settings.auth
+    if settings.auth:
+        raise ValueError("STUDIO_AUTH and an auth file are both set: unset STUDIO_AUTH and keep the auth file")
+    auth.load(path)
+    if path.stat().st_mode & 0o077:
+        print(f"warning: other users can read the auth file {path}: chmod 600 it", file=sys.stderr)
+    return auth.checker(path)
+
+
 def cmd_serve(args) -> int:
     if args.auth:
-        os.environ["STUDIO_AUTH"] = args.auth
+        return _fail(AUTH_ON_COMMAND_LINE)
     from .settings import get_settings, reset_settings
 
     reset_settings()
     try:
         settings = get_settings()
+        login = _login(args.auth_file, settings)
     except ValueError as exc:
         return _fail(str(exc))
-    worker = None
+    from . import db
+    from .liveness import Supervisor
+
+    supervisor = None
     if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "studio.cli", "worker"], env=os.environ.copy())
+        argv = [sys.executable, "-m", "studio.cli", "worker", "--parent", str(os.getpid())]
+        env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+        supervisor = Supervisor(argv, env, _worker_exited, grace=WORKER_STOP_GRACE).start()
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the UI and the worker as Ctrl-C does
     try:
         import gradio as gr
 
@@ -43,25 +70,109 @@ def cmd_serve(args) -> int:
         demo = build_ui()
         demo.queue(default_concurrency_limit=8)
         print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (data in {settings.home})", flush=True)
-        demo.launch(server_name=args.host, server_port=args.port, auth=settings.auth, show_error=False,
-                    quiet=True, footer_links=["api"], allowed_paths=[str(STATIC)],
-                    max_file_size=settings.upload_limit_bytes, **launch_kwargs())
+        demo.launch(server_name=args.host, server_port=args.port, auth=login, show_error=False,
+                    quiet=True, footer_links=["api"], max_file_size=settings.upload_limit_bytes,
+                    **launch_kwargs())
     except KeyboardInterrupt:
         pass
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGINT)
-            try:
-                worker.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if supervisor is not None:
+            # the worker stops at the end of its step and checkpoints; a second signal makes it stop now
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, _frame: supervisor.signal(signum))
+            print("stopping the worker (its running job is checkpointed and can be resumed)", flush=True)
+            supervisor.stop()
+        db.checkpoint()
     return 0
+
+
+WORKER_STOP_GRACE = 120.0  # seconds serve waits for its worker to checkpoint and exit before killing it
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def _worker_exited(pid: int, code: int) -> None:
+    """serve's worker died: its running job becomes interrupted now, and its row goes."""
+    from . import jobs
+
+    for job_id in jobs.mark_lost_jobs():
+        print(f"worker {pid} exited ({code}); job {job_id} is interrupted and can be resumed", file=sys.stderr,
+              flush=True)
+    jobs.live_workers()
 
 
 def cmd_worker(args) -> int:
     from workers.consumer import run_worker
 
+    if args.parent:
+        from .liveness import watch_parent
+
+        watch_parent(args.parent)
     run_worker(gpus=args.gpus, prepare=not args.no_prepare)
+    return 0
+
+
+def pg_dump_advice(url: str) -> str:
+    """The one sentence `studio backup` answers for a server database: the pg_dump line for its URL
+    (libpq's form: no SQLAlchemy driver suffix, no password)."""
+    from sqlalchemy.engine import URL, make_url
+
+    u = make_url(url)
+    plain = URL.create(u.get_backend_name(), u.username, None, u.host, u.port, u.database, u.query)
+    return (f"the database is PostgreSQL, which `studio backup` does not copy: run "
+            f"`pg_dump \"{plain.render_as_string()}\" > studio-backup.sql` instead")
+
+
+def cmd_backup(args) -> int:
+    from . import db
+    from .settings import get_settings
+
+    try:
+        url = get_settings().database_url
+    except ValueError as exc:
+        return _fail(str(exc))
+    if not url.startswith("sqlite"):
+        return _fail(pg_dump_advice(url))
+    target = Path(args.path).expanduser()
+    if target.exists():
+        return _fail(f"'{target}' already exists; give the name of a new file")
+    if not target.parent.is_dir():
+        return _fail(f"the folder '{target.parent}' does not exist")
+    source = db.backup(target)
+    print(f"backed up {source} to {target}")
+    return 0
+
+
+# ---- auth -----------------------------------------------------------------------------------------
+
+def _read_password() -> str | None:
+    """From the terminal (asked twice), or the first line of stdin when it is not a terminal; None when
+    the two typed passwords differ."""
+    import getpass
+
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    return first if getpass.getpass("Password again: ") == first else None
+
+
+def cmd_auth_add(args) -> int:
+    from . import auth
+
+    path = args.file or os.environ.get("STUDIO_AUTH_FILE")
+    if not path:
+        return _fail("give the auth file with --file PATH (or set STUDIO_AUTH_FILE)")
+    try:
+        user = auth.check_user(args.user)
+        password = _read_password()
+        if password is None:
+            return _fail("the two passwords differ; nothing was written")
+        new = auth.set_password(Path(path).expanduser(), user, password)
+    except auth.AuthFileError as exc:
+        return _fail(str(exc))
+    print(f"{'added' if new else 'changed the password of'} {user} in {path}")
     return 0
 
 
@@ -71,16 +182,33 @@ def cmd_dataset_check(args) -> int:
     from . import library
     from .datasets import DatasetError
 
+    from .datasets.stats import token_stats, tokenizer_for
+    from .spec import BUNDLED_MODEL
+
+    args.base_model = args.base_model or BUNDLED_MODEL
     try:
         data = library.inspect(Path(args.path), format=args.format, drop_bad=args.drop_bad)
     except DatasetError as exc:
         return _fail(str(exc))
-    report = {"format": data.format, "kind": data.kind, "rows": len(data.rows), "dropped": data.dropped,
-              "stats": data.stats(), "mapping": data.mapping}
+    tokenizer = tokenizer_for(args.base_model)
+    tokens = token_stats(tokenizer, data.rows, data.kind, args.max_length) if tokenizer is not None else {}
+    warnings = list(data.notes) + ([] if tokenizer is not None else
+                                   [f"the model '{args.base_model}' is not on disk, so tokens were not counted"])
+    if tokens.get("truncated_share", 0) > 0.05:
+        warnings.append(f"{tokens['truncated_share']:.0%} of the trained tokens are past max length "
+                        f"{args.max_length} and would be cut ({tokens['overlong_rows']} rows)")
+    report = {"format": data.format, "kind": data.kind, "rows": len(data.rows),
+              **{k: tokens.get(k) for k in ("trained_tokens", "masked_tokens", "truncated_tokens", "overlong_rows")},
+              "warnings": warnings, "dropped": data.dropped, "stats": data.stats(), "mapping": data.mapping}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"format: {data.format} ({data.kind})\nrows: {len(data.rows)}")
+        if tokens:
+            print(f"tokens: {tokens['trained_tokens']} trained, {tokens['masked_tokens']} masked, "
+                  f"{tokens['truncated_tokens']} cut at max length {args.max_length}")
+        for line in warnings:
+            print(f"warning: {line}")
         for reason in data.dropped[:20]:
             print(f"dropped: {reason}")
     return 0
@@ -191,7 +319,7 @@ def cmd_resume(args) -> int:
 
 def cmd_estimate(args) -> int:
     from . import catalog, memory
-    from .models import cached_dir
+    from .models import ModelError, cached_dir, linear_layer_names
     from .spec import SpecError
 
     try:
@@ -200,6 +328,14 @@ def cmd_estimate(args) -> int:
         return _fail(str(exc))
     except FileNotFoundError:
         return _fail(f"the file '{args.config}' does not exist")
+    try:
+        linear = linear_layer_names(spec.base_model)
+    except ModelError:
+        linear = None
+    errors = spec.validate(linear_names=linear)  # what `studio train` refuses, except that an estimate needs no data
+    errors.pop("dataset", None)
+    if errors:
+        return _fail(str(SpecError(errors)))
     d = cached_dir(spec.base_model)
     config = catalog.config_for(spec.base_model, str(d) if d else None)
     if config is None:
@@ -239,6 +375,135 @@ def cmd_export(args) -> int:
     return cli_export(args)
 
 
+# ---- evaluate -------------------------------------------------------------------------------------
+
+def cmd_evaluate(args) -> int:
+    """`studio evaluate RUN --probe general` or `--judge URL --against base|RUN`."""
+    from .adapters import AdapterError, resolve
+    from .settings import UnsafePath
+
+    if bool(args.probe) == bool(args.judge):
+        return _fail("say how to evaluate: --probe general, or --judge URL --against base|RUN")
+    try:
+        ref = resolve(args.run)
+    except (AdapterError, UnsafePath) as exc:
+        return _fail(str(exc))
+    return _evaluate_probe(ref, args) if args.probe else _evaluate_judge(ref, args)
+
+
+def _evaluate_probe(ref, args) -> int:
+    from .models import ModelError
+    from .probe import ProbeError, load_probe
+    from .probe.forgetting import check_adapter
+
+    try:
+        load_probe(args.probe)
+    except ProbeError as exc:
+        return _fail(str(exc))
+    print(f"answering the {args.probe} probe with {ref.name} and its base ({ref.base_model})…", flush=True)
+    try:
+        report, path = check_adapter(ref, args.probe)
+    except (ModelError, FileNotFoundError, OSError) as exc:
+        return _fail(f"cannot load {ref.name}: {exc}", 1)
+    flag = f"  FLAGGED: below {report['threshold']:.0%}" if report["flagged"] else ""
+    print(report["summary"] + flag)
+    for name, tally in report["by_category"].items():
+        print(f"  {name}: base {tally['base']}/{tally['total']}, adapter {tally['adapter']}/{tally['total']}")
+    changed = sum(q["changed"] for q in report["questions"])
+    print(f"{changed} questions changed; every reply side by side in {path}")
+    return 0
+
+
+def _judge_prompts(ref, args) -> list[str]:
+    """The prompts to judge on: --prompts FILE (one a line, or JSONL rows), else the run's eval split."""
+    from .evaluation import _prompt_of
+
+    if args.prompts:
+        path = Path(args.prompts).expanduser()
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError):
+            raise ValueError(f"cannot read the prompts file '{path}' (give a UTF-8 text or JSONL file)") from None
+        if path.suffix.lower() == ".jsonl":
+            try:
+                prompts = [_prompt_of(json.loads(line)) for line in lines]
+            except (ValueError, AttributeError, TypeError):
+                raise ValueError(f"'{path}' is not JSONL with a prompt or messages on each line") from None
+            if None in prompts:
+                raise ValueError(f"line {prompts.index(None) + 1} of '{path}' holds no user prompt")
+        else:
+            prompts = lines
+    elif ref.kind == "imported":
+        raise ValueError(f"{ref.name} is an imported adapter with no eval split: give --prompts FILE")
+    else:
+        from . import db
+        from .spec import JobSpec
+        from workers.train import load_training_rows
+
+        _, _, eval_rows = load_training_rows(JobSpec.from_dict(db.get_job(ref.job_id).spec))
+        prompts = [p for p in map(_prompt_of, eval_rows) if p]
+        if not prompts:
+            raise ValueError(f"the run {ref.name} has no eval split to judge on: give --prompts FILE")
+    if not prompts:
+        raise ValueError("the prompts file holds no prompt")
+    return prompts[: args.limit]
+
+
+def _evaluate_judge(ref, args) -> int:
+    import re
+
+    from . import judge
+    from .adapters import AdapterError, resolve, same_base
+    from .chat import ChatEngine, GenerationSettings
+    from .models import ModelError
+    from .probe.forgetting import result_folder
+    from .settings import UnsafePath
+
+    against = None
+    try:
+        if args.against != "base":
+            against = resolve(args.against)
+            if not same_base(against.base_model, ref.base_model):
+                return _fail(f"{against.name} was trained on {against.base_model} and {ref.name} on "
+                             f"{ref.base_model}: judge adapters of the same base")
+        rubric = judge.DEFAULT_RUBRIC
+        if args.rubric:
+            rubric = judge.check_rubric(Path(args.rubric).expanduser().read_text(encoding="utf-8"))
+        prompts = _judge_prompts(ref, args)
+        client = judge.JudgeClient(args.judge, args.judge_key or os.environ.get("STUDIO_JUDGE_KEY"),
+                                   args.judge_model)
+    except (AdapterError, UnsafePath, judge.JudgeError, ValueError) as exc:
+        return _fail(str(exc))
+    except (OSError, UnicodeDecodeError):
+        return _fail(f"cannot read the rubric file '{args.rubric}'")
+    opponent = "base" if against is None else against.name
+    print(f"generating {len(prompts)} replies each for {ref.name} and {opponent}…", flush=True)
+    engine = ChatEngine()
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    try:
+        engine.ensure_base(ref.base_model)
+        for r in filter(None, (ref, against)):
+            engine.ensure_adapter(r.key, r.folder)
+    except (ModelError, FileNotFoundError, OSError) as exc:
+        return _fail(f"cannot load the models: {exc}", 1)
+    candidates = engine.generate_batch(conversations, ref.key, settings)
+    opponents = engine.generate_batch(conversations, against.key if against else None, settings)
+    print(f"asking the judge ({client.model}) about {len(prompts)} pairs, both orders…", flush=True)
+    try:
+        pairs = judge.judge_all(client.ask, prompts, candidates, opponents, rubric)
+    except judge.JudgeError as exc:
+        return _fail(str(exc), 1)
+    finally:
+        client.close()
+    result = judge.report(pairs, ref.name, opponent, f"{client.model} at {client.url}", rubric)
+    stem = "vs-" + ("base" if against is None else re.sub(r"[^A-Za-z0-9._-]+", "-", against.ref))
+    json_path, csv_path = judge.write(result, result_folder(ref, judge.JUDGE_FOLDER), stem)
+    print(judge.summary_line(result))
+    print(f"judged pairs: {json_path} and {csv_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studio", description="Fine-Tune Studio")
     sub = p.add_subparsers(dest="command", required=True)
@@ -246,14 +511,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the web UI and one worker")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")))
-    s.add_argument("--auth", default=None, help="user:password (or STUDIO_AUTH)")
+    s.add_argument("--auth", default=None, help=argparse.SUPPRESS)  # refused with a pointer to --auth-file
+    s.add_argument("--auth-file", default=None, metavar="PATH",
+                   help="require a login checked against this file of password hashes (or STUDIO_AUTH_FILE); "
+                        "write it with `studio auth add USER`")
     s.add_argument("--no-worker", action="store_true", help="UI only")
     s.set_defaults(func=cmd_serve)
+
+    au = sub.add_parser("auth", help="manage the UI's logins (a file of salted password hashes)")
+    ausub = au.add_subparsers(dest="auth_command", required=True)
+    aa = ausub.add_parser("add", help="add a user or change its password (asked for, or read from stdin)")
+    aa.add_argument("user")
+    aa.add_argument("--file", default=None, metavar="PATH", help="the auth file (default: STUDIO_AUTH_FILE)")
+    aa.set_defaults(func=cmd_auth_add)
 
     w = sub.add_parser("worker", help="start one queue consumer")
     w.add_argument("--gpus", default=None, help="pin to devices, e.g. 0,1")
     w.add_argument("--no-prepare", action="store_true", help="do not convert the bundled model at start")
+    w.add_argument("--parent", type=int, default=None, metavar="PID",
+                   help="stop (gracefully) when this process exits; `studio serve` starts its worker so")
     w.set_defaults(func=cmd_worker)
+
+    b = sub.add_parser("backup", help="copy the SQLite database to a new file while the studio runs")
+    b.add_argument("path", help="the new file, e.g. studio-backup.db")
+    b.set_defaults(func=cmd_backup)
 
     d = sub.add_parser("dataset", help="check, add and list datasets")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
@@ -262,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default=None)
     c.add_argument("--drop-bad", action="store_true")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--base-model", default=None, help="count tokens with this model's tokenizer and template "
+                                                      "(default: the bundled model)")
+    c.add_argument("--max-length", type=int, default=512, help="count the tokens this max length would cut")
     c.set_defaults(func=cmd_dataset_check)
     a = dsub.add_parser("add")
     a.add_argument("path")
@@ -309,6 +593,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the merged weights")
     x.add_argument("--no-drift-check", action="store_true", help="skip loading the GGUF back to compare")
     x.set_defaults(func=cmd_export)
+    ev = sub.add_parser("evaluate", help="check a run for forgetting (--probe general) or have a model judge it "
+                                         "against the base or another run (--judge URL --against base|RUN)")
+    ev.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")
+    ev.add_argument("--probe", default=None, metavar="NAME", help="answer a general-skills probe (general) with "
+                                                                  "the run and its base, and compare")
+    ev.add_argument("--judge", default=None, metavar="URL",
+                    help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    ev.add_argument("--judge-key", default=None, metavar="KEY", help="the judge's API key (or STUDIO_JUDGE_KEY)")
+    ev.add_argument("--judge-model", default=None, metavar="NAME", help="the judge's model (default: the first "
+                                                                        "the endpoint lists)")
+    ev.add_argument("--against", default="base", help="base, or another run of the same base (default: base)")
+    ev.add_argument("--prompts", default=None, metavar="FILE",
+                    help="prompts to judge on, one a line (or JSONL rows); default: the run's eval split")
+    ev.add_argument("--rubric", default=None, metavar="FILE",
+                    help="the judge's instructions, with {question}, {answer_a} and {answer_b}")
+    ev.add_argument("--limit", type=int, default=50, help="judge at most this many prompts (default 50)")
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="reply length of the models judged")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 
