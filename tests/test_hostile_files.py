@@ -106,7 +106,7 @@ def test_the_import_form_shows_the_sentence_not_a_bare_error(tiny_model_dir, stu
     _config(target_modules=[["q_proj"]])(folder)
     note, *_ = adapters_tab.on_import([str(folder / "adapter_config.json"), str(folder / "adapter_model.safetensors")],
                                       "hostile", str(tiny_model_dir))
-    assert note.startswith("⚠️") and "target_modules" in note
+    assert note.startswith("**Error:**") and "target_modules" in note
     assert not (studio_home / "adapters" / "hostile").exists()
 
 

@@ -252,13 +252,124 @@ def test_downloads_live_in_one_folder_and_old_ones_are_removed(studio_home):
 
     job = _job("kept")
     db.add_metrics(job.id, [{"step": 1, "loss": 2.0}])
-    first = runs_tab.download_yaml(job.id)
+    first = runs_tab.download_yaml(job.id)["value"]
     root = get_settings().tmp_dir / "downloads"
     assert first.endswith("/kept.yaml") and os.path.dirname(os.path.dirname(first)) == str(root)
     assert "dataset: d" in open(first).read()
     hour_ago = time.time() - 2 * downloads.MAX_AGE_SECONDS
     os.utime(os.path.dirname(first), (hour_ago, hour_ago))
-    second = runs_tab.download_csv(job.id)
+    second = runs_tab.download_csv(job.id)["value"]
     assert second.endswith("/kept-metrics.csv") and os.path.exists(second)
     assert not os.path.exists(first), "a download older than an hour is removed at the next one"
     assert len(list(root.iterdir())) == 1
+
+
+def test_the_worker_line_says_what_the_workers_do(studio_home, tmp_path, monkeypatch):
+    import os
+    import socket
+    import time
+
+    from studio import models, settings
+    from studio.ui import live
+
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path / "models"))
+    settings.reset_settings()
+    assert "none is running" in live.worker_line() and "`studio worker`" in live.worker_line()
+    db.register_worker(id=f"{socket.gethostname()}:{os.getpid()}", host=socket.gethostname(), pid=os.getpid(),
+                       device="cpu")
+    assert live.worker_line() == "**Worker:** idle"
+    _job("r1")
+    assert live.worker_line() == "**Worker:** training r1 (step 2/10)"
+    models._mark_conversion(time.time() - 12, 2)
+    assert "training r1 (step 2/10); preparing the base model (step 2 of 3: checking the weights, 12 s)" \
+        in live.worker_line()
+    marker = models.conversion_marker()
+    marker.write_text(marker.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999'))
+    assert "preparing" not in live.worker_line(), "a marker left by a converter that died is no progress"
+
+
+def test_download_boxes_stay_hidden_until_they_hold_a_file(studio_home):
+    from studio.ui import adapters_tab, build_ui, runs_tab
+
+    assert runs_tab.download_yaml(None) == {"__type__": "update", "value": None, "visible": False}
+    shown = runs_tab.download_csv(_job("kept").id)
+    assert shown["visible"] is True and shown["value"].endswith("/kept-metrics.csv")
+    box, note = adapters_tab.on_zip("no-such-adapter")
+    assert box["visible"] is False and note.startswith("**Error:**")
+    downloads = {b.elem_id: b.visible for b in build_ui().blocks.values()
+                 if b.elem_id in ("run-download", "adapters-zip-file", "adapters-eval-csv")}
+    assert downloads == {"run-download": False, "adapters-zip-file": False, "adapters-eval-csv": False}
+
+
+def test_chat_preselects_the_run_that_finished_last_but_keeps_a_choice(studio_home):
+    from studio.ui import chat_tab
+
+    older, newer = _job("older"), _job("newer")
+    for job, finished in ((newer, 100.0), (older, 200.0)):  # started in one order, finished in the other
+        with db.session() as s:
+            row = s.get(db.Job, job.id)
+            row.status, row.finished_at, row.adapter_path = "completed", finished, f"jobs/{job.id}/adapter"
+            s.add(row)
+            s.commit()
+    _, first, *_ = chat_tab.refresh_values()
+    assert first["value"] == older.id
+    _, first, *_ = chat_tab.refresh_values(newer.id)
+    assert "value" not in first, "a user's choice stays"
+
+
+def test_status_lists_follow_the_database_and_only_changes_are_sent(studio_home):
+    import gradio as gr
+
+    from studio.ui import live, runs_tab
+
+    job = _job("r1")
+    before = [runs_tab.run_choices(), runs_tab.runs_table()]
+    assert before[0] == [("r1 · running", job.id)] and before[1][0][1:3] == ["running", "2/10"]
+    db.set_status(job.id, "completed", "done")
+    after = [runs_tab.run_choices(), runs_tab.runs_table()]
+    assert after[0] == [("r1 · completed", job.id)] and after[1][0][1] == "completed"
+    assert live.only_changed(before, after) == after
+    assert live.only_changed(after, [after[0], [["changed"]]]) == [gr.skip(), [["changed"]]]
+
+
+def test_the_run_log_keeps_real_warnings_and_drops_deprecation_notices(tmp_path):
+    import logging
+    import warnings
+
+    from workers.train import JobLog
+
+    path = tmp_path / "train.log"
+    with JobLog(path), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("`gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("old API", DeprecationWarning)
+        logging.getLogger("transformers.modeling_utils").warning("`torch_dtype` is deprecated! Use `dtype`!")
+        warnings.warn("the tokenizer has no pad token; using eos", UserWarning)
+        logging.getLogger("studio.train").info("job j1: 36 train rows")
+    text = path.read_text()
+    assert "deprecated" not in text and "old API" not in text, text
+    assert "UserWarning: the tokenizer has no pad token" in text and "job j1: 36 train rows" in text, text
+    logging.captureWarnings(False)
+
+
+def test_ui_messages_use_plain_text_marks():
+    import re
+    from pathlib import Path
+
+    emoji = re.compile("[\U00010000-\U0010FFFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F]")
+    ui = Path(__file__).resolve().parent.parent / "studio" / "ui"
+    found = [f"{p.name}:{n}: {line.strip()}" for p in sorted(ui.glob("*.py")) if p.name not in ("train_tab.py", "form.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1) if emoji.search(line)]
+    assert found == []
+
+
+def test_a_run_that_ended_before_its_first_step_does_not_wait_for_one(studio_home):
+    from studio.ui import runs_tab
+
+    job = _job("early")
+    _, fig, *_ = runs_tab.poll(job.id, None, 0.0, False)
+    assert "waiting for the first step" in fig.layout.annotations[0].text
+    db.set_status(job.id, "failed", "the model folder is gone")
+    _, fig, status, *_ = runs_tab.poll(job.id, None, 0.0, False)
+    assert fig.layout.annotations[0].text == "no steps recorded: the run failed before its first"
+    assert "early — **failed**" in status

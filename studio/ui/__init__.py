@@ -10,7 +10,7 @@ STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
 def build_ui() -> gr.Blocks:
     from .. import db
-    from . import adapters_tab, chat_tab, datasets_tab, downloads, runs_tab, train_tab
+    from . import adapters_tab, chat_tab, datasets_tab, downloads, live, runs_tab, train_tab
 
     db.get_engine()  # create tables before the first request
     downloads.remove_old()
@@ -18,6 +18,7 @@ def build_ui() -> gr.Blocks:
     with gr.Blocks(title="Fine-Tune Studio", delete_cache=(3600, 3600)) as demo:
         gr.HTML('<div class="studio-header"><img src="/gradio_api/file=static/logo.svg" alt="" class="studio-logo">'
                 '<h1>Fine-Tune Studio</h1><span>LoRA and QLoRA fine-tuning, no code</span></div>')
+        worker = gr.Markdown(value=live.worker_line, elem_id="worker-line")
         with gr.Tabs(elem_id="tabs"):
             data = datasets_tab.build()
             train = train_tab.build()
@@ -45,6 +46,21 @@ def build_ui() -> gr.Blocks:
 
         demo.load(on_load, None, [train["components"]["dataset"], runs["run"], runs["picks"], runs["table"],
                                   train["estimate"], *chat["refresh_outputs"], *library["refresh_outputs"]])
+
+        # every place that shows a run's status follows the database on its own, one light tick for all
+        shown = gr.State([])
+        clock = gr.Timer(live.SYNC_SECONDS)
+        synced = [worker, runs["run"], runs["picks"], runs["table"], *chat["refresh_outputs"],
+                  *library["refresh_outputs"]]
+
+        def sync(sent, adapter_a, run_id, cache):
+            choices = runs_tab.run_choices()
+            fresh = [live.worker_line(), gr.update(choices=choices), gr.update(choices=choices), runs_tab.runs_table(),
+                     *chat["refresh_values"](adapter_a), *library["refresh_values"]()]
+            return fresh, *live.only_changed(sent, fresh), runs_tab.wake(run_id, cache)
+
+        clock.tick(sync, [shown, chat["run"], runs["run"], runs["cache"]], [shown, *synced, runs["timer"]],
+                   show_progress="hidden")
     return demo
 
 

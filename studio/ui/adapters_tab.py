@@ -6,7 +6,6 @@ evaluation) waits its turn in gradio's queue; evaluation shares the Chat tab's e
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import gradio as gr
 from .. import adapters, db
 from ..chat import AUTO_BASE
 from ..models import shown_model, shown_path
+from . import downloads
+from .runs_tab import file_box
 
 TABLE_HEADERS = ["name", "kind", "base", "config", "final loss", "best eval loss", "steps", "size", "created"]
 SNIPPETS = (("vllm", "vLLM (serve base + adapter)", "shell"), ("openai", "OpenAI-compatible request", "shell"),
@@ -55,23 +56,24 @@ def refresh_values() -> tuple:
 
 # ---- handlers -----------------------------------------------------------------------------------
 
-def _tmp_copy(path: Path) -> str:
-    """gradio serves files from the temp dir: copy a download there (the data dir may live elsewhere)."""
+def _download_copy(path: Path) -> str:
+    """A copy of ``path`` in the downloads folder gradio may serve (removed after an hour)."""
     import shutil
 
-    out = Path(tempfile.mkdtemp(prefix="studio-adapter-")) / path.name
+    out = downloads.new_file(path.name)
     shutil.copyfile(path, out)
     return str(out)
 
 
 def on_zip(ref):
     if not ref:
-        return None, "Choose an adapter first."
+        return file_box(), "Choose an adapter first."
     try:
         path = adapters.zip_adapter(ref)
     except (adapters.AdapterError, ValueError) as exc:
-        return None, f"⚠️ {exc}"
-    return _tmp_copy(path), f"Zip ready: {path.name} ({adapters.human_bytes(path.stat().st_size)})."
+        return file_box(), f"**Error:** {exc}"
+    return (file_box(_download_copy(path)),
+            f"Zip ready: {path.name} ({adapters.human_bytes(path.stat().st_size)}).")
 
 
 def _snippet_values(ref, gguf_file=None) -> list:
@@ -110,7 +112,7 @@ def on_select(ref):
                 headers, rows = evaluation.golden_table(evaluation.read_golden(a.job_id))
             note = "\n\n".join(drift_markdown(r) for r in adapters.read_drift(ref))
         except (adapters.AdapterError, KeyError, ValueError) as exc:
-            note = f"⚠️ {exc}"
+            note = f"**Error:** {exc}"
     return (gr.update(value=rows, headers=headers), note, *_snippet_values(ref))
 
 
@@ -120,7 +122,7 @@ def on_merge(ref, dtype):
     try:
         result = adapters.merge(ref, dtype=dtype)
     except Exception as exc:  # any failure leaves no half-written folder (studio.export); say why
-        return f"⚠️ Merge failed: {exc}", *_snippet_values(ref)
+        return f"**Merge failed:** {exc}", *_snippet_values(ref)
     return (f"Merged into `{shown_path(result['path'])}` ({adapters.human_bytes(result['bytes'])}, "
             f"{result['seconds']:.1f} s).",
             *_snippet_values(ref))
@@ -132,7 +134,7 @@ def on_gguf(ref, quant, drift):
     try:
         result = adapters.export_gguf(ref, quant=quant, drift=bool(drift))
     except Exception as exc:
-        return f"⚠️ GGUF export failed: {exc}", *_snippet_values(ref)
+        return f"**GGUF export failed:** {exc}", *_snippet_values(ref)
     lines = []
     if "merge" in result:
         m = result["merge"]
@@ -154,7 +156,7 @@ def on_import(files, name, base):
     try:
         folder = adapters.import_adapter(paths, name, base)
     except (adapters.AdapterError, ValueError) as exc:
-        return f"⚠️ {exc}", *refresh_values()
+        return f"**Error:** {exc}", *refresh_values()
     return (f"Imported **{folder.name}** for {shown_model(base)}; it is now in the Chat tab's adapter lists.",
             *refresh_values())
 
@@ -185,7 +187,7 @@ def _eval_rows(source: str) -> list[dict]:
 def on_evaluate(base, refs, source, limit, max_new_tokens, progress=gr.Progress()):
     from .. import evaluation
 
-    empty = (gr.update(), gr.update(), None)
+    empty = (gr.update(), gr.update(), file_box())
     refs = [r for r in (refs or []) if r][:3]
     try:
         chosen = [adapters.resolve(r) for r in refs]
@@ -200,15 +202,15 @@ def on_evaluate(base, refs, source, limit, max_new_tokens, progress=gr.Progress(
         result = evaluation.evaluate_batch(base_model, names, rows, max_new_tokens=int(max_new_tokens),
                                            limit=int(limit), progress=lambda d, t: progress(d / t, f"{d}/{t}"))
     except Exception as exc:
-        return f"⚠️ {exc}", *empty
+        return f"**Error:** {exc}", *empty
     headers, metric_rows = evaluation.metrics_table(result)
     row_headers = ["prompt", "reference"] + [f"{m}" for m in result["models"]]
     detail = [[r["prompt"], r["reference"], *[r["replies"][m] for m in result["models"]]] for r in result["rows"]]
-    csv_path = Path(tempfile.mkdtemp(prefix="studio-eval-")) / "batch-evaluation.csv"
+    csv_path = downloads.new_file("batch-evaluation.csv")
     csv_path.write_text(evaluation.to_csv(result))
     note = f"Evaluated {len(result['rows'])} rows on {len(result['models'])} models in {result['seconds']:.1f} s."
     return (note, gr.update(value=metric_rows, headers=headers), gr.update(value=detail, headers=row_headers),
-            str(csv_path))
+            file_box(csv_path))
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def build() -> dict:
             refresh = gr.Button("Refresh", size="sm", scale=1)
         with gr.Row():
             zip_btn = gr.Button("Download adapter (.zip with model card)", elem_id="adapters-zip")
-            zip_file = gr.File(label="Adapter zip", interactive=False, elem_id="adapters-zip-file")
+            zip_file = gr.File(label="Adapter zip", interactive=False, visible=False, elem_id="adapters-zip-file")
         note = gr.Markdown(elem_id="adapters-note")
         with gr.Accordion("Golden prompts (answers at each checkpoint)", open=False):
             golden = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, elem_id="adapters-golden")
@@ -269,7 +271,7 @@ def build() -> dict:
             ev_note = gr.Markdown(elem_id="adapters-eval-note")
             ev_metrics = gr.Dataframe(label="Per model", interactive=False, elem_id="adapters-eval-metrics")
             ev_rows = gr.Dataframe(label="Per row", interactive=False, wrap=True, elem_id="adapters-eval-rows")
-            ev_csv = gr.File(label="CSV", interactive=False, elem_id="adapters-eval-csv")
+            ev_csv = gr.File(label="CSV", interactive=False, visible=False, elem_id="adapters-eval-csv")
 
     refresh_outputs = [lib, pick, ev_refs, ev_source, ev_base, imp_base]
     refresh.click(refresh_values, None, refresh_outputs)

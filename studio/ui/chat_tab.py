@@ -11,7 +11,7 @@ from typing import Callable
 
 import gradio as gr
 
-from .. import adapters
+from .. import adapters, db
 from ..chat import AUTO_BASE, PANES
 
 MAX_ADAPTERS = len(PANES)
@@ -29,10 +29,19 @@ def base_choices() -> list[tuple[str, str]]:
     return [("Base of adapter A", AUTO_BASE)] + [(b, b) for b in adapters.base_choices()]
 
 
-def refresh_values() -> tuple:
-    """Fresh choices for the base dropdown and the three adapter dropdowns (page load, Refresh)."""
+def newest_finished() -> str | None:
+    """The completed run (with an adapter) that finished last."""
+    done = [j for j in db.list_jobs(("completed",)) if j.adapter_path]
+    return max(done, key=lambda j: j.finished_at or 0).id if done else None
+
+
+def refresh_values(adapter_a: str | None = None) -> tuple:
+    """Fresh choices for the base dropdown and the three adapter dropdowns (page load, Refresh, each tick);
+    adapter A, while nothing is chosen there, gets the run that finished last."""
     choices = adapter_choices()
-    return (gr.update(choices=base_choices()), gr.update(choices=choices),
+    newest = None if adapter_a else newest_finished()
+    first = gr.update(choices=choices, value=newest) if newest else gr.update(choices=choices)
+    return (gr.update(choices=base_choices()), first,
             *[gr.update(choices=[NONE_CHOICE] + choices) for _ in range(MAX_ADAPTERS - 1)])
 
 
@@ -138,6 +147,6 @@ def build() -> dict:
     for run, box in zip(runs, boxes):
         run.change(lambda: [], None, [box])
     refresh_outputs = [base, *runs]
-    refresh.click(refresh_values, None, refresh_outputs)
+    refresh.click(refresh_values, [runs[0]], refresh_outputs)
     return {"run": runs[0], "runs": runs, "base": base, "refresh_outputs": refresh_outputs,
             "refresh_values": refresh_values}

@@ -72,7 +72,7 @@ def status_markdown(job: db.Job) -> str:
     if pos:
         line += f" (position {pos} in the queue)"
     if job.error:
-        line += f"\n\n⚠️ {job.error}"
+        line += f"\n\n**Error:** {job.error}"
     if job.worker_host:
         line += f"\n\nworker {job.worker_host} · device {job.device or '?'}"
     s = job.summary
@@ -127,7 +127,8 @@ def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bo
     cache["status"] = job.status
     best = job.summary.get("best_eval_step")
     fig = charts.run_figure(cache["rows"], smoothing=smoothing, log_scale=log_scale, best_step=best,
-                            total_steps=job.total_steps, uirevision=job_id)
+                            total_steps=job.total_steps, uirevision=job_id) if cache["rows"] or active else \
+        charts.empty_figure(f"no steps recorded: the run {job.status} before its first", uirevision=job_id)
     return (cache, fig, status_markdown(job), progress_html(job), log_tail(job), gr.Timer(active=active))
 
 
@@ -171,22 +172,36 @@ def do_delete(job_id):
     return "Run deleted.", gr.update(choices=run_choices(), value=None)
 
 
+def file_box(path=None) -> dict:
+    """A download box's update: shown holding ``path``, hidden while there is no file."""
+    return gr.update(value=str(path) if path else None, visible=bool(path))
+
+
 def download_yaml(job_id):
     job = db.get_job(job_id) if job_id else None
     if job is None:
-        return None
+        return file_box()
     out = downloads.new_file(f"{job.name}.yaml")
     out.write_text(JobSpec.from_dict(job.spec).to_yaml())
-    return str(out)
+    return file_box(out)
 
 
 def download_csv(job_id):
     job = db.get_job(job_id) if job_id else None
     if job is None:
-        return None
+        return file_box()
     out = downloads.new_file(f"{job.name}-metrics.csv")
     out.write_text(charts.rows_to_csv(db.metric_rows(job.id)))
-    return str(out)
+    return file_box(out)
+
+
+def wake(job_id: str | None, cache: dict | None):
+    """Restart the Runs tab's poll when the chosen run became active again since its last tick (resumed,
+    perhaps in another session); otherwise leave the timer as it is."""
+    job = db.get_job(job_id) if job_id else None
+    if job is None or job.status not in db.ACTIVE or (cache or {}).get("status") == job.status:
+        return gr.skip()
+    return gr.Timer(active=True)
 
 
 def compare(job_ids: list[str] | None, smoothing: float, log_scale: bool):
@@ -212,7 +227,8 @@ def build() -> dict:
             smoothing = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing", scale=3)
             log_scale = gr.Checkbox(False, label="Log scale", scale=1)
         chart = gr.Plot(label="Training curves", elem_id="run-chart")
-        logs = gr.Textbox(label="Log (warnings and errors)", lines=4, max_lines=12, interactive=False)
+        logs = gr.Textbox(label="Log (warnings and errors)", lines=4, max_lines=12, interactive=False,
+                          elem_id="run-log")
         with gr.Row():
             cancel = gr.Button("Cancel", variant="stop", elem_id="run-cancel")
             resume = gr.Button("Resume", elem_id="run-resume")
@@ -220,8 +236,8 @@ def build() -> dict:
             yaml_btn = gr.Button("Download YAML")
             csv_btn = gr.Button("Download metrics CSV")
         action = gr.Markdown()
-        files = gr.File(label="Download", interactive=False)
-        table = gr.Dataframe(value=runs_table, headers=["name", "status", "step", "base", "dataset", "config",
+        files = gr.File(label="Download", interactive=False, visible=False, elem_id="run-download")
+        table = gr.Dataframe(value=runs_table, elem_id="runs-table", headers=["name", "status", "step", "base", "dataset", "config",
                                                         "device", "created"], interactive=False, label="All runs")
         with gr.Accordion("Compare runs", open=False, elem_id="compare"):
             picks = gr.Dropdown(choices=run_choices(), multiselect=True, max_choices=20, label="Runs to overlay",
@@ -246,5 +262,5 @@ def build() -> dict:
     delete.click(do_delete, [run], [action, run])
     yaml_btn.click(download_yaml, [run], [files])
     csv_btn.click(download_csv, [run], [files])
-    return {"run": run, "table": table, "timer": timer, "picks": picks, "select": select_run,
+    return {"run": run, "table": table, "timer": timer, "cache": cache, "picks": picks, "select": select_run,
             "select_inputs": [run, smoothing, log_scale], "outs": outs}
