@@ -700,12 +700,21 @@ def merge(ref_value: str, dtype: str = "float32", out: Path | None = None) -> di
     from . import export
     from .models import resolve_model
 
-    ref = resolve(ref_value)
+    ref = _mergeable(resolve(ref_value))
     merged, _ = _export_paths(ref)
     target = Path(out) if out is not None else merged
     result = export.merge_adapter(resolve_model(ref.base_model), ref.folder, target, dtype=dtype,
                                   overwrite=out is None or Path(out) == merged)
     return {**result, "path": str(target)}
+
+
+def _mergeable(ref: AdapterRef) -> AdapterRef:
+    """``ref``, or AdapterError with the sentence saying why its adapter type cannot be merged."""
+    from .adapter_types import merge_problem
+
+    if problem := merge_problem(ref.folder):
+        raise AdapterError(problem)
+    return ref
 
 
 def _chat_template(model_dir: Path) -> str | None:
@@ -727,7 +736,7 @@ def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts
     """
     from . import export
 
-    ref = resolve(ref_value)
+    ref = _mergeable(resolve(ref_value))
     merged_dir, gguf_dir = _export_paths(ref)
     gguf_dir = Path(out_dir) if out_dir is not None else gguf_dir
     result: dict = {"name": ref.name}
@@ -858,7 +867,7 @@ def cli_export(args) -> int:
     if quant not in export.GGUF_QUANTS:
         return _fail(f"--quant must be one of {', '.join(export.GGUF_QUANTS)}")
     try:
-        ref = resolve(args.run)
+        ref = _mergeable(resolve(args.run))
         if args.merge:
             result = merge(ref.ref, dtype=getattr(args, "dtype", None) or "float32", out=Path(args.merge))
             print(f"merged into {result['path']} ({human_bytes(result['bytes'])}, {result['seconds']:.1f} s)")

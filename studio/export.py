@@ -22,6 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .adapter_types import merge_problem
+
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
 GGUF_QUANTS = ("f16", "q8_0", "f32")
 
@@ -46,7 +48,7 @@ CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
                   dtype: str = "float32", overwrite: bool = False) -> dict:
-    """Fold a LoRA adapter into its base model and save the result as a standalone HF folder.
+    """Fold a LoRA or IA3 adapter into its base model and save the result as a standalone HF folder.
 
     The base is loaded in `dtype` (16 or 32 bit), never 4-bit: an adapter trained with QLoRA merges
     into the full-precision weights, which is what it will be served on. The folder is built next to
@@ -57,6 +59,8 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter_config.json in {adapter_dir}")
+    if problem := merge_problem(adapter_dir):
+        raise ValueError(problem)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists")
 
