@@ -22,12 +22,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from .methods import METHOD_METRICS
+
 __all__ = [
     "ema", "downsample", "to_columns", "run_figure", "compare_figure", "empty_figure", "config_labels",
     "config_diff", "summary", "format_duration", "rows_to_csv", "METRICS", "MAX_COMPARE",
 ]
 
 HEIGHT = 520
+EXTRA_PANEL_HEIGHT = 70
 MAX_COMPARE = 20
 KEEP_TAIL = 200
 MAX_SMOOTHING = 0.999
@@ -40,8 +43,20 @@ METRICS: dict[str, tuple[str, str]] = {
     "grad_norm": ("grad norm", ".3g"),
     "tokens_per_second": ("tokens/s", ",.0f"),
     "memory_gb": ("memory (GB)", ".2f"),
+    # the training methods' own metrics (studio/methods.py), drawn only when a run logged them
+    "rewards/margins": ("reward margin", ".3f"),
+    "rewards/chosen": ("reward chosen", ".3f"),
+    "rewards/rejected": ("reward rejected", ".3f"),
+    "kl": ("KL", ".3g"),
+    "log_odds_chosen": ("log-odds chosen vs rejected", ".3f"),
+    "logps/rejected": ("log p rejected", ".2f"),
+    "nll_loss": ("SFT loss (chosen)", ".4f"),
+    "reward": ("mean reward", ".3f"),
+    "reward_std": ("reward spread (std)", ".3f"),
+    "completions/mean_length": ("completion length", ".1f"),
 }
-PANELS = ("learning_rate", "grad_norm", "tokens_per_second", "memory_gb")
+METHOD_PANELS = tuple(METHOD_METRICS)
+PANELS = ("learning_rate", "grad_norm", "tokens_per_second", "memory_gb", *METHOD_PANELS)
 SMOOTHED = {"loss", "grad_norm", "tokens_per_second"}  # noisy series; lr, memory and eval are drawn raw
 CSV_COLUMNS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
                "num_tokens", "memory_gb", "time")
@@ -50,7 +65,8 @@ TRAIN_COLOUR = "#2563eb"
 EVAL_COLOUR = "#ea580c"
 BEST_COLOUR = "#16a34a"
 PANEL_COLOURS = {"learning_rate": "#7c3aed", "grad_norm": "#0891b2", "tokens_per_second": "#65a30d",
-                 "memory_gb": "#b45309"}
+                 "memory_gb": "#b45309"} | {k: qualitative.Dark2[i % len(qualitative.Dark2)]
+                                           for i, k in enumerate(METHOD_PANELS)}
 RUN_COLOURS = qualitative.Dark24
 FEW_POINTS = 40  # up to this many points a line also gets markers
 
@@ -219,8 +235,9 @@ def run_figure(rows: Rows, *, smoothing: float = 0.6, log_scale: bool = False,
                best_step: int | None = None, total_steps: int | None = None, max_points: int = 2000,
                keep_tail: int = KEEP_TAIL, uirevision: str = "run") -> go.Figure:
     """One run: train loss (smoothed line over faint raw values) and eval loss on the main panel,
-    the best eval checkpoint marked, and small linked panels for learning rate, grad norm, tokens/s
-    and memory (only those with data) below it, all on one step axis.
+    the best eval checkpoint marked, and small linked panels for learning rate, grad norm, tokens/s,
+    memory and the method's own metrics (reward margins, mean reward, KL, ...; only those with data)
+    below it, all on one step axis.
 
     ``rows``: metric rows, or a mapping of columns (``{"step": [...], "loss": [...]}``, faster).
     ``best_step``: the checkpoint the trainer kept; default the step of the lowest eval loss.
@@ -254,6 +271,7 @@ def run_figure(rows: Rows, *, smoothing: float = 0.6, log_scale: bool = False,
     annotations: list[dict] = []
     layout = _layout(uirevision, showlegend=True, shapes=shapes, annotations=annotations,
                      legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom", bgcolor="rgba(0,0,0,0)"))
+    layout["height"] = HEIGHT + EXTRA_PANEL_HEIGHT * max(0, len(panels) - 4)  # a method's panels add room
     top = 1.0
     for row, h in enumerate(heights, start=1):
         a = _axis_id(row)
@@ -280,7 +298,8 @@ def run_figure(rows: Rows, *, smoothing: float = 0.6, log_scale: bool = False,
         title += f" of {total_steps:,} ({min(last_step / total_steps, 1):.0%})"
     if best is not None:
         title += f" · best eval {best[1]:.4f} at step {best[0]:,}"
-    layout["title"] = dict(text=title, x=0.0, xref="paper", xanchor="left", y=0.99, yanchor="top",
+    # top right: gradio draws the component's label over the chart's top left corner
+    layout["title"] = dict(text=title, x=1.0, xref="paper", xanchor="right", y=0.99, yanchor="top",
                            font=dict(size=13))
     return go.Figure(dict(data=data, layout=layout))
 

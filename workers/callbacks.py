@@ -17,6 +17,7 @@ import time
 from transformers import TrainerCallback
 
 from studio import db
+from studio.methods import METHOD_METRICS
 
 # Set by the consumer's signal handler (SIGINT/SIGTERM): stop at the end of the step, save, mark interrupted.
 SHUTDOWN = threading.Event()
@@ -97,6 +98,8 @@ class StudioCallback(TrainerCallback):
         for src, dst in (("learning_rate", "learning_rate"), ("grad_norm", "grad_norm"), ("num_tokens", "num_tokens")):
             if logs.get(src) is not None and "eval_loss" not in logs:
                 row[dst] = float(logs[src])
+        if "eval_loss" not in logs:  # the method's own training metrics (reward margins, mean reward, ...)
+            row.update((key, float(logs[key])) for key in METHOD_METRICS if logs.get(key) is not None)
         if row.get("num_tokens") is not None:
             if self._last_tokens is not None:
                 dt = row["time"] - self._last_tokens[1]

@@ -15,7 +15,8 @@ stored before they existed read the same):
 - text: ``{"text": str}``;
 - preference: ``{"prompt": [turn], "chosen": [assistant turn], "rejected": [assistant turn], "tools"?}``;
 - unpaired_preference: ``{"prompt": [turn], "completion": [assistant turn], "label": bool, "tools"?}``;
-- prompt_only: ``{"prompt": [turn], "tools"?}``.
+- prompt_only: ``{"prompt": [turn], "answer"?: str, "tools"?}`` (answer: the reference GRPO's answer reward
+  compares with).
 """
 from __future__ import annotations
 
@@ -373,10 +374,14 @@ def _norm_prompt_completion(row: dict) -> dict:
 
 
 def _norm_prompt_only(row: dict) -> dict:
+    """A prompt, and the reference answer GRPO's answer reward compares with when the row has one."""
     turns = _with_system(row, _prompt_turns(row, "prompt"))
     if not any(t["content"].strip() for t in turns):
         raise _Bad("'prompt' is empty")
-    return _with_tools(row, {"prompt": turns})
+    given = row.get("answer")
+    answer = {} if given is None else {
+        "answer": str(given) if isinstance(given, (int, float)) and not isinstance(given, bool) else _text(row, "answer")}
+    return _with_tools(row, {"prompt": turns, **answer})
 
 
 def _norm_text(row: dict) -> dict:
@@ -586,7 +591,7 @@ REGISTRY: tuple[Format, ...] = (
            "unpaired_preference (prompt/completion or a conversation, with a true/false 'label' or 'kto_tag')",
            ("prompt", "completion", "messages", "conversations", "instruction", "input", "output", "label", "kto_tag"),
            _is_unpaired, _norm_unpaired, 10),
-    Format("prompt_only", "prompt_only", "prompt_only (prompt)", ("prompt", "system"),
+    Format("prompt_only", "prompt_only", "prompt_only (prompt, optionally answer)", ("prompt", "system", "answer"),
            lambda c, s: "prompt" in c and not ({"completion", "chosen", "rejected", "label"} & c), _norm_prompt_only, 80),
 )
 BY_NAME = {f.name: f for f in REGISTRY}

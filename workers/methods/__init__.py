@@ -1,0 +1,11 @@
+"""Training methods, the worker half: each module turns a JobSpec into its TRL config and trainer.
+
+The torch-free half (dataset kinds, form fields, metrics, memory terms) is ``studio/methods.py``. A new
+method is one module here and one line below.
+"""
+from __future__ import annotations
+
+from . import dpo, grpo, kto, orpo, sft
+from .base import WorkerMethod
+
+METHODS: dict[str, WorkerMethod] = {m.name: m for m in (sft.METHOD, dpo.METHOD, kto.METHOD, orpo.METHOD, grpo.METHOD)}
