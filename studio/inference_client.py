@@ -1,0 +1,95 @@
+"""Find a running inference server and talk to it: the torch-free side of workers/inference.
+
+Servers register in the ``inference_servers`` table (URL, device, loaded bases). ``chat_stream`` reads
+an OpenAI chat-completions stream (server-sent events) with httpx and yields the growing reply, the
+same shape ``studio.chat.ChatEngine.stream`` yields, so a caller can switch from in-process generation
+to the endpoint without change.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Iterator
+
+import httpx
+
+from . import db
+from .chat import GenerationSettings
+from .jobs import HEARTBEAT_STALE_SECONDS, WORKER_BEAT_SECONDS
+from .liveness import gone
+from .settings import api_key
+
+TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)  # a first request may load a base
+
+
+class InferenceError(RuntimeError):
+    """No server to ask, or the server refused or failed the request; the message is one sentence."""
+
+
+def live_servers(stale_seconds: float | None = None) -> list[db.InferenceServerRecord]:
+    """Inference servers running now (on this host a live pid, elsewhere a recent beat), most recently
+    seen first. Rows of servers that died without removing theirs are removed on the way."""
+    stale_seconds = max(HEARTBEAT_STALE_SECONDS, 3 * WORKER_BEAT_SECONDS) if stale_seconds is None else stale_seconds
+    here, t = socket.gethostname(), time.time()
+    live = []
+    for s in db.list_inference_servers():
+        if gone(s.host, s.pid, s.pid_start, s.seen_at, stale_seconds, t):
+            if s.host == here or t - s.seen_at > 24 * 3600:
+                db.remove_inference_server(s.id)
+            continue
+        live.append(s)
+    return live
+
+
+def pick_server(base: str | None = None) -> db.InferenceServerRecord:
+    """A live server, preferring one that holds ``base`` in memory already."""
+    servers = live_servers()
+    if not servers:
+        raise InferenceError("no inference server is running: start one with `studio infer` (or `studio worker`)")
+    holding = [s for s in servers if base and any(b.get("model") == base for b in s.loaded_bases or [])]
+    return (holding or servers)[0]
+
+
+def headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key()}"}
+
+
+def request_body(messages: list[dict], model: str, settings: GenerationSettings, stream: bool) -> dict:
+    """An OpenAI chat-completions request with the Chat tab's settings (0 temperature = greedy)."""
+    return {"model": model, "messages": messages, "stream": stream, "max_tokens": int(settings.max_new_tokens),
+            "temperature": float(settings.temperature), "top_p": float(settings.top_p), "top_k": int(settings.top_k),
+            "repetition_penalty": float(settings.repetition_penalty), "seed": int(settings.seed)}
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"the inference server answered {response.status_code}"
+
+
+def chat_stream(messages: list[dict], model: str, settings: GenerationSettings | None = None,
+                url: str | None = None) -> Iterator[str]:
+    """Yield the growing reply of ``model`` (a base, a run, ``RUN/checkpoint-N`` or ``imported/NAME``) from
+    the server at ``url`` (an OpenAI base URL ending in /v1), or from a live one."""
+    settings = settings or GenerationSettings()
+    url = url or pick_server().url
+    body = request_body(messages, model, settings, stream=True)
+    reply = ""
+    try:
+        with httpx.stream("POST", f"{url}/chat/completions", json=body, headers=headers(), timeout=TIMEOUT) as r:
+            if r.status_code != 200:
+                r.read()
+                raise InferenceError(_error_message(r))
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[len("data: "):])
+                if "error" in event:
+                    raise InferenceError(event["error"]["message"])
+                for choice in event.get("choices", []):
+                    reply += choice.get("delta", {}).get("content") or ""
+                    yield reply
+    except httpx.HTTPError as exc:
+        raise InferenceError(f"cannot reach the inference server at {url}: {exc}") from None

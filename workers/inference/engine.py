@@ -1,0 +1,167 @@
+"""Many bases, many adapters: one ``studio.chat.ChatEngine`` per base model, least recently used evicted.
+
+Each ChatEngine holds one copy of its base with adapters attached through peft (``set_adapter`` /
+``disable_adapter``) and streams through transformers' ``TextIteratorStreamer``. This module adds what
+an OpenAI-style request needs on top: several bases under a memory budget (``STUDIO_INFER_MEMORY_GB``),
+stop sequences, and token counts with a finish reason.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from studio.chat import ChatEngine, GenerationSettings, base_key
+from studio.models import shown_model
+
+from .names import Target
+
+log = logging.getLogger("studio.inference")
+
+DEFAULT_BUDGET_SHARE = 0.5   # without STUDIO_INFER_MEMORY_GB: half the device's memory holds bases
+
+
+def memory_budget_bytes(env: dict[str, str] | None = None) -> int:
+    """``STUDIO_INFER_MEMORY_GB``, else half of the GPU's (or, on a CPU, the machine's) memory."""
+    env = os.environ if env is None else env
+    if env.get("STUDIO_INFER_MEMORY_GB"):
+        return int(float(env["STUDIO_INFER_MEMORY_GB"]) * 1e9)
+    from workers.train import device_facts
+
+    return int(device_facts()["memory_gb"] * 1e9 * DEFAULT_BUDGET_SHARE)
+
+
+def held_back(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The part of a growing reply that may be sent, and whether a stop sequence ended it: the reply up to
+    the first stop sequence, or, while none has appeared, all but a tail that could begin one."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    if hits:
+        return text[:min(hits)], True
+    tail = max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
+               default=0)
+    return text[:len(text) - tail], False
+
+
+@dataclass
+class Reply:
+    """What a finished generation reports beside its text (OpenAI's ``finish_reason`` and ``usage``)."""
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class InferenceEngine:
+    def __init__(self, budget_bytes: int | None = None, on_change: Callable[[list[dict]], object] | None = None):
+        self.budget_bytes = memory_budget_bytes() if budget_bytes is None else budget_bytes
+        self.on_change = on_change          # told the loaded bases whenever they change
+        self.bases: OrderedDict[str, ChatEngine] = OrderedDict()   # least recently used first
+        self.lock = threading.Lock()
+
+    # -- bases ----------------------------------------------------------------------------------------
+    def chat_engine(self, base: str) -> ChatEngine:
+        """The ChatEngine of ``base``, loaded on first use; older bases go while the budget is exceeded."""
+        key = base_key(base)
+        with self.lock:
+            engine = self.bases.get(key)
+            if engine is not None:
+                self.bases.move_to_end(key)
+                return engine
+            engine = ChatEngine()
+            engine.ensure_base(base)
+            self.bases[key] = engine
+            self._evict(keep=key)
+        self._changed()
+        return engine
+
+    def _evict(self, keep: str) -> None:
+        while len(self.bases) > 1 and sum(map(footprint, self.bases.values())) > self.budget_bytes:
+            key = next(k for k in self.bases if k != keep)
+            self.bases.pop(key)
+            log.info("inference: unloaded %s (over the %.1f GB budget)", shown_model(key), self.budget_bytes / 1e9)
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def loaded_bases(self) -> list[dict]:
+        """[{"model", "memory_mb"}], least recently used first."""
+        return [{"model": shown_model(k), "memory_mb": round(footprint(e) / 1e6, 1)}
+                for k, e in list(self.bases.items())]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self.loaded_bases())
+            except Exception:  # the next heartbeat reports them again
+                log.warning("could not record the loaded bases", exc_info=True)
+
+    def prepare(self, target: Target) -> tuple[ChatEngine, str | None]:
+        """Load the base (and attach the adapter) of ``target``; returns its engine and adapter name."""
+        engine = self.chat_engine(target.base)
+        if target.adapter is None:
+            return engine, None
+        engine.ensure_adapter(target.adapter.key, target.adapter.folder)
+        return engine, target.adapter.key
+
+    # -- generation -----------------------------------------------------------------------------------
+    def generate(self, target: Target, messages: list[dict], settings: GenerationSettings,
+                 stops: list[str] | None = None, reply: Reply | None = None) -> Iterator[str]:
+        """Yield the reply of ``target`` in pieces; ``reply`` receives the finish reason and token counts.
+        Closing the iterator stops generation."""
+        reply = reply if reply is not None else Reply()
+        engine, adapter = self.prepare(target)
+        stops = [s for s in (stops or []) if s]
+        counted = Counted(settings)
+        sent, full, hit = "", "", False
+        stream = engine.stream(messages, adapter, counted)
+        try:
+            for full in stream:
+                safe, hit = held_back(full, stops)
+                if len(safe) > len(sent):
+                    yield safe[len(sent):]
+                    sent = safe
+                if hit:
+                    break
+        finally:
+            stream.close()   # stops generation when the caller stopped listening or a stop sequence came
+        if not hit and len(full) > len(sent):  # a held-back tail that never became a stop sequence
+            yield full[len(sent):]
+            sent = full
+        reply.text, reply.prompt_tokens, reply.completion_tokens = sent, counted.prompt, counted.generated
+        reply.finish_reason = "length" if not hit and counted.generated >= settings.max_new_tokens else "stop"
+
+
+class Counted:
+    """Generation settings that also count the tokens of the prompt and of the reply: a logits processor
+    is called once for each token generated."""
+
+    def __init__(self, settings: GenerationSettings):
+        self.settings, self.prompt, self.generated = settings, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.settings, name)
+
+    def generate_kwargs(self) -> dict:
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        counted = self
+
+        class Count(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                counted.prompt = counted.prompt or input_ids.shape[1]
+                counted.generated += 1
+                return scores
+
+        return {**self.settings.generate_kwargs(), "logits_processor": LogitsProcessorList([Count()])}
+
+
+def footprint(engine: ChatEngine) -> int:
+    """Bytes of the weights (and buffers) of an engine's base, with its attached adapters."""
+    models = [engine.model, *engine.solo.values()]
+    return sum(m.get_memory_footprint() for m in models if m is not None)
