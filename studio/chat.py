@@ -7,6 +7,7 @@ torch/transformers/peft are imported lazily on first use, so the UI process star
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -37,18 +38,19 @@ class GenerationSettings:
 
 
 MAX_LOADED_ADAPTERS = 8   # least recently used adapters beyond this are dropped from memory
+GENERATE_BATCH = 16       # rows per forward pass in ChatEngine.generate_batch
 
 
 def base_key(ref: str) -> str:
     """One spelling per base model, so aliases of the same model never reload it."""
-    from .models import is_bundled
+    from .models import is_bundled, local_folder
     from .spec import BUNDLED_MODEL
 
     ref = (ref or "").strip()
     if is_bundled(ref):
         return BUNDLED_MODEL
-    p = Path(ref).expanduser()
-    return str(p.resolve()) if p.exists() else ref
+    p = local_folder(ref)
+    return str(p.resolve()) if p is not None and p.exists() else ref
 
 
 class ChatEngine:
@@ -58,6 +60,7 @@ class ChatEngine:
         self.model = None          # PeftModel once an adapter is attached, else the plain base
         self.tokenizer = None
         self.adapters: dict[str, str] = {}   # adapter name -> folder, least recently used first
+        self.solo: dict[str, object] = {}    # adapters of a type that cannot share the base: name -> own model
         self.base_loads = 0
         self.stop_event = threading.Event()
         self.current_owner: str | None = None   # the session whose reply is being generated
@@ -69,8 +72,7 @@ class ChatEngine:
         with self.lock:
             if self.base_ref == ref and self.model is not None:
                 return
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoTokenizer
 
             from .models import resolve_model
 
@@ -79,17 +81,25 @@ class ChatEngine:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
-            dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            if torch.cuda.is_available():
-                model = model.to("cuda")
-            model.eval()
-            self.model, self.base_ref, self.adapters = model, ref, {}
-            self.base_loads += 1
+            self.model, self.base_ref, self.adapters, self.solo = self._load_base(path), ref, {}, {}
             log.info("chat: loaded base %s in %.1f s", ref, time.time() - t0)
 
+    def _load_base(self, path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        self.base_loads += 1
+        return model.eval()
+
     def ensure_adapter(self, name: str, folder: str | Path) -> None:
-        """Attach an adapter (safetensors only) under ``name``; a no-op when already attached."""
+        """Attach an adapter (safetensors only) under ``name``; a no-op when already attached.
+
+        LoRA adapters share the one base; an adapter of a type that cannot share it with others (IA3, prompt
+        and prefix tuning: peft attaches one type per model) gets its own copy of the base."""
         with self.lock:
             folder = str(folder)
             if self.adapters.get(name) == folder:
@@ -99,30 +109,49 @@ class ChatEngine:
 
             if not (Path(folder) / "adapter_model.safetensors").exists():
                 raise FileNotFoundError(f"the adapter in {folder} has no adapter_model.safetensors")
-            if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name, use_safetensors=True)
-            else:
-                if name in self.adapters:
-                    self.model.delete_adapter(name)
-                    del self.adapters[name]
-                while len(self.adapters) >= MAX_LOADED_ADAPTERS:
-                    oldest = next(iter(self.adapters))
-                    self.model.delete_adapter(oldest)
-                    del self.adapters[oldest]
+            if name in self.adapters:
+                self._drop_adapter(name)
+            while len(self.adapters) >= MAX_LOADED_ADAPTERS:
+                self._drop_adapter(next(iter(self.adapters)))
+            from .adapter_types import of_folder
+            from .models import resolve_model
+
+            kind = of_folder(folder)
+            if kind is not None and not kind.multi_adapter:
+                self.solo[name] = PeftModel.from_pretrained(self._load_base(resolve_model(self.base_ref)), folder,
+                                                            adapter_name=name, use_safetensors=True).eval()
+            elif isinstance(self.model, PeftModel):
                 self.model.load_adapter(folder, adapter_name=name, use_safetensors=True)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name, use_safetensors=True)
             self.model.eval()
             self.adapters[name] = folder
 
+    def _drop_adapter(self, name: str) -> None:
+        if self.solo.pop(name, None) is None:
+            self.model.delete_adapter(name)
+        del self.adapters[name]
+
     def _adapter_context(self, adapter: str | None):
         """The context that makes the next forward pass the base (adapter=None) or base + ``adapter``."""
-        import contextlib
-
+        shared = any(name not in self.solo for name in self.adapters)
         if adapter is None:
-            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+            return self.model.disable_adapter() if shared else contextlib.nullcontext()
         if adapter not in self.adapters:
             raise KeyError(f"adapter {adapter} is not loaded")
+        if adapter in self.solo:
+            return self._using(self.solo[adapter])
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _using(self, model):
+        """Generation (under the engine's lock) runs on an adapter's own model, then back on the shared one."""
+        shared, self.model = self.model, model
+        try:
+            yield
+        finally:
+            self.model = shared
 
     # -- generation -----------------------------------------------------------------------------------
     def stream(self, messages: list[dict], adapter: str | None, settings: GenerationSettings,
@@ -183,6 +212,34 @@ class ChatEngine:
             pass
         return out
 
+    def generate_batch(self, conversations: list[list[dict]], adapter: str | None,
+                       settings: GenerationSettings | None = None, batch_size: int = GENERATE_BATCH) -> list[str]:
+        """Replies of the base (adapter=None) or of base+adapter to many conversations at once.
+
+        Left-padded batches of similar lengths (sorted, so little padding is wasted); replies come back in
+        the order of ``conversations``. Greedy by default; each row stops at its own end of turn.
+        """
+        import torch
+
+        from .render import _render
+
+        settings = settings or GenerationSettings(temperature=0.0, repetition_penalty=1.0)
+        with self.lock:
+            tok = self.tokenizer
+            texts = [_render(tok, messages, generation_prompt=True) for messages in conversations]
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            replies: list[str] = [""] * len(texts)
+            with self._adapter_context(adapter), torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    enc = tok([texts[i] for i in rows], return_tensors="pt", padding=True, padding_side="left",
+                              add_special_tokens=False).to(self.model.device)
+                    torch.manual_seed(settings.seed)
+                    out = self.model.generate(**enc, pad_token_id=tok.pad_token_id, **settings.generate_kwargs())
+                    for i, ids in zip(rows, out[:, enc["input_ids"].shape[1]:]):
+                        replies[i] = tok.decode(ids, skip_special_tokens=True).strip()
+            return replies
+
     def nll(self, messages: list[dict], adapter: str | None, max_length: int | None = 2048) -> tuple[float, int]:
         """Teacher-forced negative log-likelihood (sum, token count) of the assistant tokens of a conversation,
         the same tokens training puts its loss on (``studio.render.encode_chat``)."""
@@ -197,7 +254,8 @@ class ChatEngine:
                 return 0.0, 0
             x = torch.tensor([ids], device=self.model.device)
             with self._adapter_context(adapter), torch.inference_mode():
-                logits = self.model(input_ids=x).logits[0, :-1].float()
+                # prompt tuning returns logits for its virtual tokens first: keep the positions of the input
+                logits = self.model(input_ids=x).logits[0, -x.size(1):-1].float()
             targets = targets.to(logits.device)
             loss = torch.nn.functional.cross_entropy(logits[targets], x[0, 1:][targets], reduction="sum")
             return float(loss), int(targets.sum())

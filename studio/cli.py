@@ -104,13 +104,34 @@ def _worker_exited(pid: int, code: int) -> None:
 
 
 def cmd_worker(args) -> int:
+    import contextlib
+
     from workers.consumer import run_worker
 
     if args.parent:
         from .liveness import watch_parent
 
         watch_parent(args.parent)
-    run_worker(gpus=args.gpus, prepare=not args.no_prepare)
+    with contextlib.ExitStack() as beside:
+        if not args.no_infer:
+            from workers.inference.server import BindError, beside_worker
+
+            try:
+                beside.enter_context(beside_worker())
+            except BindError as exc:
+                return _fail(f"cannot start the inference server ({exc}): set STUDIO_INFER_PORT to a free port "
+                             "or start the worker with --no-infer")
+        run_worker(gpus=args.gpus, prepare=not args.no_prepare)
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from workers.inference.server import BindError, serve_forever
+
+    try:
+        serve_forever(args.host, args.port)
+    except BindError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another --port")
     return 0
 
 
@@ -414,16 +435,20 @@ def _evaluate_probe(ref, args) -> int:
     return 0
 
 
+def _read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise ValueError(f"cannot read the {what} file '{path}' (give a UTF-8 text file)") from None
+
+
 def _judge_prompts(ref, args) -> list[str]:
     """The prompts to judge on: --prompts FILE (one a line, or JSONL rows), else the run's eval split."""
     from .evaluation import _prompt_of
 
     if args.prompts:
         path = Path(args.prompts).expanduser()
-        try:
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError):
-            raise ValueError(f"cannot read the prompts file '{path}' (give a UTF-8 text or JSONL file)") from None
+        lines = [line.strip() for line in _read_text(args.prompts, "prompts").splitlines() if line.strip()]
         if path.suffix.lower() == ".jsonl":
             try:
                 prompts = [_prompt_of(json.loads(line)) for line in lines]
@@ -459,6 +484,8 @@ def _evaluate_judge(ref, args) -> int:
     from .probe.forgetting import result_folder
     from .settings import UnsafePath
 
+    if args.limit < 1 or args.max_new_tokens < 1:
+        return _fail("--limit and --max-new-tokens must be at least 1")
     against = None
     try:
         if args.against != "base":
@@ -466,16 +493,12 @@ def _evaluate_judge(ref, args) -> int:
             if not same_base(against.base_model, ref.base_model):
                 return _fail(f"{against.name} was trained on {against.base_model} and {ref.name} on "
                              f"{ref.base_model}: judge adapters of the same base")
-        rubric = judge.DEFAULT_RUBRIC
-        if args.rubric:
-            rubric = judge.check_rubric(Path(args.rubric).expanduser().read_text(encoding="utf-8"))
+        rubric = judge.check_rubric(_read_text(args.rubric, "rubric")) if args.rubric else judge.DEFAULT_RUBRIC
         prompts = _judge_prompts(ref, args)
         client = judge.JudgeClient(args.judge, args.judge_key or os.environ.get("STUDIO_JUDGE_KEY"),
                                    args.judge_model)
     except (AdapterError, UnsafePath, judge.JudgeError, ValueError) as exc:
         return _fail(str(exc))
-    except (OSError, UnicodeDecodeError):
-        return _fail(f"cannot read the rubric file '{args.rubric}'")
     opponent = "base" if against is None else against.name
     print(f"generating {len(prompts)} replies each for {ref.name} and {opponent}…", flush=True)
     engine = ChatEngine()
@@ -504,6 +527,55 @@ def _evaluate_judge(ref, args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """`studio sweep SWEEP.yaml [--dry-run]`, `--leaderboard GROUP`, `--cancel GROUP`."""
+    from . import jobs, sweep
+
+    if sum(map(bool, (args.file, args.leaderboard, args.cancel))) != 1:
+        return _fail("give a sweep file, or --leaderboard GROUP, or --cancel GROUP")
+    if args.leaderboard:
+        try:
+            swept, rows = sweep.leaderboard(args.leaderboard)
+        except KeyError:
+            return _fail(f"there is no sweep '{args.leaderboard}'")
+        columns = ["rank", "run", "status", *swept, *SWEEP_COLUMNS]
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(_cell(row.get(c)) for c in columns))
+        return 0
+    if args.cancel:
+        try:
+            members = jobs.cancel_group(args.cancel)
+        except KeyError:
+            return _fail(f"there is no sweep '{args.cancel}'")
+        for job in members:
+            print(f"{job.name}: {'cancel requested' if job.status == 'running' else job.status}")
+        return 0
+    try:
+        plan = sweep.parse(_read_text(args.file, "sweep"), Path(args.file).stem)
+        for spec in plan.members:
+            print(f"{spec.name}\t" + ", ".join(f"{k}={sweep._text(getattr(spec, k))}" for k in plan.fields))
+        if args.dry_run:
+            print(f"{len(plan.members)} runs (dry run: nothing queued)")
+            return 0
+        queued = sweep.queue(plan)
+    except (ValueError, sweep.SweepError) as exc:
+        return _fail(str(exc))
+    print(f"queued {len(queued)} runs in sweep {plan.name}")
+    return 0
+
+
+SWEEP_COLUMNS = ["best_eval_loss", "final_loss", "probe_kept", "judge_win_rate", "seconds", "tokens_per_second"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studio", description="Fine-Tune Studio")
     sub = p.add_subparsers(dest="command", required=True)
@@ -530,7 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-prepare", action="store_true", help="do not convert the bundled model at start")
     w.add_argument("--parent", type=int, default=None, metavar="PID",
                    help="stop (gracefully) when this process exits; `studio serve` starts its worker so")
+    w.add_argument("--no-infer", action="store_true",
+                   help="do not start the OpenAI-compatible inference server beside the consumer")
     w.set_defaults(func=cmd_worker)
+
+    inf = sub.add_parser("infer", help="start an OpenAI-compatible inference server (/v1/chat/completions) "
+                                       "whose models are the base models, runs, checkpoints and imports")
+    inf.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    inf.add_argument("--port", type=int, default=8000)
+    inf.set_defaults(func=cmd_infer)
 
     b = sub.add_parser("backup", help="copy the SQLite database to a new file while the studio runs")
     b.add_argument("path", help="the new file, e.g. studio-backup.db")
@@ -611,6 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=50, help="judge at most this many prompts (default 50)")
     ev.add_argument("--max-new-tokens", type=int, default=128, help="reply length of the models judged")
     ev.set_defaults(func=cmd_evaluate)
+    sw = sub.add_parser("sweep", help="queue a grid or random sample of runs from a sweep YAML as one group; "
+                                      "show its leaderboard or cancel it")
+    sw.add_argument("file", nargs="?", help="a sweep YAML: base, and grid or random + samples")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs without queueing them")
+    sw.add_argument("--leaderboard", metavar="GROUP", help="the sweep's runs, best eval loss first")
+    sw.add_argument("--cancel", metavar="GROUP", help="cancel every queued or running run of the sweep")
+    sw.set_defaults(func=cmd_sweep)
     return p
 
 

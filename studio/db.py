@@ -83,6 +83,7 @@ class Job(SQLModel, table=True):
     worker_pid_start: int | None = Field(default=None, sa_type=BigInteger)  # liveness.process_start(worker_pid)
     device: str | None = None
     summary_json: str = "{}"
+    group_id: str | None = Field(default=None, index=True)  # the sweep the run belongs to
 
     @property
     def spec(self) -> dict:
@@ -135,6 +136,20 @@ class WorkerRecord(SQLModel, table=True):
     gpu_count: int = 0
     bf16: bool = False                 # bf16 computes natively (precision "auto" trains in bf16)
     fast_4bit: bool = True             # bitsandbytes has fast 4-bit kernels here (GPU, or a CPU with AVX-512)
+    started_at: float = Field(default_factory=now)
+    seen_at: float = Field(default_factory=now, index=True)
+
+
+class InferenceServerRecord(SQLModel, table=True):
+    """A running OpenAI-compatible inference server: where clients find it and which bases it holds."""
+    __tablename__ = "inference_servers"
+    id: str = Field(primary_key=True)  # host:pid
+    host: str
+    pid: int
+    pid_start: int | None = Field(default=None, sa_type=BigInteger)  # liveness.process_start(pid)
+    url: str                           # the OpenAI base URL, ending in /v1
+    device: str                        # "cuda" or "cpu"
+    loaded_bases: list | None = Field(default=None, sa_type=JSON)  # [{"model", "memory_mb"}], most recent last
     started_at: float = Field(default_factory=now)
     seen_at: float = Field(default_factory=now, index=True)
 
@@ -320,6 +335,12 @@ def job_events(job_id: str) -> list[JobEvent]:
         return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
 
 
+def group_jobs(group_id: str) -> list[Job]:
+    """The runs of one sweep, oldest (first member) first."""
+    with session() as s:
+        return list(s.exec(select(Job).where(Job.group_id == group_id).order_by(Job.created_at)))
+
+
 def queue_position(job: Job) -> int | None:
     """1-based position among queued jobs, oldest first."""
     if job.status != "queued":
@@ -398,3 +419,46 @@ def remove_worker(worker_id: str) -> None:
 def list_workers() -> list[WorkerRecord]:
     with session() as s:
         return list(s.exec(select(WorkerRecord).order_by(WorkerRecord.seen_at.desc())))
+
+
+# ---- inference servers ------------------------------------------------------------------------
+
+def register_inference_server(**facts: Any) -> InferenceServerRecord:
+    """Insert or refresh an inference server's row (``id`` = host:pid)."""
+    facts = _with_pid_start(facts, "pid", "pid_start")
+    with session() as s:
+        row = s.get(InferenceServerRecord, facts["id"])
+        if row is None:
+            row = InferenceServerRecord(**facts)
+        else:
+            for k, v in facts.items():
+                setattr(row, k, v)
+        row.seen_at = now()
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return row
+
+
+def touch_inference_server(server_id: str, loaded_bases: list[dict] | None = None) -> None:
+    with session() as s:
+        row = s.get(InferenceServerRecord, server_id)
+        if row is not None:
+            row.seen_at = now()
+            if loaded_bases is not None:
+                row.loaded_bases = loaded_bases
+            s.add(row)
+            s.commit()
+
+
+def remove_inference_server(server_id: str) -> None:
+    with session() as s:
+        row = s.get(InferenceServerRecord, server_id)
+        if row is not None:
+            s.delete(row)
+            s.commit()
+
+
+def list_inference_servers() -> list[InferenceServerRecord]:
+    with session() as s:
+        return list(s.exec(select(InferenceServerRecord).order_by(InferenceServerRecord.seen_at.desc())))

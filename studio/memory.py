@@ -33,7 +33,11 @@ figures and against peak RSS measured on CPU by bench/memory.py.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from .methods import METHODS
+from .spec import MLP_NAMES
 
 GIB = 2**30
 GPU_SIZES_GB = (8, 12, 16, 24, 40, 48, 80)
@@ -42,6 +46,11 @@ GPU_SIZES_GB = (8, 12, 16, 24, 40, 48, 80)
 QUANT_BLOCK = 64                # weights sharing one absmax (bnb_4bit blocksize)
 DOUBLE_QUANT_BLOCK = 256        # first-level absmax values sharing one fp32 constant under double quantisation
 FP32 = 4
+
+# bitsandbytes' 8-bit optimizers
+BNB_OPTIM_BLOCK = 256           # states sharing one fp32 absmax
+BNB_QMAP = 256                  # fp32 entries of each state's quantisation code book
+BNB_MIN_8BIT_SIZE = 4096        # smaller tensors keep 32-bit states (bitsandbytes' min_8bit_size)
 
 # activations
 NORM_BYTES = FP32               # LlamaRMSNorm upcasts its input to fp32 and keeps that copy for backward
@@ -61,6 +70,7 @@ CPU_ALLOCATOR_RETENTION = 0.55  # glibc keeps freed activations in its heaps: x 
 TERMS = ("base weights", "quantization constants", "LoRA weights", "LoRA gradients", "optimizer states",
          "activations", "logits", "framework overhead")
 DEQUANT_TERM = "dequantised weight cache"  # only present when the speed lever is on (workers/speed.py)
+GENERATION_TERM = "generation KV cache"    # only for methods that sample completions (GRPO)
 
 # the tensor that feeds each Llama projection: q, k and v read the same normed hidden states
 INPUT_OF = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
@@ -166,7 +176,7 @@ def resolve_targets(shape: ModelShape, target_modules: list[str]) -> list[str]:
 
 def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, compute_bytes: int,
                            adapter_bytes: int, lora_dropout: float, device: str, use_dora: bool = False,
-                           bits: int = 16) -> float:
+                           bits: int = 16, peft_type: str = "lora") -> float:
     """Bytes one decoder layer keeps for the backward pass, per token, with frozen base weights.
 
     After "Reducing Activation Recomputation in Large Transformer Models" (Korthikanti et al. 2022), adapted
@@ -182,6 +192,9 @@ def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, com
       8-bit       bitsandbytes' int8 matmul keeps its input even for frozen weights  cb per distinct input
                   (MatMul8bitLt on GPU, MatMul8bitFp's ctx.A on CPU)
     Verified tensor by tensor with torch.autograd.graph.saved_tensors_hooks (docs/memory.md).
+    IA3 keeps, per targeted layer, the input of a feed-forward (MLP) layer, whose input it scales (shared like
+    lora_A's, or its own copy when cast to the adapter dtype), or the output of any other layer, which it
+    scales. Prompt and prefix tuning add nothing to a layer (pass no ``targets``).
     """
     h, i, cb = shape.hidden, shape.intermediate, compute_bytes
     layer = shape.linears()
@@ -199,6 +212,15 @@ def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, com
         if name not in layer:
             continue
         fan_in, fan_out = layer[name]
+        if peft_type == "ia3":
+            if name not in MLP_NAMES:
+                adapters += fan_out * cb
+            elif cast:
+                adapters += fan_in * adapter_bytes
+            elif INPUT_OF.get(name, name) not in shared_inputs:
+                adapters += fan_in * cb
+                shared_inputs.add(INPUT_OF.get(name, name))
+            continue
         if lora_dropout > 0 or cast:  # lora_A keeps its own copy: dropped out, or cast to the adapter dtype
             adapters += fan_in * (lora_bytes + (mask_bytes if lora_dropout > 0 else 0))
         elif INPUT_OF.get(name, name) not in shared_inputs:  # lora_A keeps the layer's input itself
@@ -216,11 +238,53 @@ def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, com
     return norms + attention + mlp + adapters + int8_inputs
 
 
+def adapter_tensors(shape: ModelShape, peft_type: str, targets: list[str], r: int, use_dora: bool = False,
+                    num_virtual_tokens: int = 20) -> list[int]:
+    """Elements of each trainable tensor the adapter type adds (peft's parameters, one entry per tensor).
+
+    lora            per targeted layer lora_A (r x in) and lora_B (out x r), with DoRA a magnitude (out)
+    ia3             per targeted layer one vector: in for feed-forward (MLP) layers, out for the others
+    prompt_tuning   one embedding of num_virtual_tokens x hidden
+    prefix_tuning   one embedding of num_virtual_tokens x (layers x 2 x KV width): a key and a value per layer
+    """
+    layer = dict(shape.linears(), lm_head=(shape.hidden, shape.vocab))
+    if peft_type == "prompt_tuning":
+        return [num_virtual_tokens * shape.hidden]
+    if peft_type == "prefix_tuning":
+        return [num_virtual_tokens * shape.layers * 2 * shape.kv_dim]
+    out: list[int] = []
+    for name in targets:
+        fan_in, fan_out = layer[name]
+        if peft_type == "ia3":
+            per_layer = [fan_in if name in MLP_NAMES else fan_out]
+        else:
+            per_layer = [r * fan_in, fan_out * r] + [fan_out] * use_dora
+        out += per_layer * (1 if name == "lm_head" else shape.layers)
+    return out
+
+
+def optimizer_state_bytes(tensors: list[int], optim: str) -> float:
+    """AdamW's two states (exp_avg, exp_avg_sq) for trainable tensors of these sizes under a bitsandbytes
+    optimizer: 8-bit states with one fp32 absmax per block of 256 and a 256-entry fp32 code book per state,
+    except for tensors under 4096 elements, which bitsandbytes keeps in 32-bit; 32-bit optimizers keep fp32.
+    Paged states count as on the device: paging only moves them to the host when the device runs short."""
+    from .adapter_types import OPTIMIZERS
+
+    total = 0.0
+    for n in tensors:
+        if OPTIMIZERS[optim].state_bytes == 1 and n >= BNB_MIN_8BIT_SIZE:
+            total += 2 * (n + math.ceil(n / BNB_OPTIM_BLOCK) * FP32 + BNB_QMAP * FP32)
+        else:
+            total += 2 * n * FP32
+    return total
+
+
 def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batch_size: int, seq_len: int,
              gradient_checkpointing: bool, compute_bytes: int = 2, double_quant: bool = True,
              device: str = "cuda", use_dora: bool = False, lora_dropout: float = 0.05,
              adapter_bytes: int | None = None, optimizer_bytes: int | None = None,
-             dequant_cache: bool = False) -> Estimate:
+             dequant_cache: bool = False, peft_type: str = "lora", num_virtual_tokens: int = 20,
+             optim: str = "adamw_torch") -> Estimate:
     """Peak memory of one LoRA training step on one device.
 
     ``bits``: storage of the frozen linear weights (4 / 8: bitsandbytes; 16 / 32: unquantised).
@@ -229,7 +293,9 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     default 2 (bf16) when the base is quantised (TRL casts QLoRA adapters to bf16), else 4 (fp32, peft's
     default). ``optimizer_bytes``: dtype of the two AdamW states; default the adapters' (torch AdamW), 4 for
     bitsandbytes' 32-bit (paged) AdamW. ``dequant_cache``: 4-bit weights also held dequantised in the
-    compute dtype (the CPU speed lever), an extra term after the others.
+    compute dtype (the CPU speed lever), an extra term after the others. ``peft_type``: the adapter type
+    (lora, ia3, prompt_tuning, prefix_tuning; ``num_virtual_tokens`` for the last two). ``optim``: the
+    optimizer (studio.adapter_types.OPTIMIZERS), whose states ``optimizer_state_bytes`` counts.
     """
     if bits not in (4, 8, 16, 32):
         raise ValueError(f"bits must be 4, 8, 16 or 32, got {bits}")
@@ -252,7 +318,12 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     lora_per_layer = sum(r * (layer[n][0] + layer[n][1]) + (layer[n][1] if use_dora else 0)
                          for n in targets if n in layer)
     lora_head = r * (s.hidden + s.vocab) + (s.vocab if use_dora else 0) if "lm_head" in targets else 0
-    trainable = s.layers * lora_per_layer + lora_head
+    if peft_type != "lora":  # the LoRA-only terms below (autocast copies, adapter activations) vanish
+        lora_per_layer = lora_head = 0
+    tensors = adapter_tensors(s, peft_type, targets, r, use_dora, num_virtual_tokens)
+    trainable = sum(tensors)
+    if peft_type == "prompt_tuning":  # the virtual tokens run through every layer in front of each sequence
+        tokens = batch_size * (seq_len + num_virtual_tokens)
 
     # ---- weights ----------------------------------------------------------------------------------
     unquantised = embeddings + lm_head + norms_and_biases
@@ -277,11 +348,14 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     autocast_copies = (copied_layers * lora_per_layer + lora_head) * lora_bytes if adapter_bytes > compute_bytes else 0
     lora_weights = trainable * adapter_bytes + autocast_copies
     lora_gradients = trainable * adapter_bytes
-    optimizer_states = 2 * trainable * (optimizer_bytes or adapter_bytes)  # AdamW: exp_avg and exp_avg_sq
+    optimizer_states = (2 * trainable * (optimizer_bytes or adapter_bytes) if optim == "adamw_torch"
+                        else optimizer_state_bytes(tensors, optim))
 
     # ---- activations ------------------------------------------------------------------------------
-    per_layer = layer_activation_bytes(s, targets, r, compute_bytes=compute_bytes, adapter_bytes=adapter_bytes,
-                                       lora_dropout=lora_dropout, device=device, use_dora=use_dora, bits=bits)
+    per_layer = layer_activation_bytes(s, targets if peft_type in ("lora", "ia3") else [], r,
+                                       compute_bytes=compute_bytes, adapter_bytes=adapter_bytes,
+                                       lora_dropout=lora_dropout, device=device, use_dora=use_dora, bits=bits,
+                                       peft_type=peft_type)
     final_norm = NORM_BYTES * s.hidden + FP32
     if gradient_checkpointing:
         # each layer's input is kept; in the backward pass one layer at a time is recomputed in full
@@ -291,6 +365,8 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     if lora_head:
         per_token += s.hidden * compute_bytes * 2 + r * compute_bytes
     activations = tokens * per_token
+    if peft_type == "prefix_tuning":  # each layer's trained keys and values, expanded to the batch, kept by SDPA
+        activations += batch_size * trainable * (adapter_bytes + compute_bytes)
     weight_copy = bits in (4, 8) or bits // 8 != adapter_bytes or adapter_bytes != compute_bytes
     if use_dora and lora_dropout > 0 and weight_copy:
         # DoRA recomputes the base output from the dropped-out input with a dequantised / dtype-cast copy of
@@ -338,18 +414,50 @@ def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | Non
     """The estimate for a JobSpec on ``device``.
 
     Precision "auto" means bf16 where the device computes it natively (``bf16``; default: on a GPU, not
-    on CPU), as the worker decides. Unquantised, the frozen base is held in that dtype. DPO runs chosen
-    and rejected sequences in one batch, so its activations and logits count twice the batch (the
-    reference pass keeps nothing). ``memory_gb`` and ``fast_4bit``: the device's memory and whether
+    on CPU), as the worker decides. Unquantised, the frozen base is held in that dtype. Each training
+    method sets the batch it trains and adds its own terms (``method_batch``, ``with_method_terms``).
+    ``memory_gb`` and ``fast_4bit``: the device's memory and whether
     bitsandbytes has fast CPU kernels there, for the CPU dequantisation cache.
     """
     precision = spec.resolved_precision((device == "cuda") if bf16 is None else bf16)
     compute_bytes = 2 if precision in ("bf16", "fp16") else FP32
     frozen_bytes = 2 if precision == "bf16" else FP32  # the worker holds the frozen base in bf16 only
     bits = 4 if spec.load_in_4bit else 8 if spec.load_in_8bit else 8 * frozen_bytes
-    batch = spec.per_device_train_batch_size * (2 if spec.method == "dpo" else 1)
-    return estimate(config, bits=bits, r=spec.r, target_modules=list(spec.target_modules), batch_size=batch,
-                    seq_len=spec.max_length, gradient_checkpointing=spec.gradient_checkpointing,
-                    compute_bytes=compute_bytes, double_quant=spec.bnb_4bit_use_double_quant, device=device,
-                    use_dora=spec.use_dora, lora_dropout=spec.lora_dropout,
-                    dequant_cache=dequant_cache_on(spec, config, device, memory_gb, fast_4bit))
+    batch, seq_len = method_batch(spec)
+    est = estimate(config, bits=bits, r=spec.r, target_modules=list(spec.target_modules), batch_size=batch,
+                   seq_len=seq_len, gradient_checkpointing=spec.gradient_checkpointing,
+                   compute_bytes=compute_bytes, double_quant=spec.bnb_4bit_use_double_quant, device=device,
+                   use_dora=spec.use_dora, lora_dropout=spec.lora_dropout,
+                   dequant_cache=dequant_cache_on(spec, config, device, memory_gb, fast_4bit),
+                   peft_type=spec.peft_type, num_virtual_tokens=spec.num_virtual_tokens, optim=spec.optim)
+    return with_method_terms(est, spec, ModelShape.from_config(config), compute_bytes)
+
+
+# ---- the training methods' terms (studio/methods.py) ---------------------------------------------
+
+def method_batch(spec) -> tuple[int, int]:
+    """(sequences, tokens per sequence) that keep activations in one step of the spec's method.
+
+    DPO and ORPO run each pair's chosen and rejected replies in one batch; KTO's reference and KL
+    passes and DPO's reference pass run without gradients and keep nothing. GRPO trains on the prompt
+    (up to max length) followed by its sampled completion."""
+    info = METHODS[spec.method]
+    seq_len = spec.max_length + (spec.max_completion_length if info.generates else 0)
+    return spec.per_device_train_batch_size * info.sequences_per_row, seq_len
+
+
+def generation_cache_bytes(shape: ModelShape, sequences: int, tokens: int, compute_bytes: int) -> float:
+    """The KV cache of sampling: a key and a value per layer, KV head and token of every sequence."""
+    return 2 * shape.layers * shape.kv_dim * compute_bytes * sequences * tokens
+
+
+def with_method_terms(est: Estimate, spec, shape: ModelShape, compute_bytes: int) -> Estimate:
+    """``est`` plus the method's own terms: GRPO samples a whole generation batch (batch size x gradient
+    accumulation completions) with a KV cache before the step."""
+    if not METHODS[spec.method].generates:
+        return est
+    sequences = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
+    tokens = spec.max_length + spec.max_completion_length
+    est.breakdown[GENERATION_TERM] = generation_cache_bytes(shape, sequences, tokens, compute_bytes) / GIB
+    est.total_gb = sum(est.breakdown.values())
+    return est

@@ -102,6 +102,9 @@ MIGRATIONS: list[Migration] = [
      + add_missing_columns(conn, "workers", ["pid_start"])),
     (3, "metric_points.extra: each training method's own metrics",
      lambda conn: add_missing_columns(conn, "metric_points", ["extra"])),
+    (4, "inference_servers: registered OpenAI-compatible inference servers",
+     lambda conn: SQLModel.metadata.tables["inference_servers"].create(conn, checkfirst=True)),
+    (5, "jobs.group_id: the sweep a run belongs to", lambda conn: add_missing_columns(conn, "jobs", ["group_id"])),
 ]
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from .spec import BUNDLED_MODEL
 
@@ -229,19 +230,59 @@ def ensure_bundled() -> Path:
         tmp = target.parent / f".{target.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _convert_gguf(gguf, tmp)
+            _convert_gguf(gguf, tmp, lambda stage: _mark_conversion(t0, stage))
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            conversion_marker().unlink(missing_ok=True)
         log.warning("bundled model ready in %.0f s", time.time() - t0)
     return target
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
+CONVERSION_STAGES = ("reading the GGUF", "checking the weights", "writing safetensors")
+CONVERSION_STALE_SECONDS = 3600.0
+
+
+def conversion_marker() -> Path:
+    """While the bundled model is being converted: a small JSON file saying how far it is."""
+    target = bundled_dir()
+    return target.parent / f".{target.name}.converting"
+
+
+def _mark_conversion(started: float, stage: int) -> None:
+    """Record that the conversion begun at ``started`` is at ``stage`` (1-based), atomically."""
+    import socket
+
+    from .liveness import own_start
+
+    path = conversion_marker()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"started": started, "updated": time.time(), "stage": stage,
+                               "stages": len(CONVERSION_STAGES), "what": CONVERSION_STAGES[stage - 1],
+                               "host": socket.gethostname(), "pid": os.getpid(), "pid_start": own_start()}))
+    os.replace(tmp, path)
+
+
+def conversion_progress() -> dict | None:
+    """How far the bundled model's conversion is (stage, stages, what, started), or None when none runs
+    (a marker left by a converter that died is ignored)."""
+    from .liveness import gone
+
+    try:
+        mark = json.loads(conversion_marker().read_text())
+        if gone(mark["host"], mark["pid"], mark["pid_start"], mark["updated"], CONVERSION_STALE_SECONDS, time.time()):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return mark
+
+
+def _convert_gguf(gguf: Path, out: Path, stage: Callable[[int], None]) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    stage(1)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config_dict = loaded.config.to_dict()
@@ -249,6 +290,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     config_dict["_name_or_path"] = BUNDLED_MODEL
     config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
                                   model_type=config_dict["model_type"])
+    stage(2)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
@@ -256,6 +298,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         raise ModelError(f"converting the bundled model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if plain.generation_config is not None:
         plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    stage(3)
     out.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

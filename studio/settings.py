@@ -5,6 +5,7 @@ Stored paths are relative to it, so several hosts may mount it at different plac
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class Settings:
     models_dir: Path
     model_roots: tuple[Path, ...] = ()    # the only places local base-model folders may come from
     auth_file: Path | None = None         # STUDIO_AUTH_FILE: salted password hashes (studio.auth)
+    memory_limit_gb: float | None = None  # STUDIO_MEMORY_LIMIT_GB: the most memory a training step may use
 
     @property
     def datasets_dir(self) -> Path:
@@ -87,6 +89,18 @@ def _parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def _parse_memory_limit(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = math.nan
+    if not math.isfinite(gb) or gb <= 0:
+        raise ValueError(f"STUDIO_MEMORY_LIMIT_GB must be a number of gigabytes greater than 0, got '{value[:40]}'")
+    return gb
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     home = Path(env.get("STUDIO_HOME", "studio-data")).expanduser().resolve()
@@ -104,6 +118,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         models_dir=models_dir,
         model_roots=_model_roots(env, models_dir),
         auth_file=Path(env["STUDIO_AUTH_FILE"]).expanduser().resolve() if env.get("STUDIO_AUTH_FILE") else None,
+        memory_limit_gb=_parse_memory_limit(env.get("STUDIO_MEMORY_LIMIT_GB")),
     )
 
 
@@ -113,6 +128,34 @@ def _model_roots(env, models_dir: Path) -> tuple[Path, ...]:
     hub_cache = env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME") or "~/.cache/huggingface") / "hub"
     extra = [r for r in env.get("STUDIO_MODEL_ROOTS", "").split(os.pathsep) if r.strip()]
     return tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in [models_dir, hub_cache, *extra]))
+
+
+API_KEY_FILE = "api_key"  # under home: the inference endpoint's key when STUDIO_API_KEY is not set
+
+
+def api_key(env: dict[str, str] | None = None) -> str:
+    """The bearer key of the inference endpoint: ``STUDIO_API_KEY``, else the one in ``<home>/api_key``,
+    generated on first use (mode 0600, written beside it and linked into place, so no reader ever sees a
+    partial key and two processes starting together agree on one)."""
+    env = os.environ if env is None else env
+    if env.get("STUDIO_API_KEY"):
+        return env["STUDIO_API_KEY"]
+    path = (get_settings() if env is os.environ else load_settings(env)).home / API_KEY_FILE
+    if not path.exists():
+        import secrets
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".api_key-")  # mkstemp creates it 0600
+        try:
+            os.write(fd, secrets.token_urlsafe(32).encode())
+            os.close(fd)
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()
 
 
 _settings: Settings | None = None

@@ -16,6 +16,10 @@ from typing import Any
 
 import yaml
 
+from .adapter_types import ADAPTER_TYPES, OPTIM_CHOICES, PEFT_TYPES, optimizer_problem
+from .methods import METHODS, method_errors
+from .rewards import ANSWER_EXTRACTORS
+
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
@@ -40,6 +44,7 @@ def _f(default, help: str, choices: tuple | None = None, label: str | None = Non
     return field(default=default, metadata=meta)
 
 
+TRACKERS = ("none", "mlflow", "wandb", "trackio")  # besides TensorBoard, which every run writes
 PACKED_ROW_LIMIT = 8192  # padding-free rows longer than this cost more in the L x L mask than padding saves
 
 
@@ -49,8 +54,8 @@ class JobSpec:
     base_model: str = _f(BUNDLED_MODEL, "Base model: the bundled SmolLM2-135M-Instruct, a local Hugging Face model folder, or a hub id.", label="Base model")
     dataset: str = _f("", "Name of an uploaded dataset (Datasets tab or `studio dataset add`).", label="Dataset")
     eval_dataset: str = _f("", "Optional separate evaluation dataset; when empty, eval_split of the training data is held out.", label="Eval dataset", advanced=True)
-    method: str = _f("sft", "sft: supervised fine-tuning on conversations or text. dpo: preference optimisation on chosen/rejected pairs.", ("sft", "dpo"), label="Method")
-    name: str = _f("", "Optional run name (letters, digits, '.', '_', '-'). Generated when empty.", label="Run name")
+    method: str = _f("sft", "sft: supervised fine-tuning on conversations or text. dpo: preference optimisation on chosen/rejected pairs. kto: preference optimisation on single replies labelled good or bad. orpo: SFT plus an odds-ratio penalty on the rejected reply of each pair, without a reference model. grpo: reinforcement learning on prompts, scored by the rewards chosen below.", tuple(METHODS), label="Method")
+    name: str = _f("", "Optional run name (letters, digits, '.', '_', '-'). Generated when empty.", label="Run name", advanced=True)
 
     # quantisation
     load_in_4bit: bool = _f(True, "QLoRA: load the frozen base weights in 4-bit (bitsandbytes) and train LoRA adapters on top.", label="4-bit (QLoRA)")
@@ -67,8 +72,28 @@ class JobSpec:
     lora_bias: str = _f("none", "Train biases too: none, all, or lora_only.", ("none", "all", "lora_only"), label="Bias", advanced=True)
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better at low rank).", label="DoRA", advanced=True)
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r), which keeps high ranks stable.", label="rsLoRA", advanced=True)
+    peft_type: str = _f("lora", "Adapter type: lora (low-rank weight updates; mergeable), ia3 (learned scaling vectors: "
+                        "the fewest parameters; mergeable), prompt_tuning (trained virtual tokens before the input) or "
+                        "prefix_tuning (trained key/value prefixes in every attention layer). Prompt and prefix tuning "
+                        "cannot be merged or exported as GGUF.", PEFT_TYPES, label="Adapter type")
+    init_lora_weights: str = _f("default", "How LoRA starts: default (peft's: Kaiming-uniform A, zero B), gaussian "
+                                "(A drawn from a normal distribution scaled by the rank, zero B) or orthogonal (A and B "
+                                "orthogonal, the update cancelled at the start; needs an even rank).",
+                                ("default", "gaussian", "orthogonal"), label="LoRA initialisation", advanced=True)
+    num_virtual_tokens: int = _f(20, "Prompt / prefix tuning: number of trained virtual tokens.", label="Virtual tokens",
+                                 bounds=(1, 1024), sentence="virtual tokens must be between 1 and 1024")
+    prompt_tuning_init: str = _f("random", "Prompt tuning: start the virtual tokens random, or from the embeddings of a "
+                                 "text (prompt_tuning_init_text).", ("random", "text"), label="Prompt initialisation",
+                                 advanced=True)
+    prompt_tuning_init_text: str = _f("", "Prompt tuning with init text: the text whose token embeddings start the "
+                                      "virtual tokens, e.g. a task description.", label="Prompt init text",
+                                      advanced=True)
 
     # optimisation
+    optim: str = _f("adamw_torch", "Optimizer: adamw_torch (two fp32 states per trainable parameter), adamw_8bit "
+                    "(bitsandbytes: 8-bit states, a quarter of the memory), paged_adamw_8bit / paged_adamw_32bit "
+                    "(states paged to host memory when the GPU runs short; CUDA only).", OPTIM_CHOICES,
+                    label="Optimizer", advanced=True)
     learning_rate: float = _f(5e-4, "Peak learning rate of the adapter weights.", label="Learning rate", bounds=(0, 1), exclusive=True, sentence="learning rate must be between 0 and 1 (exclusive)")
     lr_scheduler_type: str = _f("cosine", "Learning-rate schedule after warm-up.", ("linear", "cosine", "constant", "constant_with_warmup"), label="Scheduler", advanced=True)
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming the learning rate up, 0-0.5.", label="Warm-up ratio", advanced=True, bounds=(0, 0.5), sentence="warm-up ratio must be between 0 and 0.5")
@@ -80,6 +105,7 @@ class JobSpec:
     overlong: str = _f("truncate", "Conversations longer than max length: truncate (keep the start; the trained tokens past the end are lost) or drop those rows. Plain text is packed into blocks and never cut.", ("truncate", "drop"), label="Over-long rows", advanced=True)
     assistant_only_loss: bool = _f(True, "Train only on assistant replies (prompts and system text are masked). Ignored for plain text.", label="Assistant-only loss", advanced=True)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, about 30% slower.", label="Gradient checkpointing", advanced=True)
+    fit_check: bool = _f(False, "Before training, take two forward and backward passes on the longest rows at the planned batch, measure peak memory and tokens/s, and choose the batch size, gradient accumulation (the same effective batch) and gradient checkpointing that fit the memory budget with a 15% margin.", label="Fit check", advanced=True)
     precision: str = _f("auto", "Training precision of the trainable path: auto (bf16 where supported), bf16, fp16, fp32.", ("auto", "bf16", "fp16", "fp32"), label="Precision", advanced=True)
     padding_free: str = _f("auto", "Batch sequences without padding (per-sequence attention, no cross-contamination): auto (on unless batch x max length is over 8192 tokens, then length-grouped batches), on, off (padded random batches).", ("auto", "on", "off"), label="Padding-free batching", advanced=True)
     dequant_cache: str = _f("auto", "Speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, but the frozen weights then also take their 16/32-bit memory). auto = on a CPU without AVX-512 (where bitsandbytes has no fast 4-bit kernels) when it fits easily; on = on any device, a GPU with memory to spare included.", ("auto", "on", "off"), label="Dequantised-weight cache", advanced=True)
@@ -90,15 +116,26 @@ class JobSpec:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", label="Max grad norm", advanced=True, bounds=(0, 1e6), sentence="max grad norm must be 0 (no clipping) or a positive number up to 1,000,000")
 
     # evaluation, checkpoints, reproducibility
-    eval_split: float = _f(0.1, "Fraction of the training rows held out for evaluation (0 = none), seeded.", label="Eval split", bounds=(0, 0.9), sentence="eval split must be between 0 and 0.9")
+    eval_split: float = _f(0.1, "Fraction of the training rows held out for evaluation (0 = none), seeded.", label="Eval split", advanced=True, bounds=(0, 0.9), sentence="eval split must be between 0 and 0.9")
     eval_steps: int = _f(0, "Evaluate every N steps; 0 = about 5 times per run.", label="Eval every", advanced=True, bounds=(0, MAX_STEPS))
     save_steps: int = _f(0, "Write a resumable checkpoint every N steps; 0 = about 5 per run.", label="Checkpoint every", advanced=True, bounds=(0, MAX_STEPS))
     early_stopping_patience: int = _f(0, "Stop when eval loss has not improved for this many evaluations; 0 = off.", label="Early-stopping patience", advanced=True, bounds=(0, 10**6))
     seed: int = _f(42, "Random seed for the split, shuffling and adapter initialisation.", label="Seed", advanced=True, bounds=(0, 2**32 - 1))
     logging_steps: int = _f(1, "Record a metric point every N steps.", label="Log every", advanced=True, bounds=(1, MAX_STEPS), sentence="log every must be at least 1 step and at most 10,000,000")
+    report_to: str = _f("none", "Experiment tracker that also receives the metrics, the settings and the adapter: mlflow (the server in MLFLOW_TRACKING_URI), wandb (online, or offline with WANDB_MODE=offline) or trackio (local). TensorBoard event files are always written to the run's tensorboard folder. An unreachable tracker only adds a warning to the run's log.", TRACKERS, label="Experiment tracker", advanced=True)
 
-    # DPO
-    beta: float = _f(0.1, "DPO temperature: how far the policy may move from the reference (adapter disabled).", label="DPO beta", advanced=True, bounds=(0, 100), exclusive=True, sentence="DPO beta must be greater than 0 and less than 100")
+    # preference and reinforcement methods (the form shows each field only for the methods in studio/methods.py that read it)
+    beta: float = _f(0.1, "DPO temperature: how far the policy may move from the reference (adapter disabled).", label="Beta", bounds=(0, 100), exclusive=True, sentence="DPO beta must be greater than 0 and less than 100")
+    desirable_weight: float = _f(1.0, "KTO: weight of the loss on replies labelled good; raise it when they are rarer than the bad ones.", label="Desirable weight", bounds=(0, 100), sentence="desirable weight must be between 0 and 100")
+    undesirable_weight: float = _f(1.0, "KTO: weight of the loss on replies labelled bad; raise it when they are rarer than the good ones.", label="Undesirable weight", bounds=(0, 100), sentence="undesirable weight must be between 0 and 100")
+    num_generations: int = _f(4, "GRPO: completions sampled per prompt and scored against each other. Batch size x gradient accumulation must be a multiple of it.", label="Generations per prompt", bounds=(2, 256), sentence="generations per prompt must be between 2 and 256")
+    max_completion_length: int = _f(128, "GRPO: longest sampled completion, in tokens.", label="Max completion length", bounds=(1, 32768), sentence="max completion length must be between 1 and 32768 tokens")
+    reward_answer: str = _f("none", "GRPO reward: 1 when the completion's final answer equals the dataset's 'answer' column. The final answer is the last number, the text inside <answer></answer> tags, or the \\boxed{} expression; none = no answer reward.", ANSWER_EXTRACTORS, label="Answer reward")
+    reward_answer_weight: float = _f(1.0, "GRPO: weight of the answer reward.", label="Answer weight", bounds=(0, 100), sentence="answer weight must be between 0 and 100")
+    reward_format_regex: str = _f("", "GRPO reward: 1 when the completion matches this regular expression (Python syntax, searched anywhere), e.g. <answer>.*</answer>; empty = no format reward.", label="Format reward pattern")
+    reward_format_weight: float = _f(1.0, "GRPO: weight of the format reward.", label="Format weight", bounds=(0, 100), sentence="format weight must be between 0 and 100")
+    reward_length_target: int = _f(0, "GRPO reward: 1 at this completion length in tokens, falling to 0 at twice or zero the length; 0 = no length reward.", label="Length target", bounds=(0, 32768), sentence="length target must be between 0 (off) and 32768 tokens")
+    reward_length_weight: float = _f(1.0, "GRPO: weight of the length reward.", label="Length weight", bounds=(0, 100), sentence="length weight must be between 0 and 100")
 
     # behaviour checks and resources
     golden_prompts: list = _f([], "Prompts answered by the adapter at each checkpoint and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
@@ -177,9 +214,13 @@ class JobSpec:
         """
         if self.padding_free == "on":
             return "padding_free"
-        if self.padding_free == "off":
+        if self.padding_free == "off" or not self.adapter().packs:
             return "random"
         return "padding_free" if self.per_device_train_batch_size * self.max_length <= PACKED_ROW_LIMIT else "grouped"
+
+    def adapter(self):
+        """The adapter type's description (studio.adapter_types); LoRA for a value validate refuses."""
+        return ADAPTER_TYPES.get(self.peft_type, ADAPTER_TYPES["lora"])
 
     def resolved_precision(self, native_bf16: bool) -> str:
         """What precision "auto" becomes on a device (bf16 only where it is computed natively)."""
@@ -205,12 +246,14 @@ class JobSpec:
     # ---- validation -------------------------------------------------------------------------
 
     def validate(self, linear_names: list[str] | None = None, dataset_kind: str | None = None,
-                 quantization_available: bool | None = None) -> dict[str, str]:
+                 quantization_available: bool | None = None,
+                 worker_devices: list[str] | None = None) -> dict[str, str]:
         """Field -> one human sentence. Empty when the spec can be queued.
 
         ``linear_names``: the chosen model's linear layer names (target modules are checked against them).
         ``dataset_kind``: "preference", "chat", "text", ... of the chosen dataset.
         ``quantization_available``: whether bitsandbytes can run on the worker's device.
+        ``worker_devices``: "cuda" / "cpu" of each live worker (any of them may take the job).
         """
         e: dict[str, str] = {}
         if not self.base_model.strip():
@@ -223,7 +266,8 @@ class JobSpec:
             if not SAFE_NAME.match(self.name) or ".." in self.name:
                 e["name"] = "run names may use 1-64 letters, digits, '.', '_' and '-'"
         for key in ("method", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "lora_bias", "lr_scheduler_type",
-                    "precision", "padding_free", "dequant_cache", "attn_implementation", "chunked_loss"):
+                    "precision", "padding_free", "dequant_cache", "attn_implementation", "chunked_loss",
+                    "peft_type", "init_lora_weights", "prompt_tuning_init", "optim", "reward_answer", "report_to"):
             choices = _meta(key)["choices"]
             if getattr(self, key) not in choices:
                 e[key] = f"{key} must be one of {', '.join(choices)}"
@@ -235,9 +279,15 @@ class JobSpec:
         if (self.load_in_4bit or self.load_in_8bit) and quantization_available is False:
             e["load_in_4bit" if self.load_in_4bit else "load_in_8bit"] = (
                 "bitsandbytes cannot run on the worker's device; turn quantisation off")
-        if not self.target_modules:
+        e.update(self._adapter_errors())
+        if self.optim in OPTIM_CHOICES:
+            for device in sorted(set(worker_devices or ())):
+                if problem := optimizer_problem(self.optim, device):
+                    e["optim"] = problem
+        targets_used = "target_modules" in self.adapter().fields  # prompt / prefix tuning touch no layer
+        if targets_used and not self.target_modules:
             e["target_modules"] = "choose at least one target module"
-        elif linear_names is not None:
+        elif targets_used and linear_names is not None:
             names = set(linear_names)
             unknown = [t for t in self.target_modules if t not in TARGET_PRESETS and t not in names]
             if unknown:
@@ -256,11 +306,27 @@ class JobSpec:
         if ("early_stopping_patience" not in e and self.early_stopping_patience and self.eval_split == 0
                 and not self.eval_dataset):
             e["early_stopping_patience"] = "early stopping needs evaluation: set an eval split or an eval dataset"
-        if dataset_kind is not None:
-            if self.method == "dpo" and dataset_kind != "preference":
-                e["method"] = "DPO needs a preference dataset (prompt / chosen / rejected)"
-            if self.method == "sft" and dataset_kind == "preference":
-                e["method"] = "this is a preference dataset: choose DPO, or upload conversations for SFT"
+        if "beta" in e and self.method in METHODS and "beta" in METHODS[self.method].fields:
+            e["beta"] = e["beta"].replace("DPO", METHODS[self.method].label, 1)
+        for key, message in method_errors(self, dataset_kind).items():
+            e.setdefault(key, message)
+        return e
+
+    def _adapter_errors(self) -> dict[str, str]:
+        """What the chosen adapter type cannot do with the rest of the spec."""
+        if self.peft_type not in ADAPTER_TYPES:
+            return {}
+        kind, e = self.adapter(), {}
+        if (self.load_in_4bit or self.load_in_8bit) and not kind.four_bit:
+            e["peft_type"] = f"{kind.label} cannot train on a quantised base; turn 4-bit and 8-bit off"
+        if self.padding_free == "on" and not kind.packs:
+            e["padding_free"] = (f"{kind.label} puts its virtual tokens before every sequence, so sequences cannot "
+                                 "be packed padding-free; set padding-free batching to auto or off")
+        if self.peft_type == "lora" and self.init_lora_weights == "orthogonal" and self.r % 2:
+            e["init_lora_weights"] = f"orthogonal initialisation needs an even LoRA rank; r is {self.r}"
+        if (self.peft_type == "prompt_tuning" and self.prompt_tuning_init == "text"
+                and not self.prompt_tuning_init_text.strip()):
+            e["prompt_tuning_init_text"] = "prompt initialisation from text needs the text: fill in the prompt init text"
         return e
 
     def check(self, **kwargs) -> None:

@@ -1,4 +1,4 @@
-"""The only training code: JobSpec -> bitsandbytes / peft / TRL configs -> trainer.
+"""Run one job: JobSpec -> bitsandbytes / peft configs -> the method's TRL trainer (workers/methods/).
 
 Small pure translation functions at the top (testable without a GPU), then ``run_job`` which the huey
 task calls. Reports go to the database only, through ``StudioCallback``.
@@ -21,6 +21,8 @@ import torch
 from studio import db
 from studio.settings import get_settings
 from studio.spec import JobSpec
+from workers.methods.dpo import dpo_config  # noqa: F401  (each method's TRL config lives with its trainer)
+from workers.methods.sft import sft_config  # noqa: F401
 
 log = logging.getLogger("studio.train")
 
@@ -86,19 +88,13 @@ def quantization_config(spec: JobSpec, device: str | None = None):
     return None
 
 
-def lora_config(spec: JobSpec, linear_names: list[str]):
-    from peft import LoraConfig
+def optimizer(spec: JobSpec, device: str) -> str:
+    """transformers' ``optim`` value; a paged optimizer on a device that cannot page is refused, not run unpaged."""
+    from studio.adapter_types import optimizer_problem
 
-    return LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        target_modules=spec.resolved_target_modules(linear_names),
-        bias=spec.lora_bias,
-        use_dora=spec.use_dora,
-        use_rslora=spec.use_rslora,
-        task_type="CAUSAL_LM",
-    )
+    if problem := optimizer_problem(spec.optim, device):
+        raise ValueError(problem)
+    return spec.optim
 
 
 def schedule(spec: JobSpec, n_train: int, world_size: int = 1) -> dict:
@@ -115,6 +111,8 @@ def schedule(spec: JobSpec, n_train: int, world_size: int = 1) -> dict:
 
 
 def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None) -> dict:
+    from workers import trackers
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     sched = schedule(spec, n_train, world_size)
     args = dict(
@@ -130,9 +128,11 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
         gradient_checkpointing=spec.gradient_checkpointing,
         torch_compile=spec.torch_compile,
         weight_decay=spec.weight_decay,
+        optim=optimizer(spec, device or device_name()),
         max_grad_norm=spec.max_grad_norm if spec.max_grad_norm > 0 else None,
         logging_steps=spec.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss is reported (and stops the run), never averaged away
         eval_strategy="steps" if has_eval else "no",
         eval_steps=sched["eval_steps"] if has_eval else None,
         save_strategy="steps",
@@ -140,7 +140,7 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
         save_total_limit=3,
         seed=spec.seed,
         data_seed=spec.seed,
-        report_to="none",
+        report_to=trackers.report_to(spec),
         disable_tqdm=True,
         use_cpu=(device or device_name()) == "cpu",
         dataloader_pin_memory=False,
@@ -158,26 +158,6 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
     return args
 
 
-def sft_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
-    from trl import SFTConfig
-
-    return SFTConfig(
-        max_length=spec.max_length,
-        dataset_kwargs={"skip_prepare_dataset": False},
-        **common_args(spec, output_dir, n_train, has_eval, device),
-    )
-
-
-PACKED_KERNELS = ("flex_attention", "flash_attention_2")
-
-
-def dpo_config(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
-    from trl import DPOConfig
-
-    return DPOConfig(beta=spec.beta, max_length=spec.max_length,
-                     **common_args(spec, output_dir, n_train, has_eval, device))
-
-
 # ---- data -----------------------------------------------------------------------------------------
 
 def split_rows(rows: list[dict], eval_split: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -191,17 +171,21 @@ def split_rows(rows: list[dict], eval_split: float, seed: int) -> tuple[list[dic
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, spec: JobSpec) -> list[dict]:
-    """Tokenise with the model's chat template; assistant tokens carry the loss (TRL's assistant_masks)."""
-    from studio.render import encode_chat, encode_text
+    """Tokenise with the model's chat template; assistant tokens carry the loss (TRL's assistant_masks).
+    Plain text is packed into max-length blocks; over-long conversations are truncated or dropped (spec.overlong)."""
+    from studio.render import encode_chat, pack_text
 
+    if kind == "text":
+        return [{"input_ids": block, "assistant_masks": [1] * len(block)}
+                for block in pack_text(tokenizer, [row["text"] for row in rows], spec.max_length)]
     out = []
     for row in rows:
-        if kind == "text":
-            ids, mask = encode_text(tokenizer, row["text"], spec.max_length)
-        else:
-            ids, mask = encode_chat(tokenizer, row["messages"], spec.max_length)
-            if not spec.assistant_only_loss:
-                mask = [1] * len(ids)
+        ids, mask = encode_chat(tokenizer, row["messages"], None, row.get("tools"))
+        if len(ids) > spec.max_length and spec.overlong == "drop":
+            continue
+        ids, mask = ids[:spec.max_length], mask[:spec.max_length]
+        if not spec.assistant_only_loss:
+            mask = [1] * len(ids)
         if any(mask):
             out.append({"input_ids": ids, "assistant_masks": mask})
     return out
@@ -220,9 +204,17 @@ def load_training_rows(spec: JobSpec) -> tuple[str, list[dict], list[dict]]:
         if erec is None:
             raise ValueError(f"the eval dataset '{spec.eval_dataset}' does not exist")
         edata = load_file(settings.resolve(erec.path), format=erec.format, mapping=erec.mapping or None, drop_bad=True)
-        return data.kind, data.rows, edata.rows
-    train, evaluation = split_rows(data.rows, spec.eval_split, spec.seed)
-    return data.kind, train, evaluation
+        return _for_method(spec, data.kind, data.rows) + (_for_method(spec, edata.kind, edata.rows)[1],)
+    kind, rows = _for_method(spec, data.kind, data.rows)
+    train, evaluation = split_rows(rows, spec.eval_split, spec.seed)
+    return kind, train, evaluation
+
+
+def _for_method(spec: JobSpec, kind: str, rows: list[dict]) -> tuple[str, list[dict]]:
+    """The rows as the chosen method trains them (workers/methods/)."""
+    from workers.methods import METHODS
+
+    return METHODS[spec.method].prepare(spec, kind, rows)
 
 
 # ---- model ----------------------------------------------------------------------------------------
@@ -244,6 +236,7 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from studio import catalog
+    from workers import adapters
 
     device = device or device_name()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -264,7 +257,7 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
     linear = sorted(catalog.linear_layers_from_safetensors(model_dir)) or _linear_names(model)
     set_seed(spec.seed)  # the adapter's initial weights follow the spec's seed: same on every rank, host and run
-    model = get_peft_model(model, lora_config(spec, linear))
+    model = get_peft_model(model, adapters.peft_config(spec, linear, model_dir))
     disable_cpu_bf16_repack(model)
     from workers import speed
 
@@ -352,11 +345,15 @@ class Heartbeat:
 
 
 class JobLog:
-    """Routes this job's log records (and tracebacks) into <job>/train.log."""
+    """Routes this job's log records (and tracebacks) into <job>/train.log, without the libraries'
+    deprecation notices (they say nothing about the run)."""
+
+    DEPRECATION = ("FutureWarning:", "DeprecationWarning:", "is deprecated", "deprecated and will be removed")
 
     def __init__(self, path: Path):
         self.handler = logging.FileHandler(path)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.addFilter(self.keep)
         self.loggers = [logging.getLogger(n) for n in ("studio", "transformers", "trl", "peft", "py.warnings")]
         self.levels = {"studio": logging.INFO}
 
@@ -374,6 +371,14 @@ class JobLog:
             lg.removeHandler(self.handler)
         self.handler.close()
 
+    @classmethod
+    def keep(cls, record: logging.LogRecord) -> bool:
+        """False for a library's deprecation notice; the studio's own records always stay."""
+        if record.name == "studio" or record.name.startswith("studio."):
+            return True
+        text = record.getMessage()
+        return not any(marker in text for marker in cls.DEPRECATION)
+
 
 def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str:
     """Train one job to completion, cancellation or interruption; returns the final status.
@@ -382,8 +387,10 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     rank 0 may have set 'running' before the other ranks read the job."""
     from studio.evaluation import GoldenPromptsCallback, golden_prompts_for
     from studio.models import resolve_model
-    from workers.callbacks import SHUTDOWN, StudioCallback
+    from workers.callbacks import SHUTDOWN, FiniteGuard, StudioCallback
     from workers.distributed import device_label
+    from workers import trackers
+    from workers.fit import train_with_retries
 
     settings = get_settings()
     job = db.get_job(job_id)
@@ -392,7 +399,12 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     if check_status and job.status != "queued":  # cancelled while queued, or already picked up: never run twice
         log.warning("job %s is %s; not running it", job_id, job.status)
         return job.status
-    spec = JobSpec.from_dict(job.spec)
+    try:
+        spec = JobSpec.from_dict(job.spec)
+    except ValueError as exc:  # a row stored by an older build that today's spec refuses
+        db.set_status(job_id, "failed", "error", error=f"The stored configuration is no longer valid: {exc}",
+                      finished_at=time.time())
+        return "failed"
     out = settings.resolve(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device_name()
@@ -416,15 +428,26 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             model_dir = resolve_model(spec.base_model)
             log.info("job %s: %d train rows, %d eval rows, base %s on %s", job_id, len(train_rows), len(eval_rows),
                      model_dir, device)
-            model, tokenizer = load_model_for_training(spec, model_dir, device)
-            callback = StudioCallback(job_id)
-            trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
             golden = golden_prompts_for(spec, eval_rows)
-            if golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
-                trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set))
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            tracking = trackers.check(spec) if is_main else trackers.Plan()
+
+            def start(spec):  # a fresh model and trainer: the fit check and each retry after running out of memory
+                model, tokenizer = load_model_for_training(spec, model_dir, device)
+                callback = StudioCallback(job_id)
+                trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
+                guard = FiniteGuard()
+                trainer.add_callback(guard)
+                if golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
+                    trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set))
+                trackers.attach(trainer, spec, tracking, out, job.name)
+                return trainer, callback, guard, model
+
+            (trainer, callback, guard, model), spec = train_with_retries(job_id, spec, start, out, checkpoint, device)
             step = trainer.state.global_step
+            if guard.failure:
+                raise ValueError(guard.failure)
             if callback.stop_reason:
+                trackers.finish(trainer, None)
                 if is_main:
                     db.set_status(job_id, callback.stop_reason, f"stopped at step {step}", finished_at=time.time(),
                                   current_step=step)
@@ -434,6 +457,7 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 shutil.rmtree(adapter_dir, ignore_errors=True)
                 trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
                 summary = _summary(trainer, adapter_dir, model)
+                trackers.finish(trainer, adapter_dir)
                 db.set_status(job_id, "completed", f"finished {step} steps", finished_at=time.time(), error=None,
                               adapter_path=settings.relative(adapter_dir), current_step=step,
                               summary_json=__import__("json").dumps(summary))
@@ -441,102 +465,23 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a readable job state
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             if is_main:
-                db.set_status(job_id, "failed", "error", error=human_error(exc, step, spec), finished_at=time.time())
+                db.set_status(job_id, "failed", "error", error=human_error(exc, getattr(exc, "failed_step", step), spec), finished_at=time.time())
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return "failed"
 
 
 def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path, callback, device):
-    from datasets import Dataset
+    """The chosen method's TRL trainer (workers/methods/), reporting through ``callback``."""
     from transformers import EarlyStoppingCallback
+
+    from workers.methods import METHODS
 
     callbacks = [callback]
     if spec.early_stopping_patience and eval_rows:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
-    if spec.method == "dpo":
-        from trl import DPOTrainer
-
-        train_ds, eval_ds = Dataset.from_list(train_rows), Dataset.from_list(eval_rows) if eval_rows else None
-        args = dpo_config(spec, out / CHECKPOINTS, len(train_rows), bool(eval_rows), device)
-        return DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, callbacks=callbacks)
-    from trl import SFTTrainer
-
-    class StudioSFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer; with padding-free batches it counts real tokens, not the 4-D mask's cells, and on
-        CPU it takes the loss from the full logits (faster there than TRL's chunked lm_head)."""
-
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if mode != "grouped" or dataset is None:
-                return super()._get_train_sampler(train_dataset)
-            from workers.batching import LengthGroupedSampler
-
-            return LengthGroupedSampler([len(x) for x in dataset["input_ids"]],
-                                        self.args.per_device_train_batch_size, self.args.data_seed or self.args.seed)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if chunked:
-                return self._fused_loss(model, inputs, return_outputs, num_items_in_batch)
-            return self._logits_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def _fused_loss(self, model, inputs, return_outputs, num_items_in_batch):
-            """TRL's own loss (a fused, chunked lm_head + log-softmax); padding-free rows count real tokens."""
-            mask = inputs.get("attention_mask")
-            if mask is None or mask.dim() != 4 or not model.training:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            before = self._total_train_tokens
-            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self._total_train_tokens = before + int(inputs["input_ids"].numel())
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return out
-
-        def _logits_loss(self, model, inputs, return_outputs, num_items_in_batch):
-            """The same token-mean cross-entropy from the full logits in fp32, and TRL's token accuracy and
-            token count (no entropy: it needs a second softmax over the vocabulary)."""
-            mode = "train" if model.training else "eval"
-            labels = inputs["labels"]
-            inputs = {k: v for k, v in inputs.items() if k != "labels"} | {"use_cache": False}
-            outputs = model(**inputs)
-            logits = outputs.logits[:, :-1].float()
-            target = labels[:, 1:].to(logits.device)
-            valid = target != -100
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            count = valid.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients, as in TRL
-            with torch.no_grad():
-                n = self.accelerator.gather_for_metrics(valid.sum()).sum()
-                correct = self.accelerator.gather_for_metrics(((logits.argmax(-1) == target) & valid).sum()).sum()
-                self._metrics[mode]["mean_token_accuracy"].append((correct / n).item() if n > 0 else 0.0)
-            if mode == "train":
-                mask = inputs.get("attention_mask")
-                real = inputs["input_ids"].numel() if mask is None or mask.dim() == 4 else mask.sum()
-                self._total_train_tokens += int(self.accelerator.gather_for_metrics(
-                    torch.as_tensor(real, device=logits.device)).sum())
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return (loss, outputs) if return_outputs else loss
-
-    train_enc = encode_rows(tokenizer, train_rows, kind, spec)
-    if not train_enc:
-        raise ValueError("no training row has any token to learn from after truncation; raise max length")
-    eval_enc = encode_rows(tokenizer, eval_rows, kind, spec) if eval_rows else []
-    args = sft_config(spec, out / CHECKPOINTS, len(train_enc), bool(eval_enc), device)
-    collator = None
-    chunked = spec.chunked_loss == "on" or (spec.chunked_loss == "auto" and (device or device_name()) != "cpu")
-    mode = spec.batching()
-    if mode == "padding_free":
-        from workers.batching import PaddingFreeCollator
-
-        # flex / flash attention read the packed rows from position ids (transformers builds the document
-        # mask itself, TRL runs training with use_cache=False); sdpa and eager need the explicit block mask
-        collator = PaddingFreeCollator(block_mask=spec.attn_implementation not in PACKED_KERNELS)
-    return StudioSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
-                            eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
-                            processing_class=tokenizer, callbacks=callbacks, data_collator=collator)
+    return METHODS[spec.method].build(spec, kind, model, tokenizer, train_rows, eval_rows, out / CHECKPOINTS,
+                                      callbacks, device)
 
 
 def _summary(trainer, adapter_dir: Path, model) -> dict:

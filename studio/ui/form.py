@@ -6,28 +6,71 @@ from typing import Any
 
 import gradio as gr
 
+from ..adapter_types import ADAPTER_TYPES
+from ..methods import METHOD_FIELDS, METHODS, shown_fields
 from ..spec import JobSpec, SpecError, field_help
 
-BASIC = ["base_model", "dataset", "r", "lora_alpha", "lora_dropout", "target_modules", "load_in_4bit",
-         "learning_rate", "num_train_epochs", "per_device_train_batch_size", "max_length"]
-SPECIAL = {"base_model", "dataset", "target_modules", "golden_prompts"}
+# built by the Train tab itself: the model's own layer names, the uploaded datasets
+SPECIAL = ("base_model", "dataset", "target_modules")
 
 
-def make_component(name: str, meta: dict) -> gr.components.Component:
+def layout() -> dict[str, list[str]]:
+    """Where each JobSpec field sits, from the spec's own metadata, in declaration order:
+    ``basic`` (advanced=False), ``method`` (fields only some methods read and not advanced: under the method
+    choice) and ``advanced`` (advanced=True, in the Advanced accordion). SPECIAL fields and ``method`` itself
+    are placed by the tab."""
+    out: dict[str, list[str]] = {"basic": [], "method": [], "advanced": []}
+    for name, meta in field_help().items():
+        if name in SPECIAL or name == "method":
+            continue
+        where = "advanced" if meta["advanced"] else "method" if name in METHOD_FIELDS else "basic"
+        out[where].append(name)
+    return out
+
+
+def adapter_fields() -> tuple[str, ...]:
+    """Fields some adapter types read and others do not (shown only for the chosen ``peft_type``)."""
+    every = [set(t.fields) for t in ADAPTER_TYPES.values()]
+    some = set().union(*every) - set.intersection(*every)
+    return tuple(name for name in field_help() if name in some)
+
+
+def adapter_updates(peft_type: str) -> list[dict]:
+    """gr.update per adapter_fields(): visible when the chosen adapter type reads the field."""
+    used = set(ADAPTER_TYPES[peft_type].fields) if peft_type in ADAPTER_TYPES else set()
+    return [gr.update(visible=name in used) for name in adapter_fields()]
+
+
+def visible_for(spec_defaults: JobSpec, name: str) -> bool:
+    """Whether a field starts visible: read by the default method and the default adapter type."""
+    if name in METHOD_FIELDS and not shown_fields(spec_defaults.method)[name]:
+        return False
+    return name not in adapter_fields() or name in ADAPTER_TYPES[spec_defaults.peft_type].fields
+
+
+def make_component(name: str, meta: dict, visible: bool = True) -> gr.components.Component:
     label, info, default, choices = meta["label"] or name, meta["help"], meta["default"], meta["choices"]
-    elem_id = f"spec-{name}"
+    common = {"label": label, "info": info, "elem_id": f"spec-{name}", "visible": visible}
     if isinstance(default, bool):
-        return gr.Checkbox(value=default, label=label, info=info, elem_id=elem_id)
+        return gr.Checkbox(value=default, **common)
     if choices:
-        return gr.Dropdown(choices=list(choices), value=default, label=label, info=info, elem_id=elem_id)
+        return gr.Dropdown(choices=list(choices), value=default, **common)
     if isinstance(default, int):
-        return gr.Number(value=default, label=label, info=info, precision=0, elem_id=elem_id)
+        return gr.Number(value=default, precision=0, **common)
     if isinstance(default, float):
-        return gr.Number(value=default, label=label, info=info, elem_id=elem_id)
+        return gr.Number(value=default, **common)
     if isinstance(default, list):
-        return gr.Textbox(value="\n".join(default), label=label, info=info + " One per line.", lines=3,
-                          elem_id=elem_id)
-    return gr.Textbox(value=default, label=label, info=info, elem_id=elem_id)
+        return gr.Textbox(value="\n".join(default), lines=3, **{**common, "info": info + " One per line."})
+    return gr.Textbox(value=default, **common)
+
+
+def method_updates(method: str) -> dict[str, dict]:
+    """Field -> gr.update for the fields some methods read: shown only for ``method``, with the help text
+    that method gives a shared field (beta means something different to DPO, ORPO and GRPO)."""
+    info = METHODS.get(method)
+    meta = field_help()
+    return {name: gr.update(visible=shown, info=(info.help.get(name) if info else None) or meta[name]["help"])
+            for name, shown in shown_fields(method).items()}
 
 
 def spec_from_values(names: list[str], values: list[Any]) -> JobSpec:

@@ -1,25 +1,17 @@
 """Train tab: the JobSpec form, target modules from the model's real layers, a memory estimate, Start."""
 from __future__ import annotations
 
-import tempfile
+import functools
 from pathlib import Path
 
 import gradio as gr
 
 from .. import jobs
 from ..models import ModelError, linear_layer_names
-from ..spec import ATTENTION_NAMES, BUNDLED_MODEL, MLP_NAMES, JobSpec, SpecError, field_help
-from . import form
+from ..methods import METHOD_FIELDS, method_errors
+from ..spec import BUNDLED_MODEL, JobSpec, SpecError, field_help
+from . import downloads, form
 from .datasets_tab import dataset_names
-
-ADVANCED_ORDER = ["method", "name", "eval_dataset", "load_in_8bit", "bnb_4bit_quant_type",
-                  "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "lora_bias", "use_dora", "use_rslora",
-                  "lr_scheduler_type", "warmup_ratio", "max_steps", "gradient_accumulation_steps",
-                  "assistant_only_loss", "gradient_checkpointing", "precision", "padding_free",
-                  "attn_implementation", "chunked_loss", "dequant_cache", "torch_compile", "weight_decay",
-                  "max_grad_norm", "eval_split", "eval_steps", "save_steps", "early_stopping_patience", "seed",
-                  "logging_steps", "beta", "golden_prompts", "num_gpus"]
-
 
 def module_choices(base_model: str) -> list[str]:
     try:
@@ -35,9 +27,8 @@ def refresh_modules(base_model: str):
 
 
 def preset(base_model: str, which: str):
-    names = module_choices(base_model)
-    pick = {"attention": [n for n in names if n in ATTENTION_NAMES], "mlp": [n for n in names if n in MLP_NAMES]}
-    return gr.update(value=pick.get(which, names))
+    """A target-module preset (all-linear, attention, mlp) expanded against the model's layers by the spec."""
+    return gr.update(value=JobSpec(target_modules=[which]).resolved_target_modules(module_choices(base_model)))
 
 
 def estimate_markdown(spec: JobSpec) -> str:
@@ -55,14 +46,129 @@ def estimate_markdown(spec: JobSpec) -> str:
     except Exception as exc:  # an estimate must never block the form
         return f"Memory estimate unavailable: {exc}"
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
-    fits = " · ".join(f"{gb} GB {'✓' if ok else '✗'}" for gb, ok in est.fits().items())
+    fits = " · ".join(f"{gb} GB {'yes' if ok else 'no'}" for gb, ok in est.fits().items())
     warn = "".join(f"\n\n**Warning: too big for a worker.** {w}" for w in warnings)
     return (f"**Estimated peak memory: {est.total_gb:.2f} GB** · trainable {est.trainable_text()} · {where}{warn}\n\n"
             f"| term | GB |\n|---|---|\n{rows}\n\nFits on: {fits}")
 
 
-def build() -> dict:
+def overlong_warning(spec: JobSpec) -> str:
+    """A warning when max length would cut more than 5% of the dataset's trained tokens (first rows counted)."""
+    from .. import library
+    from ..datasets import token_stats
+    from ..datasets.stats import tokenizer_for
+    from .datasets_tab import LOSS_WARNING, STATS_ROWS
+
+    try:
+        data, tok = library.load(spec.dataset), tokenizer_for(spec.base_model)
+        if tok is None or spec.method != "sft":
+            return ""
+        tokens = token_stats(tok, data.rows[:STATS_ROWS], data.kind, spec.max_length)
+    except Exception:  # the warning is a help, never a blocker
+        return ""
+    if tokens["truncated_share"] <= LOSS_WARNING:
+        return ""
+    fate = ("these rows are dropped" if spec.overlong == "drop" else "truncation cuts them")
+    return (f"\n\n**Warning:** {tokens['truncated_share']:.0%} of the trained tokens of '{spec.dataset}' lie past "
+            f"max length {spec.max_length} in {tokens['overlong_rows']} rows, and {fate}; cancel the run and raise "
+            "max length if they matter.")
+
+
+def dataset_note(method: str, dataset: str | None) -> str:
+    """One sentence when the chosen dataset is of a kind the chosen method cannot train, else nothing."""
+    from .. import db
+
+    rec = db.get_dataset(dataset) if dataset else None
+    problem = method_errors(JobSpec(dataset=dataset or "", method=method), rec.kind).get("method") if rec else None
+    return f"**Method:** {problem}." if problem else ""
+
+
+def method_changed(method: str, dataset: str | None) -> list:
+    """The chosen method's fields shown and the others hidden (in METHOD_FIELDS order), then the dataset
+    checked against the method."""
+    updates = form.method_updates(method)
+    return [updates[name] for name in METHOD_FIELDS] + [dataset_note(method, dataset)]
+
+
+def on_start(names: list[str], *values):
+    """Start: (message, id of the job this browser session just queued, or None)."""
+    try:
+        spec = form.spec_from_values(names, list(values))
+        job = jobs.submit(spec)
+    except SpecError as exc:
+        return form.errors_markdown(exc.errors), None
+    except Exception as exc:  # the queue or database refused: say so, no traceback
+        return f"**The run was not queued:** {exc}", None
+    from .. import db
+
+    pos = db.queue_position(job)
+    return (f"Run **{job.name}** queued (position {pos}). Follow it in the Runs tab." if pos else
+            f"Run **{job.name}** submitted ({job.status}).") + overlong_warning(spec), job.id
+
+
+def on_estimate(names: list[str], *values) -> str:
+    try:
+        return estimate_markdown(form.spec_from_values(names, list(values)))
+    except SpecError as exc:
+        return form.errors_markdown(exc.errors).replace("The run was not queued. ", "")
+
+
+def on_yaml_download(names: list[str], *values):
+    """(the YAML file box, shown once it holds the file; a status line)."""
+    try:
+        spec = form.spec_from_values(names, list(values))
+    except SpecError as exc:
+        return gr.update(), form.errors_markdown(exc.errors)
+    out = downloads.new_file(f"{spec.name or 'job'}.yaml")
+    out.write_text(spec.to_yaml())
+    return gr.update(value=str(out), visible=True), "YAML ready."
+
+
+def on_yaml_import(names: list[str], file):
+    """Fill the form from a job YAML; a refused file changes nothing and says why."""
+    if file is None:
+        return [gr.update()] * len(names) + [""]
+    try:
+        spec = JobSpec.from_yaml(Path(file).read_text(encoding="utf-8"))
+    except (SpecError, UnicodeDecodeError) as exc:
+        errors = exc.errors if isinstance(exc, SpecError) else {"config": "the file is not UTF-8 text"}
+        return [gr.update()] * len(names) + [form.errors_markdown(errors).replace("The run was not queued. ", "")]
+    updates = []
+    for n, v in zip(names, form.values_from_spec(names, spec)):
+        if n == "target_modules":
+            names_now = module_choices(spec.base_model)
+            v = spec.resolved_target_modules(names_now) if names_now else v
+            updates.append(gr.update(choices=names_now or v, value=v))
+        elif n == "dataset":
+            updates.append(gr.update(choices=dataset_names(), value=v))
+        else:
+            updates.append(gr.update(value=v))
+    return updates + ["Form filled from the YAML file."]
+
+
+def _bound(fn, names: list[str]):
+    """A module-level handler with the form's field names bound, keeping its name for gradio and tests."""
+    bound = functools.partial(fn, names)
+    bound.__name__, bound.__doc__ = fn.__name__, fn.__doc__  # no __wrapped__: gradio reads the bound signature
+    return bound
+
+
+ESTIMATE_INPUTS = ("base_model", "target_modules", "r", "load_in_4bit", "per_device_train_batch_size", "max_length",
+                   "gradient_checkpointing", "load_in_8bit", "method", "num_generations", "max_completion_length",
+                   "gradient_accumulation_steps", "peft_type", "num_virtual_tokens", "optim")
+
+
+def _rows(comps: dict, names: list[str], per_row: int, defaults: JobSpec) -> None:
     meta = field_help()
+    for i in range(0, len(names), per_row):
+        with gr.Row():
+            for name in names[i:i + per_row]:
+                comps[name] = form.make_component(name, meta[name], visible=form.visible_for(defaults, name))
+
+
+def build() -> dict:
+    """The form is a view of JobSpec: every field appears, placed by its own metadata (form.layout())."""
+    meta, defaults, places = field_help(), JobSpec(), form.layout()
     comps: dict[str, gr.components.Component] = {}
     with gr.Tab("Train", id="train"):
         with gr.Row():
@@ -75,23 +181,18 @@ def build() -> dict:
                                                    elem_id="spec-dataset")
                 modules = module_choices(BUNDLED_MODEL)
                 comps["target_modules"] = gr.CheckboxGroup(modules, value=modules, label="Target modules",
-                                                           info="Linear layers of the chosen model that get LoRA adapters.",
+                                                           info="Linear layers of the chosen model that get adapters.",
                                                            elem_id="spec-target_modules")
                 with gr.Row():
                     attn_btn = gr.Button("Attention only", size="sm")
                     mlp_btn = gr.Button("MLP only", size="sm")
                     all_btn = gr.Button("All linear", size="sm")
-                with gr.Row():
-                    for name in ("r", "lora_alpha", "lora_dropout", "load_in_4bit"):
-                        comps[name] = form.make_component(name, meta[name])
-                with gr.Row():
-                    for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "max_length"):
-                        comps[name] = form.make_component(name, meta[name])
+                _rows(comps, places["basic"], 4, defaults)
+                comps["method"] = form.make_component("method", meta["method"])
+                method_note = gr.Markdown(elem_id="method-note")
+                _rows(comps, places["method"], 4, defaults)
                 with gr.Accordion("Advanced", open=False):
-                    for i in range(0, len(ADVANCED_ORDER), 3):
-                        with gr.Row():
-                            for name in ADVANCED_ORDER[i:i + 3]:
-                                comps[name] = form.make_component(name, meta[name])
+                    _rows(comps, places["advanced"], 3, defaults)
             with gr.Column(scale=2):
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
                 status = gr.Markdown(elem_id="train-status")
@@ -99,75 +200,25 @@ def build() -> dict:
                 with gr.Accordion("YAML", open=False):
                     yaml_file = gr.File(label="Import a job YAML", file_types=[".yaml", ".yml"])
                     yaml_btn = gr.Button("Download this form as YAML", size="sm")
-                    yaml_out = gr.File(label="YAML", interactive=False)
+                    yaml_out = gr.File(label="YAML", interactive=False, visible=False, elem_id="yaml-download")
         last_job = gr.State(None)  # inside the Tab: a component created directly under gr.Tabs breaks the tab bar
     names = list(comps)
     inputs = [comps[n] for n in names]
+    estimate_fn = _bound(on_estimate, names)
 
-    def to_spec(*values) -> JobSpec:
-        return form.spec_from_values(names, list(values))
-
-    def on_start(*values):
-        """(message, id of the job this browser session just queued, or None)."""
-        try:
-            spec = to_spec(*values)
-            job = jobs.submit(spec)
-        except SpecError as exc:
-            return form.errors_markdown(exc.errors), None
-        except Exception as exc:  # the queue or database refused: say so, no traceback
-            return f"**The run was not queued:** {exc}", None
-        from .. import db
-
-        pos = db.queue_position(job)
-        return (f"Run **{job.name}** queued (position {pos}). Follow it in the Runs tab." if pos else
-                f"Run **{job.name}** submitted ({job.status})."), job.id
-
-    def on_estimate(*values):
-        try:
-            return estimate_markdown(to_spec(*values))
-        except SpecError as exc:
-            return form.errors_markdown(exc.errors).replace("The run was not queued. ", "")
-
-    def on_yaml_download(*values):
-        try:
-            spec = to_spec(*values)
-        except SpecError as exc:
-            return gr.update(), form.errors_markdown(exc.errors)
-        out = Path(tempfile.mkdtemp(prefix="studio-yaml-")) / f"{spec.name or 'job'}.yaml"
-        out.write_text(spec.to_yaml())
-        return str(out), "YAML ready."
-
-    def on_yaml_import(file):
-        if file is None:
-            return [gr.update()] * len(names) + [""]
-        try:
-            spec = JobSpec.from_yaml(Path(file).read_text(encoding="utf-8"))
-        except (SpecError, UnicodeDecodeError) as exc:
-            errors = exc.errors if isinstance(exc, SpecError) else {"config": "the file is not UTF-8 text"}
-            return [gr.update()] * len(names) + [form.errors_markdown(errors).replace("The run was not queued. ", "")]
-        values = form.values_from_spec(names, spec)
-        updates = []
-        for n, v in zip(names, values):
-            if n == "target_modules":
-                names_now = module_choices(spec.base_model)
-                v = spec.resolved_target_modules(names_now) if names_now else v
-                updates.append(gr.update(choices=names_now or v, value=v))
-            elif n == "dataset":
-                updates.append(gr.update(choices=dataset_names(), value=v))
-            else:
-                updates.append(gr.update(value=v))
-        return updates + ["Form filled from the YAML file."]
-
-    start_event = start.click(on_start, inputs, [status, last_job], concurrency_limit=4)
+    start_event = start.click(_bound(on_start, names), inputs, [status, last_job], concurrency_limit=4)
     comps["base_model"].change(refresh_modules, [comps["base_model"]], [comps["target_modules"]])
     attn_btn.click(lambda b: preset(b, "attention"), [comps["base_model"]], [comps["target_modules"]])
     mlp_btn.click(lambda b: preset(b, "mlp"), [comps["base_model"]], [comps["target_modules"]])
-    all_btn.click(lambda b: preset(b, "all"), [comps["base_model"]], [comps["target_modules"]])
-    for name in ("base_model", "target_modules", "r", "load_in_4bit", "per_device_train_batch_size", "max_length",
-                 "gradient_checkpointing", "load_in_8bit"):
-        comps[name].change(on_estimate, inputs, [estimate], show_progress="hidden")
-    yaml_btn.click(on_yaml_download, inputs, [yaml_out, status])
-    yaml_file.upload(on_yaml_import, [yaml_file], [*inputs, status])
+    all_btn.click(lambda b: preset(b, "all-linear"), [comps["base_model"]], [comps["target_modules"]])
+    comps["method"].change(method_changed, [comps["method"], comps["dataset"]],
+                           [*(comps[n] for n in METHOD_FIELDS), method_note])
+    comps["peft_type"].change(form.adapter_updates, [comps["peft_type"]],
+                              [comps[n] for n in form.adapter_fields()])
+    comps["dataset"].change(dataset_note, [comps["method"], comps["dataset"]], [method_note])
+    for name in ESTIMATE_INPUTS:
+        comps[name].change(estimate_fn, inputs, [estimate], show_progress="hidden")
+    yaml_btn.click(_bound(on_yaml_download, names), inputs, [yaml_out, status])
+    yaml_file.upload(_bound(on_yaml_import, names), [yaml_file], [*inputs, status])
     return {"components": comps, "start": start, "start_event": start_event, "last_job": last_job,
-            "status": status, "estimate": estimate,
-            "estimate_fn": on_estimate, "inputs": inputs}
+            "status": status, "estimate": estimate, "estimate_fn": estimate_fn, "inputs": inputs}
