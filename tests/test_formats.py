@@ -191,6 +191,20 @@ def test_multimodal_rows_are_refused_or_dropped_with_a_count(tmp_path):
     assert any("2 rows with pictures" in n for n in ds.notes)
 
 
+def test_image_placeholders_without_a_media_column_are_never_trained_as_text(tmp_path):
+    """LLaMA-Factory rows whose pictures were left behind: the '<image>' placeholder is the only trace."""
+    rows = [{"conversations": [{"from": "human", "value": "<image>\nWhat colour is the car?"},
+                               {"from": "gpt", "value": "Red."}]},
+            {"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi there."}]}]
+    path = write(tmp_path, "sharegpt-mllm.jsonl", rows)
+    with pytest.raises(DatasetError) as err:
+        load_file(path)
+    assert str(err.value).startswith("1 of 2 rows hold pictures, video or audio (in 'conversations, as <image> "
+                                     "placeholders'), and the studio trains text-only models")
+    ds = load_file(path, drop_bad=True)
+    assert [r["messages"][0]["content"] for r in ds.rows] == ["Hello"] and ds.stats()["media_dropped"] == 1
+
+
 def test_txt_of_long_lines_is_one_document_per_line(tmp_path):
     lines = [f"Article {i}. " + "word " * 2000 for i in range(30)]
     ds = load_file(write(tmp_path, "articles.txt", "\n".join(lines) + "\n"))

@@ -129,6 +129,27 @@ def media_column(record: dict) -> str | None:
                 isinstance(t, dict) and isinstance(t.get("content"), list)
                 and any(isinstance(p, dict) and p.get("type") in MEDIA_PARTS for p in t["content"]) for t in turns):
             return key
+    for key, value in record.items():
+        found = _placeholder(value)
+        if found:
+            return f"{key}, as {found} placeholders"
+    return None
+
+
+MEDIA_PLACEHOLDER = re.compile(r"<(image|video|audio)>")
+
+
+def _placeholder(value: Any, depth: int = 0) -> str | None:
+    """'<image>' (or video/audio) when a text inside ``value`` holds such a placeholder: LLaMA-Factory's
+    multimodal rows name their pictures this way, and the picture files are not in a text-only dataset."""
+    if isinstance(value, str):
+        match = MEDIA_PLACEHOLDER.search(value)
+        return match.group(0) if match else None
+    if depth < 8 and isinstance(value, (list, dict)):
+        for item in (value.values() if isinstance(value, dict) else value):
+            found = _placeholder(item, depth + 1)
+            if found:
+                return found
     return None
 
 
