@@ -77,6 +77,47 @@ class Server:
         return self.proc.returncode
 
 
+class InferServer:
+    """`studio infer` (the OpenAI-compatible endpoint alone) on a free port, registered in ``home``'s database."""
+
+    def __init__(self, home: Path, log: Path, **extra: str):
+        self.port = free_port()
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "infer", "--port", str(self.port)], cwd=ROOT,
+                                     env=worker_env(home, **extra), stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"studio infer exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"studio infer did not answer on port {self.port} within {timeout} s")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        self.log.close()
+        return self.proc.returncode
+
+
+def torch_mapped(pid: int) -> list[str]:
+    """The torch libraries mapped into process ``pid`` (/proc/PID/maps): empty when it never imported torch."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return sorted({line.split()[-1] for line in lines if "libtorch" in line or "/torch/" in line})
+
+
 def ensure_bundled_model(models_dir: Path = SHARED_MODELS) -> Path:
     """Convert the bundled SmolLM2 into ``models_dir`` once (what a worker does at start), so the tests that
     need it, such as the Datasets tab's preview, never depend on a worker having finished first."""

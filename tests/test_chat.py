@@ -1,7 +1,9 @@
-"""Chat: one base in memory, adapters switched without reloading it, side-by-side panes, Stop, CLI."""
+"""Chat: one base in memory, adapters switched without reloading it, side-by-side panes streamed from an
+inference server, Stop, CLI."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -17,6 +19,19 @@ def engine(monkeypatch):
     fresh = chat.ChatEngine()
     monkeypatch.setattr(chat, "_engine", fresh)
     return fresh
+
+
+@pytest.fixture
+def server(studio_home):
+    """A real inference server (uvicorn on a thread of this process), registered in this test's database."""
+    from workers.inference.server import InferenceServer
+
+    with InferenceServer() as running:
+        yield running
+
+
+def base_loads(server) -> list[int]:
+    return [e.base_loads for e in server.engine.bases.values()]
 
 
 @pytest.fixture
@@ -59,7 +74,7 @@ def test_switching_adapters_never_reloads_the_base(tiny_model_dir, tmp_path, eng
     assert len({next(iter(r)) for r in replies.values()}) == 4, "each adapter should answer differently"
 
 
-def test_compare_panes_differ_from_base_and_keep_their_history(tiny_model_dir, studio_home, engine):
+def test_compare_panes_differ_from_base_and_keep_their_history(tiny_model_dir, studio_home, server):
     jobs = [make_job(tiny_model_dir, f"run-{c}", seed=s) for c, s in (("a", 1), ("b", 2), ("c", 3))]
     history, note = _respond(*(j.id for j in jobs))
     assert note == ""
@@ -71,10 +86,17 @@ def test_compare_panes_differ_from_base_and_keep_their_history(tiny_model_dir, s
         assert pane[-1]["content"] and pane[-1]["content"] != base_reply
     history, _ = _respond(*(j.id for j in jobs), history=history)  # a second turn: multi-turn per pane
     assert all(len(pane) == 4 for pane in history)
-    assert engine.base_loads == 1
+    assert base_loads(server) == [1]
 
 
-def test_checkpoints_and_imports_are_offered_and_usable(tiny_model_dir, studio_home, engine):
+def test_without_an_inference_server_the_note_says_how_to_start_one(tiny_model_dir, studio_home):
+    job = make_job(tiny_model_dir, "lonely", seed=1)
+    history, note = _respond(job.id)
+    assert note == "No inference server is running: start `studio worker` (it starts one) or `studio infer`."
+    assert history == [[], [], [], []]
+
+
+def test_checkpoints_and_imports_are_offered_and_usable(tiny_model_dir, studio_home, server):
     from studio import adapters
     from workers.callbacks import COMPLETE_MARKER
 
@@ -98,7 +120,7 @@ def test_checkpoints_and_imports_are_offered_and_usable(tiny_model_dir, studio_h
         adapters.resolve(running.id)
 
 
-def test_an_adapter_of_another_base_is_refused_in_its_pane(tiny_model_dir, other_base, studio_home, engine):
+def test_an_adapter_of_another_base_is_refused_in_its_pane(tiny_model_dir, other_base, studio_home, server):
     good = make_job(tiny_model_dir, "good", seed=1)
     narrow = make_job(other_base, "narrow", seed=1)
     history, note = _respond(good.id, narrow.id)
@@ -107,36 +129,47 @@ def test_an_adapter_of_another_base_is_refused_in_its_pane(tiny_model_dir, other
     assert history[1][-1]["content"]
 
 
-def test_stop_ends_only_this_sessions_reply(tiny_model_dir, studio_home, engine):
+def test_stop_ends_only_this_sessions_reply(tiny_model_dir, studio_home, server):
+    from studio import chat
     from studio.chat import GenerationSettings, compare
 
-    engine.current_owner = "someone-else"
-    engine.stop("me")
-    assert not engine.stop_event.is_set()
-    engine.current_owner = None
-
     jobs = [make_job(tiny_model_dir, f"run-{i}", seed=i) for i in (1, 2)]
-    stream = compare(PROMPT, "auto", [j.id for j in jobs], [[], [], []], "", GenerationSettings(max_new_tokens=64),
-                     owner="me")
-    for histories, note in stream:
+    settings = GenerationSettings(max_new_tokens=64)
+    mine = compare(PROMPT, "auto", [j.id for j in jobs], [[], [], []], "", settings, owner="me")
+    for histories, note in mine:
         if note.startswith("Generating: base"):
-            engine.stop("me")
+            chat.stop("someone-else")
+            chat.stop("me")
     assert note == "Stopped."
     assert histories[1][-1]["content"] == "(stopped)" and histories[2][-1]["content"] == "(stopped)"
+    theirs = list(compare(PROMPT, "auto", [jobs[0].id], [[], []], "", settings, owner="another"))[-1]
+    assert theirs[1] == "" and theirs[0][1][-1]["content"] not in ("", "(stopped)")
 
 
-def test_cli_chat_compare(tiny_model_dir, studio_home, capsys):
-    from studio.adapters import cli_chat
+def test_cli_chat_compare(tiny_model_dir, studio_home, server, capsys):
+    from studio.cli import cmd_chat
+    from studio.models import shown_model
 
     job = make_job(tiny_model_dir, "cli-run", seed=1)
     args = argparse.Namespace(run="cli-run", prompt=PROMPT, compare=True, system="", max_new_tokens=6,
                               temperature=0.0, seed=0)
-    assert cli_chat(args) == 0
+    assert cmd_chat(args) == 0
     out = capsys.readouterr().out
-    assert f"--- base ({tiny_model_dir})" in out and "--- cli-run" in out
-    assert cli_chat(argparse.Namespace(run="nope", prompt=PROMPT, compare=False)) == 2
+    assert f"--- base ({shown_model(str(tiny_model_dir))})" in out and "--- cli-run" in out
+    assert cmd_chat(argparse.Namespace(run="nope", prompt=PROMPT, compare=False)) == 2
     assert "no finished run or imported adapter named 'nope'" in capsys.readouterr().err
     assert job.status == "completed"
+
+
+def test_cli_chat_without_an_inference_server_says_how_to_start_one(tiny_model_dir, studio_home, capsys):
+    from studio.cli import cmd_chat
+
+    make_job(tiny_model_dir, "cli-run", seed=1)
+    args = argparse.Namespace(run="cli-run", prompt=PROMPT, compare=False, system="", max_new_tokens=6,
+                              temperature=0.0, seed=0)
+    assert cmd_chat(args) == 1
+    assert capsys.readouterr().err == ("error: No inference server is running: start `studio worker` (it starts "
+                                       "one) or `studio infer`.\n")
 
 
 def test_least_recently_used_adapters_leave_memory(tiny_model_dir, tmp_path, engine, monkeypatch):
@@ -153,3 +186,49 @@ def test_least_recently_used_adapters_leave_memory(tiny_model_dir, tmp_path, eng
     engine.ensure_adapter("a3", folders["a3"])
     assert list(engine.adapters) == ["a1", "a3"] and set(engine.model.peft_config) == {"a1", "a3"}
     assert engine.reply(messages, "a1") == first and engine.base_loads == 1
+
+
+def test_snippets_reach_the_running_inference_server_without_showing_the_key(tiny_model_dir, studio_home, server,
+                                                                             monkeypatch, capsys):
+    import subprocess
+
+    from studio import adapters
+    from studio.settings import api_key
+
+    pytest.importorskip("openai")
+    job = make_job(tiny_model_dir, "snippet-run", seed=1)
+    running = make_job(tiny_model_dir, "halfway", seed=2, status="running")
+    make_checkpoint(running, tiny_model_dir, 4, seed=3)
+    key = api_key()
+    snippets = adapters.snippets(job.id)
+    assert server.url in snippets["endpoint_curl"] and repr(server.url) in snippets["endpoint_openai"]
+    assert '"model": "snippet-run"' in snippets["endpoint_curl"]
+    assert "model='snippet-run'" in snippets["endpoint_openai"]
+    assert "halfway/checkpoint-4" in adapters.snippets(f"{running.id}/checkpoint-4")["endpoint_curl"]
+    assert not any(key in text for text in snippets.values())
+
+    monkeypatch.setenv("STUDIO_API_KEY", key)
+    exec(compile(snippets["endpoint_openai"], "snippet", "exec"), {})
+    printed = capsys.readouterr().out
+    curl = subprocess.run(["bash", "-c", snippets["endpoint_curl"]], capture_output=True, text=True, timeout=120)
+    assert curl.returncode == 0 and '"object":"chat.completion"' in curl.stdout.replace(" ", ""), curl
+    assert printed.strip() == json.loads(curl.stdout)["choices"][0]["message"]["content"].strip()
+
+
+def test_snippets_without_a_server_name_the_default_address(tiny_model_dir, studio_home):
+    from studio import adapters
+
+    job = make_job(tiny_model_dir, "snippet-run", seed=1)
+    snippets = adapters.snippets(job.id)
+    for text in (snippets["endpoint_curl"], snippets["endpoint_openai"]):
+        assert "http://127.0.0.1:8000/v1" in text and "no inference server is running now" in text
+
+
+def test_a_run_whose_name_another_run_took_first_is_served_by_its_id(tiny_model_dir, studio_home):
+    from studio import adapters
+    from studio.chat import served_name
+
+    first = make_job(tiny_model_dir, "twin", seed=1)
+    second = make_job(tiny_model_dir, "twin", seed=2)
+    names = {served_name(adapters.resolve(job.id)) for job in (first, second)}
+    assert {adapters.resolve(n).ref for n in names} == {first.id, second.id}

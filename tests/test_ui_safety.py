@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from browser import Server, open_page, open_tab, require_browser
-from conftest import ARTIFACTS
+from browser import InferServer, Server, open_page, open_tab, require_browser
+from conftest import ARTIFACTS, wait_for
 
 HOSTILE = ('<img src=x onerror="window.pwned=1"> <form action="/steal"><input name="pw"></form> '
            '<a href="#" style="position:fixed;top:0;left:0;width:100vw;height:100vh;z-index:9999">cover</a>')
@@ -13,12 +13,14 @@ PANES = ("chat-base", "chat-adapter", "chat-adapter-2", "chat-adapter-3")
 
 
 @pytest.fixture
-def engine(monkeypatch):
-    from studio import chat
+def server(studio_home, tiny_model_dir):
+    """A real inference server on a thread of this process; a run makes the tiny model a base it serves."""
+    from adapter_fixtures import make_job
+    from workers.inference.server import InferenceServer
 
-    fresh = chat.ChatEngine()
-    monkeypatch.setattr(chat, "_engine", fresh)
-    return fresh
+    make_job(tiny_model_dir, "known-base")
+    with InferenceServer() as running:
+        yield running
 
 
 def _respond(prompt, base, history):
@@ -30,9 +32,10 @@ def _respond(prompt, base, history):
     return list(last[:4])
 
 
-def test_the_panes_get_escaped_text_and_the_model_gets_the_words(studio_home, tiny_model_dir, engine):
+def test_the_panes_get_escaped_text_and_the_model_gets_the_words(studio_home, tiny_model_dir, server, monkeypatch):
     import html
 
+    from studio import inference_client
     from studio.ui import chat_tab
 
     panes = _respond(HOSTILE, str(tiny_model_dir), [[], [], [], []])
@@ -42,7 +45,12 @@ def test_the_panes_get_escaped_text_and_the_model_gets_the_words(studio_home, ti
     assert all("<" not in m["content"] and ">" not in m["content"] for m in base)
     # the next turn reads the pane back: the model sees the words as typed, the pane is not escaped twice
     seen = []
-    engine.stream = lambda messages, *a, **k: seen.append(messages) or iter(["ok"])
+
+    def replies_ok(messages, *args, **kwargs):
+        seen.append(messages)
+        yield "ok"
+
+    monkeypatch.setattr(inference_client, "chat_stream", replies_ok)
     again = _respond("second", str(tiny_model_dir), panes)[0]
     assert seen[0][0] == {"role": "user", "content": HOSTILE}
     assert again[0] == base[0] and again[-1]["content"] == "ok"
@@ -51,15 +59,22 @@ def test_the_panes_get_escaped_text_and_the_model_gets_the_words(studio_home, ti
 
 
 @pytest.mark.browser
-def test_hostile_markup_in_a_prompt_stays_text_in_the_browser(tmp_path, tiny_model_dir):
+def test_hostile_markup_in_a_prompt_stays_text_in_the_browser(studio_home, tiny_model_dir):
     require_browser()
     from playwright.sync_api import expect, sync_playwright
 
+    from adapter_fixtures import make_job
+    from studio.inference_client import live_servers
+
     expect.set_options(timeout=120_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    server = Server(tmp_path / "home", ARTIFACTS / "ui-safety-server.log", worker=False)
+    make_job(tiny_model_dir, "known-base")  # the inference server serves the bases the studio knows
+    server = Server(studio_home, ARTIFACTS / "ui-safety-server.log", worker=False)
+    infer = InferServer(studio_home, ARTIFACTS / "ui-safety-infer.log")
     try:
         server.wait_ready()
+        infer.wait_ready()
+        wait_for(live_servers, 60, what="the inference server's row")
         with sync_playwright() as p:
             browser, page = open_page(p, server.url)
             open_tab(page, "Chat")
@@ -84,4 +99,5 @@ def test_hostile_markup_in_a_prompt_stays_text_in_the_browser(tmp_path, tiny_mod
             browser.close()
     finally:
         code = server.stop()
+        infer.stop()
     assert code == 0, f"studio serve did not stop cleanly ({code}); see {server.log.name}"

@@ -1,8 +1,9 @@
 """Chat tab: one prompt, side-by-side streaming replies of the base model and up to three adapters.
 
 Panes: base | A | B | C, each with its own history. An adapter is a finished run, a checkpoint of any
-run, or an imported adapter (studio.adapters). One base stays in memory; switching adapters never reloads
-it. Generation waits its turn (one reply at a time across sessions); Stop ends only this session's reply.
+run, or an imported adapter (studio.adapters). Every pane streams from a running inference server over HTTP
+(studio.inference_client), so this process never loads a model. Generation waits its turn (one reply at a
+time across sessions); Stop ends only this session's reply.
 """
 from __future__ import annotations
 
@@ -91,9 +92,9 @@ def respond(prompt, base, run_a, run_b, run_c, system, hist_base, hist_a, hist_b
 
 
 def stop_generation(request: gr.Request = None):
-    from ..chat import get_engine
+    from ..chat import stop
 
-    get_engine().stop(getattr(request, "session_hash", None))
+    stop(getattr(request, "session_hash", None))
     return "Stopped."
 
 
