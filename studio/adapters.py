@@ -5,7 +5,7 @@
     zip_adapter(ref)                     adapter files + tokenizer (if present) + a generated model card
     import_adapter(src, name, base)      safetensors only, zip-slip safe, checked against the base's shapes
     merge(ref) / export_gguf(ref)        studio.export under <home>/exports/<name>-merged|-gguf, drift JSON beside
-    cli_chat(args) / cli_export(args)    `studio chat` and `studio export`
+    cli_export(args)                     `studio export`
 
 A ref is a finished run's id (or name), ``<job id>/checkpoint-<N>`` for a checkpoint of any run, or
 ``imported/<name>``. No torch at import time: the UI lists adapters without the training stack.
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -804,7 +805,49 @@ def snippets(ref_value: str, gguf_file: str | None = None) -> dict[str, str]:
     shown += [(str(p), shown_path(p)) for p in local]
     for full, short in shown:
         out = {k: v.replace(full, short) for k, v in out.items()}
-    return out
+    return {**endpoint_snippets(ref), **out}
+
+
+def served_name(ref) -> str:
+    """The inference server's name of an adapter (workers/inference/names.py): the run's name,
+    ``RUN/checkpoint-N`` or ``imported/NAME``; a run whose name resolves to another run goes by its id."""
+    if ref.kind == "imported":
+        return ref.ref
+    job = db.get_job(ref.job_id)
+    run = job.name if db.get_job(job.name).id == job.id else job.id
+    return run if ref.kind == "run" else f"{run}/checkpoint-{ref.step}"
+
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"   # where `studio infer` listens unless told otherwise
+KEY_LINE = 'export STUDIO_API_KEY="${STUDIO_API_KEY:-$(cat api_key)}"   # the set key, else the data directory\'s file'
+
+
+def endpoint_snippets(ref: AdapterRef) -> dict[str, str]:
+    """curl and `openai` client requests for ``ref`` on the studio's own inference server: a live one's URL,
+    else `studio infer`'s default address with a note. The key is read from $STUDIO_API_KEY, never shown."""
+    from . import inference_client
+    from .models import shown_model
+
+    try:
+        url, note = inference_client.pick_server(shown_model(ref.base_model)).url, []
+    except inference_client.InferenceError:
+        url, note = DEFAULT_ENDPOINT, ["# no inference server is running now: `studio infer` serves this address"]
+    return request_snippets(served_name(ref), url, note)
+
+
+def request_snippets(model: str, url: str, note: list[str] | None = None) -> dict[str, str]:
+    """The same chat request to ``model`` at the OpenAI base URL ``url``, as curl and as Python."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0, "max_tokens": 128}
+    curl = [*(note or []), KEY_LINE,
+            f"curl {url}/chat/completions -H \"Authorization: Bearer $STUDIO_API_KEY\" \\",
+            f"  -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"]
+    python = [*(note or []), "# STUDIO_API_KEY: the studio's key (STUDIO_API_KEY, else api_key in its data directory)",
+              "import os", "", "from openai import OpenAI", "",
+              f"client = OpenAI(base_url={url!r}, api_key=os.environ[\"STUDIO_API_KEY\"])",
+              f"reply = client.chat.completions.create(model={model!r}, temperature=0, max_tokens=128,",
+              "                                       messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])",
+              "print(reply.choices[0].message.content)"]
+    return {"endpoint_curl": "\n".join(curl), "endpoint_openai": "\n".join(python)}
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -812,43 +855,6 @@ def snippets(ref_value: str, gguf_file: str | None = None) -> dict[str, str]:
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
-
-
-def cli_chat(args) -> int:
-    """`studio chat RUN --prompt TEXT [--compare]`: the adapter's reply (and the base's, with --compare)."""
-    from .chat import ChatEngine, GenerationSettings
-    from .models import ModelError
-
-    try:
-        ref = resolve(args.run)
-    except (AdapterError, UnsafePath) as exc:
-        return _fail(str(exc))
-    if not (args.prompt or "").strip():
-        return _fail("give a prompt with --prompt")
-    settings = GenerationSettings(max_new_tokens=getattr(args, "max_new_tokens", 128),
-                                  temperature=getattr(args, "temperature", 0.0), seed=getattr(args, "seed", 0))
-    messages = ([{"role": "system", "content": args.system}] if getattr(args, "system", "") else []) + [
-        {"role": "user", "content": args.prompt}]
-    engine = ChatEngine()
-    try:
-        engine.ensure_base(ref.base_model)
-        engine.ensure_adapter(ref.key, ref.folder)
-    except (ModelError, FileNotFoundError, OSError, ValueError) as exc:
-        return _fail(f"cannot load {ref.name}: {exc}", 1)
-    if args.compare:
-        print(f"--- base ({ref.base_model})", flush=True)
-        _print_stream(engine.stream(messages, None, settings))
-        print(f"--- {ref.name}", flush=True)
-    _print_stream(engine.stream(messages, ref.key, settings))
-    return 0
-
-
-def _print_stream(stream) -> None:
-    shown = ""
-    for text in stream:
-        print(text[len(shown):], end="", flush=True)
-        shown = text
-    print(flush=True)
 
 
 def cli_export(args) -> int:

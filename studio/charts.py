@@ -619,3 +619,37 @@ def length_histogram(lengths: Sequence[int], max_length: int | None = None) -> g
     fig.update_layout(title=title, height=300, margin=dict(l=40, r=20, t=50, b=40), xaxis_title="tokens",
                       yaxis_title="rows", bargap=0.05, showlegend=False)
     return fig
+
+
+SWEEP_METRICS = {"best_eval_loss": "best eval loss", "final_loss": "final loss", "probe_kept": "probe kept",
+                 "judge_win_rate": "judge win rate", "tokens_per_second": "tokens/s"}
+
+
+def _sweep_axis(label: str, values: list[Any]) -> dict[str, Any] | None:
+    """One parallel-coordinates dimension; text values (target modules, schedulers) become ticks. None when
+    no member has a value."""
+    if all(v is None for v in values):
+        return None
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None):
+        return {"label": label, "values": [math.nan if v is None else float(v) for v in values]}
+    texts = ["+".join(map(str, v)) if isinstance(v, list) else str(v) for v in values]
+    ticks = sorted(set(texts))
+    return {"label": label, "values": [ticks.index(t) for t in texts], "tickvals": list(range(len(ticks))),
+            "ticktext": ticks}
+
+
+def sweep_figure(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> go.Figure:
+    """Parallel coordinates of a sweep: one line per run across the swept fields and the results, coloured
+    by best eval loss (lower is better, darker)."""
+    if not rows:
+        return empty_figure("no runs in this sweep", uirevision="sweep")
+    axes = [_sweep_axis(key, [r.get(key) for r in rows]) for key in swept]
+    axes += [_sweep_axis(label, [r.get(key) for r in rows]) for key, label in SWEEP_METRICS.items()]
+    color = [r.get("best_eval_loss") if r.get("best_eval_loss") is not None else r.get("final_loss") for r in rows]
+    line: dict[str, Any] = {}
+    if any(c is not None for c in color):
+        line = {"color": [math.nan if c is None else c for c in color], "colorscale": "Viridis",
+                "showscale": True, "colorbar": {"title": "eval loss"}}
+    fig = go.Figure(go.Parcoords(dimensions=[a for a in axes if a is not None], line=line))
+    fig.update_layout(height=420, margin=dict(l=60, r=60, t=60, b=30), uirevision="sweep")
+    return fig

@@ -2,7 +2,8 @@
 
 The base reply comes from ``disable_adapter()``; switching adapters is ``set_adapter`` and never
 reloads the base (``base_loads`` counts real loads). This model object is never the training one.
-``compare`` drives the side-by-side panes: base | A | B | C, each with its own history.
+The inference server (workers/inference) holds these engines; ``compare`` drives the Chat tab's side-by-side
+panes (base | A | B | C, each with its own history) over HTTP through studio.inference_client.
 torch/transformers/peft are imported lazily on first use, so the UI process starts light.
 """
 from __future__ import annotations
@@ -11,30 +12,14 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
+from .adapters import served_name
+from .generation import GenerationSettings
+
 log = logging.getLogger("studio.chat")
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.0          # 0 = greedy (deterministic, the fairest comparison)
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    seed: int = 0
-
-    def generate_kwargs(self) -> dict:
-        kw = {"max_new_tokens": int(self.max_new_tokens), "repetition_penalty": float(self.repetition_penalty)}
-        if self.temperature > 0:
-            kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p),
-                      top_k=int(self.top_k))
-        else:
-            kw.update(do_sample=False)
-        return kw
 
 
 MAX_LOADED_ADAPTERS = 8   # least recently used adapters beyond this are dropped from memory
@@ -304,18 +289,50 @@ def _note(status: str, problems: list[str]) -> str:
     return "  \n".join([status] * bool(status) + [f"⚠️ {p}" for p in problems])
 
 
+NO_SERVER = "No inference server is running: start `studio worker` (it starts one) or `studio infer`."
+_stops: dict[str | None, float] = {}   # browser session -> when it last pressed Stop
+
+
+def stop(owner: str | None = None) -> None:
+    """Stop the reply ``owner``'s compare is streaming (the others go on)."""
+    _stops[owner] = time.time()
+
+
+def _stopped_since(owner: str | None, since: float) -> bool:
+    return _stops.get(owner, 0.0) >= since
+
+
+def _usable(chosen: list, base: str, problems: list[str]) -> list:
+    """The chosen (pane, ref) pairs the server can run on ``base``: an adapter runs on its own base only."""
+    from . import adapters
+
+    usable = []
+    for pane, ref in chosen:
+        if not adapters.same_base(ref.base_model, base):
+            why = "the inference server runs an adapter on its own base only"
+            try:
+                adapters.check_adapter(ref.folder, base)
+            except adapters.AdapterError as exc:
+                why = str(exc)
+            problems.append(f"{PANES[pane - 1]}: {ref.name} was trained on {ref.base_model}, not {base}: {why}")
+            continue
+        usable.append((pane, ref))
+    return usable
+
+
 def compare(prompt: str, base_choice: str | None, refs: list[str | None], histories: list[list[dict] | None],
-            system: str, settings: GenerationSettings, engine: ChatEngine | None = None,
+            system: str, settings: GenerationSettings,
             owner: str | None = None) -> Iterator[tuple[list[list[dict]], str]]:
-    """Yield (histories, note) while the base and up to three adapters answer ``prompt`` in turn.
+    """Yield (histories, note) while the base and up to three adapters answer ``prompt`` in turn, each
+    streamed from a running inference server (studio.inference_client).
 
     ``histories``: [base, A, B, C], each its own conversation. ``refs``: adapter refs of panes A-C
     (studio.adapters.resolve; empty = no adapter). ``base_choice`` "auto" (or empty) takes the first
-    adapter's base. An adapter trained on another base is used only if its shapes fit the chosen one.
+    adapter's base. ``owner`` (a browser session) lets Stop end only that session's replies.
     """
-    from . import adapters
+    from . import adapters, inference_client
+    from .models import shown_model
 
-    engine = engine or get_engine()
     histories = [list(h or []) for h in histories] + [[] for _ in range(1 + len(refs) - len(histories))]
     if not (prompt or "").strip():
         yield histories, "Type a prompt first."
@@ -334,39 +351,36 @@ def compare(prompt: str, base_choice: str | None, refs: list[str | None], histor
         yield histories, _note("Choose a base model or an adapter (a finished run, a checkpoint or an import).",
                                problems)
         return
-    usable = []
-    for pane, ref in chosen:
-        if not adapters.same_base(ref.base_model, base):
-            try:
-                adapters.check_adapter(ref.folder, base)
-            except adapters.AdapterError as exc:
-                problems.append(f"{PANES[pane - 1]}: {ref.name} was trained on {ref.base_model}, not {base}: {exc}")
-                continue
-        usable.append((pane, ref))
-    started = time.time()
-    if engine.model is None or engine.base_ref != base_key(base):
-        yield histories, _note("Loading the base model (first use takes a moment)…", problems)
+    usable = _usable(chosen, base, problems)
+    base_name = shown_model(base)
     try:
-        engine.ensure_base(base)
-        for _, ref in usable:
-            engine.ensure_adapter(ref.key, ref.folder)
-    except Exception as exc:  # a missing file, a bad folder, out of memory: one line in the note
-        yield histories, _note(f"**Cannot load the model:** {exc}", problems)
+        server = inference_client.pick_server(base_name)
+    except inference_client.InferenceError:
+        yield histories, _note(NO_SERVER, problems)
         return
-    panes = [(0, None, "base")] + [(pane, ref.key, ref.name) for pane, ref in usable]
+    started = time.time()
+    panes = [(0, base_name, "base")] + [(pane, served_name(ref), ref.name) for pane, ref in usable]
     for pane, _, _ in panes:
         histories[pane] += [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
-    for n, (pane, key, label) in enumerate(panes):
-        if engine.stopped_since(owner, started):
+    if not any(b.get("model") == base_name for b in server.loaded_bases or []):
+        yield histories, _note("Loading the base model on the inference server (first use takes a moment)…",
+                               problems)
+    for n, (pane, model, label) in enumerate(panes):
+        if _stopped_since(owner, started):
             for later, _, _ in panes[n:]:
                 histories[later][-1] = {"role": "assistant", "content": "(stopped)"}
             break
         messages = as_messages(histories[pane][:-1], system)
+        stream = inference_client.chat_stream(messages, model, settings, url=server.url)
         try:
-            for text in engine.stream(messages, key, settings, owner=owner):
+            for text in stream:
                 histories[pane][-1] = {"role": "assistant", "content": text}
                 yield histories, _note(f"Generating: {label}…", problems)
-        except Exception as exc:
+                if _stopped_since(owner, started):
+                    break
+        except inference_client.InferenceError as exc:
             yield histories, _note(f"**Generation failed ({label}):** {exc}", problems)
             return
-    yield histories, _note("Stopped." if engine.stopped_since(owner, started) else "", problems)
+        finally:
+            stream.close()   # closing the request stops the server's generation
+    yield histories, _note("Stopped." if _stopped_since(owner, started) else "", problems)

@@ -385,9 +385,46 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .adapters import cli_chat
+    """`studio chat RUN --prompt TEXT [--compare]`: the adapter's reply (and the base's, with --compare),
+    streamed from a running inference server."""
+    from . import inference_client
+    from .adapters import AdapterError, resolve
+    from .chat import NO_SERVER, GenerationSettings, served_name
+    from .models import shown_model
+    from .settings import UnsafePath
 
-    return cli_chat(args)
+    try:
+        ref = resolve(args.run)
+    except (AdapterError, UnsafePath) as exc:
+        return _fail(str(exc))
+    if not (args.prompt or "").strip():
+        return _fail("give a prompt with --prompt")
+    settings = GenerationSettings(max_new_tokens=getattr(args, "max_new_tokens", 128),
+                                  temperature=getattr(args, "temperature", 0.0), seed=getattr(args, "seed", 0))
+    messages = ([{"role": "system", "content": args.system}] if getattr(args, "system", "") else []) + [
+        {"role": "user", "content": args.prompt}]
+    base = shown_model(ref.base_model)
+    try:
+        url = inference_client.pick_server(base).url
+    except inference_client.InferenceError:
+        return _fail(NO_SERVER, 1)
+    try:
+        if args.compare:
+            print(f"--- base ({base})", flush=True)
+            _print_stream(inference_client.chat_stream(messages, base, settings, url=url))
+            print(f"--- {ref.name}", flush=True)
+        _print_stream(inference_client.chat_stream(messages, served_name(ref), settings, url=url))
+    except inference_client.InferenceError as exc:
+        return _fail(f"cannot chat with {ref.name}: {exc}", 1)
+    return 0
+
+
+def _print_stream(stream) -> None:
+    shown = ""
+    for text in stream:
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print(flush=True)
 
 
 def cmd_export(args) -> int:

@@ -13,7 +13,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import JSON, BigInteger, event
 from sqlalchemy.engine import Engine
@@ -312,14 +312,19 @@ def update_job(job_id: str, **values: Any) -> Job:
         return job
 
 
-def set_status(job_id: str, status: str, message: str = "", **values: Any) -> Job:
-    """Persist a transition with its timestamp (and the job's new fields) in one transaction."""
+def set_status(job_id: str, status: str, message: str = "", check: Callable[[str, str], None] | None = None,
+               **values: Any) -> Job:
+    """Persist a transition with its timestamp (and the job's new fields) in one transaction; ``check(current,
+    new)`` may refuse it by raising, with the row locked. Code changes a job's status through
+    studio.lifecycle.transition, which passes its table as ``check``; tests stage states here directly."""
     assert status in STATUSES, status
     values = _with_pid_start(values, "worker_pid", "worker_pid_start")
     with session() as s:
-        job = s.get(Job, job_id)
+        job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise KeyError(job_id)
+        if check is not None:
+            check(job.status, status)
         job.status = status
         for k, v in values.items():
             setattr(job, k, v)

@@ -146,15 +146,34 @@ def golden_table(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["prompt", *columns], rows
 
 
-class _GoldenPromptsCallbackMixin:
-    """Answers golden prompts at train begin (base, once), at every save and at the end (rank 0 only).
+GOLDEN_ROUNDS = 3  # checkpoints answered before the end, under the automatic cadence
+GOLDEN_SHORT_RUN = 100  # steps; shorter runs answer at the start (base) and at the end only
 
-    A failure is logged and never stops training. ``skip`` (e.g. the worker's shutdown flag) makes a
-    stopping worker save without spending time on answers.
+
+def golden_save_steps(total_steps: int, save_steps: int, rounds: int = GOLDEN_ROUNDS) -> set[int]:
+    """The checkpoint steps answered under the automatic cadence, besides the base at the start and the end.
+
+    Answering costs a greedy generation per prompt, several training steps' worth on a CPU, so a run under
+    GOLDEN_SHORT_RUN steps answers none in between, and a longer one at most ``rounds`` checkpoints spread over it.
+    """
+    saves = list(range(save_steps, total_steps, save_steps)) if save_steps > 0 else []
+    if total_steps < GOLDEN_SHORT_RUN or not saves:
+        return set()
+    if len(saves) <= rounds:
+        return set(saves)
+    return {saves[(i + 1) * len(saves) // rounds - 1] for i in range(rounds)}
+
+
+class _GoldenPromptsCallbackMixin:
+    """Answers golden prompts at train begin (base, once), at checkpoints and at the end (rank 0 only).
+
+    ``automatic``: only at the checkpoints ``golden_save_steps`` picks; otherwise at every one. A failure is
+    logged and never stops training. ``skip`` (e.g. the worker's shutdown flag) makes a stopping worker save
+    without spending time on answers.
     """
 
     def __init__(self, job_id: str, prompts: list[str], tokenizer, max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
-                 output_dir: str | Path | None = None, skip=None):
+                 output_dir: str | Path | None = None, skip=None, automatic: bool = False):
         self.job_id = job_id
         self.prompts = list(prompts)
         self.tokenizer = tokenizer
@@ -163,6 +182,7 @@ class _GoldenPromptsCallbackMixin:
         self.skip = skip or (lambda: False)
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.answered_step: int | None = None
+        self.automatic = automatic
 
     def _folder(self) -> Path:
         return self.output_dir if self.output_dir is not None else golden_dir(self.job_id)
@@ -174,8 +194,9 @@ class _GoldenPromptsCallbackMixin:
         try:
             replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens,
                                     disable_adapter=step == "base")
-            write_golden(self._folder(), step, self.prompts, replies,
-                         seconds=round(time.perf_counter() - started, 3), **extra)
+            seconds = time.perf_counter() - started
+            write_golden(self._folder(), step, self.prompts, replies, seconds=round(seconds, 3), **extra)
+            log.info("timing golden-prompts %.3f s at step %s", seconds, step)
         except Exception:  # noqa: BLE001 - golden answers are a view on training, never a reason to stop it
             log.warning("job %s: answering the golden prompts at step %s failed", self.job_id, step, exc_info=True)
 
@@ -184,6 +205,8 @@ class _GoldenPromptsCallbackMixin:
             self._answer(model, "base")
 
     def on_save(self, args, state, control, model=None, **kwargs):
+        if self.automatic and state.global_step not in golden_save_steps(state.max_steps, args.save_steps):
+            return
         self._answer(model, state.global_step)
         self.answered_step = state.global_step
 

@@ -15,8 +15,8 @@ from typing import Iterator
 import httpx
 
 from . import db
-from .chat import GenerationSettings
-from .jobs import HEARTBEAT_STALE_SECONDS, WORKER_BEAT_SECONDS
+from .generation import GenerationSettings
+from .lifecycle import HEARTBEAT_STALE_SECONDS, WORKER_BEAT_SECONDS
 from .liveness import gone
 from .settings import api_key
 

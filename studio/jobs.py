@@ -2,18 +2,18 @@
 process calls these, the worker picks the work up through the queue."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import threading
 import time
 
 from . import db
+from .lifecycle import HEARTBEAT_STALE_SECONDS, WORKER_BEAT_SECONDS, allowed, transition
+from .lifecycle import mark_lost_jobs  # noqa: F401 (callers reach it as jobs.mark_lost_jobs)
 from .liveness import gone
 from .settings import check_name, get_settings
 from .spec import JobSpec, SpecError
 
-HEARTBEAT_STALE_SECONDS = float(os.environ.get("STUDIO_HEARTBEAT_STALE", "120"))
 _SUBMIT_LOCK = threading.Lock()
 
 
@@ -42,13 +42,14 @@ def validate_spec(spec: JobSpec) -> dict[str, str]:
     return errors
 
 
-def submit(spec: JobSpec) -> db.Job:
-    """Validate, save the job, hand it to the queue. Nothing is written when validation fails."""
+def submit(spec: JobSpec, group_id: str | None = None) -> db.Job:
+    """Validate, save the job, hand it to the queue. Nothing is written when validation fails.
+    ``group_id``: the sweep the run belongs to."""
     errors = validate_spec(spec)
     if errors:
         raise SpecError(errors)
     settings = get_settings()
-    job = db.Job(name="", spec_json=spec.to_json())
+    job = db.Job(name="", spec_json=spec.to_json(), group_id=group_id)
     job.name = check_name(spec.name, "run name") if spec.name else f"{spec.dataset[:40]}-{job.id[:6]}"
     job.output_dir = settings.relative(settings.jobs_dir / job.id)
     # one submission at a time: creation order is queue order, so a queue position counted from
@@ -88,19 +89,27 @@ def cancel(job_id: str) -> db.Job:
     if job.status == "queued":
         if job.task_id:
             huey.revoke_by_id(job.task_id)
-        return db.set_status(job.id, "cancelled", "cancelled while queued", finished_at=time.time())
+        return transition(job.id, "cancelled", "cancelled while queued", finished_at=time.time())
     if job.status == "running":
         return db.update_job(job.id, cancel_requested=True)
     return job
+
+
+def cancel_group(group_id: str) -> list[db.Job]:
+    """Cancel every queued or running member of a sweep; returns the members as they are now."""
+    members = db.group_jobs(group_id)
+    if not members:
+        raise KeyError(group_id)
+    return [cancel(job.id) if job.status in db.ACTIVE else job for job in members]
 
 
 def resume(job_id: str) -> db.Job:
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(job_id)
-    if job.status not in ("interrupted", "cancelled", "failed"):
+    if not allowed(job.status, "queued"):
         raise ValueError(f"only an interrupted, cancelled or failed run can be resumed; this one is {job.status}")
-    job = db.set_status(job.id, "queued", "resume requested", cancel_requested=False, error=None, finished_at=None)
+    job = transition(job.id, "queued", "resume requested", cancel_requested=False, error=None, finished_at=None)
     return db.update_job(job.id, task_id=enqueue(job.id, resume=True))
 
 
@@ -127,24 +136,6 @@ def delete(job_id: str) -> None:
         if row is not None:
             s.delete(row)
         s.commit()
-
-
-def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
-    """Running jobs whose worker died (same host: pid gone, a zombie, or reused) or whose heartbeat is stale
-    -> interrupted."""
-    stale_seconds = HEARTBEAT_STALE_SECONDS if stale_seconds is None else stale_seconds
-    now = time.time()
-    lost = []
-    for job in db.list_jobs(("running",)):
-        why = gone(job.worker_host, job.worker_pid, job.worker_pid_start, job.heartbeat_at, stale_seconds, now)
-        if why:
-            db.set_status(job.id, "interrupted", why, finished_at=now,
-                          error=f"interrupted at step {job.current_step}: {why}; resume it from its last checkpoint")
-            lost.append(job.id)
-    return lost
-
-
-WORKER_BEAT_SECONDS = 30.0
 
 
 def live_workers(stale_seconds: float | None = None) -> list[db.WorkerRecord]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 from pathlib import Path
@@ -109,3 +110,14 @@ def delete(name: str) -> None:
         s.commit()
     if db.find_dataset_by_hash(rec.sha256) is None:
         shutil.rmtree(settings.resolve(rec.path).parent, ignore_errors=True)
+
+
+def split_rows(rows: list[dict], eval_split: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out): the seeded split training uses, so evaluation can find the same held-out rows."""
+    if eval_split <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_split)))
+    eval_idx = set(order[:n_eval])
+    return ([r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx])

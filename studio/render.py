@@ -81,6 +81,52 @@ def template_messages(tokenizer, messages: list[dict], tools: list[dict] | None 
     return [{"role": "system", "content": schemas}] + out, None
 
 
+_MARK = "\x00studio-system\x00"
+
+
+def default_system_prompt(tokenizer) -> str | None:
+    """The system prompt the chat template writes into a conversation that has none (None: it writes none).
+
+    Found by rendering one user turn without a system turn and with a marker system turn: where the template
+    injects a default, the first rendering holds it exactly where the second holds the marker."""
+    user = {"role": "user", "content": "hi"}
+    bare = _render_or_none(tokenizer, [user])
+    marked = _render_or_none(tokenizer, [{"role": "system", "content": _MARK}, user])
+    if bare is None or marked is None or _MARK not in marked:
+        return None
+    before, after = marked.split(_MARK, 1)
+    if bare.startswith(before) and bare.endswith(after) and len(bare) > len(before) + len(after):
+        return bare[len(before):len(bare) - len(after)]
+    return None
+
+
+def with_system_prompt(messages: list[dict], mode: str, text: str = "", default: str | None = None) -> list[dict]:
+    """The turns rendered for training under the spec's system-prompt choice. A conversation with its own
+    system turn keeps it; otherwise keep: the template's default (if any) stays, replace: ``text`` becomes the
+    system turn, omit: an empty system turn stands in for the template's ``default`` so it is not written."""
+    if (messages and messages[0]["role"] == "system") or mode == "keep":
+        return messages
+    if mode == "replace":
+        return [{"role": "system", "content": text}] + messages
+    if default is not None:
+        return [{"role": "system", "content": ""}] + messages
+    return messages
+
+
+def system_prompt_note(tokenizer, rows: list[dict], carries_identity: bool) -> str | None:
+    """One sentence on the template's default system prompt where rows without a system turn would get it."""
+    default = default_system_prompt(tokenizer)
+    turns = [r.get("messages") or r.get("prompt") or [] for r in rows]
+    if default is None or not any(not t or t[0]["role"] != "system" for t in turns):
+        return None
+    note = (f"system prompt: the model's chat template adds its default, {json.dumps(default.strip())}, to every "
+            "row without a system turn (Train tab, System prompt: keep it, replace it or omit it)")
+    if carries_identity:
+        note += ("; these rows teach their own name or maker, which the default contradicts: we suggest "
+                 "omitting it")
+    return note
+
+
 def template_notes(tokenizer, rows: list[dict]) -> list[str]:
     """How this template renders the tools, tool calls and reasoning these rows hold (one sentence each)."""
     turns = [t for r in rows for k in ("messages", "prompt", "chosen", "rejected", "completion") for t in r.get(k, [])]

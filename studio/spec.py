@@ -56,6 +56,8 @@ class JobSpec:
     eval_dataset: str = _f("", "Optional separate evaluation dataset; when empty, eval_split of the training data is held out.", label="Eval dataset", advanced=True)
     method: str = _f("sft", "sft: supervised fine-tuning on conversations or text. dpo: preference optimisation on chosen/rejected pairs. kto: preference optimisation on single replies labelled good or bad. orpo: SFT plus an odds-ratio penalty on the rejected reply of each pair, without a reference model. grpo: reinforcement learning on prompts, scored by the rewards chosen below.", tuple(METHODS), label="Method")
     name: str = _f("", "Optional run name (letters, digits, '.', '_', '-'). Generated when empty.", label="Run name", advanced=True)
+    system_prompt_mode: str = _f("keep", "The system prompt of rows without their own system turn: keep (the model's chat template adds its default one, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'), replace (with the system prompt below) or omit (an empty system turn, so the default is not written). The dataset preview shows the default; omit it when the data teaches its own name or maker.", ("keep", "replace", "omit"), label="System prompt")
+    system_prompt: str = _f("", "With system prompt 'replace': the system prompt written into every row without a system turn.", label="Replacement system prompt")
 
     # quantisation
     load_in_4bit: bool = _f(True, "QLoRA: load the frozen base weights in 4-bit (bitsandbytes) and train LoRA adapters on top.", label="4-bit (QLoRA)")
@@ -117,8 +119,8 @@ class JobSpec:
 
     # evaluation, checkpoints, reproducibility
     eval_split: float = _f(0.1, "Fraction of the training rows held out for evaluation (0 = none), seeded.", label="Eval split", advanced=True, bounds=(0, 0.9), sentence="eval split must be between 0 and 0.9")
-    eval_steps: int = _f(0, "Evaluate every N steps; 0 = about 5 times per run.", label="Eval every", advanced=True, bounds=(0, MAX_STEPS))
-    save_steps: int = _f(0, "Write a resumable checkpoint every N steps; 0 = about 5 per run.", label="Checkpoint every", advanced=True, bounds=(0, MAX_STEPS))
+    eval_steps: int = _f(0, "Evaluate every N steps; 0 = automatic: 1 to 5 evaluations, as many as fit in about a twentieth of the run (at most 2 in a run under 50 steps).", label="Eval every", advanced=True, bounds=(0, MAX_STEPS))
+    save_steps: int = _f(0, "Write a resumable checkpoint every N steps; 0 = automatic: 2 to 5 per run, the last at the end (a run under 50 steps: midway and at the end). Golden prompts are then answered at no more than 3 of them (none in a run under 100 steps) besides the start and the end.", label="Checkpoint every", advanced=True, bounds=(0, MAX_STEPS))
     early_stopping_patience: int = _f(0, "Stop when eval loss has not improved for this many evaluations; 0 = off.", label="Early-stopping patience", advanced=True, bounds=(0, 10**6))
     seed: int = _f(42, "Random seed for the split, shuffling and adapter initialisation.", label="Seed", advanced=True, bounds=(0, 2**32 - 1))
     logging_steps: int = _f(1, "Record a metric point every N steps.", label="Log every", advanced=True, bounds=(1, MAX_STEPS), sentence="log every must be at least 1 step and at most 10,000,000")
@@ -138,7 +140,7 @@ class JobSpec:
     reward_length_weight: float = _f(1.0, "GRPO: weight of the length reward.", label="Length weight", bounds=(0, 100), sentence="length weight must be between 0 and 100")
 
     # behaviour checks and resources
-    golden_prompts: list = _f([], "Prompts answered by the adapter at each checkpoint and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
+    golden_prompts: list = _f([], "Prompts answered by the base at the start, by the adapter at checkpoints (every one when checkpoint every is set; with the automatic cadence at most 3, none in a run under 100 steps) and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
     num_gpus: int = _f(1, "GPUs for this job; more than one runs it with accelerate launch (DDP).", label="GPUs", advanced=True, bounds=(1, 64), sentence="a job needs between 1 and 64 devices")
 
     # ---- conversion -------------------------------------------------------------------------
@@ -267,13 +269,16 @@ class JobSpec:
                 e["name"] = "run names may use 1-64 letters, digits, '.', '_' and '-'"
         for key in ("method", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "lora_bias", "lr_scheduler_type",
                     "precision", "padding_free", "dequant_cache", "attn_implementation", "chunked_loss",
-                    "peft_type", "init_lora_weights", "prompt_tuning_init", "optim", "reward_answer", "report_to"):
+                    "peft_type", "init_lora_weights", "prompt_tuning_init", "optim", "reward_answer", "report_to",
+                    "system_prompt_mode"):
             choices = _meta(key)["choices"]
             if getattr(self, key) not in choices:
                 e[key] = f"{key} must be one of {', '.join(choices)}"
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             e["attn_implementation"] = ("flash_attention_2 needs the flash-attn package, which is not installed here; "
                                         "choose sdpa or flex_attention")
+        if self.system_prompt_mode == "replace" and not self.system_prompt.strip():
+            e["system_prompt"] = "system prompt 'replace' needs the replacement text; write it, or choose keep or omit"
         if self.load_in_4bit and self.load_in_8bit:
             e["load_in_8bit"] = "choose 4-bit or 8-bit, not both"
         if (self.load_in_4bit or self.load_in_8bit) and quantization_available is False:

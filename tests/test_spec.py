@@ -233,7 +233,7 @@ def test_translations_to_library_configs():
     assert lc.r == 8 and lc.lora_alpha == 16 and set(lc.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert train.quantization_config(JobSpec(load_in_4bit=False), "cpu") is None
     sched = train.schedule(JobSpec(num_train_epochs=2, per_device_train_batch_size=4), n_train=40)
-    assert sched["total_steps"] == 20 and sched["eval_steps"] == 4
+    assert sched["total_steps"] == 20 and sched["eval_steps"] == 10  # a short run evaluates twice
     cfg = train.sft_config(spec, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu")
     assert cfg.max_length == spec.max_length and cfg.eval_strategy == "steps" and cfg.learning_rate == spec.learning_rate
     dcfg = train.dpo_config(JobSpec(method="dpo", beta=0.2), __import__("pathlib").Path("/tmp/x"), 10, False, "cpu")

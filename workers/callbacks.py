@@ -7,21 +7,22 @@ a run whose loss, gradient norm or adapter weights stop being finite numbers.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
 import shutil
-import threading
 import time
 
 from transformers import TrainerCallback
 
 from studio import db
 from studio.methods import METHOD_METRICS
+from workers.checkpoints import COMPLETE_MARKER
+from workers.stopping import SHUTDOWN, agree_on_stop
 
-# Set by the consumer's signal handler (SIGINT/SIGTERM): stop at the end of the step, save, mark interrupted.
-SHUTDOWN = threading.Event()
-COMPLETE_MARKER = "studio-checkpoint-complete"
+log = logging.getLogger("studio.train")
+
 
 
 def _memory_gb() -> float:
@@ -48,6 +49,7 @@ class StudioCallback(TrainerCallback):
         self._last_tokens: tuple[float, float] | None = None
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.loop_started = self.step_ended = time.perf_counter()  # evaluations and saves follow a step's end
 
     # -- helpers ----------------------------------------------------------------------------------
     def flush(self, state=None) -> None:
@@ -70,15 +72,21 @@ class StudioCallback(TrainerCallback):
             elif self.is_main and (job := db.get_job(self.job_id)) is not None and job.cancel_requested:
                 self.stop_reason = "cancelled"
         if self.world_size > 1:  # every rank, every step: all ranks stop at the same step or none does
-            from workers.distributed import agree_on_stop
-
             self.stop_reason = agree_on_stop(self.stop_reason, getattr(args, "device", None))
         if self.stop_reason:
             control.should_save = True
             control.should_training_stop = True
 
     # -- hooks ------------------------------------------------------------------------------------
+    def _timing(self, what: str, state) -> None:
+        """One "timing" line in train.log: how long ``what`` took since the last step ended (the first-run
+        bench splits a run's time with these)."""
+        now = time.perf_counter()
+        log.info("timing %s %.3f s at step %d", what, now - self.step_ended, state.global_step)
+        self.step_ended = now
+
     def on_train_begin(self, args, state, control, **kwargs):
+        self.loop_started = time.perf_counter()
         if self.is_main:
             db.update_job(self.job_id, total_steps=state.max_steps, heartbeat_at=time.time())
 
@@ -86,7 +94,12 @@ class StudioCallback(TrainerCallback):
         self._poll(control, args)
         if time.time() - self.last_flush >= self.flush_seconds:
             self.flush(state)
+        self.step_ended = time.perf_counter()
         return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.is_main:
+            self._timing("evaluation", state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -121,9 +134,14 @@ class StudioCallback(TrainerCallback):
             if self.on_checkpoint is not None:
                 self.on_checkpoint(ckpt, state.global_step)
         self.flush(state)
+        if self.is_main:
+            self._timing("checkpoint", state)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.flush(state)
+        if self.is_main:
+            log.info("timing training-loop %.3f s at step %d", time.perf_counter() - self.loop_started,
+                     state.global_step)
 
 
 ADVICE = "lower the learning rate, keep gradient clipping on (max grad norm about 1) or use bf16/fp32 rather than fp16"

@@ -10,7 +10,7 @@ Every rank trains; rank 0 alone writes to the database (``StudioCallback`` check
 heartbeat, the job's status, the adapter. Rank 0 reads the cancel flag, every rank honours the
 consumer's shutdown, and ``agree_on_stop`` makes all ranks take the same decision at the same step.
 If the consumer is killed, the launcher and the ranks die with it (Linux parent-death signal), so a
-lost job never keeps training unseen; ``studio.jobs.mark_lost_jobs`` then marks it interrupted.
+lost job never keeps training unseen; ``studio.lifecycle.mark_lost_jobs`` then marks it interrupted.
 
 Heavy imports (torch, accelerate) stay inside the functions: the UI imports nothing from here.
 """
@@ -27,15 +27,15 @@ import threading
 import time
 from pathlib import Path
 
-from studio import db
+from studio import db, lifecycle
 from studio.settings import get_settings
+from workers.stopping import SHUTDOWN, agree_on_stop  # noqa: F401 (agree_on_stop: reached here too)
 
 log = logging.getLogger("studio.distributed")
 
 STOP_FILE = "studio-stop-requested"   # in the job folder: the consumer asks the ranks to stop and save
 LAUNCH_LOG = "launch.log"             # the launcher's and the ranks' own output
 CPU_DDP_ENV = "STUDIO_DDP_ON_CPU"     # "1": a worker without GPUs runs N CPU processes (gloo); tests, laptops
-STOP_CODES = (None, "interrupted", "cancelled")  # all ranks take the largest: cancelled beats interrupted
 
 
 class LaunchError(ValueError):
@@ -71,24 +71,6 @@ def launch_backend(num_processes: int, env: dict[str, str] | None = None) -> str
         f"start a worker with enough devices, e.g. `studio worker --gpus {example}`, or lower the run's GPU count")
 
 
-def device_label(world_size: int | None = None) -> str:
-    """What the Runs table shows as the job's device: 'cpu', 'cuda:1 (NVIDIA H100 80GB HBM3)',
-    'cuda:0,1 (2 x NVIDIA H100 80GB HBM3, DDP)'. Physical ids, read through CUDA_VISIBLE_DEVICES."""
-    import torch
-
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    if not torch.cuda.is_available():
-        return "cpu" if world == 1 else f"cpu ({world} processes, DDP)"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    used = list(range(local, local + 1)) if world == 1 else list(range(world))
-    ids = [visible[i] if i < len(visible) else str(i) for i in used]
-    name = torch.cuda.get_device_name(local)
-    if world == 1:
-        return f"cuda:{ids[0]} ({name})"
-    return f"cuda:{','.join(ids)} ({world} x {name}, DDP)"
-
-
 # ---- the consumer side ---------------------------------------------------------------------------
 
 def launcher_command(job_id: str, num_processes: int, backend: str, resume: bool = False) -> list[str]:
@@ -111,12 +93,10 @@ def accelerate_args(job_id: str, num_processes: int, resume: bool = False) -> li
 
 def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5) -> str:
     """The huey task's body for a multi-device job: launch, wait, make sure the job ends in a final state."""
-    from workers.callbacks import SHUTDOWN
-
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(f"job {job_id} does not exist")
-    if job.status != "queued":  # cancelled while queued, or already picked up: never run twice
+    if not lifecycle.allowed(job.status, "running"):  # cancelled while queued, or already picked up
         log.warning("job %s is %s; not running it", job_id, job.status)
         return job.status
     n = int(job.spec.get("num_gpus") or 1)
@@ -125,8 +105,7 @@ def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5
     try:
         backend = launch_backend(n)
     except LaunchError as exc:
-        db.set_status(job_id, "failed", "error", error=str(exc), finished_at=time.time())
-        return "failed"
+        return lifecycle.settle(job_id, "failed", "error", error=str(exc), finished_at=time.time())
     stop = out / STOP_FILE
     stop.unlink(missing_ok=True)
     cmd = launcher_command(job_id, n, backend, resume)
@@ -144,7 +123,7 @@ def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5
     job = db.get_job(job_id)
     if job.status in db.ACTIVE:  # rank 0 never recorded an end: the launcher or a rank died
         where = f"step {job.current_step}" if job.status == "running" else "start-up"
-        job = db.set_status(
+        return lifecycle.settle(
             job_id, "failed", "error", finished_at=time.time(),
             error=(f"the {n} training processes stopped at {where} with exit code {proc.returncode}; "
                    f"{LAUNCH_LOG} and train.log in the run folder have the details"))
@@ -152,20 +131,6 @@ def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5
 
 
 # ---- inside the ranks ----------------------------------------------------------------------------
-
-def agree_on_stop(reason: str | None, device=None) -> str | None:
-    """Every rank calls this once per optimizer step; all get the same answer (the largest stop code)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return reason
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([STOP_CODES.index(reason)], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return STOP_CODES[int(flag.item())]
-
 
 def _die_with_parent(expected_parent: int | None) -> None:
     """Get SIGKILL when the process that started this one dies (Linux), so a killed consumer leaves no
@@ -206,7 +171,6 @@ def _launch(args) -> int:
 
 
 def _run(args) -> int:
-    from workers.callbacks import SHUTDOWN
     from workers.train import run_job
 
     launcher = int(os.environ.get("STUDIO_LAUNCHER_PID", "0")) or None

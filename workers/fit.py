@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from studio import db
+from studio import db, lifecycle
 from studio.settings import get_settings
+from workers.checkpoints import last_complete_checkpoint
 
 log = logging.getLogger("studio.fit")
 
@@ -228,8 +229,6 @@ def train_with_retries(job_id: str, spec, start, output_dir: Path, checkpoint: P
     and number of optimizer steps. ``start(spec)`` builds a fresh model and trainer (the first item of what
     it returns). Returns (what ``start`` returned for the finished attempt, the spec it trained with); the
     job's stored spec follows every change, so a later resume trains with the batch that fitted."""
-    from workers.train import last_complete_checkpoint
-
     if spec.fit_check and checkpoint is None:
         chosen, sentence = fit_check(spec, start, device, capacity_bytes(device))
         log.info("%s", sentence)
@@ -270,7 +269,7 @@ def train_with_retries(job_id: str, spec, start, output_dir: Path, checkpoint: P
 def _record(job_id: str, old, new, sentence: str):
     """The job's event log gets the sentence; its stored spec the batch, accumulation and checkpointing."""
     if int(os.environ.get("RANK", "0")) == 0:
-        db.set_status(job_id, "running", sentence)
+        lifecycle.note(job_id, sentence)
         if new != old:
             db.update_job(job_id, spec_json=new.to_json())
     return new

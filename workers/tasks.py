@@ -28,15 +28,15 @@ def train_job(job_id: str, resume: bool = False) -> str:
 @huey.periodic_task(crontab(minute="*"), name="studio.find_lost_jobs")
 def find_lost_jobs() -> list[str]:
     """Jobs whose heartbeat is stale or whose worker is gone become 'interrupted' (never 'running' forever)."""
-    from studio import jobs
+    from studio.lifecycle import mark_lost_jobs
 
-    return jobs.mark_lost_jobs()
+    return mark_lost_jobs()
 
 
 @huey.on_startup()
 def _on_startup() -> None:
-    from studio import jobs
+    from studio.lifecycle import mark_lost_jobs
 
-    lost = jobs.mark_lost_jobs()
+    lost = mark_lost_jobs()
     if lost:
         log.warning("marked %d lost job(s) interrupted at consumer start: %s", len(lost), ", ".join(lost))

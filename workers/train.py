@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import shutil
 import socket
 import time
@@ -18,15 +17,16 @@ from pathlib import Path
 
 import torch
 
-from studio import db
+from studio import db, lifecycle
+from studio.library import split_rows
 from studio.settings import get_settings
 from studio.spec import JobSpec
+from workers.checkpoints import CHECKPOINTS, last_complete_checkpoint
 from workers.methods.dpo import dpo_config  # noqa: F401  (each method's TRL config lives with its trainer)
 from workers.methods.sft import sft_config  # noqa: F401
 
 log = logging.getLogger("studio.train")
 
-CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 
 
@@ -97,13 +97,41 @@ def optimizer(spec: JobSpec, device: str) -> str:
     return spec.optim
 
 
-def schedule(spec: JobSpec, n_train: int, world_size: int = 1) -> dict:
-    """Total optimizer steps and the eval / checkpoint intervals (0 in the spec = about 5 per run)."""
+CADENCE_BUDGET = 0.05  # evaluations, and checkpoints, each: about a twentieth of the run's time
+EVAL_BATCH_COST = 1 / 3  # a forward-only batch against a training step (forward and backward)
+SAVE_COST = 1.0  # writing the adapter and optimizer state of a checkpoint, in training steps
+SHORT_RUN = 50  # steps; shorter runs evaluate at most twice and checkpoint midway and at the end
+MAX_ROUNDS = 5
+
+
+def cadence(total_steps: int, eval_batches: int) -> tuple[int, int]:
+    """How many evaluations and checkpoints (the final one included) a run of ``total_steps`` gets when the
+    spec leaves eval_steps / save_steps at 0.
+
+    Each spends at most CADENCE_BUDGET of the run (together about a tenth): an evaluation costs ``eval_batches``
+    forward passes of EVAL_BATCH_COST of a step each, a checkpoint SAVE_COST steps. Each is between 1 and
+    MAX_ROUNDS. A short run (under SHORT_RUN steps) evaluates once or twice and checkpoints at the end plus once
+    midway, for resuming.
+    """
+    budget = CADENCE_BUDGET * total_steps
+    evals = max(1, min(MAX_ROUNDS, int(budget / (max(1, eval_batches) * EVAL_BATCH_COST))))
+    saves = max(2, min(MAX_ROUNDS, int(budget / SAVE_COST)))
+    if total_steps < SHORT_RUN:
+        evals, saves = min(evals, 2), 2
+    return evals, min(saves, total_steps)
+
+
+def schedule(spec: JobSpec, n_train: int, world_size: int = 1, n_eval: int | None = None) -> dict:
+    """Total optimizer steps and the eval / checkpoint intervals; 0 in the spec = ``cadence``'s automatic one.
+    ``n_eval``: held-out rows (default: what eval_split holds out of the data)."""
     per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps * world_size
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
     total = spec.max_steps if spec.max_steps > 0 else max(1, math.ceil(spec.num_train_epochs * steps_per_epoch))
-    eval_steps = spec.eval_steps or max(1, total // 5)
-    save_steps = spec.save_steps or max(1, total // 5)
+    if n_eval is None:
+        n_eval = round(n_train * spec.eval_split / (1 - spec.eval_split)) if spec.eval_split < 1 else n_train
+    evals, saves = cadence(total, math.ceil(n_eval / (spec.per_device_train_batch_size * world_size)))
+    eval_steps = spec.eval_steps or math.ceil(total / evals)
+    save_steps = spec.save_steps or math.ceil(total / saves)
     if spec.early_stopping_patience:
         save_steps = eval_steps  # the best checkpoint must exist where it was evaluated
     return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
@@ -160,27 +188,20 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
 
 # ---- data -----------------------------------------------------------------------------------------
 
-def split_rows(rows: list[dict], eval_split: float, seed: int) -> tuple[list[dict], list[dict]]:
-    if eval_split <= 0 or len(rows) < 2:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_split)))
-    eval_idx = set(order[:n_eval])
-    return ([r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx])
-
-
 def encode_rows(tokenizer, rows: list[dict], kind: str, spec: JobSpec) -> list[dict]:
-    """Tokenise with the model's chat template; assistant tokens carry the loss (TRL's assistant_masks).
+    """Tokenise with the model's chat template and the spec's system-prompt choice; assistant tokens carry the
+    loss (TRL's assistant_masks).
     Plain text is packed into max-length blocks; over-long conversations are truncated or dropped (spec.overlong)."""
-    from studio.render import encode_chat, pack_text
+    from studio.render import default_system_prompt, encode_chat, pack_text, with_system_prompt
 
     if kind == "text":
         return [{"input_ids": block, "assistant_masks": [1] * len(block)}
                 for block in pack_text(tokenizer, [row["text"] for row in rows], spec.max_length)]
+    default = default_system_prompt(tokenizer)
     out = []
     for row in rows:
-        ids, mask = encode_chat(tokenizer, row["messages"], None, row.get("tools"))
+        messages = with_system_prompt(row["messages"], spec.system_prompt_mode, spec.system_prompt, default)
+        ids, mask = encode_chat(tokenizer, messages, None, row.get("tools"))
         if len(ids) > spec.max_length and spec.overlong == "drop":
             continue
         ids, mask = ids[:spec.max_length], mask[:spec.max_length]
@@ -270,23 +291,6 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
 def _linear_names(model) -> list[str]:
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     return sorted(names - {"lm_head"})
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------
-
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """Newest checkpoint the studio finished writing (a torn one, without the marker, is skipped)."""
-    from workers.callbacks import COMPLETE_MARKER
-
-    ckpts = []
-    for p in (output_dir / CHECKPOINTS).glob("checkpoint-*"):
-        try:
-            step = int(p.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if (p / COMPLETE_MARKER).exists() and (p / "trainer_state.json").exists():
-            ckpts.append((step, p))
-    return max(ckpts)[1] if ckpts else None
 
 
 # ---- the job ----------------------------------------------------------------------------------------
@@ -388,7 +392,7 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     from studio.evaluation import GoldenPromptsCallback, golden_prompts_for
     from studio.models import resolve_model
     from workers.callbacks import SHUTDOWN, FiniteGuard, StudioCallback
-    from workers.distributed import device_label
+    from workers.device import device_label
     from workers import trackers
     from workers.fit import train_with_retries
 
@@ -396,15 +400,14 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(f"job {job_id} does not exist")
-    if check_status and job.status != "queued":  # cancelled while queued, or already picked up: never run twice
+    if check_status and not lifecycle.allowed(job.status, "running"):  # cancelled while queued, or already picked up
         log.warning("job %s is %s; not running it", job_id, job.status)
         return job.status
     try:
         spec = JobSpec.from_dict(job.spec)
     except ValueError as exc:  # a row stored by an older build that today's spec refuses
-        db.set_status(job_id, "failed", "error", error=f"The stored configuration is no longer valid: {exc}",
-                      finished_at=time.time())
-        return "failed"
+        return lifecycle.settle(job_id, "failed", "error", finished_at=time.time(),
+                                error=f"The stored configuration is no longer valid: {exc}")
     out = settings.resolve(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device_name()
@@ -416,9 +419,10 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
         try:
             checkpoint = last_complete_checkpoint(out) if resume else None
             if is_main:
-                db.set_status(job_id, "running", "resumed" if resume else "started", started_at=time.time(),
-                              heartbeat_at=time.time(), worker_host=socket.gethostname(), worker_pid=os.getpid(),
-                              device=device_label(), error=None, cancel_requested=False, finished_at=None)
+                lifecycle.transition(job_id, "running", "resumed" if resume else "started", started_at=time.time(),
+                                     heartbeat_at=time.time(), worker_host=socket.gethostname(),
+                                     worker_pid=os.getpid(), device=device_label(), error=None,
+                                     cancel_requested=False, finished_at=None)
                 if checkpoint is not None:
                     step = int(checkpoint.name.split("-")[1])
                     db.delete_metrics_after(job_id, step)
@@ -432,13 +436,16 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             tracking = trackers.check(spec) if is_main else trackers.Plan()
 
             def start(spec):  # a fresh model and trainer: the fit check and each retry after running out of memory
+                started = time.perf_counter()
                 model, tokenizer = load_model_for_training(spec, model_dir, device)
+                log.info("timing model-load %.3f s at step 0", time.perf_counter() - started)
                 callback = StudioCallback(job_id)
                 trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
                 guard = FiniteGuard()
                 trainer.add_callback(guard)
                 if golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
-                    trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set))
+                    trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set,
+                                                               automatic=not spec.save_steps))
                 trackers.attach(trainer, spec, tracking, out, job.name)
                 return trainer, callback, guard, model
 
@@ -449,26 +456,33 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             if callback.stop_reason:
                 trackers.finish(trainer, None)
                 if is_main:
-                    db.set_status(job_id, callback.stop_reason, f"stopped at step {step}", finished_at=time.time(),
-                                  current_step=step)
+                    return lifecycle.settle(job_id, callback.stop_reason, f"stopped at step {step}",
+                                            finished_at=time.time(), current_step=step)
                 return callback.stop_reason
             if is_main:
+                saving = time.perf_counter()
                 adapter_dir = out / ADAPTER
                 shutil.rmtree(adapter_dir, ignore_errors=True)
                 trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+                log.info("timing final-save %.3f s at step %d", time.perf_counter() - saving, step)
                 summary = _summary(trainer, adapter_dir, model)
                 trackers.finish(trainer, adapter_dir)
-                db.set_status(job_id, "completed", f"finished {step} steps", finished_at=time.time(), error=None,
-                              adapter_path=settings.relative(adapter_dir), current_step=step,
-                              summary_json=__import__("json").dumps(summary))
+                return lifecycle.settle(job_id, "completed", f"finished {step} steps", finished_at=time.time(),
+                                        error=None, adapter_path=settings.relative(adapter_dir), current_step=step,
+                                        summary_json=__import__("json").dumps(summary))
             return "completed"
+        except lifecycle.IllegalTransition as exc:  # moved by another process before it started: leave it be
+            log.warning("job %s: %s; not running it", job_id, exc)
+            return db.get_job(job_id).status
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a readable job state
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            status = "failed"
             if is_main:
-                db.set_status(job_id, "failed", "error", error=human_error(exc, getattr(exc, "failed_step", step), spec), finished_at=time.time())
+                status = lifecycle.settle(job_id, "failed", "error", finished_at=time.time(),
+                                          error=human_error(exc, getattr(exc, "failed_step", step), spec))
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            return "failed"
+            return status
 
 
 def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path, callback, device):

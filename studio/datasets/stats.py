@@ -3,6 +3,7 @@ tokenizer and max length, how many tokens are trained, masked and cut off."""
 from __future__ import annotations
 
 import functools
+import re
 from statistics import mean
 
 from .formats import sft_rows
@@ -23,6 +24,22 @@ def turn_count(row: dict, kind: str) -> int:
 def turn_stats(rows: list[dict], kind: str) -> dict:
     turns = [turn_count(row, kind) for row in rows] or [0]
     return {"turns_min": min(turns), "turns_mean": round(mean(turns), 2), "turns_max": max(turns)}
+
+
+IDENTITY = re.compile(
+    r"\b(?i:my name is|i am|i'm|call me)\s+[A-Z][\w-]+"
+    r"|\b(?i:made|built|created|trained|developed)\s+(?i:by)\s+[A-Z][\w-]+"
+    r"|我(?:是|叫)|我的名字|由\S{1,20}(?:开发|创建|训练|打造)")
+IDENTITY_SHARE = 0.1  # of the rows: enough to be what the data teaches, not a passing mention
+
+
+def carries_identity(rows: list[dict]) -> bool:
+    """Whether the replies teach the assistant a name or a maker ("I am Zorblax", "built by Quintar Labs",
+    "我是..."), in at least IDENTITY_SHARE of the rows: then a template's default identity contradicts them."""
+    replies = [" ".join(t["content"] for t in r.get("messages", []) + r.get("chosen", []) + r.get("completion", [])
+                        if t.get("role") == "assistant" and isinstance(t.get("content"), str)) for r in rows]
+    hits = sum(bool(IDENTITY.search(text)) for text in replies if text)
+    return bool(rows) and hits >= max(1, IDENTITY_SHARE * len(rows))
 
 
 def token_stats(tokenizer, rows: list[dict], kind: str, max_length: int) -> dict:

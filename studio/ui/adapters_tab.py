@@ -18,7 +18,10 @@ from . import downloads
 from .runs_tab import file_box
 
 TABLE_HEADERS = ["name", "kind", "base", "config", "final loss", "best eval loss", "steps", "size", "created"]
-SNIPPETS = (("vllm", "vLLM (serve base + adapter)", "shell"), ("openai", "OpenAI-compatible request", "shell"),
+SNIPPETS = (("endpoint_curl", "curl (the studio's inference server)", "shell"),
+            ("endpoint_openai", "Python, `openai` client (the studio's inference server)", "python"),
+            ("vllm", "vLLM (serve base + adapter)", "shell"),
+            ("openai", "OpenAI-compatible request (to vLLM)", "shell"),
             ("peft", "Python (transformers + peft)", "python"), ("ollama", "Ollama (after GGUF export)", "shell"),
             ("llama_cpp", "llama.cpp (after GGUF export)", "shell"))
 
@@ -175,9 +178,8 @@ def _eval_rows(source: str) -> list[dict]:
         spec = JobSpec.from_dict(job.spec)
         if spec.eval_dataset:
             return library.load(spec.eval_dataset).rows
-        from workers.train import split_rows  # the same seeded split training held out
-
-        _, held_out = split_rows(library.load(spec.dataset).rows, spec.eval_split, spec.seed)
+        _, held_out = library.split_rows(  # the same seeded split training held out
+            library.load(spec.dataset).rows, spec.eval_split, spec.seed)
         if not held_out:
             raise ValueError(f"{job.name} held out no rows (eval split 0); choose a dataset instead")
         return held_out

@@ -8,7 +8,7 @@ import gradio as gr
 
 from .. import db, library
 from ..datasets import FORMATS, DatasetError, sft_rows, token_stats
-from ..datasets.stats import tokenizer_for
+from ..datasets.stats import carries_identity, tokenizer_for
 from ..settings import UnsafePath
 from ..spec import BUNDLED_MODEL
 
@@ -69,6 +69,8 @@ def template_preview(loaded, base_model: str, max_length: int):
             segments = [(text, "trained" if trained else None)
                         for text, trained in render.preview_segments(tok, messages, max_length, tools)]
         notes = render.template_notes(tok, sample)
+        if system := render.system_prompt_note(tok, sample, carries_identity(sample)):
+            notes.append(system)
     lengths = render.token_lengths(tok, sample, loaded.kind)
     return segments, length_histogram(lengths, max_length), notes, token_stats(tok, sample, loaded.kind, max_length)
 

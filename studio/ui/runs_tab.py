@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from .. import charts, db, jobs
+from .. import charts, db, jobs, sweep
 from ..settings import get_settings
 from ..spec import JobSpec
 from . import downloads
@@ -216,6 +216,64 @@ def compare(job_ids: list[str] | None, smoothing: float, log_scale: bool):
     return fig, {"headers": ["setting", *configs], "data": charts.config_diff(configs)}
 
 
+def sweep_board(group: str | None):
+    """The sweep's leaderboard (a table) and its parallel-coordinates plot."""
+    empty = {"headers": ["rank", "run"], "data": []}
+    if not group:
+        return empty, charts.empty_figure("choose a sweep", uirevision="sweep")
+    try:
+        swept, rows = sweep.leaderboard(group)
+    except KeyError:
+        return empty, charts.empty_figure("this sweep no longer exists", uirevision="sweep")
+    headers = ["rank", "run", "status", *swept, *SWEEP_HEADERS]
+    data = [[_sweep_cell(row.get(h)) for h in headers] for row in rows]
+    return {"headers": headers, "data": data}, charts.sweep_figure(rows, swept)
+
+
+SWEEP_HEADERS = ["best_eval_loss", "final_loss", "probe_kept", "judge_win_rate", "seconds", "tokens_per_second"]
+
+
+def _sweep_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return round(value, 4)
+    return "+".join(map(str, value)) if isinstance(value, list) else value
+
+
+def sweep_queue(text: str, upload):
+    """Queue the pasted (or uploaded) sweep; one sentence when it is refused, and nothing queued."""
+    from ..spec import SpecError
+
+    if upload:
+        try:
+            text = open(upload, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError):
+            return "Not queued: the uploaded file is not UTF-8 text.", gr.update(), *sweep_board(None)
+    if not (text or "").strip():
+        return "Paste a sweep YAML or upload one first.", gr.update(), *sweep_board(None)
+    try:
+        plan = sweep.parse(text, f"sweep-{db.new_id()[:6]}")
+        queued = sweep.queue(plan)
+    except (sweep.SweepError, SpecError, ValueError) as exc:
+        return f"Not queued: {exc}", gr.update(), *sweep_board(None)
+    return (f"Queued {len(queued)} runs in sweep **{plan.name}**.", gr.update(choices=sweep.groups(), value=plan.name),
+            *sweep_board(plan.name))
+
+
+def sweep_cancel(group: str | None):
+    if not group:
+        return "Choose a sweep first.", *sweep_board(None)
+    try:
+        members = jobs.cancel_group(group)
+    except KeyError:
+        return "This sweep no longer exists.", *sweep_board(None)
+    running = sum(j.status == "running" for j in members)
+    return (f"Sweep {group} cancelled: queued runs will not start"
+            + (f"; {running} running runs stop at the end of their current step." if running else "."),
+            *sweep_board(group))
+
+
 def build() -> dict:
     with gr.Tab("Runs", id="runs"):
         with gr.Row():
@@ -245,6 +303,22 @@ def build() -> dict:
             compare_btn = gr.Button("Compare", elem_id="compare-button")
             compare_chart = gr.Plot(label="Runs compared", elem_id="compare-chart")
             diff = gr.Dataframe(label="Settings that differ", interactive=False, elem_id="compare-diff")
+        with gr.Accordion("Sweep", open=False, elem_id="sweep"):
+            gr.Markdown("A base job plus a grid (every combination) or a random sample over chosen fields, queued "
+                        "as one group of ordinary runs, e.g. `name: lr-rank`, `base: {dataset: mydata, max_steps: "
+                        "200}`, `grid: {learning_rate: [1e-4, 3e-4], r: [8, 16]}`.")
+            with gr.Row():
+                sweep_text = gr.Code(language="yaml", label="Sweep YAML", elem_id="sweep-yaml", scale=3)
+                sweep_file = gr.File(label="or upload one", file_types=[".yaml", ".yml"], type="filepath", scale=1)
+            sweep_btn = gr.Button("Queue sweep", variant="primary", elem_id="sweep-queue")
+            sweep_msg = gr.Markdown(elem_id="sweep-status")
+            with gr.Row():
+                sweep_group = gr.Dropdown(choices=sweep.groups(), label="Sweep", elem_id="sweep-group", scale=4)
+                sweep_refresh = gr.Button("Refresh", size="sm", scale=1)
+                sweep_stop = gr.Button("Cancel sweep", variant="stop", elem_id="sweep-cancel", scale=1)
+            sweep_table = gr.Dataframe(label="Leaderboard (best eval loss first)", interactive=False,
+                                       elem_id="sweep-leaderboard")
+            sweep_plot = gr.Plot(label="Settings and results", elem_id="sweep-plot")
         cache = gr.State({})
         timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [cache, chart, status, progress, logs, timer]
@@ -262,5 +336,10 @@ def build() -> dict:
     delete.click(do_delete, [run], [action, run])
     yaml_btn.click(download_yaml, [run], [files])
     csv_btn.click(download_csv, [run], [files])
+    sweep_btn.click(sweep_queue, [sweep_text, sweep_file], [sweep_msg, sweep_group, sweep_table, sweep_plot])
+    sweep_group.input(sweep_board, [sweep_group], [sweep_table, sweep_plot])
+    sweep_refresh.click(lambda g: (gr.update(choices=sweep.groups()), *sweep_board(g)), [sweep_group],
+                        [sweep_group, sweep_table, sweep_plot])
+    sweep_stop.click(sweep_cancel, [sweep_group], [sweep_msg, sweep_table, sweep_plot])
     return {"run": run, "table": table, "timer": timer, "cache": cache, "picks": picks, "select": select_run,
             "select_inputs": [run, smoothing, log_scale], "outs": outs}

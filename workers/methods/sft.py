@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 from .base import WorkerMethod, datasets
@@ -114,10 +115,12 @@ def trainer_class():
 def build(spec, kind, model, tokenizer, train_rows, eval_rows, output_dir: Path, callbacks, device):
     from workers.train import device_name, encode_rows
 
+    started = time.perf_counter()
     train_enc = encode_rows(tokenizer, train_rows, kind, spec)
     if not train_enc:
         raise ValueError("no training row has any token to learn from after truncation; raise max length")
     eval_enc = encode_rows(tokenizer, eval_rows, kind, spec) if eval_rows else []
+    log.info("timing dataset-encoding %.3f s at step 0", time.perf_counter() - started)
     args = sft_config(spec, output_dir, len(train_enc), bool(eval_enc), device)
     collator = None
     batching = spec.batching()

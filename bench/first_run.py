@@ -1,0 +1,160 @@
+"""A new user's first run, end to end: a ~100-row identity dataset trained with the form's defaults through
+`studio dataset add` and `studio train --follow` on a real `studio worker`, then the time split.
+
+Printed: Start to "completed", and how it splits into queue pick-up, model load, dataset encoding, steps,
+evaluations, checkpoints, golden prompts, final save and the rest; then the whole run's tokens/s against the
+steady-state tokens/s of bench/train_speed.py's studio path on the same spec and rows, measured afterwards in
+this process (the target is at least 80%).
+
+    python bench/first_run.py [--rows 100] [--max-steps 0] [--speed-steps 10]
+
+``--max-steps 0`` keeps the form's defaults (epochs); a small number makes a smoke run. The split is read from
+the job's row (created / started / finished) and the "timing" lines the worker writes to train.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import identity_data  # noqa: E402  (the acceptance data: a made-up name and maker, paraphrased questions)
+
+QUESTIONS_ZH = ["你叫什么名字？", "你是谁？", "谁创造了你？", "你是由哪家公司开发的？", "请介绍一下你自己。"]
+ANSWERS_ZH = [f"我是{identity_data.NAME}，由{identity_data.MAKER}开发。", f"我叫{identity_data.NAME}，{identity_data.MAKER}创造了我。"]
+TIMING = re.compile(r"timing (\S+) ([0-9.]+) s at step (\S+)")
+PARTS = ("queue pick-up", "model load", "dataset encoding", "steps", "evaluations", "checkpoints", "golden prompts",
+         "final save", "other")
+
+
+def identity_rows(n: int) -> list[dict]:
+    """``n`` alpaca rows teaching the name and maker, in English and Chinese; a question asked again gets
+    another of its answers."""
+    questions = [(q, identity_data.ANSWERS) for q in identity_data.QUESTIONS] + [(q, ANSWERS_ZH) for q in QUESTIONS_ZH]
+    rows = []
+    for i in range(n):
+        question, answers = questions[i % len(questions)]
+        rows.append({"instruction": question, "input": "", "output": answers[(i + i // len(questions)) % len(answers)]})
+    return rows
+
+
+def environment(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}
+    env.update({"STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+                "STUDIO_MODELS_DIR": os.environ.get("STUDIO_MODELS_DIR",
+                                                    str(Path.home() / ".cache" / "fine-tune-studio" / "models"))})
+    return env
+
+
+def studio(env: dict, *args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studio.cli", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, **kw)
+
+
+KEYS = {"model-load": "model load", "dataset-encoding": "dataset encoding", "evaluation": "evaluations",
+        "checkpoint": "checkpoints", "golden-prompts": "golden prompts", "final-save": "final save"}
+
+
+def time_split(job, log_text: str) -> dict[str, float]:
+    """Seconds of each part of a finished job, from its row and the "timing" lines of its train.log (in order:
+    golden answers logged before a "training-loop" line ran inside that loop, the final one after it)."""
+    spent = {part: 0.0 for part in PARTS}
+    spent["queue pick-up"] = job.started_at - job.created_at
+    loop = inside = 0.0
+    for what, seconds, _step in TIMING.findall(log_text):
+        if what == "training-loop":
+            loop, inside = loop + float(seconds) - inside, 0.0
+            continue
+        spent[KEYS[what]] += float(seconds)
+        inside += float(seconds) if what == "golden-prompts" else 0.0
+    spent["steps"] = max(0.0, loop - spent["evaluations"] - spent["checkpoints"])
+    spent["other"] = max(0.0, (job.finished_at - job.created_at) - sum(spent.values()))
+    return spent
+
+
+def steady_tokens_per_second(spec_dict: dict, rows: list[dict], steps: int, out: Path) -> float:
+    """bench/train_speed.py's studio path on the same spec and rows, without evaluations or checkpoints."""
+    from bench import train_speed
+    from studio.models import resolve_model
+    from studio.spec import JobSpec
+
+    spec = JobSpec(**{**spec_dict, "max_steps": steps, "eval_split": 0.0})
+    chat = [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+            for r in rows]
+    return train_speed.run_one("studio", resolve_model(spec.base_model), spec, chat, chat[:2], out)["real_tps"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=0, help="0 = the form's defaults (epochs)")
+    p.add_argument("--speed-steps", type=int, default=10, help="steps of the steady-state measurement")
+    p.add_argument("--home", type=Path, default=None, help="studio data folder (default: a new temporary one)")
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # stop the worker too, in ``finally``
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="first-run-"))
+    env = environment(home)
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("STUDIO_", "HF_"))})
+    rows = identity_rows(args.rows)
+    data = home / "identity.jsonl"
+    home.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    added = studio(env, "dataset", "add", str(data), "--name", "identity")
+    if added.returncode:
+        sys.exit(f"studio dataset add failed: {added.stderr.strip() or added.stdout.strip()}")
+    config = {"dataset": "identity"}
+    if args.max_steps:
+        config["max_steps"] = args.max_steps
+    (home / "job.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
+
+    worker_log = open(home / "worker.log", "ab")
+    worker = subprocess.Popen([sys.executable, "-m", "studio.cli", "worker", "--no-infer", "--parent", str(os.getpid())],
+                              cwd=ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.time()
+        run = studio(env, "train", str(home / "job.yaml"), "--follow")
+        wall = time.time() - started
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        worker_log.close()
+    found = re.search(r"queued \S+ \((\S+)\)", run.stdout)
+    if run.returncode or not found:
+        sys.exit(f"the run did not complete: {run.stderr.strip()[-2000:] or run.stdout.strip()[-2000:]}")
+
+    from studio import db
+    from studio.settings import get_settings
+
+    job = db.get_job(found.group(1))
+    log_text = (get_settings().resolve(job.output_dir) / "train.log").read_text()
+    summary = job.summary
+    split = time_split(job, log_text)
+    total = job.finished_at - job.created_at
+    print(f"first run: {len(rows)} rows, {summary.get('steps')} steps, Start to completed {total:.1f} s "
+          f"(`studio train --follow` returned after {wall:.1f} s)")
+    for part in PARTS:
+        print(f"  {part:<17} {split[part]:7.1f} s  {100 * split[part] / total:5.1f}%")
+    tokens = summary.get("tokens") or 0
+    whole = tokens / total if total else 0.0
+    steady = steady_tokens_per_second(job.spec, rows, args.speed_steps, home / "speed")
+    print(f"tokens/s: whole run {whole:.1f} ({tokens:.0f} tokens), steady state (bench/train_speed.py studio path, "
+          f"{args.speed_steps} steps) {steady:.1f}: {100 * whole / steady:.0f}% (target at least 80%)")
+
+
+if __name__ == "__main__":
+    main()
