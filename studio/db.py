@@ -387,13 +387,13 @@ def delete_metrics_after(job_id: str, step: int) -> None:
 
 # ---- workers --------------------------------------------------------------------------------
 
-def register_worker(**facts: Any) -> WorkerRecord:
-    """Insert or refresh this worker's row (``id`` = host:pid)."""
+def _register(model, facts: dict) -> Any:
+    """Insert or refresh a beating process's row (``id`` = host:pid), with its pid's start time."""
     facts = _with_pid_start(facts, "pid", "pid_start")
     with session() as s:
-        row = s.get(WorkerRecord, facts["id"])
+        row = s.get(model, facts["id"])
         if row is None:
-            row = WorkerRecord(**facts)
+            row = model(**facts)
         else:
             for k, v in facts.items():
                 setattr(row, k, v)
@@ -404,66 +404,62 @@ def register_worker(**facts: Any) -> WorkerRecord:
         return row
 
 
-def touch_worker(worker_id: str) -> None:
+def _touch(model, row_id: str, **fields: Any) -> None:
     with session() as s:
-        row = s.get(WorkerRecord, worker_id)
+        row = s.get(model, row_id)
         if row is not None:
             row.seen_at = now()
+            for k, v in fields.items():
+                setattr(row, k, v)
             s.add(row)
             s.commit()
 
 
-def remove_worker(worker_id: str) -> None:
+def _remove(model, row_id: str) -> None:
     with session() as s:
-        row = s.get(WorkerRecord, worker_id)
+        row = s.get(model, row_id)
         if row is not None:
             s.delete(row)
             s.commit()
 
 
-def list_workers() -> list[WorkerRecord]:
+def _newest_first(model) -> list:
     with session() as s:
-        return list(s.exec(select(WorkerRecord).order_by(WorkerRecord.seen_at.desc())))
+        return list(s.exec(select(model).order_by(model.seen_at.desc())))
+
+
+def register_worker(**facts: Any) -> WorkerRecord:
+    """Insert or refresh this worker's row (``id`` = host:pid)."""
+    return _register(WorkerRecord, facts)
+
+
+def touch_worker(worker_id: str) -> None:
+    _touch(WorkerRecord, worker_id)
+
+
+def remove_worker(worker_id: str) -> None:
+    _remove(WorkerRecord, worker_id)
+
+
+def list_workers() -> list[WorkerRecord]:
+    return _newest_first(WorkerRecord)
 
 
 # ---- inference servers ------------------------------------------------------------------------
 
 def register_inference_server(**facts: Any) -> InferenceServerRecord:
     """Insert or refresh an inference server's row (``id`` = host:pid)."""
-    facts = _with_pid_start(facts, "pid", "pid_start")
-    with session() as s:
-        row = s.get(InferenceServerRecord, facts["id"])
-        if row is None:
-            row = InferenceServerRecord(**facts)
-        else:
-            for k, v in facts.items():
-                setattr(row, k, v)
-        row.seen_at = now()
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+    return _register(InferenceServerRecord, facts)
 
 
 def touch_inference_server(server_id: str, loaded_bases: list[dict] | None = None) -> None:
-    with session() as s:
-        row = s.get(InferenceServerRecord, server_id)
-        if row is not None:
-            row.seen_at = now()
-            if loaded_bases is not None:
-                row.loaded_bases = loaded_bases
-            s.add(row)
-            s.commit()
+    _touch(InferenceServerRecord, server_id, **({} if loaded_bases is None else {"loaded_bases": loaded_bases}))
 
 
 def remove_inference_server(server_id: str) -> None:
-    with session() as s:
-        row = s.get(InferenceServerRecord, server_id)
-        if row is not None:
-            s.delete(row)
-            s.commit()
+    _remove(InferenceServerRecord, server_id)
 
 
 def list_inference_servers() -> list[InferenceServerRecord]:
-    with session() as s:
-        return list(s.exec(select(InferenceServerRecord).order_by(InferenceServerRecord.seen_at.desc())))
+    return _newest_first(InferenceServerRecord)
+

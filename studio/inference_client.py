@@ -8,16 +8,13 @@ to the endpoint without change.
 from __future__ import annotations
 
 import json
-import socket
-import time
 from typing import Iterator
 
 import httpx
 
 from . import db
 from .generation import GenerationSettings
-from .lifecycle import HEARTBEAT_STALE_SECONDS, WORKER_BEAT_SECONDS
-from .liveness import gone
+from .lifecycle import live_rows
 from .settings import api_key
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)  # a first request may load a base
@@ -30,16 +27,7 @@ class InferenceError(RuntimeError):
 def live_servers(stale_seconds: float | None = None) -> list[db.InferenceServerRecord]:
     """Inference servers running now (on this host a live pid, elsewhere a recent beat), most recently
     seen first. Rows of servers that died without removing theirs are removed on the way."""
-    stale_seconds = max(HEARTBEAT_STALE_SECONDS, 3 * WORKER_BEAT_SECONDS) if stale_seconds is None else stale_seconds
-    here, t = socket.gethostname(), time.time()
-    live = []
-    for s in db.list_inference_servers():
-        if gone(s.host, s.pid, s.pid_start, s.seen_at, stale_seconds, t):
-            if s.host == here or t - s.seen_at > 24 * 3600:
-                db.remove_inference_server(s.id)
-            continue
-        live.append(s)
-    return live
+    return live_rows(db.list_inference_servers(), db.remove_inference_server, stale_seconds)
 
 
 def pick_server(base: str | None = None) -> db.InferenceServerRecord:

@@ -3,14 +3,12 @@ process calls these, the worker picks the work up through the queue."""
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 
 from . import db
-from .lifecycle import HEARTBEAT_STALE_SECONDS, WORKER_BEAT_SECONDS, allowed, transition
+from .lifecycle import allowed, live_rows, transition
 from .lifecycle import mark_lost_jobs  # noqa: F401 (callers reach it as jobs.mark_lost_jobs)
-from .liveness import gone
 from .settings import check_name, get_settings
 from .spec import JobSpec, SpecError
 
@@ -141,16 +139,7 @@ def delete(job_id: str) -> None:
 def live_workers(stale_seconds: float | None = None) -> list[db.WorkerRecord]:
     """Workers that are running now: on this host, a live pid; elsewhere, a recent beat. Rows of workers
     that died without saying goodbye are removed on the way."""
-    stale_seconds = max(HEARTBEAT_STALE_SECONDS, 3 * WORKER_BEAT_SECONDS) if stale_seconds is None else stale_seconds
-    here, t = socket.gethostname(), time.time()
-    live = []
-    for w in db.list_workers():
-        if gone(w.host, w.pid, w.pid_start, w.seen_at, stale_seconds, t):
-            if w.host == here or t - w.seen_at > 24 * 3600:
-                db.remove_worker(w.id)
-            continue
-        live.append(w)
-    return live
+    return live_rows(db.list_workers(), db.remove_worker, stale_seconds)
 
 
 def estimate_for_workers(spec: JobSpec, config: dict):

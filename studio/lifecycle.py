@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 
 from . import db
@@ -93,3 +94,19 @@ def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
                                 f"resume it from its last checkpoint") == "interrupted":
             lost.append(job.id)
     return lost
+
+
+def live_rows(rows: list, remove, stale_seconds: float | None = None) -> list:
+    """The rows of beating processes (workers, inference servers) that are running now: on this host a live
+    pid, elsewhere a recent beat. Rows of processes that died without removing theirs are removed on the way
+    (``remove(row_id)``): at once on this host, after a day elsewhere."""
+    stale_seconds = max(HEARTBEAT_STALE_SECONDS, 3 * WORKER_BEAT_SECONDS) if stale_seconds is None else stale_seconds
+    here, t = socket.gethostname(), time.time()
+    live = []
+    for row in rows:
+        if gone(row.host, row.pid, row.pid_start, row.seen_at, stale_seconds, t):
+            if row.host == here or t - row.seen_at > 24 * 3600:
+                remove(row.id)
+            continue
+        live.append(row)
+    return live

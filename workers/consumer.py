@@ -51,7 +51,7 @@ class WorkerRegistration:
 
     def __enter__(self):
         from studio import db
-        from studio.jobs import WORKER_BEAT_SECONDS
+        from studio.lifecycle import WORKER_BEAT_SECONDS
         from workers.train import Heartbeat, device_facts
 
         facts = device_facts()

@@ -187,7 +187,7 @@ class InferenceServer:
 
     def __enter__(self) -> "InferenceServer":
         from studio import db
-        from studio.jobs import WORKER_BEAT_SECONDS
+        from studio.lifecycle import WORKER_BEAT_SECONDS
         from workers.train import Heartbeat, device_facts
 
         self._thread.start()
