@@ -497,7 +497,9 @@ def test_killed_consumer_job_is_interrupted_and_resumes_on_the_other(cluster, ti
     killed_at = time.time()
 
     # seen from another machine (the UI host): the pid means nothing there, only the heartbeat counts
-    monkeypatch.setattr(jobs, "socket", SimpleNamespace(gethostname=lambda: "ui-host"))
+    from studio import liveness
+
+    monkeypatch.setattr(liveness, "socket", SimpleNamespace(gethostname=lambda: "ui-host"))
     wait_for(lambda: time.time() - (db.get_job(job.id).heartbeat_at or 0) > 1.0, 10, interval=0.1,
              what="the heartbeat to go stale")
     jobs.mark_lost_jobs(stale_seconds=1.0)
