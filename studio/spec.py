@@ -56,8 +56,6 @@ class JobSpec:
     eval_dataset: str = _f("", "Optional separate evaluation dataset; when empty, eval_split of the training data is held out.", label="Eval dataset", advanced=True)
     method: str = _f("sft", "sft: supervised fine-tuning on conversations or text. dpo: preference optimisation on chosen/rejected pairs. kto: preference optimisation on single replies labelled good or bad. orpo: SFT plus an odds-ratio penalty on the rejected reply of each pair, without a reference model. grpo: reinforcement learning on prompts, scored by the rewards chosen below.", tuple(METHODS), label="Method")
     name: str = _f("", "Optional run name (letters, digits, '.', '_', '-'). Generated when empty.", label="Run name", advanced=True)
-    system_prompt_mode: str = _f("keep", "The system prompt of rows without their own system turn: keep (the model's chat template adds its default one, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'), replace (with the system prompt below) or omit (an empty system turn, so the default is not written). The dataset preview shows the default; omit it when the data teaches its own name or maker.", ("keep", "replace", "omit"), label="System prompt")
-    system_prompt: str = _f("", "With system prompt 'replace': the system prompt written into every row without a system turn.", label="Replacement system prompt")
 
     # quantisation
     load_in_4bit: bool = _f(True, "QLoRA: load the frozen base weights in 4-bit (bitsandbytes) and train LoRA adapters on top.", label="4-bit (QLoRA)")
@@ -104,6 +102,8 @@ class JobSpec:
     per_device_train_batch_size: int = _f(4, "Sequences per step on each device.", label="Batch size", bounds=(1, 4096), sentence="batch size must be between 1 and 4096")
     gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each update (effective batch = batch size x this).", label="Gradient accumulation", advanced=True, bounds=(1, 4096), sentence="gradient accumulation must be between 1 and 4096")
     max_length: int = _f(512, "Longest sequence in tokens; longer rows are truncated.", label="Max sequence length", bounds=(32, 131072), sentence="max sequence length must be between 32 (room for the chat template) and 131072 tokens")
+    system_prompt_mode: str = _f("keep", "The system prompt of rows without their own system turn: keep (the model's chat template adds its default one, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'), replace (with the system prompt below) or omit (an empty system turn, so the default is not written). The dataset preview shows the default; omit it when the data teaches its own name or maker.", ("keep", "replace", "omit"), label="System prompt")
+    system_prompt: str = _f("", "With system prompt 'replace': the system prompt written into every row without a system turn.", label="Replacement system prompt")
     overlong: str = _f("truncate", "Conversations longer than max length: truncate (keep the start; the trained tokens past the end are lost) or drop those rows. Plain text is packed into blocks and never cut.", ("truncate", "drop"), label="Over-long rows", advanced=True)
     assistant_only_loss: bool = _f(True, "Train only on assistant replies (prompts and system text are masked). Ignored for plain text.", label="Assistant-only loss", advanced=True)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, about 30% slower.", label="Gradient checkpointing", advanced=True)

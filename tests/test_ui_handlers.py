@@ -339,6 +339,7 @@ def test_the_run_log_keeps_real_warnings_and_drops_deprecation_notices(tmp_path)
     from workers.train import JobLog
 
     path = tmp_path / "train.log"
+    logging.captureWarnings(False)  # an earlier test's worker code may have left the hook half-installed
     with JobLog(path), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("`gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)

@@ -41,10 +41,18 @@ def adapter_updates(peft_type: str) -> list[dict]:
     return [gr.update(visible=name in used) for name in adapter_fields()]
 
 
+# field -> (the field it follows, the value that shows it)
+SHOWN_WHEN = {"system_prompt": ("system_prompt_mode", "replace")}
+
+
 def visible_for(spec_defaults: JobSpec, name: str) -> bool:
-    """Whether a field starts visible: read by the default method and the default adapter type."""
+    """Whether a field starts visible: read by the default method and the default adapter type, and shown by
+    the default of the field it follows (SHOWN_WHEN)."""
     if name in METHOD_FIELDS and not shown_fields(spec_defaults.method)[name]:
         return False
+    if name in SHOWN_WHEN:
+        leader, value = SHOWN_WHEN[name]
+        return getattr(spec_defaults, leader) == value
     return name not in adapter_fields() or name in ADAPTER_TYPES[spec_defaults.peft_type].fields
 
 

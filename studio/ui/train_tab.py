@@ -159,7 +159,9 @@ ESTIMATE_INPUTS = ("base_model", "target_modules", "r", "load_in_4bit", "per_dev
 
 
 def _rows(comps: dict, names: list[str], per_row: int, defaults: JobSpec) -> None:
+    """Fields in rows of ``per_row``; with ``per_row`` 0, one wrapping row (hidden fields leave no gap)."""
     meta = field_help()
+    per_row = per_row or len(names)
     for i in range(0, len(names), per_row):
         with gr.Row():
             for name in names[i:i + per_row]:
@@ -190,7 +192,7 @@ def build() -> dict:
                 _rows(comps, places["basic"], 4, defaults)
                 comps["method"] = form.make_component("method", meta["method"])
                 method_note = gr.Markdown(elem_id="method-note")
-                _rows(comps, places["method"], 4, defaults)
+                _rows(comps, places["method"], 0, defaults)
                 with gr.Accordion("Advanced", open=False):
                     _rows(comps, places["advanced"], 3, defaults)
             with gr.Column(scale=2):
@@ -216,6 +218,8 @@ def build() -> dict:
     comps["peft_type"].change(form.adapter_updates, [comps["peft_type"]],
                               [comps[n] for n in form.adapter_fields()])
     comps["dataset"].change(dataset_note, [comps["method"], comps["dataset"]], [method_note])
+    for name, (leader, value) in form.SHOWN_WHEN.items():
+        comps[leader].change(lambda v, value=value: gr.update(visible=v == value), [comps[leader]], [comps[name]])
     for name in ESTIMATE_INPUTS:
         comps[name].change(estimate_fn, inputs, [estimate], show_progress="hidden")
     yaml_btn.click(_bound(on_yaml_download, names), inputs, [yaml_out, status])
