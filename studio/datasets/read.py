@@ -383,13 +383,18 @@ def _read_parquet(data: bytes, max_bytes: int) -> tuple[list[dict], list[str]]:
 
     try:
         table = pq.read_table(io.BytesIO(data))
+        size, columns = table.nbytes, list(table.column_names)  # both decode the schema's column names
+    except UnicodeDecodeError:
+        raise DatasetError("the Parquet file's column names are not UTF-8 text; it may be damaged") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"the Parquet file cannot be read ({first}); it may be damaged or truncated") from None
-    if table.nbytes > max_bytes:
-        raise DatasetError(f"the Parquet data is {_size(table.nbytes)} once read, over the {_size(max_bytes)} limit")
-    columns = list(table.column_names)
+        raise DatasetError(f"the Parquet file cannot be read ({first[:80]}); it may be damaged or truncated") from None
+    if size > max_bytes:
+        raise DatasetError(f"the Parquet data is {_size(size)} once read, over the {_size(max_bytes)} limit")
     if table.num_rows == 0:
         raise DatasetError(f"the Parquet file has the columns {_names(columns)} but no rows")
-    return table.to_pylist(), columns
+    try:
+        return table.to_pylist(), columns
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
+        raise DatasetError(f"the Parquet file's values cannot be read ({str(exc)[:80]}); it may be damaged") from None
 
