@@ -10,7 +10,7 @@ from . import db
 from .lifecycle import allowed, live_rows, transition
 from .lifecycle import mark_lost_jobs  # noqa: F401 (callers reach it as jobs.mark_lost_jobs)
 from .settings import check_name, get_settings
-from .spec import JobSpec, SpecError
+from .spec import JobSpec, SpecError, quote
 
 _SUBMIT_LOCK = threading.Lock()
 
@@ -24,11 +24,11 @@ def validate_spec(spec: JobSpec) -> dict[str, str]:
     if spec.dataset:
         rec = db.get_dataset(spec.dataset)
         if rec is None:
-            errors["dataset"] = f"there is no dataset named '{spec.dataset}'; upload it first"
+            errors["dataset"] = f"there is no dataset named {quote(spec.dataset)}; upload it first"
         else:
             kind = rec.kind
     if spec.eval_dataset and db.get_dataset(spec.eval_dataset) is None:
-        errors["eval_dataset"] = f"there is no dataset named '{spec.eval_dataset}'"
+        errors["eval_dataset"] = f"there is no dataset named {quote(spec.eval_dataset)}"
     linear = None
     try:
         check_model(spec.base_model)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from .spec import BUNDLED_MODEL
+from .spec import BUNDLED_MODEL, quote
 
 log = logging.getLogger("studio.models")
 
@@ -147,11 +147,11 @@ def resolve_model(ref: str) -> Path:
     p = _root_folder(ref)
     if p is not None:
         if not p.is_dir():
-            raise ModelError(f"'{ref}' is not a folder; give a Hugging Face model folder or a hub id")
+            raise ModelError(f"{quote(ref)} is not a folder; give a Hugging Face model folder or a hub id")
         if not (p / "config.json").exists():
-            raise ModelError(f"'{ref}' has no config.json, so it is not a Hugging Face model folder")
+            raise ModelError(f"{quote(ref)} has no config.json, so it is not a Hugging Face model folder")
         if not any((p / f).exists() for f in WEIGHT_FILES):
-            raise ModelError(f"'{ref}' has no model.safetensors; only safetensors weights are loaded")
+            raise ModelError(f"{quote(ref)} has no model.safetensors; only safetensors weights are loaded")
         return p
     return _from_hub(ref)
 
@@ -176,17 +176,17 @@ def check_model(ref: str) -> None:
 
 def _check_hub_id(repo_id: str) -> None:
     if repo_id.count("/") != 1 or any(c in repo_id for c in " \\:"):
-        raise ModelError(f"'{repo_id}' is neither a local folder nor a hub id of the form owner/name")
+        raise ModelError(f"{quote(repo_id)} is neither a local folder nor a hub id of the form owner/name")
 
 
 def _raise_hub_error(repo_id: str, exc: Exception):
     kind = type(exc).__name__
     if "RepositoryNotFound" in kind or "404" in str(exc):
-        raise ModelError(f"the hub has no model '{repo_id}' (or it is private)") from None
+        raise ModelError(f"the hub has no model {quote(repo_id)} (or it is private)") from None
     if "GatedRepo" in kind or "401" in str(exc) or "403" in str(exc):
-        raise ModelError(f"'{repo_id}' is gated: accept its licence on the hub and set HF_TOKEN") from None
+        raise ModelError(f"{quote(repo_id)} is gated: accept its licence on the hub and set HF_TOKEN") from None
     raise ModelError(
-        f"cannot reach the Hugging Face hub to download '{repo_id}'; use the bundled model or a local folder"
+        f"cannot reach the Hugging Face hub to download {quote(repo_id)}; use the bundled model or a local folder"
     ) from None
 
 
