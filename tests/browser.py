@@ -154,6 +154,25 @@ def pick_first_containing(page, elem_id: str, text: str) -> None:
     page.get_by_role("option").filter(has_text=text).first.click()
 
 
+def type_number(page, elem_id: str, value: str, tries: int = 3) -> None:
+    """Type a number as a user does (then Tab to commit it) and wait until the box holds it. gradio mounts an
+    accordion's inputs as it opens, and a value typed in that same instant can be replaced by the mounted
+    component's own: typing again, as a user seeing the old value would, is what a person does too."""
+    from playwright.sync_api import expect
+
+    box = page.locator(f"#{elem_id} input")
+    for attempt in range(tries):
+        expect(box).to_be_visible()
+        box.fill(value)
+        box.press("Tab")
+        try:
+            expect(box).to_have_value(value, timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
+
 def open_tab(page, name: str) -> None:
     # gradio can render the selected tab's button twice and push a later one into a hidden overflow list in
     # headless Chromium, so click the tab's own button by its text through the DOM

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from browser import SHARED_MODELS, Server, open_page, open_tab, pick, require_browser
+from browser import SHARED_MODELS, Server, open_page, open_tab, pick, require_browser, type_number
 from conftest import ARTIFACTS, ROOT
 from workerproc import Worker, worker_env
 
@@ -33,8 +33,6 @@ def _add_dataset(home, tmp_path):
 
 def _start_run(page, model_dir, steps: int) -> str:
     """Queue a run from the Train tab (the tiny model, 16-bit, ``steps`` steps); returns its name."""
-    from playwright.sync_api import expect
-
     open_tab(page, "Train")
     box = page.locator("#spec-base_model input")
     box.fill(str(model_dir))
@@ -43,11 +41,7 @@ def _start_run(page, model_dir, steps: int) -> str:
     if page.locator("#spec-load_in_4bit input").is_checked():
         page.locator("#spec-load_in_4bit input").click()
     page.get_by_text("Advanced").click()
-    box = page.locator("#spec-max_steps input")
-    expect(box).to_be_visible()
-    box.fill(str(steps))
-    box.press("Tab")
-    expect(box).to_have_value(str(steps))
+    type_number(page, "spec-max_steps", str(steps))
     page.get_by_text("Advanced").click()
     page.locator("#start-training").click()
     page.wait_for_function("document.querySelector('#train-status').innerText.includes('queued')", timeout=60_000)

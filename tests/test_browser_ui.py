@@ -9,7 +9,7 @@ import time
 import pytest
 
 from browser import SHARED_MODELS, Server, chart_points, ensure_bundled_model, open_page, open_tab, pick, \
-    pick_first_containing, require_browser
+    pick_first_containing, require_browser, type_number
 from conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
@@ -46,10 +46,7 @@ def _start_run(page, model_dir, r: int, steps: int, quant: bool):
         page.locator("#spec-load_in_4bit input").click()
     page.get_by_text("Advanced").click()
     for field, value in (("max_steps", str(steps)), ("eval_split", "0")):
-        box = page.locator(f"#spec-{field} input")
-        expect(box).to_be_visible()
-        box.fill(value)
-        box.press("Tab")  # commit, as a user leaving the field does
+        type_number(page, f"spec-{field}", value)
     page.get_by_text("Advanced").click()
     # the run's length matters below (it must still be running when cancelled): Start sends what the form holds
     expect(page.locator("#spec-max_steps input")).to_have_value(str(steps))
