@@ -63,7 +63,7 @@ def main() -> int:
 
     import torch
 
-    from studio import export
+    from workers.inference import export
     from studio.chat import ChatEngine, GenerationSettings
     from studio.models import ensure_bundled
 

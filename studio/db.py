@@ -27,6 +27,7 @@ log = logging.getLogger("studio.db")
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
 STATUSES = ACTIVE + FINISHED
+TASK_KINDS = ("merge", "gguf", "evaluate")  # jobs that are not training runs: same lifecycle, same queue
 
 
 def now() -> float:
@@ -84,6 +85,8 @@ class Job(SQLModel, table=True):
     device: str | None = None
     summary_json: str = "{}"
     group_id: str | None = Field(default=None, index=True)  # the sweep the run belongs to
+    kind: str = Field(default="train", index=True)  # train | merge | gguf | evaluate (TASK_KINDS)
+    progress_message: str | None = None  # what a task is doing now ("writing the GGUF file"), beside the steps
 
     @property
     def spec(self) -> dict:
@@ -279,14 +282,19 @@ def find_dataset_by_hash(sha256: str) -> DatasetRecord | None:
 # ---- jobs -----------------------------------------------------------------------------------
 
 def get_job(job_id: str) -> Job | None:
-    return _by_id_or_name(Job, job_id)
+    """A job by id (any kind), else a training run by name (a task's name never shadows a run's)."""
+    with session() as s:
+        return s.get(Job, job_id) or s.exec(select(Job).where(Job.name == job_id, Job.kind == "train")).first()
 
 
-def list_jobs(statuses: tuple[str, ...] | None = None) -> list[Job]:
+def list_jobs(statuses: tuple[str, ...] | None = None, kind: str | tuple[str, ...] | None = "train") -> list[Job]:
+    """Jobs newest first: training runs unless ``kind`` names task kinds (or None: every kind)."""
     with session() as s:
         q = select(Job).order_by(Job.created_at.desc())
         if statuses:
             q = q.where(Job.status.in_(statuses))  # type: ignore[attr-defined]
+        if kind is not None:
+            q = q.where(Job.kind.in_((kind,) if isinstance(kind, str) else kind))  # type: ignore[attr-defined]
         return list(s.exec(q))
 
 

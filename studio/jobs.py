@@ -67,12 +67,46 @@ def submit(spec: JobSpec, group_id: str | None = None) -> db.Job:
             raise
 
 
-def enqueue(job_id: str, resume: bool = False) -> str:
-    """Hand the job to the queue; returns the task id (what cancel and delete revoke)."""
-    from workers.queue import huey
-    from workers.tasks import train_job
+TASKS_DIR = "tasks"  # <home>/tasks/<id>/: the files a task writes for itself (batch evaluation's CSV)
 
-    task = train_job.s(job_id, resume=resume)
+
+def submit_task(kind: str, name: str, params: dict, own_folder: bool = False, queue: bool = True) -> db.Job:
+    """Save a merge, GGUF export or batch evaluation as a job of that ``kind`` and hand it to the queue.
+    ``params`` (what the worker needs: the adapter ref, quant, rows...) are stored as the job's spec;
+    the caller has checked them. The result lands in the job's summary, progress in current/total steps
+    and ``progress_message``, as for a training run. ``queue=False``: the row alone, for a caller that runs the
+    task itself (``studio export``). ``own_folder``: the job's output_dir is <home>/tasks/<id> (deleted with
+    the job); an export's files live under <home>/exports and outlive its job."""
+    import json
+
+    if kind not in db.TASK_KINDS:
+        raise ValueError(f"'{kind}' is not a task kind; the kinds are {', '.join(db.TASK_KINDS)}")
+    job = db.Job(name=name, kind=kind, spec_json=json.dumps(params), progress_message="waiting for a worker")
+    if own_folder:
+        job.output_dir = f"{TASKS_DIR}/{job.id}"
+    with _SUBMIT_LOCK:
+        job.created_at = time.time()
+        with db.session() as s:
+            s.add(job)
+            s.add(db.JobEvent(job_id=job.id, status="queued", message="submitted"))
+            s.commit()
+        if not queue:
+            return job
+        try:
+            return db.update_job(job.id, task_id=enqueue(job.id))
+        except Exception:
+            delete(job.id)
+            raise
+
+
+def enqueue(job_id: str, resume: bool = False) -> str:
+    """Hand the job to the queue (a training run to train_job, a task to run_task); returns the task id
+    (what cancel and delete revoke)."""
+    from workers.queue import huey
+    from workers.tasks import run_task, train_job
+
+    job = db.get_job(job_id)
+    task = train_job.s(job_id, resume=resume) if job is None or job.kind == "train" else run_task.s(job_id)
     huey.enqueue(task)
     return task.id
 
@@ -107,6 +141,8 @@ def resume(job_id: str) -> db.Job:
         raise KeyError(job_id)
     if not allowed(job.status, "queued"):
         raise ValueError(f"only an interrupted, cancelled or failed run can be resumed; this one is {job.status}")
+    if job.kind != "train":
+        raise ValueError(f"a {job.kind} task is not resumed: start it again from the Adapters tab or the CLI")
     job = transition(job.id, "queued", "resume requested", cancel_requested=False, error=None, finished_at=None)
     return db.update_job(job.id, task_id=enqueue(job.id, resume=True))
 

@@ -6,7 +6,8 @@
     completed   -> (nothing: a finished run stays finished)
 
 Every writer of a job's status (submit's first row aside) calls ``transition``: the UI and the CLI
-through studio.jobs, the training and multi-process paths in workers/, lost-worker detection here.
+through studio.jobs, the training and multi-process paths in workers/, the tasks (merge, GGUF export,
+batch evaluation: jobs of another ``kind``, workers/inference/task.py), lost-worker detection here.
 The current status is read and the new one written in one database transaction, so two processes
 racing to end the same job cannot both win. No torch here.
 """
@@ -87,11 +88,11 @@ def mark_lost_jobs(stale_seconds: float | None = None) -> list[str]:
     stale_seconds = HEARTBEAT_STALE_SECONDS if stale_seconds is None else stale_seconds
     now = time.time()
     lost = []
-    for job in db.list_jobs(("running",)):
+    for job in db.list_jobs(("running",), kind=None):
         why = gone(job.worker_host, job.worker_pid, job.worker_pid_start, job.heartbeat_at, stale_seconds, now)
+        again = "resume it from its last checkpoint" if job.kind == "train" else "start it again"
         if why and settle(job.id, "interrupted", why, finished_at=now,
-                          error=f"interrupted at step {job.current_step}: {why}; "
-                                f"resume it from its last checkpoint") == "interrupted":
+                          error=f"interrupted at step {job.current_step}: {why}; {again}") == "interrupted":
             lost.append(job.id)
     return lost
 

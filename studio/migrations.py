@@ -105,6 +105,8 @@ MIGRATIONS: list[Migration] = [
     (4, "inference_servers: registered OpenAI-compatible inference servers",
      lambda conn: SQLModel.metadata.tables["inference_servers"].create(conn, checkfirst=True)),
     (5, "jobs.group_id: the sweep a run belongs to", lambda conn: add_missing_columns(conn, "jobs", ["group_id"])),
+    (6, "jobs.kind, jobs.progress_message: merge, GGUF export and batch evaluation as jobs beside training runs",
+     lambda conn: add_missing_columns(conn, "jobs", ["kind", "progress_message"])),
 ]
 
 

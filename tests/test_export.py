@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from studio import export
+from studio import export as files  # the torch-free half: Modelfile, serving snippets
+from workers.inference import export
 
 PROMPTS = ["Hello, how are you?", "What is the capital of France?", "What is your name?"]
 
@@ -182,7 +183,7 @@ def test_modelfile_chatml(tmp_path):
     from tiny import CHATML
 
     gguf_file = tmp_path / "my-model.gguf"
-    path = export.write_modelfile(gguf_file, tmp_path / "Modelfile", CHATML,
+    path = files.write_modelfile(gguf_file, tmp_path / "Modelfile", CHATML,
                                   {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1,
                                    "max_new_tokens": 256, "do_sample": True})
     text = path.read_text()
@@ -199,7 +200,7 @@ def test_modelfile_chatml(tmp_path):
 
 
 def test_modelfile_other_template(tmp_path):
-    path = export.write_modelfile(tmp_path / "gguf" / "m.gguf", tmp_path / "Modelfile",
+    path = files.write_modelfile(tmp_path / "gguf" / "m.gguf", tmp_path / "Modelfile",
                                   "{{ bos_token }}[INST] {{ messages[0]['content'] }} [/INST]", {"stop": ["</s>"]})
     text = path.read_text()
     assert text.startswith("FROM ./gguf/m.gguf\n")
@@ -208,7 +209,7 @@ def test_modelfile_other_template(tmp_path):
 
 
 def test_serving_snippets(adapter_dir):
-    snippets = export.serving_snippets("HuggingFaceTB/SmolLM2-135M-Instruct", str(adapter_dir), "support-bot",
+    snippets = files.serving_snippets("HuggingFaceTB/SmolLM2-135M-Instruct", str(adapter_dir), "support-bot",
                                        "/data/exports/support-bot.gguf")
     assert snippets["vllm"] == (f"vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora "
                                 f"--lora-modules support-bot={adapter_dir}")
@@ -217,12 +218,12 @@ def test_serving_snippets(adapter_dir):
     compile(snippets["peft"], "snippet", "exec")
     assert "ollama create support-bot -f Modelfile" in snippets["ollama"]
     assert snippets["llama_cpp"].startswith("llama-server -m /data/exports/support-bot.gguf")
-    assert "ollama" not in export.serving_snippets("b", "a", "n", None)
+    assert "ollama" not in files.serving_snippets("b", "a", "n", None)
 
 
 def test_serving_snippets_raise_vllm_rank(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 64}))
-    assert export.serving_snippets("b", str(tmp_path), "n", None)["vllm"].endswith("--max-lora-rank 64")
+    assert files.serving_snippets("b", str(tmp_path), "n", None)["vllm"].endswith("--max-lora-rank 64")
 
 
 @pytest.mark.slow

@@ -25,6 +25,14 @@ def train_job(job_id: str, resume: bool = False) -> str:
     return run_job(job_id, resume=resume)
 
 
+@huey.task(name="studio.task")
+def run_task(job_id: str) -> str:
+    """A merge, GGUF export or batch evaluation (a job whose kind is not "train")."""
+    from workers.inference.task import run_task as run
+
+    return run(job_id)
+
+
 @huey.periodic_task(crontab(minute="*"), name="studio.find_lost_jobs")
 def find_lost_jobs() -> list[str]:
     """Jobs whose heartbeat is stale or whose worker is gone become 'interrupted' (never 'running' forever)."""

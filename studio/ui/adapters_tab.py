@@ -2,7 +2,9 @@
 GGUF export (with drift check and serving snippets), golden-prompt answers and batch evaluation.
 
 Layout and glue only: the work is in studio.adapters and studio.evaluation. Model work (merge, GGUF,
-evaluation) waits its turn in gradio's queue; evaluation shares the Chat tab's engine and its turn.
+batch evaluation) is a queued task on a worker (studio.jobs.submit_task, workers/inference/task.py): a
+button queues it and returns at once, a timer follows its progress and shows its result, Cancel stops it.
+Each page follows its own tasks (a gr.State), so two users never see each other's.
 """
 from __future__ import annotations
 
@@ -11,19 +13,23 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import adapters, db
+from .. import adapters, db, jobs
 from ..chat import AUTO_BASE
 from ..models import shown_model, shown_path
 from . import downloads
 from .runs_tab import file_box
 
-TABLE_HEADERS = ["name", "kind", "base", "config", "final loss", "best eval loss", "steps", "size", "created"]
+TABLE_HEADERS = ["name", "kind", "base", "config", "final loss", "best eval loss", "general skills", "steps", "size",
+                 "created"]
 SNIPPETS = (("endpoint_curl", "curl (the studio's inference server)", "shell"),
             ("endpoint_openai", "Python, `openai` client (the studio's inference server)", "python"),
             ("vllm", "vLLM (serve base + adapter)", "shell"),
             ("openai", "OpenAI-compatible request (to vLLM)", "shell"),
             ("peft", "Python (transformers + peft)", "python"), ("ollama", "Ollama (after GGUF export)", "shell"),
             ("llama_cpp", "llama.cpp (after GGUF export)", "shell"))
+
+
+TASK_POLL_SECONDS = 1.0  # a followed task's progress line; the timers run only while a task is followed
 
 
 def _num(value, digits: int = 4):
@@ -35,7 +41,8 @@ def table() -> list[list]:
     for a in adapters.list_adapters():
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["created_at"])) if a["created_at"] else ""
         rows.append([a["name"], a["kind"], shown_model(a["base_model"]), a["config"], _num(a["final_loss"]),
-                     _num(a["best_eval_loss"]), a["steps"], adapters.human_bytes(a["bytes"]), created])
+                     _num(a["best_eval_loss"]), a.get("forgetting", ""), a["steps"], adapters.human_bytes(a["bytes"]),
+                     created])
     return rows
 
 
@@ -119,36 +126,91 @@ def on_select(ref):
     return (gr.update(value=rows, headers=headers), note, *_snippet_values(ref))
 
 
+def _queued(job: db.Job, what: str) -> str:
+    return f"Queued: {what} (task `{job.id}`); a worker picks it up next. The progress shows here."
+
+
+def _watching(on: bool) -> tuple:
+    """(Cancel button, the area's timer): both on while a task is followed, off otherwise."""
+    return gr.update(visible=on), gr.update(active=on)
+
+
 def on_merge(ref, dtype):
+    """Queue a merge of the chosen adapter; returns (note, watched task id, Cancel button, timer)."""
     if not ref:
-        return "Choose an adapter first.", *_snippet_values(ref)
+        return "Choose an adapter first.", None, *_watching(False)
     try:
-        result = adapters.merge(ref, dtype=dtype)
-    except Exception as exc:  # any failure leaves no half-written folder (studio.export); say why
-        return f"**Merge failed:** {exc}", *_snippet_values(ref)
-    return (f"Merged into `{shown_path(result['path'])}` ({adapters.human_bytes(result['bytes'])}, "
-            f"{result['seconds']:.1f} s).",
-            *_snippet_values(ref))
+        a = adapters._mergeable(adapters.resolve(ref))
+    except (adapters.AdapterError, ValueError) as exc:
+        return f"**Error:** {exc}", None, *_watching(False)
+    job = jobs.submit_task("merge", f"merge {a.name}", {"ref": a.ref, "dtype": dtype or "float32"})
+    return _queued(job, f"merge {a.name} into its base ({dtype})"), job.id, *_watching(True)
 
 
 def on_gguf(ref, quant, drift):
+    """Queue a GGUF export (merging first unless a current merge exists); returns (note, task id, Cancel, timer)."""
     if not ref:
-        return "Choose an adapter first.", *_snippet_values(ref)
+        return "Choose an adapter first.", None, *_watching(False)
     try:
-        result = adapters.export_gguf(ref, quant=quant, drift=bool(drift))
-    except Exception as exc:
-        return f"**GGUF export failed:** {exc}", *_snippet_values(ref)
+        a = adapters._mergeable(adapters.resolve(ref))
+    except (adapters.AdapterError, ValueError) as exc:
+        return f"**Error:** {exc}", None, *_watching(False)
+    job = jobs.submit_task("gguf", f"gguf {a.name} {quant}", {"ref": a.ref, "quant": quant, "drift": bool(drift)})
+    return _queued(job, f"GGUF export of {a.name} ({quant})"), job.id, *_watching(True)
+
+
+def on_cancel(task_id):
+    if not task_id:
+        return "No task to cancel."
+    try:
+        job = jobs.cancel(task_id)
+    except KeyError:
+        return "That task no longer exists."
+    return ("Cancelled." if job.status == "cancelled" else
+            f"Cancelling: the {job.kind} stops before its next step." if job.status == "running" else
+            f"The task is already {job.status}.")
+
+
+def progress_line(job: db.Job) -> str:
+    """Where a task is: waiting in the queue, or step a/b with what it is doing and for how long."""
+    if job.status == "queued":
+        position = db.queue_position(job)
+        return f"**{job.name}**: queued (position {position}); waiting for a worker."
+    steps = f"step {min(job.current_step + 1, job.total_steps or 1)}/{job.total_steps or '?'}"
+    took = f", {time.time() - job.started_at:.0f} s" if job.started_at else ""
+    stop = " (cancel requested)" if job.cancel_requested else ""
+    return f"**{job.name}**: running, {steps}: {job.progress_message or 'starting'}{took}{stop}."
+
+
+def export_result(job: db.Job) -> str:
+    """The finished merge or GGUF export as the note shows it: sizes, paths, drift figures."""
+    if job.status != "completed":
+        return f"**{job.name}**: {job.status}." + (f" {job.error}" if job.error else "")
+    result = job.summary
     lines = []
-    if "merge" in result:
-        m = result["merge"]
-        lines.append(f"Merged into `{shown_path(m['path'])}` ({adapters.human_bytes(m['bytes'])}, "
-                     f"{m['seconds']:.1f} s).")
-    g = result["gguf"]
-    lines.append(f"Wrote `{shown_path(g['path'])}` ({adapters.human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and "
-                 f"`{result['modelfile']}`.")
-    if "drift" in result:
-        lines.append(drift_markdown(result["drift"]))
-    return "\n\n".join(lines), *_snippet_values(ref, g["path"])
+    merged = result if job.kind == "merge" else result.get("merge")
+    if merged:
+        lines.append(f"Merged into `{shown_path(merged['path'])}` ({adapters.human_bytes(merged['bytes'])}, "
+                     f"{merged['seconds']:.1f} s).")
+    if job.kind == "gguf":
+        g = result["gguf"]
+        lines.append(f"Wrote `{shown_path(g['path'])}` ({adapters.human_bytes(g['bytes'])}, {g['seconds']:.1f} s) "
+                     f"and `{shown_path(result['modelfile'])}`.")
+        if "drift" in result:
+            lines.append(drift_markdown(result["drift"]))
+    return "\n\n".join(lines)
+
+
+def poll_export(task_id):
+    """The timer's view of the watched merge/GGUF task: (note, task id, Cancel, timer, *snippet boxes); once
+    the task has ended, its result, and the watching stops."""
+    job = db.get_job(task_id) if task_id else None
+    if job is None:  # nothing followed (a late tick), or the task was deleted
+        return gr.skip(), None, *_watching(False), *[gr.skip() for _ in SNIPPETS]
+    if job.status in db.ACTIVE:
+        return progress_line(job), gr.skip(), gr.skip(), gr.skip(), *[gr.skip() for _ in SNIPPETS]
+    gguf = job.summary.get("gguf", {}).get("path") if job.kind == "gguf" and job.status == "completed" else None
+    return export_result(job), None, *_watching(False), *_snippet_values(job.spec.get("ref"), gguf)
 
 
 def on_import(files, name, base):
@@ -164,55 +226,63 @@ def on_import(files, name, base):
             *refresh_values())
 
 
-def _eval_rows(source: str) -> list[dict]:
-    from .. import library
-    from ..spec import JobSpec
-
-    kind, _, value = (source or "").partition(":")
-    if kind == "dataset":
-        return library.load(value).rows
-    if kind == "run":
-        job = db.get_job(value)
-        if job is None:
-            raise ValueError("that run no longer exists")
-        spec = JobSpec.from_dict(job.spec)
-        if spec.eval_dataset:
-            return library.load(spec.eval_dataset).rows
-        _, held_out = library.split_rows(  # the same seeded split training held out
-            library.load(spec.dataset).rows, spec.eval_split, spec.seed)
-        if not held_out:
-            raise ValueError(f"{job.name} held out no rows (eval split 0); choose a dataset instead")
-        return held_out
-    raise ValueError("choose where the evaluation rows come from")
-
-
-def on_evaluate(base, refs, source, limit, max_new_tokens, progress=gr.Progress()):
+def on_evaluate(base, refs, source, limit, max_new_tokens):
+    """Check the choice and queue a batch evaluation; returns (note, task id, Cancel button, timer)."""
     from .. import evaluation
 
-    empty = (gr.update(), gr.update(), file_box())
+    off = _watching(False)
     refs = [r for r in (refs or []) if r][:3]
     try:
         chosen = [adapters.resolve(r) for r in refs]
         base_model = base if base and base != AUTO_BASE else (chosen[0].base_model if chosen else "")
         if not base_model:
-            return "Choose a base model or at least one adapter.", *empty
-        rows = _eval_rows(source)
-        names: dict[str, str] = {}
-        for a in chosen:
-            label = a.name if a.name not in names and a.name != "base" else f"{a.name}-{len(names) + 1}"
-            names[label] = str(a.folder)
-        result = evaluation.evaluate_batch(base_model, names, rows, max_new_tokens=int(max_new_tokens),
-                                           limit=int(limit), progress=lambda d, t: progress(d / t, f"{d}/{t}"))
-    except Exception as exc:
-        return f"**Error:** {exc}", *empty
+            return "Choose a base model or at least one adapter.", None, *off
+        rows = evaluation.eval_conversations(evaluation.eval_rows(source))
+        if not rows:
+            return ("**Error:** no row to evaluate: batch evaluation needs conversations that end with an "
+                    "assistant reply."), None, *off
+    except (adapters.AdapterError, ValueError, KeyError) as exc:
+        return f"**Error:** {exc}", None, *off
+    names: dict[str, str] = {}
+    for a in chosen:
+        label = a.name if a.name not in names and a.name != "base" else f"{a.name}-{len(names) + 1}"
+        names[label] = a.ref
+    params = {"base_model": base_model, "adapters": names, "source": source, "limit": int(limit),
+              "max_new_tokens": int(max_new_tokens)}
+    job = jobs.submit_task("evaluate", f"evaluate {', '.join(names) or shown_model(base_model)}", params,
+                           own_folder=True)
+    n = min(len(rows), int(limit))
+    return _queued(job, f"batch evaluation of {n} rows on {len(names) + 1} models"), job.id, *_watching(True)
+
+
+def eval_result(job: db.Job) -> tuple:
+    """(note, metrics table, per-row table, CSV file) of a finished batch evaluation."""
+    import json
+
+    from .. import evaluation
+
+    if job.status != "completed":
+        return (f"**{job.name}**: {job.status}." + (f" {job.error}" if job.error else ""), gr.update(), gr.update(),
+                file_box())
+    summary = job.summary
+    result = json.loads(Path(summary["result"]).read_text(encoding="utf-8"))
     headers, metric_rows = evaluation.metrics_table(result)
-    row_headers = ["prompt", "reference"] + [f"{m}" for m in result["models"]]
+    row_headers = ["prompt", "reference", *result["models"]]
     detail = [[r["prompt"], r["reference"], *[r["replies"][m] for m in result["models"]]] for r in result["rows"]]
-    csv_path = downloads.new_file("batch-evaluation.csv")
-    csv_path.write_text(evaluation.to_csv(result))
     note = f"Evaluated {len(result['rows'])} rows on {len(result['models'])} models in {result['seconds']:.1f} s."
     return (note, gr.update(value=metric_rows, headers=headers), gr.update(value=detail, headers=row_headers),
-            file_box(csv_path))
+            file_box(_download_copy(Path(summary["csv"]))))
+
+
+def poll_eval(task_id):
+    """The timer's view of the watched batch evaluation: (note, task id, Cancel, timer, metrics, rows, CSV)."""
+    job = db.get_job(task_id) if task_id else None
+    if job is None:  # nothing followed (a late tick), or the task was deleted
+        return gr.skip(), None, *_watching(False), gr.skip(), gr.skip(), gr.skip()
+    if job.status in db.ACTIVE:
+        return progress_line(job), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    note, metrics, rows, csv = eval_result(job)
+    return note, None, *_watching(False), metrics, rows, csv
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -242,6 +312,7 @@ def build() -> dict:
             with gr.Row():
                 merge_btn = gr.Button("Merge into the base", elem_id="adapters-merge")
                 gguf_btn = gr.Button("Export GGUF + Ollama Modelfile", elem_id="adapters-gguf")
+                export_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="adapters-export-cancel")
             export_note = gr.Markdown(elem_id="adapters-export-result")
             codes = [gr.Code(label=label, language=lang, interactive=False, visible=False,
                              elem_id=f"adapters-snippet-{key}")
@@ -270,6 +341,7 @@ def build() -> dict:
                 ev_limit = gr.Slider(1, 200, value=20, step=1, label="Rows to evaluate (at most)")
                 ev_tokens = gr.Slider(8, 512, value=96, step=8, label="Max new tokens per reply")
                 ev_btn = gr.Button("Evaluate", variant="primary", elem_id="adapters-eval-run")
+                ev_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="adapters-eval-cancel")
             ev_note = gr.Markdown(elem_id="adapters-eval-note")
             ev_metrics = gr.Dataframe(label="Per model", interactive=False, elem_id="adapters-eval-metrics")
             ev_rows = gr.Dataframe(label="Per row", interactive=False, wrap=True, elem_id="adapters-eval-rows")
@@ -279,11 +351,18 @@ def build() -> dict:
     refresh.click(refresh_values, None, refresh_outputs)
     zip_btn.click(on_zip, [pick], [zip_file, note])
     pick.change(on_select, [pick], [golden, export_note, *codes])
-    merge_btn.click(on_merge, [pick, dtype], [export_note, *codes], concurrency_limit=1, concurrency_id="export")
-    gguf_btn.click(on_gguf, [pick, quant, drift], [export_note, *codes], concurrency_limit=1,
-                   concurrency_id="export")
+    export_task, eval_task = gr.State(None), gr.State(None)  # the task this page follows, per area
+    export_timer = gr.Timer(TASK_POLL_SECONDS, active=False)
+    eval_timer = gr.Timer(TASK_POLL_SECONDS, active=False)
+    merge_btn.click(on_merge, [pick, dtype], [export_note, export_task, export_cancel, export_timer])
+    gguf_btn.click(on_gguf, [pick, quant, drift], [export_note, export_task, export_cancel, export_timer])
+    export_cancel.click(on_cancel, [export_task], [export_note])
     imp_btn.click(on_import, [upload, imp_name, imp_base], [imp_note, *refresh_outputs])
-    # shares the chat engine, so it takes the chat's turn
     ev_btn.click(on_evaluate, [ev_base, ev_refs, ev_source, ev_limit, ev_tokens],
-                 [ev_note, ev_metrics, ev_rows, ev_csv], concurrency_limit=1, concurrency_id="chat")
+                 [ev_note, eval_task, ev_cancel, eval_timer])
+    ev_cancel.click(on_cancel, [eval_task], [ev_note])
+    export_timer.tick(poll_export, [export_task], [export_note, export_task, export_cancel, export_timer, *codes],
+                      show_progress="hidden")
+    eval_timer.tick(poll_eval, [eval_task], [ev_note, eval_task, ev_cancel, eval_timer, ev_metrics, ev_rows, ev_csv],
+                    show_progress="hidden")
     return {"table": lib, "pick": pick, "refresh_outputs": refresh_outputs, "refresh_values": refresh_values}

@@ -22,7 +22,8 @@ def worker_line() -> str:
                  f"{progress['what']}, {time.time() - progress['started']:.0f} s)") if progress else ""
     if not jobs.live_workers():
         return NO_WORKER + (f" Meanwhile: {preparing}." if preparing else "")
-    doing = [_training(j) for j in db.list_jobs(("running",))] + [preparing] * bool(preparing)
+    doing = [_training(j) if j.kind == "train" else f"{j.name} ({j.progress_message or 'starting'})"
+             for j in db.list_jobs(("running",), kind=None)] + [preparing] * bool(preparing)
     return "**Worker:** " + ("; ".join(doing) if doing else "idle")
 
 

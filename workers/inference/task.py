@@ -1,0 +1,117 @@
+"""Run one task (a merge, a GGUF export, a batch evaluation): the same job lifecycle as a training run.
+
+A task is a row of ``jobs`` whose ``kind`` is not "train" (studio.jobs.submit_task wrote it, with its
+parameters as the spec). ``run_task`` moves it queued -> running -> completed | failed | cancelled through
+studio.lifecycle, beats its heartbeat from a thread, reports progress (current/total steps and a message)
+as each step starts, and reads the cancel flag there: a cancelled task stops before its next step and
+leaves no half-written file (every writer goes through a temporary path). The result is the job's summary.
+
+The queue's ``studio.task`` runs it on a worker; ``studio export`` runs it inline (see studio/cli.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+
+from studio import db, lifecycle
+from studio.settings import get_settings
+
+log = logging.getLogger("studio.task")
+
+
+class TaskCancelled(Exception):
+    """Raised at a step boundary once the job's cancel flag is set."""
+
+
+class Progress:
+    """``progress(message)``: a step starts (the steps before it are done); ``total``/``done`` override the
+    count (batch evaluation counts replies). Raises TaskCancelled when the job's cancel flag is set."""
+
+    def __init__(self, job_id: str, total: int | None = None):
+        self.job_id, self.total, self.calls = job_id, total, 0
+
+    def __call__(self, message: str, total: int | None = None, done: int | None = None) -> None:
+        job = db.get_job(self.job_id)
+        if job is None or job.cancel_requested:
+            raise TaskCancelled(message)
+        if done is None:
+            done, self.calls = self.calls, self.calls + 1
+        self.total = total if total is not None else max(self.total or 0, done + 1)
+        db.update_job(self.job_id, current_step=done, total_steps=self.total, progress_message=message,
+                      heartbeat_at=time.time())
+
+
+def run_task(job_id: str) -> str:
+    """Run the task to its end; returns its final status ("deleted" when the row is gone)."""
+    from workers.train import Heartbeat
+
+    job = db.get_job(job_id)
+    if job is None:
+        log.warning("task %s no longer exists; skipping it", job_id)
+        return "deleted"
+    if not lifecycle.allowed(job.status, "running"):  # cancelled while queued, or already picked up
+        log.warning("task %s is %s; not running it", job_id, job.status)
+        return job.status
+    params = job.spec
+    lifecycle.transition(job_id, "running", f"{job.kind} started", started_at=time.time(), heartbeat_at=time.time(),
+                         worker_host=socket.gethostname(), worker_pid=os.getpid(), cancel_requested=False,
+                         error=None, finished_at=None, progress_message="starting", current_step=0)
+    progress = Progress(job_id)
+    try:
+        with Heartbeat(lambda: db.update_job(job_id, heartbeat_at=time.time()), name=f"heartbeat-{job_id}"):
+            result = RUNNERS[job.kind](job, params, progress)
+    except TaskCancelled as exc:
+        return lifecycle.settle(job_id, "cancelled", f"cancelled before: {exc}", finished_at=time.time(),
+                                progress_message=f"cancelled before: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the task fails with one sentence; the traceback goes to the log
+        log.exception("task %s (%s) failed", job_id, job.kind)
+        return lifecycle.settle(job_id, "failed", "error", finished_at=time.time(), error=_sentence(exc),
+                                progress_message="failed")
+    total = progress.total or 0
+    return lifecycle.settle(job_id, "completed", "done", finished_at=time.time(), summary_json=json.dumps(result),
+                            current_step=total, total_steps=total, progress_message="done")
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
+# ---- one runner per kind -------------------------------------------------------------------------
+
+def _merge(job: db.Job, params: dict, progress: Progress) -> dict:
+    from .export import MERGE_STEPS, merge
+
+    progress.total = MERGE_STEPS
+    return merge(params["ref"], dtype=params.get("dtype", "float32"), out=params.get("out"), progress=progress)
+
+
+def _gguf(job: db.Job, params: dict, progress: Progress) -> dict:
+    from pathlib import Path
+
+    from studio.adapters import _drift_prompts, _export_paths, _merge_is_current, resolve
+
+    from .export import GGUF_STEPS, MERGE_STEPS, drift_steps, export_gguf
+
+    ref = resolve(params["ref"])
+    merged_out = params.get("merged_out")
+    drift = bool(params.get("drift", True))
+    prompts = _drift_prompts(ref) if drift else []
+    needs_merge = merged_out is not None or not _merge_is_current(_export_paths(ref)[0], ref.folder)
+    progress.total = MERGE_STEPS * needs_merge + GGUF_STEPS + (drift_steps(prompts) if drift else 0)
+    result = export_gguf(ref.ref, quant=params.get("quant", "q8_0"), drift=drift, prompts=prompts or None,
+                         gguf_out=params.get("gguf_out"), merged_out=Path(merged_out) if merged_out else None,
+                         dtype=params.get("dtype", "float32"), progress=progress)
+    return result
+
+
+def _evaluate(job: db.Job, params: dict, progress: Progress) -> dict:
+    from .evaluation import run_evaluation
+
+    return run_evaluation(params, get_settings().resolve(job.output_dir), progress)
+
+
+RUNNERS = {"merge": _merge, "gguf": _gguf, "evaluate": _evaluate}
