@@ -118,13 +118,14 @@ def main() -> int:
         print(f"endpoint: first request to an adapter (attaches it) {time.perf_counter() - t0:.2f} s")
         endpoint(client, "imported/B", 1)
 
-        before = rss_mb(os.getpid())
-        engine = ChatEngine()
-        engine.ensure_base(BASE)
+        from studio import db
         from workers.inference.engine import footprint
 
-        print(f"in-process: RSS +{rss_mb(os.getpid()) - before:.0f} MB for the base; weights "
-              f"{footprint(engine) / 1e6:.0f} MB")
+        reported = [b for s in db.list_inference_servers() for b in s.loaded_bases or []]
+        print(f"endpoint: the server reports {reported} (weights and buffers, get_memory_footprint)")
+        engine = ChatEngine()  # (this process's RSS says little: make_adapter held the same weights before)
+        engine.ensure_base(BASE)
+        print(f"in-process: weights and buffers {footprint(engine) / 1e6:.0f} MB")
         for name in ("A", "B"):
             engine.ensure_adapter(name, adapters.resolve(f"imported/{name}").folder)
         in_process(engine, None, 4)  # warm-up

@@ -128,10 +128,29 @@ def cmd_worker(args) -> int:
 def cmd_infer(args) -> int:
     from workers.inference.server import BindError, serve_forever
 
+    engine = None
+    if args.engine == "vllm":
+        from workers.inference.vllm_engine import VLLMEngine
+
+        from .spec import BUNDLED_MODEL
+
+        base = args.base_model or BUNDLED_MODEL
+        if args.vllm_url:  # a vLLM server started elsewhere (with --enable-lora and runtime LoRA updating)
+            engine = VLLMEngine(base, args.vllm_url, os.environ.get("VLLM_API_KEY"), args.max_lora_rank)
+        else:
+            try:
+                engine = VLLMEngine.start(base, args.max_lora_rank)
+            except RuntimeError as exc:
+                return _fail(str(exc))
+    elif args.vllm_url or args.base_model:
+        return _fail("--base-model and --vllm-url go with --engine vllm")
     try:
-        serve_forever(args.host, args.port)
+        serve_forever(args.host, args.port, engine)
     except BindError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another --port")
+    finally:
+        if engine is not None:
+            engine.stop()
     return 0
 
 
@@ -307,7 +326,7 @@ def follow(job_id: str) -> int:
 def cmd_jobs(args) -> int:
     from . import db
 
-    for j in db.list_jobs():
+    for j in db.list_jobs(kind=None):  # training runs and tasks (merge, gguf, evaluate): the kind is the name's prefix
         print(f"{j.id}\t{j.name}\t{j.status}\t{j.current_step}/{j.total_steps or '?'}\t{j.worker_host or ''}\t"
               f"{j.device or ''}\t{j.error or ''}")
     return 0
@@ -399,6 +418,8 @@ def cmd_chat(args) -> int:
         return _fail(str(exc))
     if not (args.prompt or "").strip():
         return _fail("give a prompt with --prompt")
+    if ref.using:
+        print(f"{ref.name}: using {ref.using}", file=sys.stderr, flush=True)
     settings = GenerationSettings(max_new_tokens=getattr(args, "max_new_tokens", 128),
                                   temperature=getattr(args, "temperature", 0.0), seed=getattr(args, "seed", 0))
     messages = ([{"role": "system", "content": args.system}] if getattr(args, "system", "") else []) + [
@@ -428,9 +449,55 @@ def _print_stream(stream) -> None:
 
 
 def cmd_export(args) -> int:
-    from .adapters import cli_export
+    """`studio export RUN --merge OUT` and/or `--gguf OUT [--quant q8_0]`: the Adapters tab's merge or GGUF
+    task, run inline here. OUT is a path on this machine chosen by whoever runs the command (a worker may
+    run on another host, or none at all); the task's row still goes through the job lifecycle, so the UI
+    shows it and `studio cancel ID` stops it between steps. A --gguf OUT ending in .gguf names the file,
+    otherwise it is a folder; without --merge the GGUF is built from a merge under <home>/exports/."""
+    from . import db, export, jobs
+    from .adapters import AdapterError, _mergeable, human_bytes, resolve
+    from .models import ModelError
+    from .settings import UnsafePath
 
-    return cli_export(args)
+    if not args.merge and not args.gguf:
+        return _fail("say what to export: --merge OUT and/or --gguf OUT")
+    quant = (args.quant or "q8_0").lower()
+    if quant not in export.GGUF_QUANTS:
+        return _fail(f"--quant must be one of {', '.join(export.GGUF_QUANTS)}")
+    try:
+        ref = _mergeable(resolve(args.run))
+    except (AdapterError, UnsafePath, ModelError) as exc:
+        return _fail(str(exc))
+    if args.merge and Path(args.merge).exists():
+        return _fail(f"{args.merge} already exists")
+    if ref.using:
+        print(f"{ref.name}: using {ref.using}", file=sys.stderr, flush=True)
+    if args.gguf:
+        params = {"ref": ref.ref, "quant": quant, "drift": not args.no_drift_check,
+                  "dtype": args.dtype or "float32", "gguf_out": str(Path(args.gguf).resolve()),
+                  "merged_out": str(Path(args.merge).resolve()) if args.merge else None}
+        job = jobs.submit_task("gguf", f"gguf {ref.name} {quant}", params, queue=False)
+    else:
+        params = {"ref": ref.ref, "dtype": args.dtype or "float32", "out": str(Path(args.merge).resolve())}
+        job = jobs.submit_task("merge", f"merge {ref.name}", params, queue=False)
+    from workers.inference.task import run_task
+
+    status = run_task(job.id)
+    job = db.get_job(job.id)
+    if status != "completed":
+        return _fail(f"the {job.kind} task {job.id} is {status}" + (f": {job.error}" if job.error else ""), 1)
+    result = job.summary
+    merged = result if job.kind == "merge" else result.get("merge")
+    if merged:
+        print(f"merged into {merged['path']} ({human_bytes(merged['bytes'])}, {merged['seconds']:.1f} s)")
+    if job.kind == "gguf":
+        g = result["gguf"]
+        print(f"wrote {g['path']} ({human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and {result['modelfile']}")
+        if "drift" in result:
+            d = result["drift"]
+            print(f"drift: {d['identical_replies']}/{d['prompts']} identical greedy replies, "
+                  f"max |logit diff| {d['max_abs_logit_diff']:.4f}")
+    return 0
 
 
 # ---- evaluate -------------------------------------------------------------------------------------
@@ -463,7 +530,9 @@ def _evaluate_probe(ref, args) -> int:
         report, path = check_adapter(ref, args.probe)
     except (ModelError, FileNotFoundError, OSError) as exc:
         return _fail(f"cannot load {ref.name}: {exc}", 1)
-    flag = f"  FLAGGED: below {report['threshold']:.0%}" if report["flagged"] else ""
+    from .probe.runner import flag_line
+
+    flag = f"  FLAGGED: {flag_line(report)}" if report["flagged"] else ""
     print(report["summary"] + flag)
     for name, tally in report["by_category"].items():
         print(f"  {name}: base {tally['base']}/{tally['total']}, adapter {tally['adapter']}/{tally['total']}")
@@ -647,6 +716,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "whose models are the base models, runs, checkpoints and imports")
     inf.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     inf.add_argument("--port", type=int, default=8000)
+    inf.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+                     help="transformers + peft (default), or vLLM with --enable-lora on a GPU host where it is installed")
+    inf.add_argument("--base-model", default=None, metavar="MODEL",
+                     help="with --engine vllm: the one base vLLM serves (default: the bundled model)")
+    inf.add_argument("--max-lora-rank", type=int, default=64, help="with --engine vllm: the largest LoRA rank it loads")
+    inf.add_argument("--vllm-url", default=None, metavar="URL",
+                     help="with --engine vllm: forward to this running vLLM server (an OpenAI base URL ending in /v1; "
+                          "its key in VLLM_API_KEY) instead of starting one")
     inf.set_defaults(func=cmd_infer)
 
     b = sub.add_parser("backup", help="copy the SQLite database to a new file while the studio runs")

@@ -12,6 +12,7 @@ afterwards. Tests that need a server are skipped, with the reason, when it does 
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -522,3 +523,92 @@ def test_killed_consumer_job_is_interrupted_and_resumes_on_the_other(cluster, ti
     print(f"\nkilled consumer {victim.pid} at step >= {last_before}; interrupted {detected_after:.1f} s later; "
           f"resumed on consumer {survivor.pid} to step {job.current_step}")
     _assert_no_absolute_paths(cluster.home)
+
+
+# ---- the cluster layout: UI, training worker and inference server as separate processes ----------
+
+def _pane_text(history) -> str:
+    """The last reply of a Chatbot pane as gradio's API returns it (a string or a list of text parts)."""
+    content = history[-1]["content"] if history else ""
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    # the panes hold their text HTML-escaped (studio.ui.chat_tab.shown), and gradio trims it
+    return html.unescape(str(content)).strip()
+
+
+def test_chat_is_served_across_ui_training_worker_and_inference_server(tmp_path_factory, tiny_model_dir,
+                                                                       redis_server, postgres_server):
+    """docker-compose.yml's layout on Redis + PostgreSQL: `studio serve --no-worker` (the UI), `studio worker
+    --no-infer` (training only) and `studio infer` (generation only), each its own process. A run trains on
+    the worker; the UI process's Chat handler, called over HTTP with gradio's own client, finds the inference
+    server through its row in the database and streams the base's and the run's replies from it; the UI
+    process never loads torch."""
+    from gradio_client import Client
+
+    from browser import InferServer, Server, torch_mapped
+    from studio import db, inference_client, jobs, library
+    from studio.chat import AUTO_BASE, GenerationSettings, as_messages
+    from studio.models import shown_model
+
+    base_dir = tmp_path_factory.mktemp("split")
+    home = base_dir / "shared-data"
+    with fresh_redis_database() as queue_url, fresh_postgres_database() as database_url, \
+            pointed_at(home, database_url, queue_url):
+        db.get_engine()
+        library.add(identity_data.write(base_dir / "identity.jsonl"), name="identity")
+        env = {"STUDIO_DATABASE_URL": database_url, "STUDIO_QUEUE_URL": queue_url, "OMP_NUM_THREADS": "1"}
+        trainer = Worker(home, base_dir / "trainer.log", args=("--no-infer",), **env)
+        infer = InferServer(home, base_dir / "infer.log", **env)
+        ui = None
+        try:
+            wait_for(lambda: "worker ready" in _log_tail(base_dir / "trainer.log", 100_000)
+                     or trainer.proc.poll() is not None, 120, interval=0.2, what="the training worker to start")
+            assert trainer.proc.poll() is None, _log_tail(base_dir / "trainer.log")
+            infer.wait_ready()
+
+            # a run trains on the training worker (a high learning rate so the adapter changes greedy replies)
+            job = jobs.submit(_spec(tiny_model_dir, max_steps=6, learning_rate=5e-2, name="split-run"))
+            wait_for(lambda: db.get_job(job.id).status in db.FINISHED, 300, interval=0.5, what="the run")
+            job = db.get_job(job.id)
+            assert job.status == "completed", (job.error, _log_tail(base_dir / "trainer.log"))
+            assert job.worker_pid == trainer.pid
+
+            # the only inference server in the database is the separate one: the worker started none
+            servers = inference_client.live_servers()
+            assert [s.pid for s in servers] == [infer.proc.pid], [(s.pid, s.url) for s in servers]
+
+            ui = Server(home, base_dir / "ui.log", worker=False, **env)  # started now: its Chat lists the run
+            ui.wait_ready()
+            client = Client(ui.url, verbose=False)
+            # sampled with a fixed seed: the same reply every time, and words even from a random model (greedy
+            # decoding of the tiny model repeats one whitespace token)
+            settings = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0,
+                                          repetition_penalty=1.0, seed=7)
+            prompt = "What is your name?"
+            chat = client.submit(prompt, AUTO_BASE, job.id, "", "", "", [], [], [], [], settings.max_new_tokens,
+                                 settings.temperature, settings.top_p, settings.top_k, settings.repetition_penalty,
+                                 settings.seed, api_name="/respond")
+            updates = list(chat)
+            final = chat.result()
+            base_reply, run_reply, note = _pane_text(final[0]), _pane_text(final[1]), final[-1]
+            assert not note, note
+            assert base_reply and run_reply, final
+            seen = {_pane_text(u[1]) for u in updates if u[1]}
+            assert len(seen) > 1, "the run's reply reached the UI in one piece, not streamed"
+
+            # the same replies straight from the registered server: the UI's came from it
+            url = inference_client.pick_server(shown_model(str(tiny_model_dir))).url
+            messages = as_messages([{"role": "user", "content": prompt}], "")
+            direct = [list(inference_client.chat_stream(messages, model, settings, url=url))[-1]
+                      for model in (shown_model(str(tiny_model_dir)), job.name)]
+            direct = [_pane_text([{"content": text}]) for text in direct]
+            assert [base_reply, run_reply] == direct
+            assert base_reply != run_reply, "the run's adapter changed nothing"
+            served = [b["model"] for s in inference_client.live_servers() for b in s.loaded_bases or []]
+            assert served == [shown_model(str(tiny_model_dir))]
+            assert torch_mapped(ui.proc.pid) == [], "the UI process loaded torch"
+        finally:
+            if ui is not None:
+                ui.stop()
+            infer.stop()
+            trainer.stop()

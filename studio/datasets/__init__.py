@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats import (BY_NAME, CANONICAL_COLUMNS, FORMAT_FIELDS, FORMAT_HINTS, FORMATS, KIND_OF, KINDS, REGISTRY,
-                      ROLES, Format, _apply_mapping, _Bad, _blank, detect_format, media_column, propose_mapping,
-                      sft_rows)
+                      ROLES, Format, _apply_mapping, _Bad, _blank, detect_format, media_column, one_row,
+                      propose_mapping, sft_rows)
 from .read import EXTENSIONS, MAX_DEPTH, DatasetError, Records, content_hash, read_file, read_records, split_documents
 from .read import _q
 from .stats import token_stats, turn_stats
@@ -60,7 +60,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
     """
     if format is not None and format not in FORMATS:
         raise DatasetError(f"unknown dataset format {_q(format)}; choose one of {', '.join(FORMATS)}")
-    read = read_file(path, max_bytes=max_bytes)
+    read = read_file(path, max_bytes=max_bytes, one_row=one_row)
     records, columns = read.rows, read.columns
     used: dict[str, str] = {}
     rows_in, cols_in = records, columns

@@ -623,6 +623,15 @@ FORMAT_FIELDS = {f.name: f.fields for f in REGISTRY}
 _DETECT_ORDER = sorted(REGISTRY, key=lambda f: f.priority)
 
 
+def one_row(record: dict) -> bool:
+    """Whether a JSON file's lone object is itself a row of some format (read.read_file asks)."""
+    try:
+        detect_format([record], list(record))
+        return True
+    except DatasetError:
+        return False
+
+
 def detect_format(records: list[dict], columns: list[str]) -> str:
     """The format of these rows, from their columns (and the shape of the first non-empty row)."""
     cols = set(columns)

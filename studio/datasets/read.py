@@ -14,7 +14,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 MAX_DEPTH = 64
@@ -65,14 +65,16 @@ class Records:
     note: str = ""
 
 
-def read_records(path, *, max_bytes: int) -> tuple[list[dict], list[str]]:
+def read_records(path, *, max_bytes: int,
+                 one_row: Callable[[dict], bool] | None = None) -> tuple[list[dict], list[str]]:
     """Raw records (one dict per row) and the columns seen, for every supported file type."""
-    read = read_file(path, max_bytes=max_bytes)
+    read = read_file(path, max_bytes=max_bytes, one_row=one_row)
     return read.rows, read.columns
 
 
-def read_file(path, *, max_bytes: int) -> Records:
-    """Raw records, columns and (plain text) how the documents were split."""
+def read_file(path, *, max_bytes: int, one_row: Callable[[dict], bool] | None = None) -> Records:
+    """Raw records, columns and (plain text) how the documents were split. ``one_row``: whether a JSON file's
+    lone object is itself a row (the caller asks the format registry); without it only its list of rows counts."""
     path = Path(path)
     name = path.name.lower()
     compressed = name.endswith(".gz")
@@ -110,7 +112,7 @@ def read_file(path, *, max_bytes: int) -> Records:
     if ext == ".txt":
         docs, note = split_documents(text)
         return Records([{"text": doc} for doc in docs], ["text"], note)
-    records = _read_json(text) if ext == ".json" else _read_jsonl(text)
+    records = _read_json(text, one_row=one_row) if ext == ".json" else _read_jsonl(text, one_row=one_row)
     return Records(records, _columns(records))
 
 
@@ -263,7 +265,7 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
     return f"{_json_reason(exc)} at line {exc.lineno}, column {exc.colno}"
 
 
-def _read_json(text: str, fallback: bool = True) -> list[dict]:
+def _read_json(text: str, fallback: bool = True, one_row: Callable[[dict], bool] | None = None) -> list[dict]:
     start = text.lstrip()[:1]
     if start not in ('[', '{', '"', '-', 't', 'f', 'n') and not start.isdigit():
         raise DatasetError(f"the file is not JSON: it starts with {_q(start)} where '[' (a list of rows) was expected")
@@ -275,7 +277,7 @@ def _read_json(text: str, fallback: bool = True) -> list[dict]:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and fallback:  # JSON Lines saved as .json
             try:
-                return _read_jsonl(text, fallback=False)
+                return _read_jsonl(text, fallback=False, one_row=one_row)
             except DatasetError:
                 pass
         raise DatasetError(f"the file is not valid JSON: {_json_problem(exc)}") from None
@@ -283,7 +285,7 @@ def _read_json(text: str, fallback: bool = True) -> list[dict]:
         raise DatasetError(f"the JSON nests lists or objects more than {MAX_DEPTH} levels deep") from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
-        if _detectable(data):
+        if one_row is not None and one_row(data):
             data = [data]  # one row saved on its own
         elif len(lists) == 1:
             data = data[lists[0]]
@@ -304,17 +306,7 @@ def _read_json(text: str, fallback: bool = True) -> list[dict]:
     return data
 
 
-
-def _detectable(record: dict) -> bool:
-    from .formats import detect_format
-
-    try:
-        detect_format([record], list(record))
-        return True
-    except DatasetError:
-        return False
-
-def _read_jsonl(text: str, fallback: bool = True) -> list[dict]:
+def _read_jsonl(text: str, fallback: bool = True, one_row: Callable[[dict], bool] | None = None) -> list[dict]:
     lines = text.split("\n")
     deep = _too_deep(text)
     records = []
@@ -328,7 +320,7 @@ def _read_jsonl(text: str, fallback: bool = True) -> list[dict]:
         except json.JSONDecodeError as exc:
             if fallback and not records and line.lstrip()[:1] in ("[", "{"):
                 try:  # a pretty-printed JSON array saved as .jsonl
-                    return _read_json(text, fallback=False)
+                    return _read_json(text, fallback=False, one_row=one_row)
                 except DatasetError:
                     pass
             last = not "".join(lines[lineno:]).strip()

@@ -49,8 +49,11 @@ async def health() -> dict:
 
 
 @router.get("/v1/models", dependencies=[Depends(check_key)])
-async def list_models() -> dict:
+async def list_models(request: Request) -> dict:
     cards = await anyio.to_thread.run_sync(model_cards)
+    served = getattr(request.app.state.engine, "served", None)  # a vLLM engine serves one base
+    if served is not None:
+        cards = [c for c in cards if (c.parent or c.id) == served]
     return {"object": "list", "data": [c.as_dict() for c in cards]}
 
 
@@ -61,6 +64,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         target = await anyio.to_thread.run_sync(resolve_target, body.model)
     except UnknownModel as exc:
         raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    if not isinstance(engine, InferenceEngine):  # a forwarding engine (vllm_engine.py) answers the whole request
+        return await engine.respond(body, target)
     messages = [m.plain() for m in body.messages]
     try:  # loaded before answering, so a model that cannot load is an error status, not a broken stream
         await anyio.to_thread.run_sync(engine.prepare, target)
@@ -222,15 +227,16 @@ def beside_worker() -> InferenceServer:
                            int(os.environ.get("STUDIO_INFER_PORT", "0")))
 
 
-def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """`studio infer`: serve until SIGINT or SIGTERM. BindError when the port is taken."""
+def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, engine=None) -> None:
+    """`studio infer`: serve until SIGINT or SIGTERM. BindError when the port is taken. ``engine``: the
+    default InferenceEngine, or a VLLMEngine (vllm_engine.py) to forward to."""
     from studio.settings import API_KEY_FILE, get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s infer %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with InferenceServer(host, port) as server:
+    with InferenceServer(host, port, engine=engine) as server:
         where = "STUDIO_API_KEY" if os.environ.get("STUDIO_API_KEY") else get_settings().home / API_KEY_FILE
         print(f"OpenAI-compatible endpoint: {server.url} (key in {where})", flush=True)
         while not stop.wait(1.0):
