@@ -44,10 +44,21 @@ def headers() -> dict[str, str]:
 
 
 def request_body(messages: list[dict], model: str, settings: GenerationSettings, stream: bool) -> dict:
-    """An OpenAI chat-completions request with the Chat tab's settings (0 temperature = greedy)."""
-    return {"model": model, "messages": messages, "stream": stream, "max_tokens": int(settings.max_new_tokens),
+    """An OpenAI chat-completions request with the Chat tab's settings (0 temperature = greedy); a stream
+    ends with its usage (the prompt's token count)."""
+    body = {"model": model, "messages": messages, "stream": stream, "max_tokens": int(settings.max_new_tokens),
             "temperature": float(settings.temperature), "top_p": float(settings.top_p), "top_k": int(settings.top_k),
             "repetition_penalty": float(settings.repetition_penalty), "seed": int(settings.seed)}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def score_body(messages: list[dict], model: str) -> dict:
+    """vLLM's scoring request: the conversation rendered as it is (its last turn included, no generation
+    prompt after it) and the log-probability of each of its tokens (``prompt_logprobs``)."""
+    return {"model": model, "messages": messages, "add_generation_prompt": False, "prompt_logprobs": 0,
+            "max_tokens": 1, "temperature": 0.0}
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -58,9 +69,10 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def chat_stream(messages: list[dict], model: str, settings: GenerationSettings | None = None,
-                url: str | None = None) -> Iterator[str]:
+                url: str | None = None, usage: dict | None = None) -> Iterator[str]:
     """Yield the growing reply of ``model`` (a base, a run, ``RUN/checkpoint-N`` or ``imported/NAME``) from
-    the server at ``url`` (an OpenAI base URL ending in /v1), or from a live one."""
+    the server at ``url`` (an OpenAI base URL ending in /v1), or from a live one. ``usage`` receives the
+    stream's token counts (``prompt_tokens``, ``completion_tokens``) once it ends."""
     settings = settings or GenerationSettings()
     url = url or pick_server().url
     body = request_body(messages, model, settings, stream=True)
@@ -76,8 +88,36 @@ def chat_stream(messages: list[dict], model: str, settings: GenerationSettings |
                 event = json.loads(line[len("data: "):])
                 if "error" in event:
                     raise InferenceError(event["error"]["message"])
+                if usage is not None and event.get("usage"):
+                    usage.update(event["usage"])
                 for choice in event.get("choices", []):
                     reply += choice.get("delta", {}).get("content") or ""
                     yield reply
     except httpx.HTTPError as exc:
         raise InferenceError(f"cannot reach the inference server at {url}: {exc}") from None
+
+
+def score(messages: list[dict], model: str, url: str | None = None) -> list[dict | None]:
+    """vLLM's ``prompt_logprobs`` of the conversation ``messages`` as ``model`` reads it: one entry per token,
+    None for the first, then {token id: {"logprob", "rank", "decoded_token"}} (score_body)."""
+    url = url or pick_server().url
+    try:
+        r = httpx.post(f"{url}/chat/completions", json=score_body(messages, model), headers=headers(), timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise InferenceError(f"cannot reach the inference server at {url}: {exc}") from None
+    if r.status_code != 200:
+        raise InferenceError(_error_message(r))
+    entries = r.json().get("prompt_logprobs")
+    if not isinstance(entries, list):
+        raise InferenceError(f"the inference server at {url} does not return prompt_logprobs")
+    return entries
+
+
+def reply_nll(entries: list[dict | None], prompt_tokens: int) -> tuple[float, int]:
+    """Negative log-likelihood (sum, token count) of the last reply of a scored conversation: the tokens after
+    the first ``prompt_tokens`` (the conversation before it with its generation prompt), up to its end of turn
+    (the template's trailing whitespace is no part of the reply)."""
+    tokens = [next(iter(e.values())) for e in entries[prompt_tokens:] if e]
+    while tokens and not (tokens[-1].get("decoded_token") or "").strip():
+        tokens.pop()
+    return -sum(float(t["logprob"]) for t in tokens), len(tokens)

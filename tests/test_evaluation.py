@@ -114,18 +114,22 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
 
 # ---- batch evaluation -----------------------------------------------------------------------------
 
-def test_evaluate_batch_scores_base_and_adapters(tiny_model_dir, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_evaluate_batch_asks_an_inference_server_for_replies_and_reference_scores(tiny_model_dir, studio_home,
+                                                                                 tmp_path):
+    """Every reply is streamed from a real `studio infer` process and every reference reply scored there
+    (vLLM's prompt_logprobs); the numbers match the in-process engine's greedy replies and teacher-forced loss."""
+    from inferproc import infer_process
+    from studio.chat import ChatEngine, GenerationSettings
+    from workers.inference.evaluation import evaluate_batch
 
-    from studio.chat import ChatEngine
-    from studio.render import encode_chat
-
-    adapters = {"one": make_adapter(tiny_model_dir, tmp_path / "one", 1),
-                "two": make_adapter(tiny_model_dir, tmp_path / "two", 2)}
-    engine = ChatEngine()
-    result = evaluation.evaluate_batch(str(tiny_model_dir), adapters, ROWS + [{"text": "skipped"}],
-                                       max_new_tokens=6, limit=3, engine=engine)
+    make_job(tiny_model_dir, "one", seed=1)
+    make_job(tiny_model_dir, "two", seed=2)
+    with infer_process(studio_home, tmp_path / "infer.log") as url:
+        result = evaluate_batch(str(tiny_model_dir), {"one": "one", "two": "two"}, ROWS + [{"text": "skipped"}],
+                                max_new_tokens=6, limit=3)
+        with pytest.raises(ValueError, match="no row to evaluate"):
+            evaluate_batch(str(tiny_model_dir), {}, [{"text": "x"}])
+    assert result["server"] == url
     assert result["models"] == ["base", "one", "two"] and len(result["rows"]) == 3
     assert result["rows"][2]["prompt"] == "Who made you?" and result["rows"][2]["reference"] == "Quintar Labs."
     for name in result["models"]:
@@ -135,24 +139,34 @@ def test_evaluate_batch_scores_base_and_adapters(tiny_model_dir, tmp_path):
         assert 0 <= m["rouge_l"] <= 1 and 0 <= m["exact_match"] <= 1 and 0 <= m["contains_reference"] <= 1
     assert len({result["metrics"][n]["eval_loss"] for n in result["models"]}) == 3
 
-    # the base's loss is the plain teacher-forced loss over assistant tokens
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # the base's loss is the teacher-forced loss of each reference reply (earlier assistant turns excluded),
+    # and its replies are the in-process greedy ones
+    engine = ChatEngine()
+    engine.ensure_base(str(tiny_model_dir))
+    convs = evaluation.eval_conversations(ROWS)
     nll = tokens = 0.0
-    for row in ROWS:
-        ids, mask = encode_chat(tok, row["messages"])
-        labels = torch.tensor([[i if m else -100 for i, m in zip(ids, mask)]])
-        n = sum(mask[1:])
-        with torch.inference_mode():
-            nll += model(input_ids=torch.tensor([ids]), labels=labels).loss.item() * n
-        tokens += n
+    for conv in convs:
+        whole, n = engine.nll(conv["messages"], None)
+        before, m = engine.nll(conv["prompt"], None)  # the earlier turns' own assistant tokens
+        nll, tokens = nll + whole - before, tokens + n - m
+        settings = GenerationSettings(max_new_tokens=6, temperature=0.0, repetition_penalty=1.0)
+        assert engine.reply(conv["prompt"], None, settings).strip() in [r["replies"]["base"] for r in result["rows"]]
+    assert result["metrics"]["base"]["tokens"] == tokens
     assert result["metrics"]["base"]["eval_loss"] == pytest.approx(nll / tokens, rel=1e-4)
-    assert engine.base_loads == 1
 
     table = list(csv.reader(io.StringIO(evaluation.to_csv(result))))
     assert table[0][:4] == ["row", "prompt", "reference", "base reply"] and len(table[0]) == 3 + 5 * 3
     assert len(table) == 4 and table[3][2] == "Quintar Labs."
     headers, rows = evaluation.metrics_table(result)
     assert [r[0] for r in rows] == ["base", "one", "two"] and headers[1] == "eval loss"
-    with pytest.raises(ValueError, match="no row to evaluate"):
-        evaluation.evaluate_batch(str(tiny_model_dir), {}, [{"text": "x"}], engine=engine)
+
+
+def test_evaluate_batch_without_an_inference_server_says_how_to_start_one(tiny_model_dir, studio_home):
+    from studio.inference_client import InferenceError
+    from workers.inference.evaluation import evaluate_batch
+
+    with pytest.raises(InferenceError) as caught:
+        evaluate_batch(str(tiny_model_dir), {}, ROWS)
+    message = str(caught.value)
+    assert "no inference server is running" in message and "`studio worker`" in message and "`studio infer`" in message
+    assert "\n" not in message

@@ -200,6 +200,19 @@ def test_an_adapter_loads_into_vllm_once_and_streams_under_our_name(setup):
     assert fake.chats[-1]["model"] == setup["adapter_key"] and fake.chats[-1]["stream"] is True
 
 
+def test_vllms_scoring_extension_is_forwarded_as_sent(setup):
+    """prompt_logprobs and the rendering flags reach vLLM unchanged, which answers them itself (any max_tokens)."""
+    fake, client = setup["fake"], setup["client"]
+    client.chat.completions.create(model=setup["base"], messages=MESSAGES, max_tokens=4, temperature=0,
+                                   extra_body={"add_generation_prompt": False, "prompt_logprobs": 2})
+    sent = fake.chats[-1]
+    assert (sent["add_generation_prompt"], sent["prompt_logprobs"], sent["max_tokens"]) == (False, 2, 4)
+    with pytest.raises(openai.BadRequestError, match="Cannot set both"):  # refused here, as vLLM refuses it
+        client.chat.completions.create(model=setup["base"], messages=MESSAGES, max_tokens=1,
+                                       extra_body={"continue_final_message": True})
+    assert fake.chats[-1] is sent
+
+
 def test_wrong_key_unknown_model_and_too_wide_adapter_are_refused_before_vllm(setup):
     fake, client = setup["fake"], setup["client"]
     seen = (len(fake.chats), len(fake.loads))

@@ -1,13 +1,14 @@
 """Batch evaluation on a worker: held-out conversations through the base and up to three adapters.
 
-``evaluate_batch`` answers each prompt greedily with every model on one ``ChatEngine`` (one copy of the
-base, adapters switched through peft) and scores the replies (studio/evaluation.py's text metrics) and
-the teacher-forced loss of the reference reply. ``run_evaluation`` is what the queued task does: the
-rows from their source, the result as result.json and a CSV in the task's folder.
+``evaluate_batch`` asks an inference server (workers/inference/server.py, found through
+studio.inference_client) over HTTP: each reply is generated greedily and streamed, and the reference
+reply is scored with vLLM's ``prompt_logprobs`` extension (its teacher-forced negative log-likelihood),
+so the task holds no model of its own and works against vLLM as well. The replies are scored with
+studio/evaluation.py's text metrics. ``run_evaluation`` is what the queued task does: the rows from their
+source, the result as result.json and a CSV in the task's folder.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -15,40 +16,40 @@ import time
 from pathlib import Path
 from typing import Any
 
+from studio import inference_client
 from studio.evaluation import (contains_reference, eval_conversations, eval_rows, exact_match, last_user, rouge_l,
                                to_csv)
+from studio.generation import GenerationSettings
 
 RESULT_FILE = "result.json"
 CSV_FILE = "batch-evaluation.csv"
+NO_SERVER = ("no inference server is running: batch evaluation asks one for its replies; start one with "
+             "`studio worker` (beside the queue consumer) or `studio infer` (alone)")
 
 
-def evaluate_batch(base_model: str, adapter_dirs: dict[str, str | Path], rows: list[dict],
-                   max_new_tokens: int = 64, limit: int | None = 20, engine=None, settings=None,
-                   progress=None) -> dict[str, Any]:
+def evaluate_batch(base_model: str, adapters: dict[str, str], rows: list[dict], max_new_tokens: int = 64,
+                   limit: int | None = 20, url: str | None = None, progress=None) -> dict[str, Any]:
     """Answer each held-out prompt with the base and every adapter; score replies and reference likelihood.
 
-    ``adapter_dirs``: display name -> adapter folder ("base" is reserved). Returns
-    {"models", "rows": [{"prompt", "reference", "replies", "scores"}], "metrics": {model: {...}}, "seconds"}.
-    ``progress(done, total)`` is called before the first reply and after each one. ``engine``: a fresh
-    ChatEngine unless given (dropped at the end, with its base).
+    ``adapters``: display name -> the name the inference server knows it by (a run, ``RUN/checkpoint-N``,
+    ``imported/NAME``; "base" is reserved). ``url``: the server's OpenAI base URL, else a live one's.
+    Returns {"models", "rows": [{"prompt", "reference", "replies", "scores"}], "metrics": {model: {...}},
+    "seconds"}. ``progress(done, total)`` is called before the first reply and after each one.
     """
-    from studio.chat import ChatEngine, GenerationSettings
-
-    if "base" in adapter_dirs:
+    if "base" in adapters:
         raise ValueError("'base' names the base model; give the adapters other names")
     conversations = eval_conversations(rows)[: limit or None]
     if not conversations:
         raise ValueError("no row to evaluate: batch evaluation needs conversations that end with an assistant reply")
-    engine = engine or ChatEngine()
-    settings = settings or GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0)
+    if url is None:
+        try:
+            url = inference_client.pick_server(base_model).url
+        except inference_client.InferenceError:
+            raise inference_client.InferenceError(NO_SERVER) from None
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0)
     started = time.perf_counter()
-    engine.ensure_base(base_model)
-    keys: dict[str, str | None] = {"base": None}
-    for name, folder in adapter_dirs.items():
-        key = "eval_" + hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:12]
-        engine.ensure_adapter(key, folder)
-        keys[name] = key
-    models = list(keys)
+    names = {"base": base_model, **adapters}
+    models = list(names)
     totals = {m: {"nll": 0.0, "tokens": 0, "exact": 0, "contains": 0, "rouge": 0.0} for m in models}
     out_rows = []
     done, total = 0, len(conversations) * len(models)
@@ -57,8 +58,12 @@ def evaluate_batch(base_model: str, adapter_dirs: dict[str, str | Path], rows: l
     for conv in conversations:
         row = {"prompt": last_user(conv["prompt"]), "reference": conv["reference"], "replies": {}, "scores": {}}
         for model in models:
-            reply = engine.reply(conv["prompt"], keys[model], settings).strip()
-            nll, tokens = engine.nll(conv["messages"], keys[model])
+            reply, usage = "", {}
+            for reply in inference_client.chat_stream(conv["prompt"], names[model], settings, url=url, usage=usage):
+                pass
+            reply = reply.strip()
+            nll, tokens = inference_client.reply_nll(inference_client.score(conv["messages"], names[model], url),
+                                                     int(usage.get("prompt_tokens", 0)))
             score = {"exact_match": exact_match(reply, conv["reference"]),
                      "contains_reference": contains_reference(reply, conv["reference"]),
                      "rouge_l": rouge_l(reply, conv["reference"]),
@@ -82,25 +87,28 @@ def evaluate_batch(base_model: str, adapter_dirs: dict[str, str | Path], rows: l
                           "exact_match": t["exact"] / n, "contains_reference": t["contains"] / n,
                           "rouge_l": t["rouge"] / n, "rows": n, "tokens": t["tokens"]}
     return {"models": models, "rows": out_rows, "metrics": metrics, "base_model": base_model,
-            "adapters": {k: str(v) for k, v in adapter_dirs.items()}, "max_new_tokens": settings.max_new_tokens,
+            "adapters": dict(adapters), "max_new_tokens": settings.max_new_tokens, "server": url,
             "seconds": round(time.perf_counter() - started, 3)}
 
 
 def run_evaluation(params: dict, folder: Path, progress) -> dict:
-    """The task: rows from ``params["source"]``, every adapter ref resolved, the result written into
-    ``folder`` (result.json, batch-evaluation.csv, each through a rename). Returns the job's summary:
-    models, metrics, rows, seconds and the two files' paths."""
+    """The task: rows from ``params["source"]``, the replies and scores from a live inference server, the
+    result written into ``folder`` (result.json, batch-evaluation.csv, each through a rename). Returns the
+    job's summary: models, metrics, rows, seconds, the server asked and the two files' paths."""
     from studio.adapters import resolve
 
-    adapters = {label: str(resolve(ref).folder) for label, ref in params.get("adapters", {}).items()}
+    refs = dict(params.get("adapters", {}))
+    folders = {label: str(resolve(ref).folder) for label, ref in refs.items()}  # a ref that is gone fails here
     rows = eval_rows(params["source"])
-    result = evaluate_batch(params["base_model"], adapters, rows, max_new_tokens=int(params.get("max_new_tokens", 64)),
+    result = evaluate_batch(params["base_model"], refs, rows, max_new_tokens=int(params.get("max_new_tokens", 64)),
                             limit=int(params.get("limit") or 0) or None,
                             progress=lambda done, total: progress(f"{done} of {total} replies", total=total, done=done))
+    result["adapters"] = folders
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in ((RESULT_FILE, json.dumps(result, indent=2, ensure_ascii=False)), (CSV_FILE, to_csv(result))):
         tmp = folder / f".{name}.partial"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, folder / name)
     return {"models": result["models"], "metrics": result["metrics"], "rows": len(result["rows"]),
-            "seconds": result["seconds"], "result": str(folder / RESULT_FILE), "csv": str(folder / CSV_FILE)}
+            "seconds": result["seconds"], "server": result["server"], "result": str(folder / RESULT_FILE),
+            "csv": str(folder / CSV_FILE)}

@@ -1,16 +1,24 @@
 """The OpenAI chat-completions request and response shapes this server speaks (the subset vLLM's
-``entrypoints/openai/protocol.py`` also speaks, plus its ``top_k`` and ``repetition_penalty``)."""
+``entrypoints/openai/protocol.py`` also speaks, plus its ``top_k`` and ``repetition_penalty``).
+
+vLLM's scoring extension is here too, named and shaped as vLLM has it, so one client call works against
+both: ``prompt_logprobs`` (the log-probability of every prompt token, answered beside ``choices``),
+``add_generation_prompt`` and ``continue_final_message`` (how the conversation is rendered). A request
+ending with a reference assistant reply, ``add_generation_prompt: false``, ``max_tokens: 1`` and
+``prompt_logprobs: 0`` scores that reply.
+"""
 from __future__ import annotations
 
 import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from studio.chat import GenerationSettings
 
 DEFAULT_MAX_TOKENS = 512
+MAX_PROMPT_LOGPROBS = 20      # the most alternatives per prompt token (OpenAI's top_logprobs limit)
 
 
 class APIError(Exception):
@@ -63,6 +71,34 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)
     top_k: int | None = Field(None, ge=-1)               # -1 or 0: off
     repetition_penalty: float | None = Field(None, gt=0)  # 1: off
+    # vLLM's extension: render the conversation as given, and score its tokens
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_PROMPT_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _scoring(self) -> "ChatCompletionRequest":
+        """vLLM's rules for the extension (vLLM itself may answer the request: vllm_engine.py forwards it)."""
+        if self.add_generation_prompt and self.continue_final_message:
+            raise APIError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to true.",
+                           param="continue_final_message")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise APIError(400, "`continue_final_message` needs the conversation to end with an assistant message.",
+                           param="continue_final_message")
+        if self.prompt_logprobs is not None and self.stream:
+            raise APIError(400, "`prompt_logprobs` are not available when `stream` is true.", param="prompt_logprobs")
+        return self
+
+    def scores(self) -> bool:
+        """Whether the transformers engine answers the request by scoring (ChatEngine.score: one forward pass,
+        one generated token) rather than by streaming generation; raises a 400 when it asks for more tokens."""
+        if self.prompt_logprobs is None and self.add_generation_prompt and not self.continue_final_message:
+            return False
+        if self.stream or (self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS) != 1:
+            raise APIError(400, "This server answers `prompt_logprobs`, `add_generation_prompt: false` and "
+                                "`continue_final_message` with one generated token, not streamed: set `max_tokens` "
+                                "to 1.", param="max_tokens")
+        return True
 
     def settings(self) -> GenerationSettings:
         """OpenAI's defaults where a field is absent: temperature 1, top_p 1, no top-k, no penalty."""
@@ -87,11 +123,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int) -> dict:
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason, "logprobs": None}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+               completion_tokens: int, prompt_logprobs: list[dict | None] | None = None) -> dict:
+    """A chat.completion; ``prompt_logprobs`` (vLLM's field, beside ``choices``) only when it was asked for."""
+    out = {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish_reason, "logprobs": None}],
+           "usage": usage(prompt_tokens, completion_tokens)}
+    if prompt_logprobs is not None:
+        out["prompt_logprobs"] = prompt_logprobs
+    return out
 
 
 def chunk(cid: str, model: str, delta: dict, finish_reason: str | None = None) -> dict:

@@ -67,12 +67,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if not isinstance(engine, InferenceEngine):  # a forwarding engine (vllm_engine.py) answers the whole request
         return await engine.respond(body, target)
     messages = [m.plain() for m in body.messages]
+    scoring = body.scores()
     try:  # loaded before answering, so a model that cannot load is an error status, not a broken stream
         await anyio.to_thread.run_sync(engine.prepare, target)
     except Exception as exc:
         log.exception("loading %s failed", body.model)
         raise APIError(500, f"cannot load {body.model}: {exc}", type="server_error") from None
     reply = Reply()
+    if scoring:  # vLLM's scoring extension (protocol.py): one forward pass, one generated token
+        try:
+            scored = await anyio.to_thread.run_sync(
+                engine.score, target, messages, body.add_generation_prompt, body.continue_final_message,
+                body.prompt_logprobs, body.settings(), reply)
+        except Exception as exc:
+            log.exception("scoring failed")
+            raise APIError(500, f"scoring failed: {exc}", type="server_error") from None
+        return protocol.completion(protocol.completion_id(), body.model, reply.text, reply.finish_reason,
+                                   reply.prompt_tokens, reply.completion_tokens, scored)
     pieces = engine.generate(target, messages, body.settings(), body.stops(), reply)
     cid = protocol.completion_id()
     if body.stream:
