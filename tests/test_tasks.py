@@ -79,6 +79,80 @@ def test_bad_choices_queue_nothing_and_say_why(tiny_model_dir, studio_home, tmp_
     assert db.list_jobs(kind=None) == [db.get_job("exportee")]
 
 
+# ---- the Tasks table: every task, wherever it was started -----------------------------------------
+
+def test_tasks_table_shows_tasks_started_elsewhere_and_picking_one_follows_it(tiny_model_dir, studio_home):
+    """A page that started nothing sees a finished merge (run elsewhere) and another page's queued evaluation
+    in the Tasks table the shared tick refreshes; picking one shows its result, or its progress and Cancel."""
+    import gradio as gr
+
+    from studio import db, jobs
+    from studio.ui import adapters_tab
+    from workers.device import device_label
+    from workers.inference.task import run_task
+
+    run = make_job(tiny_model_dir, "exportee", seed=1)
+    merge = jobs.submit_task("merge", "merge exportee", {"ref": run.id, "dtype": "float32"}, queue=False)
+    assert run_task(merge.id) == "completed"
+    waiting = jobs.submit_task("evaluate", "evaluate exportee", {
+        "base_model": str(tiny_model_dir), "adapters": {"exportee": run.id}, "source": "dataset:none", "limit": 3,
+        "max_new_tokens": 8}, own_folder=True, queue=False)
+
+    *_, shown, choices = adapters_tab.refresh_values()  # what the tick sends (the last two: the Tasks table, picker)
+    rows = {r[-1]: dict(zip(adapters_tab.TASK_HEADERS, r)) for r in shown}
+    assert [v for _, v in choices["choices"]] == [waiting.id, merge.id]  # newest first; no training run
+    done = rows[merge.id]
+    assert (done["kind"], done["adapter"], done["status"], done["progress"]) == (
+        "merge", "exportee", "completed", "step 5/5: done")
+    merged_bytes = db.get_job(merge.id).summary["bytes"]
+    assert done["result"] == f"{adapters_tab.adapters.human_bytes(merged_bytes)} merged (float32)"
+    assert done["device"] == device_label() and done["started"] and done["finished"]
+    queued = rows[waiting.id]
+    assert (queued["adapter"], queued["status"], queued["progress"], queued["result"], queued["started"]) == (
+        "base + exportee", "queued", "queued (position 1)", "", "")
+
+    select = gr.SelectData(None, {"index": [1, 0], "value": "merge exportee", "row_value": shown[1]})
+    assert adapters_tab.on_task_row(select) == merge.id  # a click on the merge's row picks it
+    out = adapters_tab.on_pick_task(merge.id)
+    n = len(adapters_tab.SNIPPETS)
+    note, followed, cancel, timer, *codes = out[:4 + n]
+    export_acc, eval_out = out[4 + n], out[5 + n:]
+    assert note.startswith("Merged into `") and followed is None and not cancel["visible"] and not timer["active"]
+    assert export_acc["open"] and all(isinstance(v, type(gr.skip())) for v in eval_out)
+
+    out = adapters_tab.on_pick_task(waiting.id)  # another page's queued evaluation: followed here, cancellable
+    ev_note, followed, cancel, timer, *_, eval_acc = out[5 + n:]
+    assert "evaluate exportee**: queued (position 1)" in ev_note and followed == waiting.id
+    assert cancel["visible"] and timer["active"] and eval_acc["open"]
+    assert adapters_tab.on_cancel(followed) == "Cancelled."
+    *_, shown, _ = adapters_tab.refresh_values()
+    assert [r[3] for r in shown] == ["cancelled", "completed"]
+    assert adapters_tab.on_pick_task("no-such-task") == adapters_tab.on_pick_task(None)
+
+
+def test_a_task_module_loads_without_the_training_stack(tiny_model_dir, studio_home, tmp_path):
+    """`studio export` and a task on a worker import neither workers.train nor TRL; the merge still records
+    the device it ran on."""
+    import subprocess
+    import sys
+
+    from studio import db, jobs
+    from workerproc import ROOT, worker_env
+
+    run = make_job(tiny_model_dir, "exportee", seed=1)
+    task = jobs.submit_task("merge", "merge exportee", {"ref": run.id, "dtype": "float32"}, queue=False)
+    code = ("import sys; from workers.inference.task import run_task; "
+            f"status = run_task({task.id!r}); "
+            "print(status, sorted(m for m in ('workers.train', 'trl', 'workers.callbacks') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=worker_env(studio_home), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "completed []"
+    from workers.device import device_label
+
+    assert db.get_job(task.id).device == device_label()
+
+
 # ---- the worker's side, run inline ----------------------------------------------------------------
 
 def test_merge_task_reports_each_step_and_its_result(tiny_model_dir, studio_home):
@@ -169,9 +243,15 @@ def test_gguf_and_evaluation_tasks_write_their_results(tiny_model_dir, studio_ho
     _dataset(tmp_path)
     note, task_id, _, _ = adapters_tab.on_evaluate(str(tiny_model_dir), [run.id], "dataset:held-out", 3, 8)
     assert "3 rows on 2 models" in note
-    assert run_task(task_id) == "completed", db.get_job(task_id).error
+    from inferproc import infer_process
+
+    with infer_process(get_settings().home, tmp_path / "infer.log") as url:  # the replies come from it
+        assert run_task(task_id) == "completed", db.get_job(task_id).error
     task = db.get_job(task_id)
     assert task.total_steps == task.current_step == 3 * 2 and task.summary["models"] == ["base", "exportee"]
+    from workers.device import device_label
+
+    assert (task.device, task.summary["server"]) == (device_label(), url)
     csv_path = Path(task.summary["csv"])
     assert csv_path.is_relative_to(get_settings().resolve(task.output_dir))
     assert len(list(csv.reader(io.StringIO(csv_path.read_text())))) == 1 + 3
@@ -181,6 +261,22 @@ def test_gguf_and_evaluation_tasks_write_their_results(tiny_model_dir, studio_ho
     assert Path(csv_box["value"]).read_text() == csv_path.read_text()
     jobs.delete(task.id)  # the task's own folder goes with it
     assert not csv_path.exists()
+
+
+def test_an_evaluation_without_an_inference_server_fails_with_how_to_start_one(tiny_model_dir, studio_home,
+                                                                              tmp_path):
+    from studio import db, jobs
+    from workers.inference.evaluation import NO_SERVER
+    from workers.inference.task import run_task
+
+    run = make_job(tiny_model_dir, "exportee", seed=1)
+    _dataset(tmp_path)
+    task = jobs.submit_task("evaluate", "evaluate exportee", own_folder=True, queue=False, params={
+        "base_model": str(tiny_model_dir), "adapters": {"exportee": run.id}, "source": "dataset:held-out", "limit": 3,
+        "max_new_tokens": 8})
+    assert run_task(task.id) == "failed"
+    task = db.get_job(task.id)
+    assert task.error == NO_SERVER and _events(task.id) == ["queued", "running", "failed"]
 
 
 # ---- a real consumer ------------------------------------------------------------------------------
@@ -267,7 +363,14 @@ def test_merge_export_and_evaluation_from_the_ui_run_on_the_worker_and_the_ui_st
             expect(page.locator("#adapters-eval-note")).to_contain_text("Evaluated", timeout=600_000)
             expect(page.locator("#adapters-eval-metrics")).to_contain_text("exportee")
             expect(page.locator("#adapters-eval-csv")).to_be_visible()
+            expect(page.locator("#adapters-tasks")).to_contain_text("evaluate exportee")
             page.screenshot(path=str(ARTIFACTS / "ui-tasks.png"), full_page=True)
+
+            other = browser.new_page(viewport={"width": 1400, "height": 1000})  # a second browser sees them all
+            other.goto(server.url)
+            open_tab(other, "Adapters")
+            pick_first_containing(other, "adapters-task-pick", "merge exportee")
+            expect(other.locator("#adapters-export-result")).to_contain_text("Merged into")
             browser.close()
         assert {j.kind: j.status for j in db.list_jobs(kind=("merge", "gguf", "evaluate"))} == {
             "merge": "completed", "gguf": "completed", "evaluate": "completed"}

@@ -1,4 +1,4 @@
-"""The device a job trains on, as the Runs table shows it. torch is imported on use."""
+"""The device a job or task runs on, as the Runs and Tasks tables show it. torch is imported on use."""
 from __future__ import annotations
 
 import os

@@ -4,7 +4,9 @@ GGUF export (with drift check and serving snippets), golden-prompt answers and b
 Layout and glue only: the work is in studio.adapters and studio.evaluation. Model work (merge, GGUF,
 batch evaluation) is a queued task on a worker (studio.jobs.submit_task, workers/inference/task.py): a
 button queues it and returns at once, a timer follows its progress and shows its result, Cancel stops it.
-Each page follows its own tasks (a gr.State), so two users never see each other's.
+Each page follows the tasks it started (a gr.State). The Tasks table lists every recent task, wherever it
+was started (another browser, `studio export`), kept in step with the database by the shared tick
+(studio/ui/__init__.py); picking one follows it in its area: progress and Cancel, then its result.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ SNIPPETS = (("endpoint_curl", "curl (the studio's inference server)", "shell"),
 
 
 TASK_POLL_SECONDS = 1.0  # a followed task's progress line; the timers run only while a task is followed
+TASK_HEADERS = ["task", "kind", "adapter", "status", "progress", "result", "device", "started", "finished", "id"]
+TASK_WIDTHS = ["11%", "7%", "10%", "8%", "13%", "20%", "6%", "7%", "8%", "10%"]  # the result wraps; ids stay short
+RECENT_TASKS = 20  # rows of the Tasks table, newest first
+EXPORT_KINDS = ("merge", "gguf")
 
 
 def _num(value, digits: int = 4):
@@ -57,11 +63,90 @@ def eval_sources() -> list[tuple[str, str]]:
 
 
 def refresh_values() -> tuple:
+    """Values for ``refresh_outputs``: the library, the lists that name adapters or rows, and the Tasks table
+    with its picker (the shared tick sends only what changed)."""
     from .chat_tab import base_choices
 
+    recent = recent_tasks()
     return (table(), gr.update(choices=library_choices()), gr.update(choices=adapters.chat_choices()),
             gr.update(choices=eval_sources()), gr.update(choices=base_choices()),
-            gr.update(choices=adapters.base_choices()))
+            gr.update(choices=adapters.base_choices()), tasks_table(recent), gr.update(choices=task_choices(recent)))
+
+
+# ---- the Tasks table ----------------------------------------------------------------------------
+
+def recent_tasks() -> list[db.Job]:
+    """Merges, GGUF exports and batch evaluations, newest first, from every page and the CLI."""
+    return db.list_jobs(kind=db.TASK_KINDS)[:RECENT_TASKS]
+
+
+def _clock(at: float | None) -> str:
+    """'14:03:12' today, '11-30 14:03' on another day."""
+    if not at:
+        return ""
+    today = time.localtime().tm_yday == time.localtime(at).tm_yday and time.time() - at < 86400
+    return time.strftime("%H:%M:%S" if today else "%m-%d %H:%M", time.localtime(at))
+
+
+def _adapter_name(ref: str | None) -> str:
+    if not ref:
+        return ""
+    try:
+        return adapters.resolve(ref).name
+    except (adapters.AdapterError, ValueError):
+        return ref  # the run or import is gone; its ref still says which it was
+
+
+def task_adapter(job: db.Job) -> str:
+    """The adapter a task works on; for a batch evaluation, the models it compares."""
+    spec = job.spec
+    if job.kind == "evaluate":
+        return " + ".join(["base", *spec.get("adapters", {})])
+    return _adapter_name(spec.get("ref"))
+
+
+def task_progress(job: db.Job) -> str:
+    """'queued (position 2)' or 'step a/b: message'."""
+    if job.status == "queued":
+        return f"queued (position {db.queue_position(job)})"
+    total = job.total_steps or "?"
+    step = min(job.current_step + (job.status == "running"), job.total_steps or job.current_step + 1)
+    return f"step {step}/{total}: {job.progress_message or job.status}"
+
+
+def task_result(job: db.Job) -> str:
+    """One line: a merge's size, a GGUF's size and drift, an evaluation's losses; or why it ended."""
+    if job.status == "failed":
+        return job.error or "failed"
+    if job.status != "completed":
+        return ""
+    result = job.summary
+    if job.kind == "merge":
+        return f"{adapters.human_bytes(result['bytes'])} merged ({job.spec.get('dtype', 'float32')})"
+    if job.kind == "gguf":
+        g = result["gguf"]
+        line = f"{adapters.human_bytes(g['bytes'])} GGUF ({job.spec.get('quant', '?')})"
+        if d := result.get("drift"):
+            line += (f"; drift: {d['identical_replies']}/{d['prompts']} identical replies, "
+                     f"max |logit diff| {d['max_abs_logit_diff']:.4f}")
+        return line
+    metrics = result.get("metrics", {})
+    losses = ", ".join(f"{m} loss {metrics[m]['eval_loss']:.3f}" if metrics[m].get("eval_loss") is not None
+                       else f"{m} loss -" for m in result.get("models", metrics))
+    return f"{result.get('rows', '?')} rows: {losses}"
+
+
+def tasks_table(recent: list[db.Job] | None = None) -> list[list]:
+    rows = []
+    for job in recent_tasks() if recent is None else recent:
+        rows.append([job.name, job.kind, task_adapter(job), job.status, task_progress(job), task_result(job),
+                     job.device or "", _clock(job.started_at), _clock(job.finished_at), job.id])
+    return rows
+
+
+def task_choices(recent: list[db.Job] | None = None) -> list[tuple[str, str]]:
+    return [(f"{job.name} ({job.status}, {_clock(job.created_at)})", job.id)
+            for job in (recent_tasks() if recent is None else recent)]
 
 
 # ---- handlers -----------------------------------------------------------------------------------
@@ -285,6 +370,37 @@ def poll_eval(task_id):
     return note, None, *_watching(False), metrics, rows, csv
 
 
+def on_pick_task(task_id):
+    """Follow a task picked in the Tasks table (any page's, or the CLI's) in its own area: the export area for a
+    merge or GGUF export, the batch-evaluation area for an evaluation, opening it. A running task shows its
+    progress and Cancel there (the area's timer follows it); a finished one, its result.
+
+    Returns (export note, export task, export Cancel, export timer, *snippet boxes, export accordion,
+    eval note, eval task, eval Cancel, eval timer, metrics, rows, CSV, eval accordion)."""
+    export_skip = [gr.skip()] * (4 + len(SNIPPETS) + 1)
+    eval_skip = [gr.skip()] * 8
+    job = db.get_job(task_id) if task_id else None
+    if job is None or job.kind not in db.TASK_KINDS:
+        return *export_skip, *eval_skip
+    if job.kind in EXPORT_KINDS:
+        if job.status in db.ACTIVE:
+            shown = (progress_line(job), job.id, *_watching(True), *[gr.skip() for _ in SNIPPETS])
+        else:
+            shown = poll_export(job.id)
+        return *shown, gr.update(open=True), *eval_skip
+    if job.status in db.ACTIVE:
+        shown = (progress_line(job), job.id, *_watching(True), gr.skip(), gr.skip(), gr.skip())
+    else:
+        shown = poll_eval(job.id)
+    return *export_skip, *shown, gr.update(open=True)
+
+
+def on_task_row(evt: gr.SelectData):
+    """A click on a row of the Tasks table picks that task (its id is the row's last cell)."""
+    row = evt.row_value or []
+    return row[-1] if row else gr.skip()
+
+
 # ---- layout -------------------------------------------------------------------------------------
 
 def build() -> dict:
@@ -304,7 +420,14 @@ def build() -> dict:
         note = gr.Markdown(elem_id="adapters-note")
         with gr.Accordion("Golden prompts (answers at each checkpoint)", open=False):
             golden = gr.Dataframe(headers=["prompt"], interactive=False, wrap=True, elem_id="adapters-golden")
-        with gr.Accordion("Export: merge, GGUF, serving", open=True):
+        with gr.Accordion("Tasks: merges, GGUF exports, batch evaluations", open=True):
+            tasks = gr.Dataframe(value=tasks_table, headers=TASK_HEADERS, interactive=False, wrap=True,
+                                 label="Recent tasks (from every browser and `studio export`)",
+                                 column_widths=TASK_WIDTHS, elem_id="adapters-tasks")
+            task_pick = gr.Dropdown(choices=task_choices(), value=None, elem_id="adapters-task-pick",
+                                    label="Task: pick one (or click its row) to see its result, or its progress "
+                                          "and Cancel")
+        with gr.Accordion("Export: merge, GGUF, serving", open=True) as export_acc:
             with gr.Row():
                 dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="Merged weights dtype")
                 quant = gr.Radio(["q8_0", "f16"], value="q8_0", label="GGUF type")
@@ -330,7 +453,7 @@ def build() -> dict:
                                            label="Base model it was trained on", elem_id="adapters-import-base")
                     imp_btn = gr.Button("Import", elem_id="adapters-import")
             imp_note = gr.Markdown(elem_id="adapters-import-note")
-        with gr.Accordion("Batch evaluation", open=False):
+        with gr.Accordion("Batch evaluation", open=False) as eval_acc:
             with gr.Row():
                 ev_base = gr.Dropdown(choices=base_choices(), value=AUTO_BASE, label="Base model",
                                       allow_custom_value=True)
@@ -347,7 +470,7 @@ def build() -> dict:
             ev_rows = gr.Dataframe(label="Per row", interactive=False, wrap=True, elem_id="adapters-eval-rows")
             ev_csv = gr.File(label="CSV", interactive=False, visible=False, elem_id="adapters-eval-csv")
 
-    refresh_outputs = [lib, pick, ev_refs, ev_source, ev_base, imp_base]
+    refresh_outputs = [lib, pick, ev_refs, ev_source, ev_base, imp_base, tasks, task_pick]
     refresh.click(refresh_values, None, refresh_outputs)
     zip_btn.click(on_zip, [pick], [zip_file, note])
     pick.change(on_select, [pick], [golden, export_note, *codes])
@@ -363,6 +486,10 @@ def build() -> dict:
     ev_cancel.click(on_cancel, [eval_task], [ev_note])
     export_timer.tick(poll_export, [export_task], [export_note, export_task, export_cancel, export_timer, *codes],
                       show_progress="hidden")
+    task_pick.change(on_pick_task, [task_pick], [export_note, export_task, export_cancel, export_timer, *codes,
+                                                 export_acc, ev_note, eval_task, ev_cancel, eval_timer, ev_metrics,
+                                                 ev_rows, ev_csv, eval_acc])
+    tasks.select(on_task_row, None, [task_pick])
     eval_timer.tick(poll_eval, [eval_task], [ev_note, eval_task, ev_cancel, eval_timer, ev_metrics, ev_rows, ev_csv],
                     show_progress="hidden")
     return {"table": lib, "pick": pick, "refresh_outputs": refresh_outputs, "refresh_values": refresh_values}

@@ -46,7 +46,8 @@ class Progress:
 
 def run_task(job_id: str) -> str:
     """Run the task to its end; returns its final status ("deleted" when the row is gone)."""
-    from workers.train import Heartbeat
+    from workers.device import device_label
+    from workers.heartbeat import Heartbeat
 
     job = db.get_job(job_id)
     if job is None:
@@ -57,7 +58,8 @@ def run_task(job_id: str) -> str:
         return job.status
     params = job.spec
     lifecycle.transition(job_id, "running", f"{job.kind} started", started_at=time.time(), heartbeat_at=time.time(),
-                         worker_host=socket.gethostname(), worker_pid=os.getpid(), cancel_requested=False,
+                         worker_host=socket.gethostname(), worker_pid=os.getpid(), device=device_label(),
+                         cancel_requested=False,
                          error=None, finished_at=None, progress_message="starting", current_step=0)
     progress = Progress(job_id)
     try:
@@ -109,6 +111,7 @@ def _gguf(job: db.Job, params: dict, progress: Progress) -> dict:
 
 
 def _evaluate(job: db.Job, params: dict, progress: Progress) -> dict:
+    """Replies and reference scores from a live inference server (it holds the models, in its own dtype)."""
     from .evaluation import run_evaluation
 
     return run_evaluation(params, get_settings().resolve(job.output_dir), progress)
