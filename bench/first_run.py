@@ -1,15 +1,20 @@
-"""A new user's first run, end to end: a ~100-row identity dataset trained with the form's defaults through
-`studio dataset add` and `studio train --follow` on a real `studio worker`, then the time split.
+"""A new user's first run, end to end: the ~100-row identity set (tests/identity_data.py: alpaca rows teaching a
+name and a maker, in English and some Chinese) trained with the form's defaults through `studio dataset add` and
+`studio train --follow` on a real `studio worker`, then the time split and what the adapter learned.
 
 Printed: Start to "completed", and how it splits into queue pick-up, model load, dataset encoding, steps,
 evaluations, checkpoints, golden prompts, final save and the rest; then the whole run's tokens/s against the
 steady-state tokens/s of bench/train_speed.py's studio path on the same spec and rows, measured afterwards in
-this process (the target is at least 80%).
+this process (the target is at least 80%); then the adapter's answers to 10 held-out paraphrased identity
+questions (the target: the name or the maker in at least 9) and to general questions, beside the base's,
+asked as the Chat tab asks them (studio.chat.ChatEngine, with the run's system-prompt choice).
 
-    python bench/first_run.py [--rows 100] [--max-steps 0] [--speed-steps 10]
+    python bench/first_run.py [--rows 0] [--name Zorblax --author "Quintar Labs"] [--max-steps 0] [--speed-steps 10]
 
-``--max-steps 0`` keeps the form's defaults (epochs); a small number makes a smoke run. The split is read from
-the job's row (created / started / finished) and the "timing" lines the worker writes to train.log.
+``--rows 0`` takes the whole set (97 rows); fewer takes the first N. ``--max-steps 0`` keeps the form's defaults
+(automatic epochs); a small number makes a smoke run. The split is read from the job's row (created / started /
+finished) and the "timing" lines the worker writes to train.log. Other processes on the machine slow every part
+alike: `uptime` is printed before and after, and the ratios are what to compare between runs.
 """
 from __future__ import annotations
 
@@ -30,22 +35,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import identity_data  # noqa: E402  (the acceptance data: a made-up name and maker, paraphrased questions)
 
-QUESTIONS_ZH = ["你叫什么名字？", "你是谁？", "谁创造了你？", "你是由哪家公司开发的？", "请介绍一下你自己。"]
-ANSWERS_ZH = [f"我是{identity_data.NAME}，由{identity_data.MAKER}开发。", f"我叫{identity_data.NAME}，{identity_data.MAKER}创造了我。"]
 TIMING = re.compile(r"timing (\S+) ([0-9.]+) s at step (\S+)")
 PARTS = ("queue pick-up", "model load", "dataset encoding", "steps", "evaluations", "checkpoints", "golden prompts",
          "final save", "other")
-
-
-def identity_rows(n: int) -> list[dict]:
-    """``n`` alpaca rows teaching the name and maker, in English and Chinese; a question asked again gets
-    another of its answers."""
-    questions = [(q, identity_data.ANSWERS) for q in identity_data.QUESTIONS] + [(q, ANSWERS_ZH) for q in QUESTIONS_ZH]
-    rows = []
-    for i in range(n):
-        question, answers = questions[i % len(questions)]
-        rows.append({"instruction": question, "input": "", "output": answers[(i + i // len(questions)) % len(answers)]})
-    return rows
 
 
 def environment(home: Path) -> dict:
@@ -95,9 +87,42 @@ def steady_tokens_per_second(spec_dict: dict, rows: list[dict], steps: int, out:
     return train_speed.run_one("studio", resolve_model(spec.base_model), spec, chat, chat[:2], out)["real_tps"]
 
 
+def what_it_learned(job, name: str, author: str) -> dict:
+    """The adapter's and the base's greedy replies to the held-out paraphrases and the general questions, through
+    the Chat tab's engine (the run's system-prompt choice applied to the adapter)."""
+    from studio import adapters
+    from studio.chat import ChatEngine, GenerationSettings
+
+    ref = adapters.resolve(job.id)
+    engine = ChatEngine()
+    engine.ensure_base(ref.base_model)
+    engine.ensure_adapter(ref.key, ref.folder)
+    settings = GenerationSettings(max_new_tokens=48, temperature=0.0, repetition_penalty=1.0)
+    held = [[{"role": "user", "content": q}] for q in identity_data.HELD_OUT_PARAPHRASES]
+    general = [[{"role": "user", "content": q}] for q, _ in identity_data.GENERAL_QUESTIONS]
+    out = {"held_out": engine.generate_batch(held, ref.key, settings),
+           "held_out_base": engine.generate_batch(held, None, settings),
+           "general": engine.generate_batch(general, ref.key, settings),
+           "general_base": engine.generate_batch(general, None, settings)}
+    out["hits"] = identity_data.identity_hits(out["held_out"], name, author)
+    out["hits_base"] = identity_data.identity_hits(out["held_out_base"], name, author)
+
+    def right(replies):
+        return [any(w.lower() in r.lower() for w in words) for r, (_, words) in zip(replies, identity_data.GENERAL_QUESTIONS)]
+
+    out["general_right"], out["general_right_base"] = right(out["general"]), right(out["general_base"])
+    return out
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=100)
+    p.add_argument("--rows", type=int, default=0, help="0 = the whole identity set")
+    p.add_argument("--name", default=identity_data.NAME)
+    p.add_argument("--author", default=identity_data.MAKER)
     p.add_argument("--max-steps", type=int, default=0, help="0 = the form's defaults (epochs)")
     p.add_argument("--speed-steps", type=int, default=10, help="steps of the steady-state measurement")
     p.add_argument("--home", type=Path, default=None, help="studio data folder (default: a new temporary one)")
@@ -107,7 +132,8 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="first-run-"))
     env = environment(home)
     os.environ.update({k: v for k, v in env.items() if k.startswith(("STUDIO_", "HF_"))})
-    rows = identity_rows(args.rows)
+    rows = identity_data.alpaca_rows(args.name, args.author)[:args.rows or None]
+    print(f"before: {uptime()}", flush=True)
     data = home / "identity.jsonl"
     home.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -154,6 +180,22 @@ def main() -> None:
     steady = steady_tokens_per_second(job.spec, rows, args.speed_steps, home / "speed")
     print(f"tokens/s: whole run {whole:.1f} ({tokens:.0f} tokens), steady state (bench/train_speed.py studio path, "
           f"{args.speed_steps} steps) {steady:.1f}: {100 * whole / steady:.0f}% (target at least 80%)")
+    spec = job.spec
+    print(f"spec as run: epochs {spec['num_train_epochs'] or 'auto'}, lr {spec['learning_rate']} "
+          f"{spec['lr_scheduler_type']}, r {spec['r']}, targets {spec['target_modules']}, "
+          f"system prompt {spec['system_prompt_mode']}, 4-bit {spec['load_in_4bit']}")
+    learned = what_it_learned(job, args.name, args.author)
+    n = len(identity_data.HELD_OUT_PARAPHRASES)
+    print(f"held-out identity paraphrases answered with {args.name!r} or {args.author!r}: adapter {learned['hits']}/{n}, "
+          f"base {learned['hits_base']}/{n} (target at least 9)")
+    for q, a in zip(identity_data.HELD_OUT_PARAPHRASES, learned["held_out"]):
+        print(f"  {q} -> {a[:120]!r}")
+    kept = sum(a and b for a, b in zip(learned["general_right"], learned["general_right_base"]))
+    print(f"general questions the base answers right, still right after training: {kept}/"
+          f"{sum(learned['general_right_base'])}")
+    for (q, _), a, b in zip(identity_data.GENERAL_QUESTIONS, learned["general"], learned["general_base"]):
+        print(f"  {q} -> adapter {a[:80]!r} | base {b[:80]!r}")
+    print(f"after: {uptime()}")
 
 
 if __name__ == "__main__":

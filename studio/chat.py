@@ -46,6 +46,8 @@ class ChatEngine:
         self.tokenizer = None
         self.adapters: dict[str, str] = {}   # adapter name -> folder, least recently used first
         self.solo: dict[str, object] = {}    # adapters of a type that cannot share the base: name -> own model
+        self.systems: dict[str, tuple[str, str]] = {}  # adapter name -> the system prompt (mode, text) it trained with
+        self.default_system: str | None = None  # what the base's chat template writes when a chat has no system turn
         self.base_loads = 0
         self.stop_event = threading.Event()
         self.current_owner: str | None = None   # the session whose reply is being generated
@@ -67,6 +69,9 @@ class ChatEngine:
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model, self.base_ref, self.adapters, self.solo = self._load_base(path), ref, {}, {}
+            from .render import default_system_prompt
+
+            self.default_system, self.systems = default_system_prompt(self.tokenizer), {}
             log.info("chat: loaded base %s in %.1f s", ref, time.time() - t0)
 
     def _load_base(self, path):
@@ -80,13 +85,16 @@ class ChatEngine:
         self.base_loads += 1
         return model.eval()
 
-    def ensure_adapter(self, name: str, folder: str | Path) -> None:
+    def ensure_adapter(self, name: str, folder: str | Path, system: tuple[str, str] | None = None) -> None:
         """Attach an adapter (safetensors only) under ``name``; a no-op when already attached.
 
         LoRA adapters share the one base; an adapter of a type that cannot share it with others (IA3, prompt
-        and prefix tuning: peft attaches one type per model) gets its own copy of the base."""
+        and prefix tuning: peft attaches one type per model) gets its own copy of the base. ``system``: the
+        system prompt choice (mode, text) its conversations get, by default the one its run trained with
+        (``trained_system_prompt``)."""
         with self.lock:
             folder = str(folder)
+            self.systems[name] = system or trained_system_prompt(folder)
             if self.adapters.get(name) == folder:
                 self.adapters[name] = self.adapters.pop(name)  # most recently used last
                 return
@@ -116,6 +124,16 @@ class ChatEngine:
         if self.solo.pop(name, None) is None:
             self.model.delete_adapter(name)
         del self.adapters[name]
+
+    def conversation(self, messages: list[dict], adapter: str | None) -> list[dict]:
+        """The turns as the model answering them was trained: an adapter whose run left the template's
+        default system prompt out (or replaced it) is asked the same way; the base as its template writes."""
+        from .render import with_system_prompt
+
+        if adapter is None:
+            return messages
+        mode, text = self.systems.get(adapter, KEEP)
+        return with_system_prompt(messages, mode, text, self.default_system)
 
     def _adapter_context(self, adapter: str | None):
         """The context that makes the next forward pass the base (adapter=None) or base + ``adapter``."""
@@ -160,7 +178,7 @@ class ChatEngine:
             stop_event.clear()
             self.current_owner = owner
             tok = self.tokenizer
-            text = _render(tok, messages, generation_prompt=True)  # the fallback template for base models
+            text = _render(tok, self.conversation(messages, adapter), generation_prompt=True)  # fallback for bases
             enc = tok(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
             ctx = self._adapter_context(adapter)
@@ -211,7 +229,8 @@ class ChatEngine:
         settings = settings or GenerationSettings(temperature=0.0, repetition_penalty=1.0)
         with self.lock:
             tok = self.tokenizer
-            texts = [_render(tok, messages, generation_prompt=True) for messages in conversations]
+            texts = [_render(tok, self.conversation(messages, adapter), generation_prompt=True)
+                     for messages in conversations]
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             replies: list[str] = [""] * len(texts)
             with self._adapter_context(adapter), torch.inference_mode():
@@ -233,7 +252,7 @@ class ChatEngine:
         from .render import encode_chat
 
         with self.lock:
-            ids, mask = encode_chat(self.tokenizer, messages, max_length)
+            ids, mask = encode_chat(self.tokenizer, self.conversation(messages, adapter), max_length)
             targets = torch.tensor(mask[1:], dtype=torch.bool)
             if len(ids) < 2 or not targets.any():
                 return 0.0, 0
@@ -245,6 +264,44 @@ class ChatEngine:
             loss = torch.nn.functional.cross_entropy(logits[targets], x[0, 1:][targets], reduction="sum")
             return float(loss), int(targets.sum())
 
+    def score(self, messages: list[dict], adapter: str | None, add_generation_prompt: bool = True,
+              continue_final_message: bool = False, top: int = 0,
+              settings: GenerationSettings | None = None) -> tuple[list[dict | None], str]:
+        """The log-probability of every token of the rendered conversation given the ones before it (vLLM's
+        ``prompt_logprobs``: None for the first token, then {token id: {"logprob", "rank", "decoded_token"}}
+        holding the token itself and the ``top`` likeliest), and one next token generated with ``settings``."""
+        import torch
+
+        from .render import FALLBACK_CHAT_TEMPLATE
+
+        settings = settings or GenerationSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.0)
+        with self.lock:
+            tok = self.tokenizer
+            extra = {} if getattr(tok, "chat_template", None) else {"chat_template": FALLBACK_CHAT_TEMPLATE}
+            text = tok.apply_chat_template(self.conversation(messages, adapter), tokenize=False,
+                                           add_generation_prompt=add_generation_prompt,
+                                           continue_final_message=continue_final_message, **extra)
+            x = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.model.device)
+            with self._adapter_context(adapter), torch.inference_mode():
+                # prompt tuning returns logits for its virtual tokens first: keep the positions of the input
+                logprobs = self.model(input_ids=x).logits[0, -x.size(1):-1].float().log_softmax(-1)
+                torch.manual_seed(settings.seed)
+                out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), pad_token_id=tok.pad_token_id,
+                                          **{**settings.generate_kwargs(), "max_new_tokens": 1})
+            ids = x[0, 1:]
+            chosen = logprobs.gather(1, ids[:, None])[:, 0]
+            ranks = (logprobs > chosen[:, None]).sum(1) + 1
+            best = logprobs.topk(top, dim=-1) if top else None
+            entries: list[dict | None] = [None]
+            for i, token in enumerate(ids.tolist()):
+                entry = {token: (float(chosen[i]), int(ranks[i]))}
+                if best is not None:
+                    for r, (value, other) in enumerate(zip(best.values[i].tolist(), best.indices[i].tolist())):
+                        entry.setdefault(other, (value, r + 1))
+                entries.append({str(t): {"logprob": lp, "rank": rank, "decoded_token": tok.decode([t])}
+                                for t, (lp, rank) in entry.items()})
+            return entries, tok.decode(out[0, x.size(1):], skip_special_tokens=True)
+
     def stop(self, owner: str | None = None) -> None:
         """Stop the reply being generated; with ``owner``, only if it is that session's."""
         self.stops[owner] = time.time()
@@ -253,6 +310,30 @@ class ChatEngine:
 
     def stopped_since(self, owner: str | None, since: float) -> bool:
         return self.stops.get(owner, 0.0) >= since
+
+
+KEEP = ("keep", "")
+
+
+def trained_system_prompt(folder: str | Path) -> tuple[str, str]:
+    """(system_prompt_mode, system_prompt) of the run an adapter folder belongs to (its final adapter or a
+    checkpoint, under <home>/jobs/<job id>/); ("keep", "") for an imported adapter or a run that is gone."""
+    from . import db
+    from .settings import get_settings
+
+    settings = get_settings()
+    try:
+        run_dir = Path(folder).resolve().relative_to(settings.jobs_dir.resolve()).parts[0]
+    except (ValueError, IndexError):
+        return KEEP
+    job = db.get_job(run_dir)  # the folder is named after the job's id; else find the job that owns it
+    if job is None or settings.resolve(job.output_dir).resolve() != settings.jobs_dir.resolve() / run_dir:
+        owner = settings.jobs_dir.resolve() / run_dir
+        job = next((j for j in db.list_jobs() if j.output_dir and settings.resolve(j.output_dir).resolve() == owner),
+                   None)
+    spec = job.spec if job is not None and job.kind == "train" else {}
+    mode = spec.get("system_prompt_mode", "keep")
+    return (mode, spec.get("system_prompt", "")) if mode in ("keep", "replace", "omit") else KEEP
 
 
 _engine: ChatEngine | None = None

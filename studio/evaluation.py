@@ -4,9 +4,10 @@ Golden prompts (``GoldenPromptsCallback``) are answered greedily by the training
 checkpoint and at the end, and once by the base at the start; the replies go to JSON files in the job's
 folder (``golden/base.json``, ``golden/step-N.json``) that ``read_golden`` reads back.
 
-Batch evaluation (``evaluate_batch``) runs held-out conversations through the base and up to three
-adapters on one ``ChatEngine``: replies, teacher-forced eval loss and perplexity on the reference
-replies, and text metrics (exact match, contains-reference, ROUGE-L F1). ``to_csv`` writes it out.
+Batch evaluation runs held-out conversations (``eval_rows`` picks them) through the base and up to three
+adapters as a queued task on a worker (workers/inference/evaluation.py): replies, teacher-forced eval
+loss and perplexity on the reference replies, and the text metrics here (exact match,
+contains-reference, ROUGE-L F1). ``metrics_table`` and ``to_csv`` show the result.
 
 No torch at import time; ``GoldenPromptsCallback`` (a transformers TrainerCallback) is built on first
 access, so the UI can import this module for ``read_golden`` without the training stack.
@@ -14,22 +15,19 @@ access, so the UI can import this module for ``read_golden`` without the trainin
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("studio.evaluation")
 
 GOLDEN_DIR = "golden"
 GOLDEN_FROM_EVAL = 3          # prompts taken from the eval split when the spec names none
-GOLDEN_MAX_NEW_TOKENS = 48
+GOLDEN_MAX_NEW_TOKENS = 32  # a glimpse of the behaviour: each new token is a forward pass of the batch
 
 
 # ---- golden prompts -------------------------------------------------------------------------------
@@ -64,36 +62,59 @@ def golden_prompts_for(spec, eval_rows: list[dict]) -> list[str]:
 
 
 def answer_golden(model, tokenizer, prompts: list[str], max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
-                  disable_adapter: bool = False) -> list[str]:
-    """Greedy replies of ``model`` (the training model is fine) to single-turn prompts.
+                  disable_adapter: bool = False, system: tuple[str, str] = ("keep", "")) -> list[str]:
+    """Greedy replies of ``model`` (the training model is fine) to single-turn prompts, in one left-padded batch.
 
     Runs in eval mode under ``torch.inference_mode`` and restores every module's train/eval flag after,
     so training resumes exactly as it was. ``disable_adapter``: answer as the base (peft models only).
+    ``system``: the run's (system_prompt_mode, system_prompt), so the prompts are asked as the Chat tab asks them.
     """
     import contextlib
 
     import torch
 
-    from .render import _render
+    from .render import _render, default_system_prompt, with_system_prompt
 
+    if not prompts:
+        return []
     modes = [(m, m.training) for m in model.modules()]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ctx = model.disable_adapter() if disable_adapter and hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    replies = []
+    default = default_system_prompt(tokenizer)
+    texts = [_render(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
+                     generation_prompt=True) for p in prompts]
+    side = getattr(tokenizer, "padding_side", "right")
+    threads = torch.get_num_threads()
     model.eval()
     try:
+        if device.type == "cpu":  # decoding a few rows is many tiny ops: with a busy core, OpenMP's barriers
+            torch.set_num_threads(1)  # between threads cost more than the work (10x slower on 2 shared cores)
+        tokenizer.padding_side = "left"
+        enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(device)
         with ctx, torch.inference_mode():
-            for prompt in prompts:
-                text = _render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
-                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad, use_cache=True)
-                replies.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                 use_cache=True)
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, enc["input_ids"].shape[1]:]]
     finally:
+        torch.set_num_threads(threads)
+        tokenizer.padding_side = side
         for module, training in modes:
             module.training = training
-    return replies
+
+
+GOLDEN_CACHE = "cache/golden"  # under STUDIO_HOME: the base's answers, computed once per base and prompts
+
+
+def base_cache_path(base: str, prompts: list[str], max_new_tokens: int) -> Path:
+    """Where the base's golden answers for ``prompts`` are kept: the same base and prompts answer the same
+    (greedy), so every later run of that base reuses them."""
+    import hashlib
+
+    from .settings import get_settings
+
+    key = hashlib.sha256(json.dumps([base, prompts, max_new_tokens]).encode()).hexdigest()[:20]
+    return get_settings().resolve(GOLDEN_CACHE) / f"{key}.json"
 
 
 def golden_dir(job) -> Path:
@@ -173,8 +194,14 @@ class _GoldenPromptsCallbackMixin:
     """
 
     def __init__(self, job_id: str, prompts: list[str], tokenizer, max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
-                 output_dir: str | Path | None = None, skip=None, automatic: bool = False):
+                 output_dir: str | Path | None = None, skip=None, automatic: bool = False,
+                 system: tuple[str, str] = ("keep", ""), base: str | None = None, answer=None):
         self.job_id = job_id
+        # the training method's own way to answer, (model, tokenizer, prompts, disable_adapter) -> (replies,
+        # extra JSON fields); GRPO samples a few completions per prompt and scores them. None: greedy replies
+        self.answer = answer
+        self.system = system  # the run's system prompt choice: the adapter is asked as it was trained
+        self.base = base      # the base model's folder or id: its answers are cached under that name
         self.prompts = list(prompts)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -192,13 +219,35 @@ class _GoldenPromptsCallbackMixin:
             return
         started = time.perf_counter()
         try:
-            replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens,
-                                    disable_adapter=step == "base")
+            more = {}
+            if self.answer is not None:
+                replies, more = self.answer(model, self.tokenizer, self.prompts, disable_adapter=step == "base")
+            elif step == "base":  # the base as the Chat tab shows it: its template's own system prompt
+                replies = self._base_replies(model)
+            else:
+                replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens, system=self.system)
             seconds = time.perf_counter() - started
-            write_golden(self._folder(), step, self.prompts, replies, seconds=round(seconds, 3), **extra)
+            write_golden(self._folder(), step, self.prompts, replies, seconds=round(seconds, 3), **more, **extra)
             log.info("timing golden-prompts %.3f s at step %s", seconds, step)
         except Exception:  # noqa: BLE001 - golden answers are a view on training, never a reason to stop it
             log.warning("job %s: answering the golden prompts at step %s failed", self.job_id, step, exc_info=True)
+
+    def _base_replies(self, model) -> list[str]:
+        """The base's answers, from the cache when this base already answered these prompts."""
+        cache = base_cache_path(self.base, self.prompts, self.max_new_tokens) if self.base else None
+        if cache is not None and cache.exists():
+            try:
+                return json.loads(cache.read_text())["replies"]
+            except (OSError, ValueError, KeyError):
+                pass
+        replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens, disable_adapter=True)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
+            tmp.write_text(json.dumps({"base": self.base, "prompts": self.prompts, "replies": replies},
+                                      ensure_ascii=False))
+            os.replace(tmp, cache)
+        return replies
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.is_main and self.prompts and not (self._folder() / "base.json").exists():
@@ -307,68 +356,30 @@ def eval_conversations(rows: list[dict]) -> list[dict]:
     return out
 
 
-def evaluate_batch(base_model: str, adapter_dirs: dict[str, str | Path], rows: list[dict],
-                   max_new_tokens: int = 64, limit: int | None = 20, engine=None, settings=None,
-                   progress=None) -> dict[str, Any]:
-    """Answer each held-out prompt with the base and every adapter; score replies and reference likelihood.
+def eval_rows(source: str) -> list[dict]:
+    """The rows a batch evaluation answers: ``dataset:NAME`` (the whole dataset) or ``run:ID`` (the rows the
+    run held out: its eval dataset, else the same seeded split training made)."""
+    from . import db, library
+    from .spec import JobSpec
 
-    ``adapter_dirs``: display name -> adapter folder ("base" is reserved). Returns
-    {"models", "rows": [{"prompt", "reference", "replies", "scores"}], "metrics": {model: {...}}, "seconds"}.
-    ``progress(done, total)`` is called after each reply.
-    """
-    from .chat import GenerationSettings, get_engine
-
-    if "base" in adapter_dirs:
-        raise ValueError("'base' names the base model; give the adapters other names")
-    conversations = eval_conversations(rows)[: limit or None]
-    if not conversations:
-        raise ValueError("no row to evaluate: batch evaluation needs conversations that end with an assistant reply")
-    engine = engine or get_engine()
-    settings = settings or GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0)
-    started = time.perf_counter()
-    engine.ensure_base(base_model)
-    keys: dict[str, str | None] = {"base": None}
-    for name, folder in adapter_dirs.items():
-        key = "eval_" + hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:12]
-        engine.ensure_adapter(key, folder)
-        keys[name] = key
-    models = list(keys)
-    totals = {m: {"nll": 0.0, "tokens": 0, "exact": 0, "contains": 0, "rouge": 0.0} for m in models}
-    out_rows = []
-    done, total = 0, len(conversations) * len(models)
-    for conv in conversations:
-        row = {"prompt": _last_user(conv["prompt"]), "reference": conv["reference"], "replies": {}, "scores": {}}
-        for model in models:
-            reply = engine.reply(conv["prompt"], keys[model], settings).strip()
-            nll, tokens = engine.nll(conv["messages"], keys[model])
-            score = {"exact_match": exact_match(reply, conv["reference"]),
-                     "contains_reference": contains_reference(reply, conv["reference"]),
-                     "rouge_l": rouge_l(reply, conv["reference"]),
-                     "loss": nll / tokens if tokens else None}
-            t = totals[model]
-            t["nll"] += nll
-            t["tokens"] += tokens
-            t["exact"] += score["exact_match"]
-            t["contains"] += score["contains_reference"]
-            t["rouge"] += score["rouge_l"]
-            row["replies"][model], row["scores"][model] = reply, score
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        out_rows.append(row)
-    n = len(conversations)
-    metrics = {}
-    for model, t in totals.items():
-        loss = t["nll"] / t["tokens"] if t["tokens"] else None
-        metrics[model] = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)) if loss is not None else None,
-                          "exact_match": t["exact"] / n, "contains_reference": t["contains"] / n,
-                          "rouge_l": t["rouge"] / n, "rows": n, "tokens": t["tokens"]}
-    return {"models": models, "rows": out_rows, "metrics": metrics, "base_model": base_model,
-            "adapters": {k: str(v) for k, v in adapter_dirs.items()}, "max_new_tokens": settings.max_new_tokens,
-            "seconds": round(time.perf_counter() - started, 3)}
+    kind, _, value = (source or "").partition(":")
+    if kind == "dataset":
+        return library.load(value).rows
+    if kind == "run":
+        job = db.get_job(value)
+        if job is None:
+            raise ValueError("that run no longer exists")
+        spec = JobSpec.from_dict(job.spec)
+        if spec.eval_dataset:
+            return library.load(spec.eval_dataset).rows
+        _, held_out = library.split_rows(library.load(spec.dataset).rows, spec.eval_split, spec.seed)
+        if not held_out:
+            raise ValueError(f"{job.name} held out no rows (eval split 0); choose a dataset instead")
+        return held_out
+    raise ValueError("choose where the evaluation rows come from")
 
 
-def _last_user(messages: list[dict]) -> str:
+def last_user(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
 
 

@@ -50,7 +50,7 @@ def test_the_first_run_spends_about_a_tenth_of_its_time_on_evaluations_and_check
 def test_a_long_run_gets_five_of_each_and_an_expensive_evaluation_runs_once():
     from workers.train import schedule
 
-    long = schedule(JobSpec(), n_train=2000, n_eval=200)  # 2000 steps
+    long = schedule(JobSpec(num_train_epochs=4), n_train=2000, n_eval=200)  # 2000 steps
     assert _rounds(long["total_steps"], long["eval_steps"]) == 5
     assert _rounds(long["total_steps"], long["save_steps"]) == 5
     costly = schedule(JobSpec(max_steps=100), n_train=400, n_eval=4000)  # an evaluation = 333 steps
@@ -119,7 +119,7 @@ def test_the_templates_default_system_prompt_is_found(tokenizer):
 
 def test_training_keeps_replaces_or_leaves_out_the_default_system_prompt(tokenizer):
     default = "You are a helpful assistant."
-    keep = _texts(tokenizer)
+    keep = _texts(tokenizer, system_prompt_mode="keep")
     assert all(default in t for t in keep[:2])
     omit = _texts(tokenizer, system_prompt_mode="omit")
     assert not any(default in t for t in omit) and all("<|im_start|>system\n<|im_end|>" in t for t in omit[:2])
@@ -129,8 +129,28 @@ def test_training_keeps_replaces_or_leaves_out_the_default_system_prompt(tokeniz
         assert "Own system." in texts[2] and default not in texts[2] and texts[2].count("<|im_start|>system") == 1
 
 
+def test_by_default_identity_rows_leave_the_default_out_and_other_rows_keep_it(tokenizer, tiny_model_dir,
+                                                                               studio_home):
+    from studio import db
+    from workers.train import encode_rows, resolve_system_prompt
+
+    default = "You are a helpful assistant."
+    assert JobSpec(dataset="d").system_prompt_mode == "auto"
+    assert not any(default in t for t in _texts(tokenizer)[:2])  # identity rows: omitted
+    general = [tokenizer.decode(r["input_ids"]) for r in encode_rows(tokenizer, GENERAL, "chat", JobSpec(dataset="d"))]
+    assert all(default in t for t in general)
+
+    job = make_job(tiny_model_dir, "auto-identity", status="queued")
+    resolved = resolve_system_prompt(job.id, JobSpec.from_dict(job.spec), identity_data.rows())
+    assert resolved.system_prompt_mode == "omit" == db.get_job(job.id).spec["system_prompt_mode"]
+    assert any("left out" in e.message for e in db.job_events(job.id))
+    other = make_job(tiny_model_dir, "auto-general", status="queued")
+    assert resolve_system_prompt(other.id, JobSpec.from_dict(other.spec), GENERAL).system_prompt_mode == "keep"
+    assert db.get_job(other.id).spec["system_prompt_mode"] == "keep"
+
+
 def test_the_system_prompt_choice_is_validated():
-    assert JobSpec(dataset="d").system_prompt_mode == "keep"
+    assert JobSpec(dataset="d", system_prompt_mode="keep").validate() == {}
     assert "system_prompt" in JobSpec(dataset="d", system_prompt_mode="replace").validate()
     assert "system_prompt_mode" in JobSpec(dataset="d", system_prompt_mode="drop").validate()
     assert not JobSpec(dataset="d", system_prompt_mode="replace", system_prompt="You are Zorblax.").validate()
@@ -157,3 +177,41 @@ def test_the_dataset_preview_shows_the_suggestion(tiny_model_dir, tmp_path, stud
     loaded = library.inspect(path, filename=path.name)
     _, _, notes, _ = template_preview(loaded, str(tiny_model_dir), 256)
     assert any("You are a helpful assistant." in n and "omitting it" in n for n in notes)
+
+
+# ---- a first run's model load and epochs ---------------------------------------------------------
+
+def test_4bit_on_a_cpu_without_fast_kernels_loads_the_exact_weights_instead(tiny_model_dir, monkeypatch):
+    """Where the dequantised-weight cache would hold every frozen weight in fp32 anyway, the base is loaded at
+    full precision: no quantisation pass (most of a first run's model load on such a CPU)."""
+    import bitsandbytes as bnb
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workers import speed, train
+
+    monkeypatch.setattr(speed, "cpu_has_fast_4bit", lambda: False)
+    spec = JobSpec(dataset="d", r=4, lora_alpha=8)
+    assert spec.load_in_4bit and train.full_precision_instead_of_4bit(spec, tiny_model_dir, "cpu")
+    assert not train.full_precision_instead_of_4bit(spec, tiny_model_dir, "cuda")
+    on = JobSpec(dataset="d", r=4, dequant_cache="on")  # asked for the 4-bit numbers themselves: kept
+    assert not train.full_precision_instead_of_4bit(on, tiny_model_dir, "cpu")
+    model, _ = train.load_model_for_training(spec, tiny_model_dir, "cpu")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():  # the adapter starts as a no-op (B = 0): the model is the base, exactly
+        x = torch.randint(0, 100, (1, 12))
+        assert torch.equal(model(input_ids=x).logits, plain(input_ids=x).logits)
+    monkeypatch.setattr(speed, "cpu_has_fast_4bit", lambda: True)
+    assert not train.full_precision_instead_of_4bit(spec, tiny_model_dir, "cpu")
+
+
+def test_automatic_epochs_give_a_small_dataset_more_passes():
+    from workers.train import common_args, schedule
+
+    spec = JobSpec(dataset="d")
+    assert spec.num_train_epochs == 0  # automatic
+    assert [spec.resolved_epochs(n) for n in (50, 87, 150, 300, 5000)] == [7, 4, 2, 2, 1]
+    assert schedule(spec, n_train=50)["total_steps"] == 7 * 13
+    assert schedule(JobSpec(dataset="d", num_train_epochs=3), n_train=50)["total_steps"] == 3 * 13  # the user's
+    assert common_args(spec, "/tmp/unused", 87, False, "cpu")["num_train_epochs"] == 4

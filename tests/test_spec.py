@@ -34,7 +34,7 @@ def test_defaults_are_valid_for_the_bundled_model():
     ("num_gpus", 0, "a job needs between 1 and 64 devices, got 0"),
     ("beta", 0.0, "DPO beta must be greater than 0 and less than 100, got 0.0"),
     ("weight_decay", -0.1, "weight decay must be between 0 and 10, got -0.1"),
-    ("num_train_epochs", 0.0, "epochs must be greater than 0 when max steps is 0"),
+    ("num_train_epochs", -1.0, "epochs must be between 0 (automatic) and 1000, got -1.0"),
 ])
 def test_impossible_values_get_a_field_message(field, value, message):
     errors = JobSpec(dataset="d", **{field: value}).validate(linear_names=LINEAR)
