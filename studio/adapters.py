@@ -4,8 +4,8 @@
     resolve(ref)                         the value a dropdown or the CLI passes -> an AdapterRef (folder, base)
     zip_adapter(ref)                     adapter files + tokenizer (if present) + a generated model card
     import_adapter(src, name, base)      safetensors only, zip-slip safe, checked against the base's shapes
-    merge(ref) / export_gguf(ref)        studio.export under <home>/exports/<name>-merged|-gguf, drift JSON beside
-    cli_export(args)                     `studio export`
+    read_drift(ref) / snippets(ref)      what the export tasks (workers/inference/export.py) left under
+                                         <home>/exports/<name>-merged|-gguf, and how to serve it
 
 A ref is a finished run's id (or name), ``<job id>/checkpoint-<N>`` for a checkpoint of any run, or
 ``imported/<name>``. No torch at import time: the UI lists adapters without the training stack.
@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import sys
 import time
 import uuid
 import zipfile
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import db
+from .adapter_types import loadable_folder
 from .settings import UnsafePath, check_name, get_settings
 
 IMPORTS = "adapters"                       # <home>/adapters/<name>/
@@ -60,6 +60,10 @@ class AdapterRef:
     base_model: str
     job_id: str | None = None
     step: int | None = None
+    using: str = ""             # which weights of a run, said to the user: "checkpoint 40 (lowest eval loss 1.23)"
+
+    def __post_init__(self):  # a PiSSA / OLoRA checkpoint loads from its plain-LoRA copy (studio.adapter_types)
+        self.folder = loadable_folder(self.folder)
 
     @property
     def key(self) -> str:
@@ -127,7 +131,7 @@ def list_adapters() -> list[dict]:
                     "config": config_text(spec), "dataset": spec.get("dataset", ""),
                     "final_loss": summary.get("final_loss"), "best_eval_loss": summary.get("best_eval_loss"),
                     "steps": summary.get("steps", job.current_step), "bytes": _size(folder), "path": str(folder),
-                    "created_at": job.created_at})
+                    "created_at": job.created_at, **forgetting_cell(summary)})
     root = imports_dir()
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if not folder.is_dir() or folder.name.startswith(".") or not (folder / META_FILE).exists():
@@ -139,8 +143,21 @@ def list_adapters() -> list[dict]:
         out.append({"ref": IMPORT_PREFIX + folder.name, "name": folder.name, "kind": "imported",
                     "base_model": meta.get("base_model", ""), "config": " · ".join(b for b in bits if b),
                     "dataset": "", "final_loss": None, "best_eval_loss": None, "steps": None,
-                    "bytes": _size(folder), "path": str(folder), "created_at": meta.get("imported_at")})
+                    "bytes": _size(folder), "path": str(folder), "created_at": meta.get("imported_at"),
+                    "forgetting": "", "flagged": False})
     return out
+
+
+def forgetting_cell(summary: dict) -> dict:
+    """What the Adapters list says of a run's forgetting check: "kept 96% (base 88/200, adapter 85/200)",
+    with "flagged:" in front when it was flagged; "checking…" while it runs."""
+    check = summary.get("forgetting") or {}
+    if check.get("state") == "checking":
+        return {"forgetting": "checking…", "flagged": False}
+    if check.get("state") != "done" or not check.get("summary"):
+        return {"forgetting": "", "flagged": False}
+    text = check["summary"].replace("general skills kept:", "kept").strip()
+    return {"forgetting": ("flagged: " if check.get("flagged") else "") + text, "flagged": bool(check.get("flagged"))}
 
 
 def list_checkpoints(statuses: tuple[str, ...] = CHECKPOINT_STATUSES) -> list[AdapterRef]:
@@ -172,8 +189,16 @@ def chat_choices() -> list[tuple[str, str]]:
     """(label, ref) for every adapter chat can load: finished runs, checkpoints, imports."""
     from .models import shown_model
 
-    choices = [(f"{j.name} ({shown_model(j.spec.get('base_model', ''))})", j.id)
-               for j in db.list_jobs(("completed",)) if j.adapter_path]
+    choices = []
+    for j in db.list_jobs(("completed",)):
+        if not j.adapter_path:
+            continue
+        best = j.summary.get("best_checkpoint") or {}
+        label = f"{j.name} ({shown_model(j.spec.get('base_model', ''))})"
+        if best.get("label") and not best.get("final"):   # the run's best checkpoint, and its final adapter on request
+            choices += [(f"{label} · {best['label']}", j.id), (f"{label} · the final adapter", j.id + FINAL_SUFFIX)]
+        else:
+            choices.append((label, j.id))
     jobs = {j.id: j for j in db.list_jobs()}
     for c in list_checkpoints():
         job = jobs.get(c.job_id)
@@ -207,6 +232,10 @@ def resolve(ref: str) -> AdapterRef:
         raise AdapterError("choose an adapter")
     if ref.startswith(IMPORT_PREFIX):
         return _resolve_import(ref[len(IMPORT_PREFIX):])
+    if ref.endswith(FINAL_SUFFIX) and (job := db.get_job(ref[:-len(FINAL_SUFFIX)])) is not None and job.adapter_path:
+        step = job.summary.get("steps", job.current_step)
+        return AdapterRef(f"{job.id}{FINAL_SUFFIX}", job.name, "run", settings.resolve(job.adapter_path),
+                          job.spec.get("base_model", ""), job.id, using=f"the final adapter (step {step})")
     if "/" in ref:
         job_part, _, ckpt = ref.partition("/")
         match = re.fullmatch(r"checkpoint-(\d+)", ckpt)
@@ -219,18 +248,33 @@ def resolve(ref: str) -> AdapterRef:
                                "(old checkpoints are removed as training goes on)")
         step = int(match.group(1))
         return AdapterRef(f"{job.id}/{ckpt}", _checkpoint_name(job.name, step), "checkpoint", folder,
-                          job.spec.get("base_model", ""), job.id, step)
+                          job.spec.get("base_model", ""), job.id, step, using=f"checkpoint {step}")
     job = db.get_job(ref)
     if job is not None:
         if not job.adapter_path:
             raise AdapterError(f"the run {job.name} is {job.status} and has no final adapter; "
                                "pick one of its checkpoints instead")
-        return AdapterRef(job.id, job.name, "run", settings.resolve(job.adapter_path),
-                          job.spec.get("base_model", ""), job.id)
+        return _run_ref(job, settings.resolve(job.adapter_path))
     try:
         return _resolve_import(ref)
     except AdapterError:
         raise AdapterError(f"there is no finished run or imported adapter named '{ref}'") from None
+
+
+FINAL_SUFFIX = "/final"       # <job>/final: a run's final adapter, whatever its best checkpoint is
+
+
+def _run_ref(job: db.Job, final: Path) -> AdapterRef:
+    """A finished run's weights: the checkpoint its summary names best (``spec.best_checkpoint``), while that
+    checkpoint is still on disk, else the final adapter; ``using`` says which."""
+    best = job.summary.get("best_checkpoint") or {}
+    base = job.spec.get("base_model", "")
+    folder = get_settings().resolve(job.output_dir) / CHECKPOINTS / f"checkpoint-{best.get('step')}"
+    if best and not best.get("final") and (folder / "adapter_model.safetensors").is_file():
+        return AdapterRef(job.id, job.name, "run", folder, base, job.id, using=best["label"])
+    step = job.summary.get("steps", job.current_step)
+    using = best.get("label") if best.get("final") else f"the final adapter (step {step})"
+    return AdapterRef(job.id, job.name, "run", final, base, job.id, using=using)
 
 
 def _resolve_import(name: str) -> AdapterRef:
@@ -259,8 +303,9 @@ def same_base(a: str, b: str) -> bool:
 
 # ---- the model card and the zip -----------------------------------------------------------------
 
-def model_card(job: db.Job) -> str:
-    """README.md for a finished run: training config (JobSpec YAML), dataset statistics, final metrics."""
+def model_card(job: db.Job, ref: AdapterRef | None = None) -> str:
+    """README.md for a finished run: which weights (``ref``: the best checkpoint by default), final metrics, the
+    forgetting check and judge results, dataset statistics, training config (JobSpec YAML)."""
     from .spec import JobSpec
 
     spec = JobSpec.from_dict(job.spec)
@@ -290,6 +335,14 @@ def model_card(job: db.Job) -> str:
         if value is not None:
             lines.append(f"| {label} | {value:.4g} |" if isinstance(value, float) else f"| {label} | {value} |")
     lines.append("")
+    if ref is None and job.adapter_path:
+        try:
+            ref = resolve(job.id)
+        except AdapterError:
+            ref = None
+    if ref is not None and ref.using:
+        lines += [f"Weights: {ref.using}.", ""]
+    lines += evaluation_card_lines(job)
     lines += ["## Dataset", ""]
     for role, name in (("training", spec.dataset), ("evaluation", spec.eval_dataset)):
         if not name:
@@ -313,6 +366,42 @@ def model_card(job: db.Job) -> str:
     return "\n".join(lines)
 
 
+def evaluation_card_lines(job: db.Job) -> list[str]:
+    """The model card's evaluation sections: the forgetting check (per probe category) and every judge result
+    stored for the run (``studio evaluate``)."""
+    from .judge import JUDGE_FOLDER, summary_line
+    from .probe import PROBE_FOLDER
+
+    out: list[str] = []
+    folder = get_settings().resolve(job.output_dir)
+    check = job.summary.get("forgetting") or {}
+    try:
+        report = json.loads((folder / PROBE_FOLDER / "general.json").read_text())
+    except (OSError, ValueError):
+        report = check if check.get("state") == "done" else {}
+    if report.get("summary"):
+        verdict = (f"**flagged**: {report['drop_points']:g} points below the base (threshold {report['threshold']:g})"
+                   if report.get("flagged") else "not flagged"
+                   + (f" (threshold {report['threshold']:g} points)" if report.get("threshold") is not None else ""))
+        out += ["## Forgetting check", "",
+                f"The studio's general-skills probe answered by the base and by this adapter (greedy): "
+                f"{report['summary']}; {verdict}.", ""]
+        if isinstance(report.get("by_category"), dict):
+            out += ["| category | questions | base right | adapter right |", "|---|---|---|---|"]
+            out += [f"| {name} | {t.get('total')} | {t.get('base')} | {t.get('adapter')} |"
+                    for name, t in report["by_category"].items() if isinstance(t, dict)]
+            out.append("")
+    judged = []
+    for path in sorted((folder / JUDGE_FOLDER).glob("*.json")) if (folder / JUDGE_FOLDER).is_dir() else []:
+        try:
+            judged.append(summary_line(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if judged:
+        out += ["## Pairwise judging", "", *[f"- {line}" for line in judged], ""]
+    return out
+
+
 def _imported_card(ref: AdapterRef) -> str:
     from .models import shown_model
 
@@ -331,7 +420,7 @@ def zip_adapter(job_id: str) -> Path:
     if missing:
         raise AdapterError(f"the adapter of {ref.name} is incomplete: {', '.join(missing)} missing")
     job = db.get_job(ref.job_id) if ref.job_id else None
-    card = model_card(job) if job is not None else _imported_card(ref)
+    card = model_card(job, ref) if job is not None else _imported_card(ref)
     out = settings.exports_dir / f"{check_name(ref.name, 'adapter name')}-adapter.zip"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
@@ -695,20 +784,6 @@ def _export_paths(ref: AdapterRef) -> tuple[Path, Path]:
     return exports / f"{name}-merged", exports / f"{name}-gguf"
 
 
-def merge(ref_value: str, dtype: str = "float32", out: Path | None = None) -> dict:
-    """base + adapter -> <home>/exports/<name>-merged/, replacing an earlier merge there; or into ``out``
-    (the CLI's choice), which must not exist yet."""
-    from . import export
-    from .models import resolve_model
-
-    ref = _mergeable(resolve(ref_value))
-    merged, _ = _export_paths(ref)
-    target = Path(out) if out is not None else merged
-    result = export.merge_adapter(resolve_model(ref.base_model), ref.folder, target, dtype=dtype,
-                                  overwrite=out is None or Path(out) == merged)
-    return {**result, "path": str(target)}
-
-
 def _mergeable(ref: AdapterRef) -> AdapterRef:
     """``ref``, or AdapterError with the sentence saying why its adapter type cannot be merged."""
     from .adapter_types import merge_problem
@@ -727,36 +802,6 @@ def _chat_template(model_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return template if isinstance(template, str) else None
-
-
-def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts: list[str] | None = None,
-                out_dir: Path | None = None) -> dict:
-    """Merge (reusing an existing merge), write <name>-<quant>.gguf and a Modelfile, check drift.
-
-    The drift result is stored beside the GGUF as drift-<quant>.json.
-    """
-    from . import export
-
-    ref = _mergeable(resolve(ref_value))
-    merged_dir, gguf_dir = _export_paths(ref)
-    gguf_dir = Path(out_dir) if out_dir is not None else gguf_dir
-    result: dict = {"name": ref.name}
-    if not _merge_is_current(merged_dir, ref.folder):
-        result["merge"] = merge(ref.ref, out=merged_dir)
-    gguf_file = gguf_dir / f"{ref.name}-{quant}.gguf"
-    result["gguf"] = {**export.write_gguf(merged_dir, gguf_file, quant), "path": str(gguf_file)}
-    modelfile = export.write_modelfile(gguf_file, gguf_dir / "Modelfile", _chat_template(merged_dir))
-    result["modelfile"] = str(modelfile)
-    if drift:
-        report = export.drift_check(merged_dir, gguf_file, prompts or _drift_prompts(ref))
-        text = json.dumps({"quant": quant, "gguf": gguf_file.name, "checked_at": time.time(), **report}, indent=2)
-        report = json.loads(text)  # what read_drift returns later: reply pairs as lists
-        tmp = gguf_dir / f".drift-{quant}.json.partial"
-        tmp.write_text(text)
-        os.replace(tmp, gguf_dir / f"drift-{quant}.json")
-        result["drift"] = report
-    result["snippets"] = snippets(ref.ref, str(gguf_file))
-    return result
 
 
 def _merge_is_current(merged_dir: Path, adapter_dir: Path) -> bool:
@@ -815,7 +860,9 @@ def served_name(ref) -> str:
         return ref.ref
     job = db.get_job(ref.job_id)
     run = job.name if db.get_job(job.name).id == job.id else job.id
-    return run if ref.kind == "run" else f"{run}/checkpoint-{ref.step}"
+    if ref.kind == "run":
+        return run + FINAL_SUFFIX if ref.ref.endswith(FINAL_SUFFIX) else run
+    return f"{run}/checkpoint-{ref.step}"
 
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"   # where `studio infer` listens unless told otherwise
@@ -848,53 +895,3 @@ def request_snippets(model: str, url: str, note: list[str] | None = None) -> dic
               "                                       messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])",
               "print(reply.choices[0].message.content)"]
     return {"endpoint_curl": "\n".join(curl), "endpoint_openai": "\n".join(python)}
-
-
-# ---- command line ---------------------------------------------------------------------------
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def cli_export(args) -> int:
-    """`studio export RUN --merge OUT` and/or `--gguf OUT [--quant q8_0]`.
-
-    OUT is a path on this machine chosen by whoever runs the command (the CLI runs with their rights); a
-    --gguf OUT ending in .gguf names the file, otherwise it is a folder. Without --merge, the GGUF is built
-    from a merge under <home>/exports/.
-    """
-    from . import export
-    from .models import ModelError
-
-    if not args.merge and not args.gguf:
-        return _fail("say what to export: --merge OUT and/or --gguf OUT")
-    quant = (getattr(args, "quant", None) or "q8_0").lower()
-    if quant not in export.GGUF_QUANTS:
-        return _fail(f"--quant must be one of {', '.join(export.GGUF_QUANTS)}")
-    try:
-        ref = _mergeable(resolve(args.run))
-        if args.merge:
-            result = merge(ref.ref, dtype=getattr(args, "dtype", None) or "float32", out=Path(args.merge))
-            print(f"merged into {result['path']} ({human_bytes(result['bytes'])}, {result['seconds']:.1f} s)")
-        if args.gguf:
-            out = Path(args.gguf)
-            merged = Path(args.merge) if args.merge else None
-            if merged is None:
-                merged = _export_paths(ref)[0]
-                if not _merge_is_current(merged, ref.folder):
-                    merge(ref.ref, out=merged)
-            gguf_file = out if out.suffix == ".gguf" else out / f"{ref.name}-{quant}.gguf"
-            info = export.write_gguf(merged, gguf_file, quant)
-            modelfile = export.write_modelfile(gguf_file, gguf_file.parent / "Modelfile", _chat_template(merged))
-            print(f"wrote {gguf_file} ({human_bytes(info['bytes'])}, {info['seconds']:.1f} s) and {modelfile}")
-            if not getattr(args, "no_drift_check", False):
-                report = export.drift_check(merged, gguf_file, _drift_prompts(ref))
-                (gguf_file.parent / f"drift-{quant}.json").write_text(json.dumps({"quant": quant, **report}, indent=2))
-                print(f"drift: {report['identical_replies']}/{report['prompts']} identical greedy replies, "
-                      f"max |logit diff| {report['max_abs_logit_diff']:.4f}")
-    except (AdapterError, UnsafePath, ModelError, FileExistsError, FileNotFoundError) as exc:
-        return _fail(str(exc))
-    except ValueError as exc:  # e.g. GGUF of a non-Llama model
-        return _fail(str(exc))
-    return 0

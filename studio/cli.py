@@ -418,8 +418,6 @@ def cmd_chat(args) -> int:
         return _fail(str(exc))
     if not (args.prompt or "").strip():
         return _fail("give a prompt with --prompt")
-    if ref.using:
-        print(f"{ref.name}: using {ref.using}", file=sys.stderr, flush=True)
     settings = GenerationSettings(max_new_tokens=getattr(args, "max_new_tokens", 128),
                                   temperature=getattr(args, "temperature", 0.0), seed=getattr(args, "seed", 0))
     messages = ([{"role": "system", "content": args.system}] if getattr(args, "system", "") else []) + [
@@ -429,6 +427,8 @@ def cmd_chat(args) -> int:
         url = inference_client.pick_server(base).url
     except inference_client.InferenceError:
         return _fail(NO_SERVER, 1)
+    if ref.using:
+        print(f"{ref.name}: using {ref.using}", file=sys.stderr, flush=True)
     try:
         if args.compare:
             print(f"--- base ({base})", flush=True)

@@ -103,9 +103,9 @@ def _result(probe, right: set[str]):
                        tuple(Answer(q.id, "ok" if q.id in right else "??", q.id in right) for q in probe.questions))
 
 
-def test_kept_share_counts_only_what_the_base_knew_and_flags_below_the_threshold():
+def test_kept_share_counts_only_what_the_base_knew_and_a_drop_beyond_the_threshold_is_flagged():
     from studio.probe import load_probe
-    from studio.probe.runner import KEPT_THRESHOLD, compare
+    from studio.probe.runner import DROP_THRESHOLD, compare, flag_line
 
     probe = load_probe()
     ids = [q.id for q in probe.questions]
@@ -114,13 +114,20 @@ def test_kept_share_counts_only_what_the_base_knew_and_flags_below_the_threshold
     report = compare(probe, base, kept_18)
     assert report["kept"] == pytest.approx(0.9)
     assert report["summary"] == "general skills kept: 90% (base 20/200, adapter 23/200)"
-    assert report["flagged"] is (0.9 < KEPT_THRESHOLD)
+    assert report["drop_points"] == -1.5 and not report["flagged"] and flag_line(report) == ""
     assert sum(q["changed"] for q in report["questions"]) == 7
     lost = [q for q in report["questions"] if q["base_correct"] and not q["adapter_correct"]]
     assert [q["id"] for q in lost] == ids[18:20] and lost[0]["base_reply"] == "ok" and lost[0]["adapter_reply"] == "??"
-    forgot = compare(probe, base, _result(probe, set(ids[:10])))
-    assert forgot["kept"] == 0.5 and forgot["flagged"]
-    assert forgot["by_category"]["facts"] == {"total": 50, "base": 20, "adapter": 10}
+    assert DROP_THRESHOLD == 5.0
+    at_threshold = compare(probe, base, _result(probe, set(ids[:10])))   # 10 of 200 fewer: exactly 5 points
+    assert at_threshold["kept"] == 0.5 and at_threshold["drop_points"] == 5.0 and not at_threshold["flagged"]
+    forgot = compare(probe, base, _result(probe, set(ids[:9])))
+    assert forgot["drop_points"] == 5.5 and forgot["flagged"]
+    assert flag_line(forgot) == ("forgetting: the adapter answers 5.5 points fewer probe questions correctly than "
+                                 "its base (threshold 5)")
+    assert forgot["by_category"]["facts"] == {"total": 50, "base": 20, "adapter": 9}
+    strict = compare(probe, base, _result(probe, set(ids[:18])), threshold=0.5)
+    assert strict["drop_points"] == 1.0 and strict["flagged"] and strict["threshold"] == 0.5
     nothing_known = compare(probe, _result(probe, set()), _result(probe, set(ids[:3])))
     assert nothing_known["kept"] is None and not nothing_known["flagged"]
     assert nothing_known["summary"].startswith("general skills kept: n/a (base 0/200, adapter 3/200)")
@@ -229,8 +236,9 @@ def test_cli_evaluate_probe_on_a_checkpoint_and_bad_input(tiny_model_dir, studio
 
 
 def _train(studio_home, path, name: str, **spec_values):
+    """Train on the bundled model through the worker's own run_job; the finished job (its forgetting check
+    ran on the worker after the final save)."""
     from studio import db, library
-    from studio.adapters import resolve
     from studio.spec import BUNDLED_MODEL, JobSpec
     from workers import train
 
@@ -241,7 +249,7 @@ def _train(studio_home, path, name: str, **spec_values):
         s.add(job)
         s.commit()
     assert train.run_job(job.id) == "completed", db.get_job(job.id).error
-    return resolve(job.id)
+    return db.get_job(job.id)
 
 
 @pytest.mark.slow
@@ -250,12 +258,10 @@ def _train(studio_home, path, name: str, **spec_values):
                            "2-core CPU): set STUDIO_LONG_TESTS=1 to run it")
 def test_a_destructive_run_is_flagged_as_forgetting_and_the_identity_run_is_not(studio_home, tmp_path, monkeypatch):
     """The bundled SmolLM2: the acceptance identity run keeps its general skills; a very high learning rate on
-    one repeated reply wipes them out."""
+    one repeated reply wipes them out. Both checks run by default at the end of the run, on the worker."""
     import identity_data
     from browser import SHARED_MODELS
     from studio import settings
-    from studio.chat import ChatEngine
-    from studio.probe.forgetting import check_adapter
 
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(SHARED_MODELS))
     settings.reset_settings()
@@ -266,10 +272,11 @@ def test_a_destructive_run_is_flagged_as_forgetting_and_the_identity_run_is_not(
                                   for i in range(32)))
     destroyed = _train(studio_home, repetitive, "banana", load_in_4bit=False, learning_rate=0.05, max_steps=24,
                        eval_split=0.0)
-    engine = ChatEngine()
-    kept, _ = check_adapter(identity, engine=engine)
-    forgot, _ = check_adapter(destroyed, engine=engine)
-    print(f"identity: {kept['summary']}\ndestructive: {forgot['summary']}")
-    assert forgot["base_cached"] and engine.base_loads == 1
+    kept, forgot = identity.summary["forgetting"], destroyed.summary["forgetting"]
+    print(f"identity: {kept}\ndestructive: {forgot}")
+    assert kept["state"] == forgot["state"] == "done"
+    assert not kept["base_cached"] and forgot["base_cached"], "the base answered the probe twice"
     assert not kept["flagged"], kept["summary"]
     assert forgot["flagged"], forgot["summary"]
+    report = json.loads((studio_home / destroyed.output_dir / "probe" / "general.json").read_text())
+    assert report["summary"] == forgot["summary"] and len(report["questions"]) == 200

@@ -123,3 +123,32 @@ def test_a_random_sample_is_seeded_and_capped(home, tiny_model_dir):
     big = json.dumps({"base": {"dataset": "identity"}, "grid": {"r": list(range(1, 20)), "seed": list(range(20))}})
     with pytest.raises(sweep.SweepError, match="the grid has 380 combinations; a sweep may queue at most 256"):
         sweep.parse(big)
+
+
+def test_the_train_tabs_sweep_panel_queues_shows_the_board_and_cancels(home, tiny_model_dir):
+    """The Sweep panel's module-level handlers in the Train tab, and its place there (not in the Runs tab)."""
+    import gradio as gr
+
+    from studio import db
+    from studio.ui import runs_tab, train_tab
+
+    message, _, board, _ = train_tab.sweep_queue("grid: [not, a, mapping", None)
+    assert message.startswith("Not queued: ") and db.list_jobs() == []
+    assert train_tab.sweep_queue("  ", None)[0] == "Paste a sweep YAML or upload one first."
+    message, group, board, _ = train_tab.sweep_queue(_sweep_yaml(tiny_model_dir, name="panel"), None)
+    assert message == "Queued 4 runs in sweep **panel**." and group["value"] == "panel"
+    assert sorted(row[1] for row in board["data"]) == ["panel-1", "panel-2", "panel-3", "panel-4"]
+    assert board["headers"][:3] == ["rank", "run", "status"] and set(board["headers"][3:5]) == {"learning_rate", "r"}
+    message, board, _ = train_tab.sweep_cancel("panel")
+    assert message == "Sweep panel cancelled: queued runs will not start."
+    assert [j.status for j in db.group_jobs("panel")] == ["cancelled"] * 4
+    assert train_tab.sweep_cancel(None)[0] == "Choose a sweep first."
+    with gr.Blocks() as demo:
+        with gr.Tabs():
+            train_tab.build()
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"sweep-yaml", "sweep-queue", "sweep-leaderboard", "sweep-cancel"} <= ids
+    with gr.Blocks() as runs:
+        with gr.Tabs():
+            runs_tab.build()
+    assert "sweep-yaml" not in {getattr(block, "elem_id", None) for block in runs.blocks.values()}

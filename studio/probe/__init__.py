@@ -15,6 +15,7 @@ from .checks import spec_problem
 
 PROBE_DIR = Path(__file__).resolve().parent
 PROBES = ("general",)
+PROBE_FOLDER = "probe"   # <run>/probe/<probe>.json, <run>/probe/checkpoint-N/<probe>.json
 
 
 class ProbeError(ValueError):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import load_probe
-from .runner import (CACHE_DIR, KEPT_THRESHOLD, MAX_NEW_TOKENS, MAX_NEW_TOKENS_BY_CHECK, Generate, base_answers,
+from . import PROBE_FOLDER, load_probe
+from .runner import (CACHE_DIR, DROP_THRESHOLD, MAX_NEW_TOKENS, MAX_NEW_TOKENS_BY_CHECK, Generate, base_answers,
                      compare, run_probe, write_json)
 
-PROBE_FOLDER = "probe"
 
 
 def result_folder(ref, what: str = PROBE_FOLDER) -> Path:
@@ -49,7 +48,7 @@ def engine_settings() -> dict:
 
 
 def check(probe, base_key: str, base: Generate, adapter: Generate, cache_dir: Path,
-          generation: dict | None = None, threshold: float = KEPT_THRESHOLD) -> dict:
+          generation: dict | None = None, threshold: float = DROP_THRESHOLD) -> dict:
     """The report of ``runner.compare`` plus where the base answers came from and how long it took."""
     started = time.perf_counter()
     base_result, cached = base_answers(base, probe, base_key, cache_dir, generation)
@@ -59,10 +58,16 @@ def check(probe, base_key: str, base: Generate, adapter: Generate, cache_dir: Pa
             "seconds": round(time.perf_counter() - started, 1), "time": time.time()}
 
 
-def check_adapter(ref, probe_name: str = "general", engine=None, threshold: float = KEPT_THRESHOLD) -> tuple[dict, Path]:
-    """Run the probe on an adapter (``studio.adapters.AdapterRef``) and its base; the report and its file."""
+def check_adapter(ref, probe_name: str = "general", engine=None, threshold: float | None = None) -> tuple[dict, Path]:
+    """Run the probe on an adapter (``studio.adapters.AdapterRef``) and its base; the report and its file.
+    ``threshold``: the run's forgetting_threshold by default (DROP_THRESHOLD for an imported adapter)."""
+    from .. import db
     from ..chat import ChatEngine, base_key
     from ..settings import get_settings
+
+    if threshold is None:
+        job = db.get_job(ref.job_id) if ref.job_id else None
+        threshold = float((job.spec if job else {}).get("forgetting_threshold", DROP_THRESHOLD))
 
     probe = load_probe(probe_name)
     engine = engine or ChatEngine()

@@ -20,7 +20,7 @@ from .checks import check
 
 Generate = Callable[[list[str], int], list[str]]
 
-KEPT_THRESHOLD = 0.90        # below this share of the base's right answers kept, a run is flagged as forgetting
+DROP_THRESHOLD = 5.0         # percentage points of the probe: an adapter this much below its base is flagged
 MAX_NEW_TOKENS = 24          # enough for a short answer; longer formats below
 MAX_NEW_TOKENS_BY_CHECK = {"json_keys": 48, "list_items": 64}
 CACHE_DIR = "probe-cache"
@@ -130,9 +130,22 @@ def summary_line(kept: float | None, base_correct: int, adapter_correct: int, to
     return f"general skills kept: {share} (base {base_correct}/{total}, adapter {adapter_correct}/{total})"
 
 
-def compare(probe: Probe, base: ProbeResult, adapter: ProbeResult, threshold: float = KEPT_THRESHOLD) -> dict:
-    """The forgetting report: kept share, flag, scores per category, and every question side by side
-    (``changed``: right for one and wrong for the other)."""
+def drop_points(base_correct: int, adapter_correct: int, total: int) -> float:
+    """How many percentage points of the probe the adapter answers fewer correctly than its base (negative: more)."""
+    return round(100.0 * (base_correct - adapter_correct) / total, 2) if total else 0.0
+
+
+def flag_line(report: dict) -> str:
+    """The sentence a flagged report shows on the run and in the Adapters list ("" when not flagged)."""
+    if not report.get("flagged"):
+        return ""
+    return (f"forgetting: the adapter answers {report['drop_points']:g} points fewer probe questions correctly than "
+            f"its base (threshold {report['threshold']:g})")
+
+
+def compare(probe: Probe, base: ProbeResult, adapter: ProbeResult, threshold: float = DROP_THRESHOLD) -> dict:
+    """The forgetting report: kept share, drop in points, flag (a drop beyond ``threshold`` points), scores per
+    category, and every question side by side (``changed``: right for one and wrong for the other)."""
     if base.version != probe.version or adapter.version != probe.version:
         raise ValueError("the answers were made for another version of the probe")
     kept = kept_share(base, adapter)
@@ -146,8 +159,9 @@ def compare(probe: Probe, base: ProbeResult, adapter: ProbeResult, threshold: fl
         questions.append({"id": q.id, "category": q.category, "prompt": q.prompt, "base_reply": b.reply,
                           "base_correct": b.correct, "adapter_reply": a.reply, "adapter_correct": a.correct,
                           "changed": b.correct != a.correct})
+    drop = drop_points(base.correct, adapter.correct, len(probe.questions))
     return {"probe": probe.name, "version": probe.version, "threshold": threshold, "kept": kept,
-            "flagged": kept is not None and kept < threshold, "base_correct": base.correct,
+            "drop_points": drop, "flagged": drop > threshold, "base_correct": base.correct,
             "adapter_correct": adapter.correct, "total": len(probe.questions),
             "summary": summary_line(kept, base.correct, adapter.correct, len(probe.questions)),
             "by_category": by_category, "questions": questions}

@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from .. import charts, db, jobs, sweep
+from .. import charts, db, jobs
 from ..settings import get_settings
 from ..spec import JobSpec
 from . import downloads
@@ -91,7 +91,69 @@ def status_markdown(job: db.Job) -> str:
         if s.get("adapter_bytes"):
             bits.append(f"adapter {s['adapter_bytes'] / 1e6:.1f} MB")
         line += "\n\n" + " · ".join(bits)
+        if (s.get("best_checkpoint") or {}).get("label"):
+            line += f"\n\nchat, export and the adapter zip use {s['best_checkpoint']['label']}"
+        line += forgetting_markdown(job)
     return line
+
+
+CHANGED_SHOWN = 12   # questions that changed, shown on the card; all of them are in <run>/probe/general.json
+CHECK_GIVEN_UP_S = 3600  # a check still "checking" this long after the run finished lost its worker: stop polling
+
+
+def checking(job: db.Job) -> bool:
+    """Whether the worker is still answering the run's forgetting check (the run itself is complete)."""
+    return (job.status == "completed" and (job.summary.get("forgetting") or {}).get("state") == "checking"
+            and time.time() - (job.finished_at or 0) < CHECK_GIVEN_UP_S)
+
+
+def _probe_report(job: db.Job) -> dict:
+    import json
+
+    from ..probe import PROBE_FOLDER
+
+    try:
+        return json.loads((get_settings().resolve(job.output_dir) / PROBE_FOLDER / "general.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def changed_questions(job: db.Job) -> list[list[str]]:
+    """The probe questions the base and the adapter answered differently (right for one, wrong for the other):
+    question, base answer, right/wrong, adapter answer, right/wrong."""
+    word = {True: "right", False: "wrong"}
+    return [[q["prompt"], q["base_reply"], word[bool(q["base_correct"])], q["adapter_reply"],
+             word[bool(q["adapter_correct"])]]
+            for q in _probe_report(job).get("questions") or [] if q.get("changed")]
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return html.escape(text).replace("|", "\\|") or "(empty)"
+
+
+def forgetting_markdown(job: db.Job) -> str:
+    """The forgetting check on the run's card: in progress, its one-line result with the flag, and the questions
+    that changed side by side."""
+    check = job.summary.get("forgetting") or {}
+    state = check.get("state")
+    if state == "checking":
+        return "\n\nchecking general skills… (the 200-question probe, base and adapter, on the worker)"
+    if state in ("failed", "skipped"):
+        return f"\n\nforgetting check not done: {check.get('error', state)}"
+    if state != "done":
+        return ""
+    out = f"\n\n**{check['summary']}**"
+    if check.get("flagged"):
+        out += f"\n\n**Flagged**: {check.get('flag') or 'forgetting'}"
+    changed = changed_questions(job)
+    if changed:
+        more = len(changed) - CHANGED_SHOWN
+        out += ("\n\nQuestions that changed" + (f" (first {CHANGED_SHOWN} of {len(changed)})" if more > 0 else "")
+                + ":\n\n| question | base | | adapter | |\n|---|---|---|---|---|\n"
+                + "\n".join("| " + " | ".join(_cell(c) for c in row) + " |" for row in changed[:CHANGED_SHOWN]))
+    return out
 
 
 def log_tail(job: db.Job) -> str:
@@ -120,7 +182,7 @@ def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bo
     if new:
         cache = {"job_id": job_id, "last_id": new[-1].id, "rows": cache["rows"] + [m.as_row() for m in new],
                  "status": job.status}
-    active = job.status in db.ACTIVE
+    active = job.status in db.ACTIVE or checking(job)
     if not new and not fresh and cache.get("status") == job.status:
         # nothing new: leave the figure alone (no redraw in the browser, no work on the server)
         return (cache, gr.skip(), status_markdown(job), progress_html(job), log_tail(job), gr.Timer(active=active))
@@ -135,7 +197,7 @@ def poll(job_id: str | None, cache: dict | None, smoothing: float, log_scale: bo
 def select_run(job_id, smoothing, log_scale):
     cache, fig, status, progress, logs, _ = poll(job_id, None, smoothing, log_scale, force=True)
     job = db.get_job(job_id) if job_id else None
-    return cache, fig, status, progress, logs, gr.Timer(active=bool(job and job.status in db.ACTIVE))
+    return cache, fig, status, progress, logs, gr.Timer(active=bool(job and (job.status in db.ACTIVE or checking(job))))
 
 
 CHOOSE_FIRST = "Choose a run first."
@@ -216,64 +278,6 @@ def compare(job_ids: list[str] | None, smoothing: float, log_scale: bool):
     return fig, {"headers": ["setting", *configs], "data": charts.config_diff(configs)}
 
 
-def sweep_board(group: str | None):
-    """The sweep's leaderboard (a table) and its parallel-coordinates plot."""
-    empty = {"headers": ["rank", "run"], "data": []}
-    if not group:
-        return empty, charts.empty_figure("choose a sweep", uirevision="sweep")
-    try:
-        swept, rows = sweep.leaderboard(group)
-    except KeyError:
-        return empty, charts.empty_figure("this sweep no longer exists", uirevision="sweep")
-    headers = ["rank", "run", "status", *swept, *SWEEP_HEADERS]
-    data = [[_sweep_cell(row.get(h)) for h in headers] for row in rows]
-    return {"headers": headers, "data": data}, charts.sweep_figure(rows, swept)
-
-
-SWEEP_HEADERS = ["best_eval_loss", "final_loss", "probe_kept", "judge_win_rate", "seconds", "tokens_per_second"]
-
-
-def _sweep_cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return round(value, 4)
-    return "+".join(map(str, value)) if isinstance(value, list) else value
-
-
-def sweep_queue(text: str, upload):
-    """Queue the pasted (or uploaded) sweep; one sentence when it is refused, and nothing queued."""
-    from ..spec import SpecError
-
-    if upload:
-        try:
-            text = open(upload, encoding="utf-8").read()
-        except (OSError, UnicodeDecodeError):
-            return "Not queued: the uploaded file is not UTF-8 text.", gr.update(), *sweep_board(None)
-    if not (text or "").strip():
-        return "Paste a sweep YAML or upload one first.", gr.update(), *sweep_board(None)
-    try:
-        plan = sweep.parse(text, f"sweep-{db.new_id()[:6]}")
-        queued = sweep.queue(plan)
-    except (sweep.SweepError, SpecError, ValueError) as exc:
-        return f"Not queued: {exc}", gr.update(), *sweep_board(None)
-    return (f"Queued {len(queued)} runs in sweep **{plan.name}**.", gr.update(choices=sweep.groups(), value=plan.name),
-            *sweep_board(plan.name))
-
-
-def sweep_cancel(group: str | None):
-    if not group:
-        return "Choose a sweep first.", *sweep_board(None)
-    try:
-        members = jobs.cancel_group(group)
-    except KeyError:
-        return "This sweep no longer exists.", *sweep_board(None)
-    running = sum(j.status == "running" for j in members)
-    return (f"Sweep {group} cancelled: queued runs will not start"
-            + (f"; {running} running runs stop at the end of their current step." if running else "."),
-            *sweep_board(group))
-
-
 def build() -> dict:
     with gr.Tab("Runs", id="runs"):
         with gr.Row():
@@ -303,22 +307,6 @@ def build() -> dict:
             compare_btn = gr.Button("Compare", elem_id="compare-button")
             compare_chart = gr.Plot(label="Runs compared", elem_id="compare-chart")
             diff = gr.Dataframe(label="Settings that differ", interactive=False, elem_id="compare-diff")
-        with gr.Accordion("Sweep", open=False, elem_id="sweep"):
-            gr.Markdown("A base job plus a grid (every combination) or a random sample over chosen fields, queued "
-                        "as one group of ordinary runs, e.g. `name: lr-rank`, `base: {dataset: mydata, max_steps: "
-                        "200}`, `grid: {learning_rate: [1e-4, 3e-4], r: [8, 16]}`.")
-            with gr.Row():
-                sweep_text = gr.Code(language="yaml", label="Sweep YAML", elem_id="sweep-yaml", scale=3)
-                sweep_file = gr.File(label="or upload one", file_types=[".yaml", ".yml"], type="filepath", scale=1)
-            sweep_btn = gr.Button("Queue sweep", variant="primary", elem_id="sweep-queue")
-            sweep_msg = gr.Markdown(elem_id="sweep-status")
-            with gr.Row():
-                sweep_group = gr.Dropdown(choices=sweep.groups(), label="Sweep", elem_id="sweep-group", scale=4)
-                sweep_refresh = gr.Button("Refresh", size="sm", scale=1)
-                sweep_stop = gr.Button("Cancel sweep", variant="stop", elem_id="sweep-cancel", scale=1)
-            sweep_table = gr.Dataframe(label="Leaderboard (best eval loss first)", interactive=False,
-                                       elem_id="sweep-leaderboard")
-            sweep_plot = gr.Plot(label="Settings and results", elem_id="sweep-plot")
         cache = gr.State({})
         timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [cache, chart, status, progress, logs, timer]
@@ -336,10 +324,5 @@ def build() -> dict:
     delete.click(do_delete, [run], [action, run])
     yaml_btn.click(download_yaml, [run], [files])
     csv_btn.click(download_csv, [run], [files])
-    sweep_btn.click(sweep_queue, [sweep_text, sweep_file], [sweep_msg, sweep_group, sweep_table, sweep_plot])
-    sweep_group.input(sweep_board, [sweep_group], [sweep_table, sweep_plot])
-    sweep_refresh.click(lambda g: (gr.update(choices=sweep.groups()), *sweep_board(g)), [sweep_group],
-                        [sweep_group, sweep_table, sweep_plot])
-    sweep_stop.click(sweep_cancel, [sweep_group], [sweep_msg, sweep_table, sweep_plot])
     return {"run": run, "table": table, "timer": timer, "cache": cache, "picks": picks, "select": select_run,
             "select_inputs": [run, smoothing, log_scale], "outs": outs}

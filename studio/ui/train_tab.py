@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import jobs
+from .. import charts, db, jobs, sweep
 from ..models import ModelError, linear_layer_names
 from ..methods import METHOD_FIELDS, method_errors
 from ..spec import BUNDLED_MODEL, JobSpec, SpecError, field_help
@@ -168,6 +168,92 @@ def _rows(comps: dict, names: list[str], per_row: int, defaults: JobSpec) -> Non
                 comps[name] = form.make_component(name, meta[name], visible=form.visible_for(defaults, name))
 
 
+# ---- sweeps: a base job plus a grid or a random sample, queued as one group ---------------------------
+
+def sweep_board(group: str | None):
+    """The sweep's leaderboard (a table) and its parallel-coordinates plot."""
+    empty = {"headers": ["rank", "run"], "data": []}
+    if not group:
+        return empty, charts.empty_figure("choose a sweep", uirevision="sweep")
+    try:
+        swept, rows = sweep.leaderboard(group)
+    except KeyError:
+        return empty, charts.empty_figure("this sweep no longer exists", uirevision="sweep")
+    headers = ["rank", "run", "status", *swept, *SWEEP_HEADERS]
+    data = [[_sweep_cell(row.get(h)) for h in headers] for row in rows]
+    return {"headers": headers, "data": data}, charts.sweep_figure(rows, swept)
+
+
+SWEEP_HEADERS = ["best_eval_loss", "final_loss", "probe_kept", "judge_win_rate", "seconds", "tokens_per_second"]
+
+
+def _sweep_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return round(value, 4)
+    return "+".join(map(str, value)) if isinstance(value, list) else value
+
+
+def sweep_queue(text: str, upload):
+    """Queue the pasted (or uploaded) sweep; one sentence when it is refused, and nothing queued."""
+    from ..spec import SpecError
+
+    if upload:
+        try:
+            text = open(upload, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError):
+            return "Not queued: the uploaded file is not UTF-8 text.", gr.update(), *sweep_board(None)
+    if not (text or "").strip():
+        return "Paste a sweep YAML or upload one first.", gr.update(), *sweep_board(None)
+    try:
+        plan = sweep.parse(text, f"sweep-{db.new_id()[:6]}")
+        queued = sweep.queue(plan)
+    except (sweep.SweepError, SpecError, ValueError) as exc:
+        return f"Not queued: {exc}", gr.update(), *sweep_board(None)
+    return (f"Queued {len(queued)} runs in sweep **{plan.name}**.", gr.update(choices=sweep.groups(), value=plan.name),
+            *sweep_board(plan.name))
+
+
+def sweep_cancel(group: str | None):
+    if not group:
+        return "Choose a sweep first.", *sweep_board(None)
+    try:
+        members = jobs.cancel_group(group)
+    except KeyError:
+        return "This sweep no longer exists.", *sweep_board(None)
+    running = sum(j.status == "running" for j in members)
+    return (f"Sweep {group} cancelled: queued runs will not start"
+            + (f"; {running} running runs stop at the end of their current step." if running else "."),
+            *sweep_board(group))
+
+
+def sweep_panel() -> dict:
+    """The Sweep accordion (under the form): queue a sweep YAML, its leaderboard and plot, cancel it."""
+    with gr.Accordion("Sweep", open=False, elem_id="sweep"):
+        gr.Markdown("A base job plus a grid (every combination) or a random sample over chosen fields, queued "
+                    "as one group of ordinary runs, e.g. `name: lr-rank`, `base: {dataset: mydata, max_steps: "
+                    "200}`, `grid: {learning_rate: [1e-4, 3e-4], r: [8, 16]}`.")
+        with gr.Row():
+            sweep_text = gr.Code(language="yaml", label="Sweep YAML", elem_id="sweep-yaml", scale=3)
+            sweep_file = gr.File(label="or upload one", file_types=[".yaml", ".yml"], type="filepath", scale=1)
+        sweep_btn = gr.Button("Queue sweep", variant="primary", elem_id="sweep-queue")
+        sweep_msg = gr.Markdown(elem_id="sweep-status")
+        with gr.Row():
+            sweep_group = gr.Dropdown(choices=sweep.groups(), label="Sweep", elem_id="sweep-group", scale=4)
+            sweep_refresh = gr.Button("Refresh", size="sm", scale=1)
+            sweep_stop = gr.Button("Cancel sweep", variant="stop", elem_id="sweep-cancel", scale=1)
+        sweep_table = gr.Dataframe(label="Leaderboard (best eval loss first)", interactive=False,
+                                   elem_id="sweep-leaderboard")
+        sweep_plot = gr.Plot(label="Settings and results", elem_id="sweep-plot")
+    sweep_btn.click(sweep_queue, [sweep_text, sweep_file], [sweep_msg, sweep_group, sweep_table, sweep_plot])
+    sweep_group.input(sweep_board, [sweep_group], [sweep_table, sweep_plot])
+    sweep_refresh.click(lambda g: (gr.update(choices=sweep.groups()), *sweep_board(g)), [sweep_group],
+                        [sweep_group, sweep_table, sweep_plot])
+    sweep_stop.click(sweep_cancel, [sweep_group], [sweep_msg, sweep_table, sweep_plot])
+    return {"text": sweep_text, "group": sweep_group, "table": sweep_table, "plot": sweep_plot}
+
+
 def build() -> dict:
     """The form is a view of JobSpec: every field appears, placed by its own metadata (form.layout())."""
     meta, defaults, places = field_help(), JobSpec(), form.layout()
@@ -203,6 +289,7 @@ def build() -> dict:
                     yaml_file = gr.File(label="Import a job YAML", file_types=[".yaml", ".yml"])
                     yaml_btn = gr.Button("Download this form as YAML", size="sm")
                     yaml_out = gr.File(label="YAML", interactive=False, visible=False, elem_id="yaml-download")
+        sweep_panel()
         last_job = gr.State(None)  # inside the Tab: a component created directly under gr.Tabs breaks the tab bar
     names = list(comps)
     inputs = [comps[n] for n in names]

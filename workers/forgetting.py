@@ -1,0 +1,131 @@
+"""The forgetting check on the training worker, right after a run's final save.
+
+The model is still in memory: it answers the general-skills probe as the base (peft's ``disable_adapter()``;
+those answers are cached once per base model, weights and probe version) and as base + adapter. Replies are
+greedy, in left-padded batches of similar lengths, each question with its short reply budget
+(``studio.probe.runner.max_new_tokens``). The report goes to ``<job>/probe/general.json`` and a short form of it
+into the job's summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from studio.probe import PROBE_FOLDER, load_probe
+from studio.probe.runner import (CACHE_DIR, MAX_NEW_TOKENS, MAX_NEW_TOKENS_BY_CHECK, Generate, base_answers, compare,
+                                 flag_line, run_probe, write_json)
+
+log = logging.getLogger("studio.forgetting")
+
+PROBE_BATCH = 32          # prompts per generate call: the probe's prompts are short, so padding costs little
+SUMMARY_KEYS = ("summary", "kept", "drop_points", "flagged", "threshold", "base_correct", "adapter_correct", "total",
+                "base_cached", "seconds")
+
+
+def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, base: bool = False,
+                     batch_size: int = PROBE_BATCH) -> list[str]:
+    """Greedy single-turn replies of ``model`` (as its base when ``base``), in the order of ``prompts``.
+
+    Left-padded batches of prompts sorted by length; every module's train/eval flag is restored after, so a
+    model that goes on training is left as it was."""
+    from studio.generation import GenerationSettings
+    from studio.render import _render
+
+    texts = [_render(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    replies = [""] * len(texts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0).generate_kwargs()
+    device = next(model.parameters()).device
+    modes = [(m, m.training) for m in model.modules()]
+    ctx = model.disable_adapter() if base else contextlib.nullcontext()
+    model.eval()
+    try:
+        with ctx, torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, padding_side="left",
+                                add_special_tokens=False).to(device)
+                out = model.generate(**enc, pad_token_id=pad, use_cache=True, **kwargs)
+                for i, ids in zip(rows, out[:, enc["input_ids"].shape[1]:]):
+                    replies[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    finally:
+        for module, training in modes:
+            module.training = training
+    return replies
+
+
+def model_generate(model, tokenizer, base: bool, batch_size: int = PROBE_BATCH) -> Generate:
+    def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
+        return generate_replies(model, tokenizer, prompts, max_new_tokens, base, batch_size)
+
+    return generate
+
+
+def generation_settings(spec, model, batch_size: int = PROBE_BATCH) -> dict:
+    """What the cached base answers depend on besides the model and the probe: the base's weights as loaded for
+    training (4-bit answers differ from 16-bit ones), the batch and the reply budgets."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    qc = getattr(base.config, "quantization_config", None)   # as loaded: a CPU may load a 4-bit spec unquantised
+    qc = (qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)) if qc is not None else {}
+    quant = ("4bit-" + str(qc.get("bnb_4bit_quant_type")) if qc.get("load_in_4bit")
+             else "8bit" if qc.get("load_in_8bit") else "none")
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return {"backend": "training-model", "greedy": True, "repetition_penalty": 1.0, "batch": batch_size,
+            "quantization": quant, "dtype": dtype, "max_new_tokens": MAX_NEW_TOKENS,
+            "max_new_tokens_by_check": MAX_NEW_TOKENS_BY_CHECK}
+
+
+def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir: Path) -> tuple[dict, Path]:
+    """Run the probe on the in-memory model as base (cached) and as adapter; the report and its file."""
+    from studio.chat import base_key
+
+    probe = load_probe("general")
+    key = base_key(spec.base_model)
+    started = time.perf_counter()
+    base_result, cached = base_answers(model_generate(model, tokenizer, base=True), probe, key, cache_dir,
+                                       generation_settings(spec, model))
+    base_seconds = time.perf_counter() - started
+    adapter_result = run_probe(model_generate(model, tokenizer, base=False), probe)
+    seconds = time.perf_counter() - started
+    report = compare(probe, base_result, adapter_result, spec.forgetting_threshold)
+    report.update(base_model=key, base_cached=cached, seconds=round(seconds, 1),
+                  base_seconds=None if cached else round(base_seconds, 1),
+                  adapter_seconds=round(seconds - base_seconds, 1), time=time.time(), adapter_name=adapter_name,
+                  where="training worker, after the final save")
+    return report, write_json(out / PROBE_FOLDER / f"{probe.name}.json", report)
+
+
+def short(report: dict) -> dict:
+    """The part of the report the job's summary carries (the Runs card, the Adapters list, the model card)."""
+    return {"state": "done", **{k: report.get(k) for k in SUMMARY_KEYS}, "flag": flag_line(report)}
+
+
+def after_run(job_id: str, spec, model, tokenizer, out: Path, summary: dict, skip=lambda: False) -> dict:
+    """The forgetting check of a run already marked completed: its outcome goes into the job's summary. A
+    failure is logged and recorded in one sentence; it never changes the run's status."""
+    from studio import db
+    from studio.settings import get_settings
+
+    if skip():
+        outcome = {"state": "skipped", "error": "the worker was shutting down"}
+    else:
+        try:
+            log.info("job %s: checking general skills (the %s probe, base and adapter)", job_id, "general")
+            report, _ = check_model(spec, model, tokenizer, out, spec.name or job_id, get_settings().home / CACHE_DIR)
+            log.info("job %s: %s in %.1f s%s", job_id, report["summary"], report["seconds"],
+                     " (base answers from the cache)" if report["base_cached"] else "")
+            if report["flagged"]:
+                log.warning("job %s: %s", job_id, flag_line(report))
+            outcome = short(report)
+        except Exception as exc:  # noqa: BLE001 - the run is complete; the check only adds to it
+            log.warning("job %s: the forgetting check failed", job_id, exc_info=True)
+            outcome = {"state": "failed", "error": f"the forgetting check failed: {type(exc).__name__}: {exc}"[:300]}
+    summary = {**summary, "forgetting": outcome}
+    if db.get_job(job_id) is not None:  # deleted meanwhile: nothing to record
+        db.update_job(job_id, summary_json=__import__("json").dumps(summary))
+    return summary
