@@ -1,7 +1,6 @@
 """Adapter library: listing, zip with model card, safe import (safetensors only, shapes, zip-slip), export."""
 from __future__ import annotations
 
-import argparse
 import json
 import zipfile
 from pathlib import Path
@@ -174,11 +173,12 @@ def test_merged_export_matches_base_plus_adapter(tiny_model_dir, studio_home, tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from studio import adapters
+    from studio import cli
     from studio.settings import get_settings
+    from workers.inference import export
 
     job = make_job(tiny_model_dir, "merge-me", seed=1)
-    result = adapters.merge(job.id)
+    result = export.merge(job.id)
     out = get_settings().exports_dir / "merge-me-merged"
     assert result["path"] == str(out) and result["bytes"] > 0
     ids = torch.tensor([[1, 5, 40, 77, 123, 200, 9, 31]])
@@ -190,17 +190,18 @@ def test_merged_export_matches_base_plus_adapter(tiny_model_dir, studio_home, tm
     assert torch.allclose(merged, reference, atol=1e-4, rtol=0)
 
     target = tmp_path / "cli-merged"  # the CLI writes where its user says, never over an existing folder
-    args = argparse.Namespace(run="merge-me", merge=str(target), gguf=None, quant="q8_0")
-    assert adapters.cli_export(args) == 0 and (target / "config.json").exists()
-    assert adapters.cli_export(args) == 2 and "already exists" in capsys.readouterr().err
+    assert cli.main(["export", "merge-me", "--merge", str(target)]) == 0 and (target / "config.json").exists()
+    assert cli.main(["export", "merge-me", "--merge", str(target)]) == 2
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_gguf_export_writes_modelfile_drift_and_snippets(tiny_model_dir, studio_home):
     from studio import adapters
     from studio.settings import get_settings
+    from workers.inference import export
 
     job = make_job(tiny_model_dir, "to-gguf", seed=1, golden_prompts=["Hello, how are you?"])
-    result = adapters.export_gguf(job.id, quant="f16")
+    result = export.export_gguf(job.id, quant="f16")
     folder = get_settings().exports_dir / "to-gguf-gguf"
     assert result["merge"]["bytes"] > 0  # merged on the way
     assert Path(result["gguf"]["path"]) == folder / "to-gguf-f16.gguf" and result["gguf"]["bytes"] > 0
@@ -208,6 +209,7 @@ def test_gguf_export_writes_modelfile_drift_and_snippets(tiny_model_dir, studio_
     drift = json.loads((folder / "drift-f16.json").read_text())
     assert drift["prompts"] == 1 and drift["quant"] == "f16" and drift["max_abs_logit_diff"] < 0.1
     assert adapters.read_drift(job.id) == [drift] == [result["drift"]]
-    assert "ollama create to-gguf" in result["snippets"]["ollama"]
-    assert f"to-gguf={job.adapter_path}" in result["snippets"]["vllm"]  # relative to the data directory
-    assert "merge" not in adapters.export_gguf(job.id, quant="q8_0", drift=False)  # the merge is reused
+    snippets = adapters.snippets(job.id, result["gguf"]["path"])
+    assert "ollama create to-gguf" in snippets["ollama"]
+    assert f"to-gguf={job.adapter_path}" in snippets["vllm"]  # relative to the data directory
+    assert "merge" not in export.export_gguf(job.id, quant="q8_0", drift=False)  # the merge is reused

@@ -137,6 +137,17 @@ class InferenceEngine:
         reply.finish_reason = "length" if not hit and counted.generated >= settings.max_new_tokens else "stop"
 
 
+    def score(self, target: Target, messages: list[dict], add_generation_prompt: bool, continue_final_message: bool,
+              top: int | None, settings: GenerationSettings, reply: Reply) -> list[dict | None] | None:
+        """vLLM's ``prompt_logprobs`` of the conversation as rendered (``top`` None: not asked for), and one
+        generated token in ``reply`` (ChatEngine.score)."""
+        engine, adapter = self.prepare(target)
+        entries, text = engine.score(messages, adapter, add_generation_prompt, continue_final_message, top or 0,
+                                     settings)
+        reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason = text, len(entries), 1, "length"
+        return entries if top is not None else None
+
+
 class Counted:
     """Generation settings that also count the tokens of the prompt and of the reply: a logits processor
     is called once for each token generated."""
