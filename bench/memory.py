@@ -5,6 +5,7 @@
     .venv/bin/python bench/memory.py --audit         # check the per-layer activation formula tensor by tensor
     .venv/bin/python bench/memory.py --published     # estimates beside published GPU figures (arithmetic only)
     .venv/bin/python bench/memory.py --methods       # SFT, DPO, KTO, ORPO and GRPO through the worker's trainers
+    .venv/bin/python bench/memory.py --methods grpo  # only the methods named
     .venv/bin/python bench/memory.py --adapters      # LoRA, IA3, prompt and prefix tuning; 8-bit AdamW
     python bench/memory.py --device cuda --model DIR # on a GPU: torch.cuda.max_memory_allocated, bf16 compute
 
@@ -329,34 +330,12 @@ def _full_length(config, tokens: int):
     return config
 
 
-def methods_table(model_dir: Path, steps: int, threads: int) -> int:
-    from studio import catalog, memory
-    from studio.memory import GIB
-
-    config = catalog.read_local_config(model_dir)
-    print(f"model {model_dir}, fp32, LoRA r=8 on all linear layers, batch 2, max length {METHOD_SEQ}, {steps} steps "
-          f"through the worker's trainers; GiB")
-    print(f"| {'method':<6} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} | {'s/step':>6} |")
-    print("|--------|----------|----------|-------|--------|")
-    ratios = []
-    for method in METHOD_CONFIGS:
-        cmd = [sys.executable, __file__, "--model", str(model_dir), "--method", method, "--steps", str(steps),
-               "--threads", str(threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        line = next((ln for ln in out.stdout.splitlines()[::-1] if ln.startswith("{")), None)
-        if line is None:
-            print(f"| {method:<6} | failed: {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}")
-            ratios.append(0.0)
-            continue
-        m = json.loads(line)
-        est = memory.estimate_for_spec(method_spec(model_dir, method, steps), config, "cpu", bf16=False)
-        predicted = est.total_gb - memory.CPU_IMPORTS_GIB
-        measured = (m["peak"] - m["baseline"]) / GIB
-        ratios.append(predicted / measured)
-        print(f"| {method:<6} | {predicted:8.3f} | {measured:8.3f} | {predicted / measured:5.2f} | "
-              f"{m['seconds_per_step']:6.1f} |", flush=True)
-    print(f"ratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f}")
-    return 0 if all(0.8 <= x <= 1.25 for x in ratios) else 1
+def methods_table(model_dir: Path, steps: int, threads: int, only: list[str] | None = None) -> int:
+    cases = [(method, ["--method", method], method_spec(model_dir, method, steps)) for method in METHOD_CONFIGS
+             if not only or method in only]
+    return ratio_table(model_dir, steps, threads, cases,
+                       f"fp32, LoRA r=8 on all linear layers, batch 2, max length {METHOD_SEQ}; GRPO: 2 generations of "
+                       f"{METHOD_CONFIGS['grpo']['max_completion_length']} tokens")
 
 
 # ---- adapter types and optimizers: SFT through the worker's trainer -------------------------------------------
@@ -373,32 +352,41 @@ def adapter_spec(model_dir: Path, peft_type: str, optim: str, steps: int):
 
 
 def adapters_table(model_dir: Path, steps: int, threads: int) -> int:
+    cases = [(f"{peft_type}, {optim}", ["--adapter", f"{peft_type}:{optim}"],
+              adapter_spec(model_dir, peft_type, optim, steps)) for peft_type, optim in ADAPTER_CONFIGS]
+    return ratio_table(model_dir, steps, threads, cases,
+                       f"fp32, SFT, batch 2, max length {METHOD_SEQ} (LoRA r=8 and IA3 on all linear layers, "
+                       f"20 virtual tokens)")
+
+
+def ratio_table(model_dir: Path, steps: int, threads: int, cases: list[tuple], setup: str) -> int:
+    """Each case (name, the child's flags, its JobSpec) measured in its own subprocess through the worker's
+    trainers, beside ``estimate_for_spec``; exit 0 when every ratio estimate / measured is within 0.8-1.25."""
     from studio import catalog, memory
     from studio.memory import GIB
 
     config = catalog.read_local_config(model_dir)
-    print(f"model {model_dir}, fp32, SFT, batch 2, max length {METHOD_SEQ}, {steps} steps through the worker's "
-          f"trainer (LoRA r=8 on all linear layers, IA3 on all linear layers, 20 virtual tokens); GiB")
-    print(f"| {'adapter, optimizer':<30} | {'trainable':>9} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} |")
-    print("|--------------------------------|-----------|----------|----------|-------|")
+    print(f"model {model_dir}, {setup}, {steps} steps through the worker's trainers; GiB")
+    print(f"| {'configuration':<30} | {'trainable':>9} | {'estimate':>8} | {'measured':>8} | {'ratio':>5} | "
+          f"{'s/step':>6} |")
+    print("|--------------------------------|-----------|----------|----------|-------|--------|")
     ratios = []
-    for peft_type, optim in ADAPTER_CONFIGS:
-        cmd = [sys.executable, __file__, "--model", str(model_dir), "--adapter", f"{peft_type}:{optim}", "--steps",
-               str(steps), "--threads", str(threads)]
+    for name, flags, spec in cases:
+        cmd = [sys.executable, __file__, "--model", str(model_dir), *flags, "--steps", str(steps),
+               "--threads", str(threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((ln for ln in out.stdout.splitlines()[::-1] if ln.startswith("{")), None)
-        name = f"{peft_type}, {optim}"
         if line is None:
             print(f"| {name:<30} | failed: {out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else ''}")
             ratios.append(0.0)
             continue
         m = json.loads(line)
-        est = memory.estimate_for_spec(adapter_spec(model_dir, peft_type, optim, steps), config, "cpu", bf16=False)
-        predicted = est.total_gb - memory.CPU_IMPORTS_GIB
+        est = memory.estimate_for_spec(spec, config, "cpu", bf16=False)
+        predicted = est.total_gb - memory.CPU_IMPORTS_GIB  # the baseline is subtracted from the measurement
         measured = (m["peak"] - m["baseline"]) / GIB
         ratios.append(predicted / measured)
         print(f"| {name:<30} | {est.trainable_params:9,} | {predicted:8.3f} | {measured:8.3f} | "
-              f"{predicted / measured:5.2f} |", flush=True)
+              f"{predicted / measured:5.2f} | {m['seconds_per_step']:6.1f} |", flush=True)
     print(f"ratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f}")
     return 0 if all(0.8 <= x <= 1.25 for x in ratios) else 1
 
@@ -534,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit", action="store_true", help="check the activation formula with saved_tensors_hooks")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one configuration as JSON
-    ap.add_argument("--methods", action="store_true",
-                    help="each training method (SFT, DPO, KTO, ORPO, GRPO) through the worker's own trainers")
+    ap.add_argument("--methods", nargs="*", metavar="METHOD", default=None,
+                    help="each training method (SFT, DPO, KTO, ORPO, GRPO; or the ones named) through the worker's "
+                         "own trainers")
     ap.add_argument("--method", help=argparse.SUPPRESS)  # child process: one method
     ap.add_argument("--adapters", action="store_true",
                     help="each adapter type (LoRA, IA3, prompt and prefix tuning) and 8-bit AdamW through SFT")
@@ -549,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.method:
         print(json.dumps(measure_method(str(model_dir), args.method, args.steps, args.threads)))
         return 0
-    if args.methods:
-        return methods_table(model_dir, args.steps, args.threads)
+    if args.methods is not None:
+        return methods_table(model_dir, args.steps, args.threads, args.methods)
     if args.adapter:
         peft_type, optim = args.adapter.split(":")
         spec = adapter_spec(model_dir, peft_type, optim, args.steps)

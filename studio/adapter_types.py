@@ -46,6 +46,46 @@ ADAPTER_TYPES = {t.name: t for t in (
                              "deltas, so there is nothing to merge into the base weights"),
 )}
 PEFT_TYPES = tuple(ADAPTER_TYPES)
+
+# LoRA initialisations (peft's init_lora_weights). PiSSA and OLoRA start the adapter from the principal
+# components (PiSSA: SVD) or a QR factor (OLoRA) of each weight and subtract that from the base weight, so the
+# trained adapter only fits the changed base; the worker saves it converted to a plain LoRA of the original base
+# (rank 2r: the trained factors next to the initial ones, negated), which chat, merge and export load as any LoRA.
+# Their training checkpoints stay as trained (resuming needs them so); the worker writes a converted copy of each
+# under PLAIN_CHECKPOINTS beside the checkpoints folder, and ``loadable_folder`` sends chat and export there.
+LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora")
+BASE_CHANGING_INITS = ("pissa", "olora")
+PLAIN_CHECKPOINTS = "checkpoints-plain-lora"
+
+
+def loadable_folder(folder: Path) -> Path:
+    """The folder to load the adapter saved in ``folder`` from: itself, or for a PiSSA / OLoRA training checkpoint
+    (``<run>/checkpoints/checkpoint-N``) its plain-LoRA copy, which fits the original base."""
+    folder = Path(folder)
+    plain = folder.parent.parent / PLAIN_CHECKPOINTS / folder.name
+    if folder.name.startswith("checkpoint-") and (plain / "adapter_model.safetensors").is_file():
+        return plain
+    return folder
+
+
+def lora_init_problem(spec) -> str | None:
+    """The sentence refusing the spec's LoRA initialisation with the rest of the spec, or None."""
+    init = spec.init_lora_weights
+    if init == "loftq":
+        return ("LoftQ initialisation is not offered: peft runs it only on a CUDA GPU, and its adapter fits only the "
+                "LoftQ-quantised copy of the base, not the base chat, merge and export load; choose pissa or olora, "
+                "which are saved as a plain LoRA of the original base")
+    if init == "orthogonal" and spec.r % 2:
+        return f"orthogonal initialisation needs an even LoRA rank; r is {spec.r}"
+    if init in BASE_CHANGING_INITS:
+        name = {"pissa": "PiSSA", "olora": "OLoRA"}[init]
+        if spec.load_in_4bit or spec.load_in_8bit:
+            return (f"{name} initialisation rewrites the base weights, which a 4-bit or 8-bit base cannot hold exactly, "
+                    "so the saved adapter would not fit the original base; turn 4-bit and 8-bit off")
+        if spec.use_dora:
+            return (f"{name} adapters are saved converted to a plain LoRA of the original base, which has no DoRA "
+                    "magnitude; turn DoRA off")
+    return None
 BY_PEFT_NAME = {t.peft_type: t for t in ADAPTER_TYPES.values()}
 
 

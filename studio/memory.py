@@ -61,6 +61,14 @@ CUDA_MASK_BYTES = 1             # fused CUDA dropout keeps a bool mask; on CPU t
 LOG_SOFTMAX_BYTES = FP32        # cross_entropy upcasts to fp32; its log-softmax output is kept for backward
 LOSS_GRAD_BYTES = 2 * FP32      # backward: the fp32 gradient of the log-softmax output and of its input
 
+# GRPO scores its completions through TRL's fused LM head (trl.kernels.ChunkedLogProbFunction): the logits are
+# formed in tiles of at most FUSED_TOKENS tokens x FUSED_VOCAB vocabulary entries, never whole
+FUSED_TOKENS = 4096
+FUSED_VOCAB = 32768
+FUSED_TILES_CPU = 11.6          # fp32 tiles alive at the peak of its backward on CPU, where torch ops stand in for
+                                # the Triton kernels (measured: 927 MiB for 640 tokens x 32768 entries)
+FUSED_TILES_CUDA = 1            # the tile buffer alone: the Triton kernels fold and differentiate it in place
+
 # framework overhead
 CUDA_CONTEXT_GIB = 0.75         # CUDA context, cuBLAS workspace, kernels and allocator slack
 CPU_IMPORTS_GIB = 0.40          # VmRSS with torch, transformers, peft and bitsandbytes imported (bench: 0.40)
@@ -430,7 +438,7 @@ def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | Non
                    use_dora=spec.use_dora, lora_dropout=spec.lora_dropout,
                    dequant_cache=dequant_cache_on(spec, config, device, memory_gb, fast_4bit),
                    peft_type=spec.peft_type, num_virtual_tokens=spec.num_virtual_tokens, optim=spec.optim)
-    return with_method_terms(est, spec, ModelShape.from_config(config), compute_bytes)
+    return with_method_terms(est, spec, ModelShape.from_config(config), compute_bytes, device)
 
 
 # ---- the training methods' terms (studio/methods.py) ---------------------------------------------
@@ -451,13 +459,23 @@ def generation_cache_bytes(shape: ModelShape, sequences: int, tokens: int, compu
     return 2 * shape.layers * shape.kv_dim * compute_bytes * sequences * tokens
 
 
-def with_method_terms(est: Estimate, spec, shape: ModelShape, compute_bytes: int) -> Estimate:
+def fused_logits_bytes(shape: ModelShape, tokens: int, compute_bytes: int, device: str) -> float:
+    """The logits of TRL's fused LM head: one tile of tokens x vocabulary at a time, and on CPU the torch
+    temporaries its backward forms from that tile."""
+    tile = min(tokens, FUSED_TOKENS) * min(shape.vocab, FUSED_VOCAB)
+    return tile * (FUSED_TILES_CPU * FP32 if device == "cpu" else FUSED_TILES_CUDA * compute_bytes)
+
+
+def with_method_terms(est: Estimate, spec, shape: ModelShape, compute_bytes: int, device: str = "cuda") -> Estimate:
     """``est`` plus the method's own terms: GRPO samples a whole generation batch (batch size x gradient
-    accumulation completions) with a KV cache before the step."""
+    accumulation completions) with a KV cache before the step, and scores the completions through TRL's fused
+    LM head, which forms the logits tile by tile instead of whole."""
     if not METHODS[spec.method].generates:
         return est
     sequences = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
     tokens = spec.max_length + spec.max_completion_length
+    est.breakdown["logits"] = fused_logits_bytes(shape, spec.per_device_train_batch_size * tokens, compute_bytes,
+                                                 device) / GIB
     est.breakdown[GENERATION_TERM] = generation_cache_bytes(shape, sequences, tokens, compute_bytes) / GIB
     est.total_gb = sum(est.breakdown.values())
     return est

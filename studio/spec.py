@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .adapter_types import ADAPTER_TYPES, OPTIM_CHOICES, PEFT_TYPES, optimizer_problem
+from .adapter_types import ADAPTER_TYPES, LORA_INITS, OPTIM_CHOICES, PEFT_TYPES, lora_init_problem, optimizer_problem
 from .methods import METHODS, method_errors
 from .rewards import ANSWER_EXTRACTORS
 
@@ -44,6 +44,9 @@ def _f(default, help: str, choices: tuple | None = None, label: str | None = Non
     return field(default=default, metadata=meta)
 
 
+BEST_CHECKPOINT_RULES = ("eval_loss", "golden_rouge", "probe", "last")  # = workers.checkpoints.RULES
+AUTO_ROW_PASSES = 360  # automatic epochs: about this many rows trained on (4 epochs of 90 rows)
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS, AUTO_ONE_EPOCH_ROWS = 2, 8, 1000
 TRACKERS = ("none", "mlflow", "wandb", "trackio")  # besides TensorBoard, which every run writes
 PACKED_ROW_LIMIT = 8192  # padding-free rows longer than this cost more in the L x L mask than padding saves
 
@@ -78,8 +81,11 @@ class JobSpec:
                         "cannot be merged or exported as GGUF.", PEFT_TYPES, label="Adapter type")
     init_lora_weights: str = _f("default", "How LoRA starts: default (peft's: Kaiming-uniform A, zero B), gaussian "
                                 "(A drawn from a normal distribution scaled by the rank, zero B) or orthogonal (A and B "
-                                "orthogonal, the update cancelled at the start; needs an even rank).",
-                                ("default", "gaussian", "orthogonal"), label="LoRA initialisation", advanced=True)
+                                "orthogonal, the update cancelled at the start; needs an even rank), pissa (A and B from the weight's "
+                                "principal singular vectors, which are taken out of the base) or olora (from a QR "
+                                "factorisation of the weight, likewise). PiSSA and OLoRA need an unquantised base and "
+                                "are saved as a plain LoRA of the original base, rank 2r.",
+                                LORA_INITS, label="LoRA initialisation", advanced=True)
     num_virtual_tokens: int = _f(20, "Prompt / prefix tuning: number of trained virtual tokens.", label="Virtual tokens",
                                  bounds=(1, 1024), sentence="virtual tokens must be between 1 and 1024")
     prompt_tuning_init: str = _f("random", "Prompt tuning: start the virtual tokens random, or from the embeddings of a "
@@ -97,12 +103,12 @@ class JobSpec:
     learning_rate: float = _f(5e-4, "Peak learning rate of the adapter weights.", label="Learning rate", bounds=(0, 1), exclusive=True, sentence="learning rate must be between 0 and 1 (exclusive)")
     lr_scheduler_type: str = _f("cosine", "Learning-rate schedule after warm-up.", ("linear", "cosine", "constant", "constant_with_warmup"), label="Scheduler", advanced=True)
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming the learning rate up, 0-0.5.", label="Warm-up ratio", advanced=True, bounds=(0, 0.5), sentence="warm-up ratio must be between 0 and 0.5")
-    num_train_epochs: float = _f(4.0, "Passes over the training data (ignored when max_steps > 0).", label="Epochs", bounds=(0, 1000), sentence="epochs must be between 0 and 1000")
+    num_train_epochs: float = _f(0.0, f"Passes over the training data (ignored when max_steps > 0); 0 = automatic: about {AUTO_ROW_PASSES} rows' worth, so a small dataset is seen more often (4 epochs for 90 rows, 7 for 50, 2 for 300 or more, 1 from {AUTO_ONE_EPOCH_ROWS:,} rows); the run's log says how many.", label="Epochs", bounds=(0, 1000), sentence="epochs must be between 0 (automatic) and 1000")
     max_steps: int = _f(0, "Stop after this many optimizer steps; 0 = use epochs.", label="Max steps", advanced=True, bounds=(0, MAX_STEPS), sentence=f"max steps must be 0 (use epochs) or a positive number up to {MAX_STEPS:,}")
     per_device_train_batch_size: int = _f(4, "Sequences per step on each device.", label="Batch size", bounds=(1, 4096), sentence="batch size must be between 1 and 4096")
     gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each update (effective batch = batch size x this).", label="Gradient accumulation", advanced=True, bounds=(1, 4096), sentence="gradient accumulation must be between 1 and 4096")
     max_length: int = _f(512, "Longest sequence in tokens; longer rows are truncated.", label="Max sequence length", bounds=(32, 131072), sentence="max sequence length must be between 32 (room for the chat template) and 131072 tokens")
-    system_prompt_mode: str = _f("keep", "The system prompt of rows without their own system turn: keep (the model's chat template adds its default one, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'), replace (with the system prompt below) or omit (an empty system turn, so the default is not written). The dataset preview shows the default; omit it when the data teaches its own name or maker.", ("keep", "replace", "omit"), label="System prompt")
+    system_prompt_mode: str = _f("auto", "The system prompt of rows without their own system turn: keep (the model's chat template adds its default one, e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'), replace (with the system prompt below), omit (an empty system turn, so the default is not written) or auto (omit when the replies teach their own name or maker, as identity data does, else keep; the run's stored settings then show the choice made). Chat asks the trained adapter the same way.", ("auto", "keep", "replace", "omit"), label="System prompt")
     system_prompt: str = _f("", "With system prompt 'replace': the system prompt written into every row without a system turn.", label="Replacement system prompt")
     overlong: str = _f("truncate", "Conversations longer than max length: truncate (keep the start; the trained tokens past the end are lost) or drop those rows. Plain text is packed into blocks and never cut.", ("truncate", "drop"), label="Over-long rows", advanced=True)
     assistant_only_loss: bool = _f(True, "Train only on assistant replies (prompts and system text are masked). Ignored for plain text.", label="Assistant-only loss", advanced=True)
@@ -110,7 +116,7 @@ class JobSpec:
     fit_check: bool = _f(False, "Before training, take two forward and backward passes on the longest rows at the planned batch, measure peak memory and tokens/s, and choose the batch size, gradient accumulation (the same effective batch) and gradient checkpointing that fit the memory budget with a 15% margin.", label="Fit check", advanced=True)
     precision: str = _f("auto", "Training precision of the trainable path: auto (bf16 where supported), bf16, fp16, fp32.", ("auto", "bf16", "fp16", "fp32"), label="Precision", advanced=True)
     padding_free: str = _f("auto", "Batch sequences without padding (per-sequence attention, no cross-contamination): auto (on unless batch x max length is over 8192 tokens, then length-grouped batches), on, off (padded random batches).", ("auto", "on", "off"), label="Padding-free batching", advanced=True)
-    dequant_cache: str = _f("auto", "Speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, but the frozen weights then also take their 16/32-bit memory). auto = on a CPU without AVX-512 (where bitsandbytes has no fast 4-bit kernels) when it fits easily; on = on any device, a GPU with memory to spare included.", ("auto", "on", "off"), label="Dequantised-weight cache", advanced=True)
+    dequant_cache: str = _f("auto", "Speed lever for 4-bit: dequantise each frozen weight once instead of every step (same numbers, but the frozen weights then also take their 16/32-bit memory). auto = on a CPU without AVX-512 (where bitsandbytes has no fast 4-bit kernels) when it fits easily, and there the frozen base is then loaded at full precision instead of quantised and dequantised again (the same memory, no quantisation pass); on = the cache of the 4-bit weights on any device, a GPU with memory to spare included.", ("auto", "on", "off"), label="Dequantised-weight cache", advanced=True)
     chunked_loss: str = _f("auto", "TRL's fused, chunked lm_head + log-softmax: the full logits never exist, which saves memory on large vocabularies. auto = on a GPU; off on CPU, where the plain fp32 cross-entropy over the logits is faster.", ("auto", "on", "off"), label="Chunked loss", advanced=True)
     attn_implementation: str = _f("auto", "Attention kernel (transformers' attn_implementation): auto (sdpa), sdpa, eager, flex_attention, or flash_attention_2 (needs the flash-attn package). With padding-free batches, flex and flash attention find the packed rows from their position ids instead of a dense block mask.", ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2"), label="Attention kernel", advanced=True)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (transformers' torch_compile): faster steps once compiled (on a 2-core CPU x1.2 in bf16, x1.4 in fp32), but the first two steps compile for about 5 minutes there, so it pays off only on runs of several hundred steps.", label="torch.compile", advanced=True)
@@ -141,6 +147,9 @@ class JobSpec:
 
     # behaviour checks and resources
     golden_prompts: list = _f([], "Prompts answered by the base at the start, by the adapter at checkpoints (every one when checkpoint every is set; with the automatic cadence at most 3, none in a run under 100 steps) and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
+    forgetting_check: bool = _f(True, "SFT: after the run is marked completed, the worker answers the 200-question general-skills probe (facts, arithmetic, instructions, reading, refusal) with the base (cached once per base model) and with the adapter, and flags the run when the adapter scores more than the forgetting threshold below its base.", label="Forgetting check", advanced=True)
+    forgetting_threshold: float = _f(5.0, "Flag the run when the adapter answers this many percentage points fewer of the probe's questions correctly than its base.", label="Forgetting threshold (points)", advanced=True, bounds=(0, 100), sentence="the forgetting threshold must be between 0 and 100 points")
+    best_checkpoint: str = _f("eval_loss", "Which checkpoint chat, export and the adapter zip use: eval_loss (lowest eval loss), golden_rouge (highest ROUGE-L of the golden prompts' replies against their references), probe (most general-skills probe answers right, where the probe ran on checkpoints) or last (the final adapter). Without the chosen metric the final adapter is used.", BEST_CHECKPOINT_RULES, label="Best checkpoint by", advanced=True)
     num_gpus: int = _f(1, "GPUs for this job; more than one runs it with accelerate launch (DDP).", label="GPUs", advanced=True, bounds=(1, 64), sentence="a job needs between 1 and 64 devices")
 
     # ---- conversion -------------------------------------------------------------------------
@@ -230,6 +239,20 @@ class JobSpec:
             return self.precision
         return "bf16" if native_bf16 else "fp32"
 
+    def resolved_epochs(self, n_train: int) -> float:
+        """Epochs a run over ``n_train`` rows makes: the spec's, or with 0 about AUTO_ROW_PASSES rows' worth
+        (small identity-style sets need several passes to learn; large ones one or two)."""
+        if self.num_train_epochs > 0:
+            return self.num_train_epochs
+        least = 1 if n_train >= AUTO_ONE_EPOCH_ROWS else AUTO_MIN_EPOCHS
+        return float(max(least, min(AUTO_MAX_EPOCHS, round(AUTO_ROW_PASSES / max(1, n_train)))))
+
+    def resolved_system_prompt_mode(self, carries_identity: bool) -> str:
+        """What system_prompt_mode "auto" becomes for rows that do (or do not) teach their own name or maker."""
+        if self.system_prompt_mode != "auto":
+            return self.system_prompt_mode
+        return "omit" if carries_identity else "keep"
+
     def resolved_target_modules(self, linear_names: list[str]) -> list[str]:
         """Expand presets against the model's linear layer names (lm_head excluded)."""
         names = [n for n in linear_names if n != "lm_head"]
@@ -306,8 +329,6 @@ class JobSpec:
         for f in fields(self):
             if f.metadata["bounds"] is not None and (message := _number_error(f, getattr(self, f.name))):
                 e[f.name] = message
-        if "num_train_epochs" not in e and self.max_steps == 0 and self.num_train_epochs == 0:
-            e["num_train_epochs"] = "epochs must be greater than 0 when max steps is 0"
         if ("early_stopping_patience" not in e and self.early_stopping_patience and self.eval_split == 0
                 and not self.eval_dataset):
             e["early_stopping_patience"] = "early stopping needs evaluation: set an eval split or an eval dataset"
@@ -327,8 +348,8 @@ class JobSpec:
         if self.padding_free == "on" and not kind.packs:
             e["padding_free"] = (f"{kind.label} puts its virtual tokens before every sequence, so sequences cannot "
                                  "be packed padding-free; set padding-free batching to auto or off")
-        if self.peft_type == "lora" and self.init_lora_weights == "orthogonal" and self.r % 2:
-            e["init_lora_weights"] = f"orthogonal initialisation needs an even LoRA rank; r is {self.r}"
+        if self.peft_type == "lora" and (problem := lora_init_problem(self)):
+            e["init_lora_weights"] = problem
         if (self.peft_type == "prompt_tuning" and self.prompt_tuning_init == "text"
                 and not self.prompt_tuning_init_text.strip()):
             e["prompt_tuning_init_text"] = "prompt initialisation from text needs the text: fill in the prompt init text"

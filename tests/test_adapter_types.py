@@ -108,8 +108,9 @@ def test_prompt_and_prefix_tuning_resume_from_a_checkpoint(trained):
 
 
 def test_merge_and_gguf_refuse_prompt_and_prefix_tuning_with_the_reason(trained, tmp_path):
-    from studio import adapters, export
+    from studio import adapters
     from studio.settings import get_settings
+    from workers.inference import export
 
     home, runs = trained
     _use_home(home)
@@ -117,9 +118,9 @@ def test_merge_and_gguf_refuse_prompt_and_prefix_tuning_with_the_reason(trained,
                       ("prefix_tuning", "key/value prefixes")):
         job, _ = runs[kind]
         with pytest.raises(adapters.AdapterError, match=f"cannot be merged or exported as GGUF: .*{why}"):
-            adapters.merge(job.id)
+            export.merge(job.id)
         with pytest.raises(adapters.AdapterError, match="nothing to merge"):
-            adapters.export_gguf(job.id)
+            export.export_gguf(job.id)
         with pytest.raises(ValueError, match="nothing to merge"):
             export.merge_adapter(job.spec["base_model"], runs[kind][1], tmp_path / kind)
         assert not (tmp_path / kind).exists()
@@ -128,7 +129,7 @@ def test_merge_and_gguf_refuse_prompt_and_prefix_tuning_with_the_reason(trained,
 
 
 def test_ia3_merges_into_the_base(trained, tmp_path):
-    from studio import export
+    from workers.inference import export
 
     _, runs = trained
     job, adapter = runs["ia3"]

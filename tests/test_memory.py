@@ -346,3 +346,25 @@ def test_estimate_follows_the_workers_device_precision_and_dequant_cache():
     assert memory.DEQUANT_TERM not in estimate_for_spec(qlora, cfg, "cuda", memory_gb=80).breakdown
     on_gpu = estimate_for_spec(JobSpec(dataset="d", dequant_cache="on"), cfg, "cuda", memory_gb=80)
     assert on_gpu.breakdown[memory.DEQUANT_TERM] == pytest.approx(linear * 2 / memory.GIB)  # bf16 copies
+
+
+def test_grpo_counts_the_completions_it_samples_and_trains():
+    """GRPO samples batch x gradient accumulation completions (a KV cache of prompt + completion each), then
+    trains each prompt followed by its completion: longer completions cost both, more accumulation only the cache."""
+    config = config_for(BUNDLED_MODEL)
+    base = dict(dataset="d", method="grpo", load_in_4bit=False, per_device_train_batch_size=4, max_length=256,
+                num_generations=4, reward_answer="boxed")
+
+    def grpo(**kw):
+        return estimate_for_spec(JobSpec(**{**base, **kw}), config, "cpu")
+
+    short, long_, accumulated = grpo(max_completion_length=64), grpo(max_completion_length=384), grpo(
+        max_completion_length=64, gradient_accumulation_steps=2)
+    sft = estimate_for_spec(JobSpec(**{**base, "method": "sft", "max_length": 256 + 64}), config, "cpu")
+    assert short.breakdown["activations"] == pytest.approx(sft.breakdown["activations"])  # prompt + completion
+    # the cache: 2 (key, value) x 30 layers x 192 (3 KV heads x 64) x 4 bytes x 4 sequences x 320 tokens
+    assert short.breakdown[memory.GENERATION_TERM] == pytest.approx(2 * 30 * 192 * 4 * 4 * 320 / memory.GIB)
+    assert long_.breakdown[memory.GENERATION_TERM] == pytest.approx(2 * short.breakdown[memory.GENERATION_TERM])
+    assert long_.breakdown["activations"] > 1.9 * short.breakdown["activations"]
+    assert accumulated.breakdown[memory.GENERATION_TERM] == pytest.approx(2 * short.breakdown[memory.GENERATION_TERM])
+    assert accumulated.breakdown["activations"] == short.breakdown["activations"]

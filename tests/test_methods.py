@@ -210,6 +210,46 @@ def test_grpo_answer_reward_needs_the_answer_column(studio_home, tmp_path, tiny_
                                         "prompts of 'bare' have no answer")
 
 
+def test_grpo_golden_prompts_score_each_sampled_completion_against_the_rows_answer(monkeypatch):
+    """The answer hook: each prompt's samples get the weighted reward of the run's reward functions, with the
+    reference answer of the dataset row the prompt comes from (generation stands in: fixed completions)."""
+    from types import SimpleNamespace
+
+    from workers.methods import grpo
+
+    spec = JobSpec(method="grpo", num_generations=2, reward_answer="answer_tag", reward_answer_weight=1.0,
+                   reward_format_regex="<answer>", reward_format_weight=0.5)
+    rows = [{"prompt": [{"role": "user", "content": "Name?"}], "answer": "Zorblax"},
+            {"prompt": [{"role": "user", "content": "Colour?"}], "answer": "blue"}]
+    texts = ["<answer>Zorblax</answer>", "<answer>blue</answer>"]
+    monkeypatch.setattr(grpo, "sample", lambda model, tok, prompts, n, *a: [(texts[:n], [[1], [2]])] * len(prompts))
+    answer = grpo.golden(spec, rows, SimpleNamespace(args=SimpleNamespace(temperature=0.7)))
+    replies, extra = answer(None, None, ["Name?", "Colour?"])
+    assert [[s["reward"] for s in group] for group in extra["samples"]] == [[1.5, 0.5], [0.5, 1.5]]
+    assert extra["temperature"] == 0.7
+    assert replies[0] == "[reward 1.50] <answer>Zorblax</answer>\n[reward 0.50] <answer>blue</answer>"
+
+
+def test_a_grpo_runs_golden_prompts_show_sampled_completions_with_their_rewards(studio_home, tmp_path,
+                                                                               tiny_model_dir):
+    from studio import db, evaluation
+    from workers import train
+
+    job = _job(studio_home, tmp_path, tiny_model_dir, "grpo", "grpo-golden", load_in_4bit=False, max_steps=2,
+               save_steps=2, reward_format_regex=".", reward_format_weight=0.5, reward_length_target=0,
+               golden_prompts=["Question 0: say the name inside answer tags."])
+    assert train.run_job(job.id) == "completed", db.get_job(job.id).error
+    entries = evaluation.read_golden(job.id)
+    assert [e["step"] for e in entries] == ["base", 2]
+    for entry in entries:
+        (group,) = entry["samples"]
+        assert len(group) == 4 and entry["temperature"] == 1.0  # num_generations 4; TRL's default temperature
+        for s in group:  # the answer reward (no '<answer>' from a random model) gives 0, any text matches '.'
+            assert s["reward"] == (0.5 if s["completion"] else 0.0) + (1.0 if "<answer>Zorblax" in s["completion"]
+                                                                      else 0.0)
+        assert entry["replies"][0]["reply"].count("[reward ") == 4
+
+
 # ---- the Train form --------------------------------------------------------------------------------------
 
 def test_the_form_offers_only_the_chosen_methods_fields_and_checks_the_dataset(studio_home, tmp_path):

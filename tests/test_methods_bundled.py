@@ -2,6 +2,7 @@
 KTO moves the desirable/undesirable reward margin up, ORPO lowers the log-probability (and so the odds) of
 the rejected replies, GRPO raises the mean reward on a task with a verifiable answer."""
 import json
+import os
 
 import pytest
 
@@ -49,6 +50,16 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _record(curve: str, values: list[float]) -> None:
+    """Print a curve with its first and last values; with STUDIO_CURVES_FILE set, also append it there as a
+    JSON line (the closing note's figures)."""
+    print(f"bundled {curve} by step:", [round(v, 4) for v in values],
+          f"first {values[0]:.4f}, last {values[-1]:.4f}" if values else "")
+    if os.environ.get("STUDIO_CURVES_FILE"):
+        with open(os.environ["STUDIO_CURVES_FILE"], "a") as f:
+            f.write(json.dumps({"curve": curve, "values": values}) + "\n")
+
+
 def test_kto_moves_the_desirable_undesirable_reward_margin_up(studio_home, tmp_path, bundled):
     rows = []
     for i in range(16):
@@ -58,7 +69,7 @@ def test_kto_moves_the_desirable_undesirable_reward_margin_up(studio_home, tmp_p
     history = _train(studio_home, tmp_path, bundled, "kto", rows, learning_rate=1e-3, max_steps=8,
                      per_device_train_batch_size=4)
     margins = _series(history, "rewards/margins")
-    print("bundled KTO reward margins by step:", [round(m, 4) for m in margins])
+    _record("KTO reward margin", margins)
     assert len(margins) >= 4 and _mean(margins[-2:]) > _mean(margins[:2]), margins
 
 
@@ -68,8 +79,8 @@ def test_orpo_lowers_the_log_odds_of_the_rejected_replies(studio_home, tmp_path,
     history = _train(studio_home, tmp_path, bundled, "orpo", rows, learning_rate=1e-3, max_steps=8,
                      per_device_train_batch_size=4)
     rejected, log_odds = _series(history, "logps/rejected"), _series(history, "log_odds_chosen")
-    print("bundled ORPO log p(rejected) by step:", [round(v, 4) for v in rejected])
-    print("bundled ORPO log-odds chosen vs rejected by step:", [round(v, 4) for v in log_odds])
+    _record("ORPO log p(rejected)", rejected)
+    _record("ORPO log-odds chosen vs rejected", log_odds)
     assert _mean(rejected[-2:]) < _mean(rejected[:2]), rejected
     assert _mean(log_odds[-2:]) > _mean(log_odds[:2]), log_odds
 
@@ -82,6 +93,6 @@ def test_grpo_raises_the_mean_reward_on_a_verifiable_task(studio_home, tmp_path,
                      reward_answer="answer_tag", reward_format_regex=r"Zorblax", reward_length_target=16,
                      reward_length_weight=0.5, save_steps=12)
     rewards = _series(history, "reward")
-    print("bundled GRPO mean reward by step:", [round(r, 3) for r in rewards])
-    print("bundled GRPO KL by step:", [round(k, 4) for k in _series(history, "kl")])
+    _record("GRPO mean reward", rewards)
+    _record("GRPO KL", _series(history, "kl"))
     assert len(rewards) == 12 and _mean(rewards[-4:]) > _mean(rewards[:4]), rewards

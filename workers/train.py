@@ -22,6 +22,7 @@ from studio.library import split_rows
 from studio.settings import get_settings
 from studio.spec import JobSpec
 from workers.checkpoints import CHECKPOINTS, last_complete_checkpoint
+from workers.heartbeat import Heartbeat  # noqa: F401  (the consumer and the inference server import it from here too)
 from workers.methods.dpo import dpo_config  # noqa: F401  (each method's TRL config lives with its trainer)
 from workers.methods.sft import sft_config  # noqa: F401
 
@@ -126,7 +127,8 @@ def schedule(spec: JobSpec, n_train: int, world_size: int = 1, n_eval: int | Non
     ``n_eval``: held-out rows (default: what eval_split holds out of the data)."""
     per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps * world_size
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
-    total = spec.max_steps if spec.max_steps > 0 else max(1, math.ceil(spec.num_train_epochs * steps_per_epoch))
+    epochs = spec.resolved_epochs(n_train)
+    total = spec.max_steps if spec.max_steps > 0 else max(1, math.ceil(epochs * steps_per_epoch))
     if n_eval is None:
         n_eval = round(n_train * spec.eval_split / (1 - spec.eval_split)) if spec.eval_split < 1 else n_train
     evals, saves = cadence(total, math.ceil(n_eval / (spec.per_device_train_batch_size * world_size)))
@@ -135,7 +137,7 @@ def schedule(spec: JobSpec, n_train: int, world_size: int = 1, n_eval: int | Non
     if spec.early_stopping_patience:
         save_steps = eval_steps  # the best checkpoint must exist where it was evaluated
     return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
-            "save_steps": save_steps}
+            "save_steps": save_steps, "epochs": epochs}
 
 
 def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None) -> dict:
@@ -143,12 +145,14 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     sched = schedule(spec, n_train, world_size)
+    if spec.num_train_epochs == 0 and spec.max_steps == 0:
+        log.info("epochs: automatic, %g for %d training rows (%d steps)", sched["epochs"], n_train, sched["total_steps"])
     args = dict(
         output_dir=str(output_dir),
         learning_rate=spec.learning_rate,
         lr_scheduler_type=spec.lr_scheduler_type,
         warmup_steps=int(round(spec.warmup_ratio * sched["total_steps"])),
-        num_train_epochs=spec.num_train_epochs,
+        num_train_epochs=sched["epochs"],
         max_steps=spec.max_steps if spec.max_steps > 0 else -1,
         per_device_train_batch_size=spec.per_device_train_batch_size,
         per_device_eval_batch_size=spec.per_device_train_batch_size,
@@ -180,6 +184,8 @@ def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, d
         # every LoRA weight gets a gradient each step; the default search for unused ones (PeftModel is not a
         # PreTrainedModel) costs a graph walk per step and breaks with gradient checkpointing
         args["ddp_find_unused_parameters"] = False
+    if has_eval:  # the checkpoint with the lowest eval loss survives the rotation (the best-checkpoint choice)
+        args.update(metric_for_best_model="eval_loss", greater_is_better=False)
     if spec.early_stopping_patience and has_eval:
         args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
                     save_total_limit=None)
@@ -198,9 +204,14 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, spec: JobSpec) -> list[d
         return [{"input_ids": block, "assistant_masks": [1] * len(block)}
                 for block in pack_text(tokenizer, [row["text"] for row in rows], spec.max_length)]
     default = default_system_prompt(tokenizer)
+    mode = spec.system_prompt_mode
+    if mode == "auto":  # a run resolves it on all its rows first (resolve_system_prompt); these rows alone here
+        from studio.datasets.stats import carries_identity
+
+        mode = spec.resolved_system_prompt_mode(carries_identity(rows))
     out = []
     for row in rows:
-        messages = with_system_prompt(row["messages"], spec.system_prompt_mode, spec.system_prompt, default)
+        messages = with_system_prompt(row["messages"], mode, spec.system_prompt, default)
         ids, mask = encode_chat(tokenizer, messages, None, row.get("tools"))
         if len(ids) > spec.max_length and spec.overlong == "drop":
             continue
@@ -229,6 +240,25 @@ def load_training_rows(spec: JobSpec) -> tuple[str, list[dict], list[dict]]:
     kind, rows = _for_method(spec, data.kind, data.rows)
     train, evaluation = split_rows(rows, spec.eval_split, spec.seed)
     return kind, train, evaluation
+
+
+def resolve_system_prompt(job_id: str, spec: JobSpec, rows: list[dict]) -> JobSpec:
+    """system_prompt_mode "auto" made concrete on the run's rows, and recorded in the job's stored spec (chat
+    asks the adapter the same way) with a sentence in its log."""
+    import dataclasses
+
+    from studio.datasets.stats import carries_identity
+
+    if spec.system_prompt_mode != "auto":
+        return spec
+    teaches = carries_identity(rows)
+    resolved = dataclasses.replace(spec, system_prompt_mode=spec.resolved_system_prompt_mode(teaches))
+    if int(os.environ.get("RANK", "0")) == 0:
+        db.update_job(job_id, spec_json=resolved.to_json())
+        lifecycle.note(job_id, "system prompt: the replies teach their own name or maker, so the chat template's "
+                               "default system prompt is left out (omit)" if teaches else
+                               "system prompt: the chat template's default is kept (keep)")
+    return resolved
 
 
 def _for_method(spec: JobSpec, kind: str, rows: list[dict]) -> tuple[str, list[dict]]:
@@ -264,6 +294,10 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     qconfig = quantization_config(spec, device)
+    if qconfig is not None and full_precision_instead_of_4bit(spec, model_dir, device):
+        log.info("4-bit on a CPU without fast 4-bit kernels: the frozen base is loaded at full precision instead "
+                 "of quantised and dequantised again (the same memory, no quantisation pass, the weights chat uses)")
+        qconfig = None
     # the frozen base in the compute dtype: bf16 when training runs in bf16 (no per-step casts, half the memory)
     frozen = torch.bfloat16 if precision_flags(spec, device)["bf16"] else torch.float32
     kwargs = {"dtype": compute_dtype(spec, device) if qconfig is not None else frozen}
@@ -286,6 +320,18 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
         n = speed.enable_dequant_cache(model)
         log.info("dequantised-weight cache: %d 4-bit layers, %.0f MB", n, speed.dequantized_bytes(model) / 1e6)
     return model, tokenizer
+
+
+def full_precision_instead_of_4bit(spec: JobSpec, model_dir: Path, device: str) -> bool:
+    """dequant_cache "auto" on a CPU without fast 4-bit kernels, where the cache would hold every frozen weight in
+    fp32 anyway: loading them at full precision skips quantising (minutes on such a CPU) and dequantising."""
+    from studio import catalog, memory
+    from workers.speed import cpu_has_fast_4bit, meminfo_bytes
+
+    if not spec.load_in_4bit or spec.dequant_cache != "auto" or device != "cpu" or cpu_has_fast_4bit():
+        return False
+    config = catalog.read_local_config(model_dir)
+    return config is not None and memory.dequant_cache_on(spec, config, "cpu", meminfo_bytes("MemAvailable") / 1e9)
 
 
 def _linear_names(model) -> list[str]:
@@ -319,33 +365,6 @@ def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
         return text[0].upper() + text[1:] if not text[0].isupper() else text
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"training stopped by an unexpected error at step {step}: {type(exc).__name__}" + (f": {first}" if first else "")
-
-
-class Heartbeat:
-    """Calls ``beat`` every few seconds from a thread while a block runs: a job's heartbeat (so a long
-    step, evaluation or checkpoint never makes a live job look lost) or a worker's registration."""
-
-    def __init__(self, beat, every: float = 10.0, name: str = "heartbeat"):
-        import threading
-
-        self.beat, self.every, self.name = beat, every, name
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            try:
-                self.beat()
-            except Exception:  # a missed beat is harmless; the next one retries
-                log.warning("%s failed", self.name, exc_info=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 class JobLog:
@@ -393,8 +412,9 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     from studio.models import resolve_model
     from workers.callbacks import SHUTDOWN, FiniteGuard, StudioCallback
     from workers.device import device_label
-    from workers import trackers
+    from workers import adapters, trackers
     from workers.fit import train_with_retries
+    from workers.methods import golden_answer
 
     settings = get_settings()
     job = db.get_job(job_id)
@@ -432,6 +452,8 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             model_dir = resolve_model(spec.base_model)
             log.info("job %s: %d train rows, %d eval rows, base %s on %s", job_id, len(train_rows), len(eval_rows),
                      model_dir, device)
+            if kind == "chat":
+                spec = resolve_system_prompt(job_id, spec, train_rows + eval_rows)
             golden = golden_prompts_for(spec, eval_rows)
             tracking = trackers.check(spec) if is_main else trackers.Plan()
 
@@ -441,11 +463,17 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 log.info("timing model-load %.3f s at step 0", time.perf_counter() - started)
                 callback = StudioCallback(job_id)
                 trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
+                if is_main:
+                    adapters.prepare_saving(trainer, spec, out)  # PiSSA / OLoRA: saved fitting the original base
                 guard = FiniteGuard()
                 trainer.add_callback(guard)
                 if golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
                     trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set,
-                                                               automatic=not spec.save_steps))
+                                                               automatic=not spec.save_steps,
+                                                               system=(spec.system_prompt_mode, spec.system_prompt),
+                                                               base=golden_base_key(spec, model_dir),
+                                                               answer=golden_answer(spec, train_rows + eval_rows,
+                                                                                    trainer)))
                 trackers.attach(trainer, spec, tracking, out, job.name)
                 return trainer, callback, guard, model
 
@@ -463,13 +491,22 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 saving = time.perf_counter()
                 adapter_dir = out / ADAPTER
                 shutil.rmtree(adapter_dir, ignore_errors=True)
-                trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+                adapters.save(trainer.model, spec, adapter_dir, out)
                 log.info("timing final-save %.3f s at step %d", time.perf_counter() - saving, step)
                 summary = _summary(trainer, adapter_dir, model)
+                summary.update(best_checkpoints(spec, out, trainer.state, eval_rows))
+                probing = spec.forgetting_check and spec.method == "sft"
+                if probing:
+                    summary["forgetting"] = {"state": "checking"}
                 trackers.finish(trainer, adapter_dir)
-                return lifecycle.settle(job_id, "completed", f"finished {step} steps", finished_at=time.time(),
-                                        error=None, adapter_path=settings.relative(adapter_dir), current_step=step,
-                                        summary_json=__import__("json").dumps(summary))
+                status = lifecycle.settle(job_id, "completed", f"finished {step} steps", finished_at=time.time(),
+                                          error=None, adapter_path=settings.relative(adapter_dir), current_step=step,
+                                          summary_json=__import__("json").dumps(summary))
+                if probing and status == "completed":  # the run is complete; the check only adds to its summary
+                    from workers.forgetting import after_run
+
+                    after_run(job_id, spec, trainer.model, trainer.processing_class, out, summary, skip=SHUTDOWN.is_set)
+                return status
             return "completed"
         except lifecycle.IllegalTransition as exc:  # moved by another process before it started: leave it be
             log.warning("job %s: %s; not running it", job_id, exc)
@@ -485,6 +522,12 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             return status
 
 
+def golden_base_key(spec: JobSpec, model_dir: Path) -> str:
+    """The base as training loads it (folder and quantisation): its golden answers are cached under this."""
+    quant = "4bit-" + spec.bnb_4bit_quant_type if spec.load_in_4bit else "8bit" if spec.load_in_8bit else "full"
+    return f"{Path(model_dir).resolve()} {quant} {compute_dtype(spec)}"
+
+
 def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path, callback, device):
     """The chosen method's TRL trainer (workers/methods/), reporting through ``callback``."""
     from transformers import EarlyStoppingCallback
@@ -496,6 +539,15 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     return METHODS[spec.method].build(spec, kind, model, tokenizer, train_rows, eval_rows, out / CHECKPOINTS,
                                       callbacks, device)
+
+
+def best_checkpoints(spec: JobSpec, out: Path, state, eval_rows: list[dict]) -> dict:
+    """The run's checkpoints with their eval loss and golden-prompt score, and the one ``spec.best_checkpoint``
+    picks (chat, export and the adapter zip use it; ``studio.adapters.resolve``)."""
+    from workers.checkpoints import checkpoint_scores, golden_references, pick_best
+
+    rows = checkpoint_scores(out, state.log_history, state.global_step, golden_references(eval_rows))
+    return {"checkpoints": rows, "best_checkpoint": pick_best(rows, spec.best_checkpoint)}
 
 
 def _summary(trainer, adapter_dir: Path, model) -> dict:

@@ -9,3 +9,9 @@ from . import dpo, grpo, kto, orpo, sft
 from .base import WorkerMethod
 
 METHODS: dict[str, WorkerMethod] = {m.name: m for m in (sft.METHOD, dpo.METHOD, kto.METHOD, orpo.METHOD, grpo.METHOD)}
+
+
+def golden_answer(spec, rows: list[dict], trainer):
+    """How the spec's method answers golden prompts (see WorkerMethod.golden); None: greedy replies."""
+    method = METHODS[spec.method]
+    return method.golden(spec, rows, trainer) if method.golden else None

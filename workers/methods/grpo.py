@@ -42,4 +42,75 @@ def build(spec, kind, model, tokenizer, train_rows, eval_rows, output_dir: Path,
                        eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks)
 
 
-METHOD = WorkerMethod("grpo", prepare, build)
+GOLDEN_SAMPLES = 4  # completions sampled per golden prompt (at most num_generations)
+
+
+def golden(spec, rows: list[dict], trainer):
+    """Golden prompts answered the way GRPO sees them: a few completions sampled per prompt at the run's
+    temperature, each with the reward the run's reward functions give it (their weighted sum, as TRL logs it).
+
+    Returns ``answer(model, tokenizer, prompts, disable_adapter)`` -> (one text per prompt listing its samples
+    as ``[reward 1.50] completion``, {"samples": [[{"completion", "reward"}, ...] per prompt], "temperature"}).
+    The reference answer of a prompt comes from the dataset row whose last user turn it is."""
+    from studio.evaluation import _prompt_of
+
+    references = {_prompt_of(row): row.get("answer") for row in rows}
+    funcs, weights = rewards_for(spec)
+    args = trainer.args
+    n = min(spec.num_generations, GOLDEN_SAMPLES)
+
+    def answer(model, tokenizer, prompts: list[str], disable_adapter: bool = False):
+        samples = []
+        for prompt, (texts, ids) in zip(prompts, sample(model, tokenizer, prompts, n, spec.max_completion_length,
+                                                         args, disable_adapter)):
+            scores = [0.0] * n
+            for func, weight in zip(funcs, weights):
+                values = func(prompts=[prompt] * n, completions=texts, completion_ids=ids,
+                              answer=[references.get(prompt)] * n)
+                scores = [total + weight * (v if v == v else 0.0) for total, v in zip(scores, values)]  # NaN: none
+            samples.append([{"completion": t, "reward": round(r, 4)} for t, r in zip(texts, scores)])
+        replies = ["\n".join(f"[reward {s['reward']:.2f}] {s['completion']}" for s in group) for group in samples]
+        return replies, {"samples": samples, "temperature": args.temperature}
+
+    return answer
+
+
+def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, args, disable_adapter: bool = False):
+    """(completion texts, completion token ids) of ``n`` samples per single-turn prompt, drawn with the
+    config's temperature, top-p and top-k; every module's train/eval flag is restored after."""
+    import contextlib
+
+    import torch
+
+    from studio.render import _render
+
+    modes = [(m, m.training) for m in model.modules()]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ctx = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+    out = []
+    model.eval()
+    try:
+        with ctx, torch.inference_mode():
+            for prompt in prompts:
+                text = _render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
+                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+                generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None,
+                                           num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad)
+                completions = [_until_eos(row.tolist(), tokenizer.eos_token_id, pad)
+                               for row in generated[:, ids.shape[1]:]]
+                out.append(([tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions],
+                            completions))
+    finally:
+        for module, training in modes:
+            module.training = training
+    return out
+
+
+def _until_eos(ids: list[int], eos: int | None, pad: int) -> list[int]:
+    """A completion's tokens up to its first end-of-sequence token (kept, as TRL counts it), else without padding."""
+    return ids[:ids.index(eos) + 1] if eos in ids else [t for t in ids if t != pad]
+
+
+METHOD = WorkerMethod("grpo", prepare, build, golden)
