@@ -57,6 +57,17 @@ def test_a_long_run_gets_five_of_each_and_an_expensive_evaluation_runs_once():
     assert _rounds(100, costly["eval_steps"]) == 1
 
 
+def test_automatic_checkpoints_fall_on_evaluation_steps_so_the_best_one_can_be_chosen():
+    from workers.train import schedule
+
+    for spec, n_train, n_eval in [(JobSpec(), 82, 9), (JobSpec(num_train_epochs=4), 2000, 200),
+                                  (JobSpec(num_train_epochs=2, per_device_train_batch_size=4), 40, 4),
+                                  (JobSpec(max_steps=100), 400, 4000)]:
+        sched = schedule(spec, n_train=n_train, n_eval=n_eval)
+        assert sched["save_steps"] % sched["eval_steps"] == 0, sched
+        assert _rounds(sched["total_steps"], sched["save_steps"]) >= 1
+
+
 def test_intervals_the_user_sets_are_kept():
     from workers.train import schedule
 

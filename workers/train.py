@@ -134,6 +134,9 @@ def schedule(spec: JobSpec, n_train: int, world_size: int = 1, n_eval: int | Non
     evals, saves = cadence(total, math.ceil(n_eval / (spec.per_device_train_batch_size * world_size)))
     eval_steps = spec.eval_steps or math.ceil(total / evals)
     save_steps = spec.save_steps or math.ceil(total / saves)
+    if not spec.save_steps and n_eval > 0 and spec.eval_split > 0:
+        # automatic checkpoints fall on evaluation steps, so each one has an eval loss to be chosen by
+        save_steps = eval_steps * max(1, round(save_steps / eval_steps))
     if spec.early_stopping_patience:
         save_steps = eval_steps  # the best checkpoint must exist where it was evaluated
     return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
