@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import reprlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -44,9 +45,20 @@ def _f(default, help: str, choices: tuple | None = None, label: str | None = Non
     return field(default=default, metadata=meta)
 
 
+def _env_default(variable: str, default: bool, help: str, **kw):
+    """A switch whose default a deployment sets through ``variable`` ("0", "false", "off" or "no" turns it
+    off), read when a spec is made; the form shows it and a job's YAML states it, like any other default."""
+    meta = _f(default, help, **kw).metadata
+
+    def value() -> bool:
+        raw = os.environ.get(variable, "").strip().lower()
+        return default if not raw else raw not in ("0", "false", "off", "no")
+    return field(default_factory=value, metadata=meta)
+
+
 BEST_CHECKPOINT_RULES = ("eval_loss", "golden_rouge", "probe", "last")  # = workers.checkpoints.RULES
 AUTO_ROW_PASSES = 360  # automatic epochs: about this many rows trained on (4 epochs of 90 rows)
-AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS, AUTO_ONE_EPOCH_ROWS = 2, 8, 1000
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS, AUTO_ONE_EPOCH_ROWS = 2, 5, 1000
 TRACKERS = ("none", "mlflow", "wandb", "trackio")  # besides TensorBoard, which every run writes
 PACKED_ROW_LIMIT = 8192  # padding-free rows longer than this cost more in the L x L mask than padding saves
 
@@ -103,7 +115,7 @@ class JobSpec:
     learning_rate: float = _f(5e-4, "Peak learning rate of the adapter weights.", label="Learning rate", bounds=(0, 1), exclusive=True, sentence="learning rate must be between 0 and 1 (exclusive)")
     lr_scheduler_type: str = _f("cosine", "Learning-rate schedule after warm-up.", ("linear", "cosine", "constant", "constant_with_warmup"), label="Scheduler", advanced=True)
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming the learning rate up, 0-0.5.", label="Warm-up ratio", advanced=True, bounds=(0, 0.5), sentence="warm-up ratio must be between 0 and 0.5")
-    num_train_epochs: float = _f(0.0, f"Passes over the training data (ignored when max_steps > 0); 0 = automatic: about {AUTO_ROW_PASSES} rows' worth, so a small dataset is seen more often (4 epochs for 90 rows, 7 for 50, 2 for 300 or more, 1 from {AUTO_ONE_EPOCH_ROWS:,} rows); the run's log says how many.", label="Epochs", bounds=(0, 1000), sentence="epochs must be between 0 (automatic) and 1000")
+    num_train_epochs: float = _f(0.0, f"Passes over the training data (ignored when max_steps > 0); 0 = automatic: about {AUTO_ROW_PASSES} rows' worth, so a small dataset is seen more often (4 epochs for 90 rows, at most 5 for smaller sets, where more passes cost general skills; 2 for 300 or more, 1 from {AUTO_ONE_EPOCH_ROWS:,} rows); the run's log says how many.", label="Epochs", bounds=(0, 1000), sentence="epochs must be between 0 (automatic) and 1000")
     max_steps: int = _f(0, "Stop after this many optimizer steps; 0 = use epochs.", label="Max steps", advanced=True, bounds=(0, MAX_STEPS), sentence=f"max steps must be 0 (use epochs) or a positive number up to {MAX_STEPS:,}")
     per_device_train_batch_size: int = _f(4, "Sequences per step on each device.", label="Batch size", bounds=(1, 4096), sentence="batch size must be between 1 and 4096")
     gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each update (effective batch = batch size x this).", label="Gradient accumulation", advanced=True, bounds=(1, 4096), sentence="gradient accumulation must be between 1 and 4096")
@@ -147,7 +159,7 @@ class JobSpec:
 
     # behaviour checks and resources
     golden_prompts: list = _f([], "Prompts answered by the base at the start, by the adapter at checkpoints (every one when checkpoint every is set; with the automatic cadence at most 3, none in a run under 100 steps) and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
-    forgetting_check: bool = _f(True, "SFT: after the run is marked completed, the worker answers the 200-question general-skills probe (facts, arithmetic, instructions, reading, refusal) with the base (cached once per base model) and with the adapter, and flags the run when the adapter scores more than the forgetting threshold below its base.", label="Forgetting check", advanced=True)
+    forgetting_check: bool = _env_default("STUDIO_FORGETTING_CHECK", True, "SFT: after the run is marked completed, the worker answers the 200-question general-skills probe (facts, arithmetic, instructions, reading, refusal) with the base (cached once per base model) and with the adapter, and flags the run when the adapter scores more than the forgetting threshold below its base.", label="Forgetting check", advanced=True)
     forgetting_threshold: float = _f(5.0, "Flag the run when the adapter answers this many percentage points fewer of the probe's questions correctly than its base.", label="Forgetting threshold (points)", advanced=True, bounds=(0, 100), sentence="the forgetting threshold must be between 0 and 100 points")
     best_checkpoint: str = _f("eval_loss", "Which checkpoint chat, export and the adapter zip use: eval_loss (lowest eval loss), golden_rouge (highest ROUGE-L of the golden prompts' replies against their references), probe (most general-skills probe answers right, where the probe ran on checkpoints) or last (the final adapter). Without the chosen metric the final adapter is used.", BEST_CHECKPOINT_RULES, label="Best checkpoint by", advanced=True)
     num_gpus: int = _f(1, "GPUs for this job; more than one runs it with accelerate launch (DDP).", label="GPUs", advanced=True, bounds=(1, 64), sentence="a job needs between 1 and 64 devices")

@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the forgetting check (on by default for SFT) answers 200 questions twice after every run; the suite turns the
+# default off, as a deployment can, and tests/test_forgetting_run.py asks for it by name
+os.environ.setdefault("STUDIO_FORGETTING_CHECK", "off")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

@@ -222,7 +222,7 @@ def test_automatic_epochs_give_a_small_dataset_more_passes():
 
     spec = JobSpec(dataset="d")
     assert spec.num_train_epochs == 0  # automatic
-    assert [spec.resolved_epochs(n) for n in (50, 87, 150, 300, 5000)] == [7, 4, 2, 2, 1]
-    assert schedule(spec, n_train=50)["total_steps"] == 7 * 13
+    assert [spec.resolved_epochs(n) for n in (40, 50, 87, 150, 300, 5000)] == [5, 5, 4, 2, 2, 1]
+    assert schedule(spec, n_train=50)["total_steps"] == 5 * 13
     assert schedule(JobSpec(dataset="d", num_train_epochs=3), n_train=50)["total_steps"] == 3 * 13  # the user's
     assert common_args(spec, "/tmp/unused", 87, False, "cpu")["num_train_epochs"] == 4

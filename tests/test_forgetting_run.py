@@ -20,7 +20,8 @@ def _job(tiny_model_dir, tmp_path, name: str, **kw):
         library.add(write(tmp_path / "identity.jsonl"), name="identity")
     values = dict(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
                   learning_rate=1e-3, per_device_train_batch_size=2, max_length=128, max_steps=STEPS,
-                  eval_split=0.2, eval_steps=2, save_steps=2, name=name)
+                  eval_split=0.2, eval_steps=2, save_steps=2, name=name,
+                  forgetting_check=True)  # on by default; the suite's environment turns the default off
     spec = JobSpec(**{**values, **kw})
     job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
     with db.session() as s:

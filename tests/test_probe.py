@@ -264,6 +264,7 @@ def test_a_destructive_run_is_flagged_as_forgetting_and_the_identity_run_is_not(
     from studio import settings
 
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(SHARED_MODELS))
+    monkeypatch.setenv("STUDIO_FORGETTING_CHECK", "on")  # the product's default (the suite turns it off)
     settings.reset_settings()
     identity = _train(studio_home, identity_data.write(tmp_path / "identity.jsonl"), "identity", load_in_4bit=False)
     repetitive = tmp_path / "banana.jsonl"

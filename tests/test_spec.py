@@ -266,3 +266,14 @@ def test_out_of_memory_message_gives_the_estimate_for_this_device():
                        JobSpec(dataset="d"))
     assert text.startswith("ran out of memory at step 7 (estimated peak ")
     assert "GB, device " in text and "gradient checkpointing" in text and "Traceback" not in text
+
+
+def test_the_forgetting_check_is_on_by_default_and_a_deployment_can_turn_the_default_off(monkeypatch):
+    monkeypatch.delenv("STUDIO_FORGETTING_CHECK", raising=False)
+    assert JobSpec().forgetting_check is True
+    for off in ("off", "0", "false", "No"):
+        monkeypatch.setenv("STUDIO_FORGETTING_CHECK", off)
+        assert JobSpec().forgetting_check is False
+        assert JobSpec(forgetting_check=True).forgetting_check is True  # a job's own choice wins
+    monkeypatch.setenv("STUDIO_FORGETTING_CHECK", "on")
+    assert JobSpec().forgetting_check is True

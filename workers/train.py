@@ -258,9 +258,8 @@ def resolve_system_prompt(job_id: str, spec: JobSpec, rows: list[dict]) -> JobSp
     resolved = dataclasses.replace(spec, system_prompt_mode=spec.resolved_system_prompt_mode(teaches))
     if int(os.environ.get("RANK", "0")) == 0:
         db.update_job(job_id, spec_json=resolved.to_json())
-        lifecycle.note(job_id, "system prompt: the replies teach their own name or maker, so the chat template's "
-                               "default system prompt is left out (omit)" if teaches else
-                               "system prompt: the chat template's default is kept (keep)")
+        log.info("system prompt: the replies teach their own name or maker, so the chat template's default system "
+                 "prompt is left out (omit)" if teaches else "system prompt: the chat template's default is kept (keep)")
     return resolved
 
 
