@@ -14,7 +14,9 @@ def worker_env(home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_")}
     env.update({"STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-                "STUDIO_MODEL_ROOTS": os.environ.get("STUDIO_MODEL_ROOTS", "")})
+                "STUDIO_MODEL_ROOTS": os.environ.get("STUDIO_MODEL_ROOTS", ""),
+                # the suite's default for the forgetting check (conftest) reaches the processes it starts
+                "STUDIO_FORGETTING_CHECK": os.environ.get("STUDIO_FORGETTING_CHECK", "")})
     env.update(extra)
     return env
 
