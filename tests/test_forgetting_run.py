@@ -165,3 +165,25 @@ def test_a_flagged_run_says_so_on_its_card_in_the_adapters_list_and_in_its_model
     assert "## Forgetting check" in model_card
     assert "general skills kept: 60% (base 50/200, adapter 30/200)" in model_card
     assert "flagged" in model_card
+
+
+def test_a_shutdown_stops_the_probe_between_batches_and_caches_nothing(tiny_model_dir, tmp_path):
+    """serve's SIGTERM must not wait for 200 questions: the check stops before its next batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workers.forgetting import ProbeStopped, generate_replies
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 1  # the shutdown arrives while the first batch is being answered
+
+    with pytest.raises(ProbeStopped):
+        generate_replies(model, tokenizer, [f"question {i}?" for i in range(5)], 2, batch_size=2, stop=stop)
+    assert len(calls) == 2  # one batch answered, stopped before the second
+    assert len(generate_replies(model, tokenizer, ["one?", "two?"], 2, batch_size=1, stop=lambda: False)) == 2

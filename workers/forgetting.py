@@ -26,8 +26,12 @@ SUMMARY_KEYS = ("summary", "kept", "drop_points", "flagged", "threshold", "base_
                 "base_cached", "seconds")
 
 
+class ProbeStopped(Exception):
+    """The worker is shutting down: the check stops between batches (nothing is cached or recorded as done)."""
+
+
 def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, base: bool = False,
-                     batch_size: int = PROBE_BATCH) -> list[str]:
+                     batch_size: int = PROBE_BATCH, stop=None) -> list[str]:
     """Greedy single-turn replies of ``model`` (as its base when ``base``), in the order of ``prompts``.
 
     Left-padded batches of prompts sorted by length; every module's train/eval flag is restored after, so a
@@ -47,6 +51,8 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     try:
         with ctx, torch.inference_mode():
             for start in range(0, len(order), batch_size):
+                if stop is not None and stop():
+                    raise ProbeStopped
                 rows = order[start:start + batch_size]
                 enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False).to(device)
@@ -59,9 +65,9 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     return replies
 
 
-def model_generate(model, tokenizer, base: bool, batch_size: int = PROBE_BATCH) -> Generate:
+def model_generate(model, tokenizer, base: bool, batch_size: int = PROBE_BATCH, stop=None) -> Generate:
     def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
-        return generate_replies(model, tokenizer, prompts, max_new_tokens, base, batch_size)
+        return generate_replies(model, tokenizer, prompts, max_new_tokens, base, batch_size, stop)
 
     return generate
 
@@ -80,17 +86,18 @@ def generation_settings(spec, model, batch_size: int = PROBE_BATCH) -> dict:
             "max_new_tokens_by_check": MAX_NEW_TOKENS_BY_CHECK}
 
 
-def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir: Path) -> tuple[dict, Path]:
+def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir: Path,
+                stop=None) -> tuple[dict, Path]:
     """Run the probe on the in-memory model as base (cached) and as adapter; the report and its file."""
     from studio.chat import base_key
 
     probe = load_probe("general")
     key = base_key(spec.base_model)
     started = time.perf_counter()
-    base_result, cached = base_answers(model_generate(model, tokenizer, base=True), probe, key, cache_dir,
+    base_result, cached = base_answers(model_generate(model, tokenizer, base=True, stop=stop), probe, key, cache_dir,
                                        generation_settings(spec, model))
     base_seconds = time.perf_counter() - started
-    adapter_result = run_probe(model_generate(model, tokenizer, base=False), probe)
+    adapter_result = run_probe(model_generate(model, tokenizer, base=False, stop=stop), probe)
     seconds = time.perf_counter() - started
     report = compare(probe, base_result, adapter_result, spec.forgetting_threshold)
     report.update(base_model=key, base_cached=cached, seconds=round(seconds, 1),
@@ -116,12 +123,16 @@ def after_run(job_id: str, spec, model, tokenizer, out: Path, summary: dict, ski
     else:
         try:
             log.info("job %s: checking general skills (the %s probe, base and adapter)", job_id, "general")
-            report, _ = check_model(spec, model, tokenizer, out, spec.name or job_id, get_settings().home / CACHE_DIR)
+            report, _ = check_model(spec, model, tokenizer, out, spec.name or job_id, get_settings().home / CACHE_DIR,
+                                    stop=skip)
             log.info("job %s: %s in %.1f s%s", job_id, report["summary"], report["seconds"],
                      " (base answers from the cache)" if report["base_cached"] else "")
             if report["flagged"]:
                 log.warning("job %s: %s", job_id, flag_line(report))
             outcome = short(report)
+        except ProbeStopped:  # a shutdown between two batches: the worker stops promptly, the run stays completed
+            log.info("job %s: the forgetting check stopped: the worker is shutting down", job_id)
+            outcome = {"state": "skipped", "error": "the worker was shutting down"}
         except Exception as exc:  # noqa: BLE001 - the run is complete; the check only adds to it
             log.warning("job %s: the forgetting check failed", job_id, exc_info=True)
             outcome = {"state": "failed", "error": f"the forgetting check failed: {type(exc).__name__}: {exc}"[:300]}
