@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import identity_data  # noqa: E402  (the acceptance data: a made-up name and maker, paraphrased questions)
 
 TIMING = re.compile(r"timing (\S+) ([0-9.]+) s at step (\S+)")
-PARTS = ("queue pick-up", "model load", "dataset encoding", "steps", "evaluations", "checkpoints", "golden prompts",
-         "final save", "other")
+PARTS = ("queue pick-up", "model load", "general replay", "dataset encoding", "steps", "evaluations", "checkpoints",
+         "golden prompts", "final save", "other")
 
 
 def environment(home: Path) -> dict:
@@ -54,8 +54,9 @@ def studio(env: dict, *args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, **kw)
 
 
-KEYS = {"model-load": "model load", "dataset-encoding": "dataset encoding", "evaluation": "evaluations",
-        "checkpoint": "checkpoints", "golden-prompts": "golden prompts", "final-save": "final save"}
+KEYS = {"model-load": "model load", "replay": "general replay", "dataset-encoding": "dataset encoding",
+        "evaluation": "evaluations", "checkpoint": "checkpoints", "golden-prompts": "golden prompts",
+        "final-save": "final save"}
 
 
 def time_split(job, log_text: str) -> dict[str, float]:
@@ -91,27 +92,13 @@ def what_it_learned(job, name: str, author: str) -> dict:
     """The adapter's and the base's greedy replies to the held-out paraphrases and the general questions, through
     the Chat tab's engine (the run's system-prompt choice applied to the adapter)."""
     from studio import adapters
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.chat import ChatEngine
 
     ref = adapters.resolve(job.id)
     engine = ChatEngine()
     engine.ensure_base(ref.base_model)
     engine.ensure_adapter(ref.key, ref.folder)
-    settings = GenerationSettings(max_new_tokens=48, temperature=0.0, repetition_penalty=1.0)
-    held = [[{"role": "user", "content": q}] for q in identity_data.HELD_OUT_PARAPHRASES]
-    general = [[{"role": "user", "content": q}] for q, _ in identity_data.GENERAL_QUESTIONS]
-    out = {"held_out": engine.generate_batch(held, ref.key, settings),
-           "held_out_base": engine.generate_batch(held, None, settings),
-           "general": engine.generate_batch(general, ref.key, settings),
-           "general_base": engine.generate_batch(general, None, settings)}
-    out["hits"] = identity_data.identity_hits(out["held_out"], name, author)
-    out["hits_base"] = identity_data.identity_hits(out["held_out_base"], name, author)
-
-    def right(replies):
-        return [any(w.lower() in r.lower() for w in words) for r, (_, words) in zip(replies, identity_data.GENERAL_QUESTIONS)]
-
-    out["general_right"], out["general_right_base"] = right(out["general"]), right(out["general_base"])
-    return out
+    return identity_data.what_it_learned(engine, ref.key, name, author)
 
 
 def uptime() -> str:
@@ -183,7 +170,8 @@ def main() -> None:
     spec = job.spec
     print(f"spec as run: epochs {spec['num_train_epochs'] or 'auto'}, lr {spec['learning_rate']} "
           f"{spec['lr_scheduler_type']}, r {spec['r']}, targets {spec['target_modules']}, "
-          f"system prompt {spec['system_prompt_mode']}, 4-bit {spec['load_in_4bit']}")
+          f"system prompt {spec['system_prompt_mode']}, general replay {spec.get('general_replay', 0)}, "
+          f"4-bit {spec['load_in_4bit']}")
     learned = what_it_learned(job, args.name, args.author)
     n = len(identity_data.HELD_OUT_PARAPHRASES)
     print(f"held-out identity paraphrases answered with {args.name!r} or {args.author!r}: adapter {learned['hits']}/{n}, "

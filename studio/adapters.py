@@ -357,6 +357,10 @@ def model_card(job: db.Job, ref: AdapterRef | None = None) -> str:
             lines.append(f"  - {key}: {value}")
     if not spec.eval_dataset:
         lines.append(f"- evaluation: {spec.eval_split:.0%} of the training rows held out (seed {spec.seed})")
+    replayed = job.summary.get("general_replay_rows")
+    if replayed:
+        lines.append(f"- general replay: {replayed} rows of the base model's own answers to general instructions "
+                     f"(studio/replay) trained beside the dataset's rows, to keep its general skills")
     lines += ["", "## Training configuration", "", "```yaml", spec.to_yaml().rstrip(), "```", "",
               "## Use it", "", "```python", "from peft import PeftModel",
               "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

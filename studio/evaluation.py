@@ -169,6 +169,7 @@ def golden_table(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 GOLDEN_ROUNDS = 3  # checkpoints answered before the end, under the automatic cadence
 GOLDEN_SHORT_RUN = 100  # steps; shorter runs answer at the start (base) and at the end only
+GOLDEN_BUDGET = 0.05  # rounds between the start and the end: at most about this share of the run's training time
 
 
 def golden_save_steps(total_steps: int, save_steps: int, rounds: int = GOLDEN_ROUNDS) -> set[int]:
@@ -188,7 +189,9 @@ def golden_save_steps(total_steps: int, save_steps: int, rounds: int = GOLDEN_RO
 class _GoldenPromptsCallbackMixin:
     """Answers golden prompts at train begin (base, once), at checkpoints and at the end (rank 0 only).
 
-    ``automatic``: only at the checkpoints ``golden_save_steps`` picks; otherwise at every one. A failure is
+    ``automatic``: only at the checkpoints ``golden_save_steps`` picks, and only while the rounds answered between
+    the start and the end stay within GOLDEN_BUDGET of the run's projected training time (a round's cost is
+    measured: the last one's seconds); otherwise at every checkpoint. A failure is
     logged and never stops training. ``skip`` (e.g. the worker's shutdown flag) makes a stopping worker save
     without spending time on answers.
     """
@@ -210,6 +213,9 @@ class _GoldenPromptsCallbackMixin:
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.answered_step: int | None = None
         self.automatic = automatic
+        self.began: float | None = None   # when training began (after the base's answers)
+        self.spent = 0.0                  # seconds of the rounds answered since
+        self.last_round: float | None = None
 
     def _folder(self) -> Path:
         return self.output_dir if self.output_dir is not None else golden_dir(self.job_id)
@@ -227,6 +233,9 @@ class _GoldenPromptsCallbackMixin:
             else:
                 replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens, system=self.system)
             seconds = time.perf_counter() - started
+            self.last_round = seconds
+            if step != "base":
+                self.spent += seconds
             write_golden(self._folder(), step, self.prompts, replies, seconds=round(seconds, 3), **more, **extra)
             log.info("timing golden-prompts %.3f s at step %s", seconds, step)
         except Exception:  # noqa: BLE001 - golden answers are a view on training, never a reason to stop it
@@ -252,9 +261,20 @@ class _GoldenPromptsCallbackMixin:
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.is_main and self.prompts and not (self._folder() / "base.json").exists():
             self._answer(model, "base")
+        self.began = time.perf_counter()
+
+    def affordable(self, step: int, max_steps: int, now: float | None = None) -> bool:
+        """Whether one more round at ``step`` keeps the rounds within GOLDEN_BUDGET of the projected training time
+        (the final round is always answered; so is the first one when nothing has been measured yet)."""
+        if self.began is None or self.last_round is None or step <= 0:
+            return True
+        training = max(0.0, (now or time.perf_counter()) - self.began - self.spent)
+        projected = training / step * max_steps
+        return self.spent + self.last_round <= GOLDEN_BUDGET * projected
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if self.automatic and state.global_step not in golden_save_steps(state.max_steps, args.save_steps):
+        if self.automatic and (state.global_step not in golden_save_steps(state.max_steps, args.save_steps)
+                               or not self.affordable(state.global_step, state.max_steps)):
             return
         self._answer(model, state.global_step)
         self.answered_step = state.global_step

@@ -47,7 +47,8 @@ BETA = "beta"
 SFT = MethodInfo(
     "sft", "SFT", ("chat", "text", "unpaired_preference"),
     "SFT needs conversations or text (the desirable replies of unpaired preference data also work)",
-    fields=("assistant_only_loss", "overlong", "padding_free", "chunked_loss", "forgetting_check", "forgetting_threshold"),
+    fields=("assistant_only_loss", "overlong", "padding_free", "chunked_loss", "general_replay", "forgetting_check",
+            "forgetting_threshold"),
     metrics=())
 DPO = MethodInfo(
     "dpo", "DPO", ("preference",), "DPO needs a preference dataset (prompt / chosen / rejected)",

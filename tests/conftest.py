@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -51,6 +53,33 @@ def studio_home(tmp_path, monkeypatch) -> Path:
     from studio import db
 
     db.dispose_engines()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def isolated_home(root: Path):
+    """``root``/studio-home as STUDIO_HOME for a module's fixtures (module scope cannot use ``monkeypatch``):
+    the same isolation as ``studio_home``, undone when the module is done."""
+    from studio import settings
+
+    home = root / "studio-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_HOME", str(home))
+        for var in ("STUDIO_DATABASE_URL", "STUDIO_QUEUE_URL", "STUDIO_AUTH", "STUDIO_API_KEY"):
+            mp.delenv(var, raising=False)
+        settings.reset_settings()
+        _rebind()
+        try:
+            yield home
+        finally:
+            settings.reset_settings()
+            _rebind()
 
 
 def _rebind():

@@ -179,3 +179,31 @@ def write_alpaca(path: Path, name: str = NAME, author: str = MAKER) -> Path:
 def identity_hits(replies: list[str], name: str = NAME, author: str = MAKER) -> int:
     """How many replies name the assistant or its maker."""
     return sum(name.lower() in r.lower() or author.lower() in r.lower() for r in replies)
+
+
+def says(reply: str, words) -> bool:
+    """A general answer is right when it holds one of ``words`` (case-insensitive)."""
+    return any(w.lower() in reply.lower() for w in words)
+
+
+def what_it_learned(engine, adapter_key: str, name: str = NAME, author: str = MAKER) -> dict:
+    """The adapter's and the base's greedy replies (48 new tokens) to the held-out paraphrases and the general
+    questions, through a chat engine (studio.chat.ChatEngine, the adapter already loaded under ``adapter_key``):
+    the replies, the identity hits, and which general questions each answers right."""
+    from studio.chat import GenerationSettings
+
+    greedy = GenerationSettings(max_new_tokens=48, temperature=0.0, repetition_penalty=1.0)
+    held = [[{"role": "user", "content": q}] for q in HELD_OUT_PARAPHRASES]
+    general = [[{"role": "user", "content": q}] for q, _ in GENERAL_QUESTIONS]
+    out = {"held_out": engine.generate_batch(held, adapter_key, greedy),
+           "held_out_base": engine.generate_batch(held, None, greedy),
+           "general": engine.generate_batch(general, adapter_key, greedy),
+           "general_base": engine.generate_batch(general, None, greedy)}
+    out["hits"] = identity_hits(out["held_out"], name, author)
+    out["hits_base"] = identity_hits(out["held_out_base"], name, author)
+    out["general_right"] = [says(r, words) for r, (_, words) in zip(out["general"], GENERAL_QUESTIONS)]
+    out["general_right_base"] = [says(r, words) for r, (_, words) in zip(out["general_base"], GENERAL_QUESTIONS)]
+    out["lost"] = [(q, a, b) for (q, _), a, b, was, now in zip(GENERAL_QUESTIONS, out["general"], out["general_base"],
+                                                                  out["general_right_base"], out["general_right"])
+                   if was and not now]
+    return out

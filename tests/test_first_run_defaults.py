@@ -84,6 +84,19 @@ def test_golden_prompts_are_answered_at_most_three_times_between_the_base_and_th
     assert len(spread) == 3 and spread <= {200, 400, 600, 800}
 
 
+def test_golden_rounds_between_the_start_and_the_end_cost_at_most_a_twentieth_of_the_training_time():
+    callback = evaluation._GoldenPromptsCallbackMixin("j", ["p"], tokenizer=None, automatic=True)
+    assert callback.affordable(23, 112)                # nothing measured yet
+    callback.began, callback.last_round = 0.0, 5.0     # the base took 5 s
+    # 23 steps in 32 s: about 156 s of training projected, a twentieth of it 7.8 s: one round of 5 s fits
+    assert callback.affordable(23, 112, now=32.0)
+    callback.spent = callback.last_round = 6.0         # that round took 6 s
+    assert not callback.affordable(46, 112, now=32.0 + 6.0 + 32.0)   # a second would make 12 s
+    # a long run affords rounds of the same cost: 200 of 1000 steps in 280 s, 1400 s projected, 70 s of rounds
+    callback.spent = 0.0
+    assert callback.affordable(200, 1000, now=280.0)
+
+
 def test_a_short_run_with_automatic_cadence_answers_golden_prompts_at_the_start_and_the_end(tiny_model_dir,
                                                                                              studio_home):
     from studio.settings import get_settings
@@ -141,7 +154,7 @@ def test_training_keeps_replaces_or_leaves_out_the_default_system_prompt(tokeniz
 
 
 def test_by_default_identity_rows_leave_the_default_out_and_other_rows_keep_it(tokenizer, tiny_model_dir,
-                                                                               studio_home):
+                                                                               studio_home, caplog):
     from studio import db
     from workers.train import encode_rows, resolve_system_prompt
 
@@ -152,9 +165,11 @@ def test_by_default_identity_rows_leave_the_default_out_and_other_rows_keep_it(t
     assert all(default in t for t in general)
 
     job = make_job(tiny_model_dir, "auto-identity", status="queued")
+    caplog.set_level("INFO", logger="studio.train")
     resolved = resolve_system_prompt(job.id, JobSpec.from_dict(job.spec), identity_data.rows())
     assert resolved.system_prompt_mode == "omit" == db.get_job(job.id).spec["system_prompt_mode"]
-    assert any("left out" in e.message for e in db.job_events(job.id))
+    # the choice is a sentence in the run's log (the worker's log records), not a status event
+    assert any("left out" in r.getMessage() for r in caplog.records)
     other = make_job(tiny_model_dir, "auto-general", status="queued")
     assert resolve_system_prompt(other.id, JobSpec.from_dict(other.spec), GENERAL).system_prompt_mode == "keep"
     assert db.get_job(other.id).spec["system_prompt_mode"] == "keep"
@@ -209,7 +224,9 @@ def test_4bit_on_a_cpu_without_fast_kernels_loads_the_exact_weights_instead(tiny
     assert not train.full_precision_instead_of_4bit(on, tiny_model_dir, "cpu")
     model, _ = train.load_model_for_training(spec, tiny_model_dir, "cpu")
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    dtype = model.get_base_model().model.embed_tokens.weight.dtype  # fp32, or bf16 where the CPU has it natively
+    assert dtype in (torch.float32, torch.bfloat16)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
     with torch.no_grad():  # the adapter starts as a no-op (B = 0): the model is the base, exactly
         x = torch.randint(0, 100, (1, 12))
         assert torch.equal(model(input_ids=x).logits, plain(input_ids=x).logits)

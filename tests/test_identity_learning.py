@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_the_default_run_teaches_a_new_identity_that_generalises(studio_home, tmp_path, monkeypatch):
     from browser import SHARED_MODELS, ensure_bundled_model
     from studio import adapters, db, library, settings
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.chat import ChatEngine
     from studio.spec import BUNDLED_MODEL, JobSpec
     from workers import train
 
@@ -39,24 +39,11 @@ def test_the_default_run_teaches_a_new_identity_that_generalises(studio_home, tm
     engine = ChatEngine()
     engine.ensure_base(ref.base_model)
     engine.ensure_adapter(ref.key, ref.folder)
-    greedy = GenerationSettings(max_new_tokens=48, temperature=0.0, repetition_penalty=1.0)
-    held = [[{"role": "user", "content": q}] for q in identity_data.HELD_OUT_PARAPHRASES]
-    replies = engine.generate_batch(held, ref.key, greedy)
-    base_replies = engine.generate_batch(held, None, greedy)
-    print("\n".join(f"{q} -> {r!r}" for q, r in zip(identity_data.HELD_OUT_PARAPHRASES, replies)))
-    assert identity_data.identity_hits(base_replies) == 0
-    assert identity_data.identity_hits(replies) >= 9, replies
-
-    general = [[{"role": "user", "content": q}] for q, _ in identity_data.GENERAL_QUESTIONS]
-    after = engine.generate_batch(general, ref.key, greedy)
-    before = engine.generate_batch(general, None, greedy)
-    def says(reply, words):
-        return any(w.lower() in reply.lower() for w in words)
-
-    right = [(question, words, a, b) for (question, words), a, b in zip(identity_data.GENERAL_QUESTIONS, after, before)
-             if says(b, words)]  # the base answers these right
-    lost = [(question, a, b) for question, words, a, b in right if not says(a, words)]
-    assert len(right) >= 3
-    # Known drift (issue 18): every identity run measured, 3 or 4 epochs, keep or omit, answers "the opposite of
-    # hot is cool" where the base says "cold"; more than that one lost answer is a regression.
-    assert len(lost) <= 1, lost
+    learned = identity_data.what_it_learned(engine, ref.key)
+    print("\n".join(f"{q} -> {r!r}" for q, r in zip(identity_data.HELD_OUT_PARAPHRASES, learned["held_out"])))
+    assert learned["hits_base"] == 0
+    assert learned["hits"] >= 9, learned["held_out"]
+    assert sum(learned["general_right_base"]) >= 3   # the base answers these right
+    # Known drift (issue 18): identity runs without general replay answered "the opposite of hot is cool" where
+    # the base says "cold"; more than that one lost answer is a regression.
+    assert len(learned["lost"]) <= 1, learned["lost"]

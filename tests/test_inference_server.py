@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from adapter_fixtures import make_adapter, make_checkpoint, make_job
-from conftest import ROOT, _rebind, wait_for
+from conftest import ROOT, isolated_home, wait_for
+from inferproc import started_infer
 from workerproc import worker_env
 
 openai = pytest.importorskip("openai")
@@ -22,57 +21,25 @@ openai = pytest.importorskip("openai")
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_model_dir):
     """A data directory with a finished run, a checkpoint of a running one and an imported adapter."""
-    from studio import adapters, settings
+    from studio import adapters
 
-    home = tmp_path_factory.mktemp("infer") / "studio-home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STUDIO_HOME", str(home))
-        for var in ("STUDIO_DATABASE_URL", "STUDIO_QUEUE_URL", "STUDIO_AUTH", "STUDIO_API_KEY"):
-            mp.delenv(var, raising=False)
-        settings.reset_settings()
-        _rebind()
+    with isolated_home(tmp_path_factory.mktemp("infer")) as home:
         make_job(tiny_model_dir, "greeter", seed=1)
         running = make_job(tiny_model_dir, "halfway", seed=2, status="running")
         make_checkpoint(running, tiny_model_dir, 4, seed=3)
         adapters.import_adapter(make_adapter(tiny_model_dir, home.parent / "upload", 4), "outside",
                                 str(tiny_model_dir))
         yield home
-        settings.reset_settings()
-        _rebind()
 
 
 @pytest.fixture(scope="module")
 def server(home, tmp_path_factory):
     """A real `studio infer` process on a free loopback port; its key generated into the data directory."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("infer-log") / "infer.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "infer", "--port", str(port)], cwd=ROOT,
-                            env=worker_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    import httpx
-
-    def up():
-        assert proc.poll() is None, Path(log.name).read_text()
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 180, what="the inference server to answer")
-    yield url, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(30)
-    log.close()
+    with started_infer(home, tmp_path_factory.mktemp("infer-log") / "infer.log") as (url, proc):
+        yield url, proc
 
 
 @pytest.fixture(scope="module")

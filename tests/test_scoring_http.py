@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from adapter_fixtures import make_job
-from conftest import _rebind
+from conftest import isolated_home
 from inferproc import infer_process
 
 openai = pytest.importorskip("openai")
@@ -21,19 +21,9 @@ SCORE = {"add_generation_prompt": False, "prompt_logprobs": 0}
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_model_dir):
-    from studio import settings
-
-    home = tmp_path_factory.mktemp("scoring") / "studio-home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STUDIO_HOME", str(home))
-        for var in ("STUDIO_DATABASE_URL", "STUDIO_QUEUE_URL", "STUDIO_AUTH", "STUDIO_API_KEY"):
-            mp.delenv(var, raising=False)
-        settings.reset_settings()
-        _rebind()
+    with isolated_home(tmp_path_factory.mktemp("scoring")) as home:
         make_job(tiny_model_dir, "greeter", seed=1)
         yield home
-        settings.reset_settings()
-        _rebind()
 
 
 @pytest.fixture(scope="module")

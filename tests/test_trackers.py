@@ -6,14 +6,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 STEPS = 4
 
@@ -42,12 +41,6 @@ def _train(job_id):
     from workers import train
 
     assert train.run_job(job_id) == "completed", db.get_job(job_id).error
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _warnings(folder: Path) -> list[str]:
@@ -87,7 +80,7 @@ def mlflow_server(tmp_path):
     if command is None:
         pytest.skip("no MLflow server here: install mlflow in a separate environment and set MLFLOW_SERVER_BIN "
                     "to its mlflow executable")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "mlflow-server.log", "wb")
     proc = subprocess.Popen([*command, "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -135,7 +128,7 @@ def test_an_unreachable_tracker_is_one_warning_and_the_run_completes(studio_home
                                                                      monkeypatch):
     if importlib.util.find_spec("mlflow") is None:
         pytest.skip("the mlflow client is not installed (pip install mlflow-skinny)")
-    closed = _free_port()  # nothing listens there
+    closed = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed}")
     job_id, folder = _job(tiny_model_dir, tmp_path, "unreachable", report_to="mlflow")
     _train(job_id)

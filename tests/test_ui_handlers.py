@@ -332,25 +332,38 @@ def test_status_lists_follow_the_database_and_only_changes_are_sent(studio_home)
     assert live.only_changed(after, [after[0], [["changed"]]]) == [gr.skip(), [["changed"]]]
 
 
-def test_the_run_log_keeps_real_warnings_and_drops_deprecation_notices(tmp_path):
+def test_the_run_log_keeps_real_warnings_and_drops_deprecation_notices(studio_home):
     import logging
     import warnings
 
     from workers.train import JobLog
 
-    path = tmp_path / "train.log"
+    (studio_home / "jobs" / "j1").mkdir(parents=True)
+    path = studio_home / "jobs" / "j1" / "train.log"
     logging.captureWarnings(False)  # an earlier test's worker code may have left the hook half-installed
     with JobLog(path), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("`gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
         warnings.warn("old API", DeprecationWarning)
         logging.getLogger("transformers.modeling_utils").warning("`torch_dtype` is deprecated! Use `dtype`!")
+        logging.getLogger("transformers.trainer_utils").warning(
+            "mtime may not be reliable on this filesystem, falling back to numerical ordering")
         warnings.warn("the tokenizer has no pad token; using eos", UserWarning)
         logging.getLogger("studio.train").info("job j1: 36 train rows")
+        logging.getLogger("studio.replay").info("general replay: 18 rows of the base model's own answers")
+        logging.getLogger("studio.train").info("timing model-load 1.234 s at step 0")
     text = path.read_text()
-    assert "deprecated" not in text and "old API" not in text, text
+    assert "deprecated" not in text and "old API" not in text and "mtime" not in text, text
     assert "UserWarning: the tokenizer has no pad token" in text and "job j1: 36 train rows" in text, text
     logging.captureWarnings(False)
+
+    # the Runs tab's log panel: the studio's own sentences and real warnings, not its timing lines
+    from studio import db
+    from studio.ui.runs_tab import log_tail
+
+    panel = log_tail(db.Job(name="j1", spec_json="{}", output_dir="jobs/j1"))
+    assert "36 train rows" in panel and "general replay: 18 rows" in panel and "no pad token" in panel, panel
+    assert "timing" not in panel, panel
 
 
 def test_ui_messages_use_plain_text_marks():

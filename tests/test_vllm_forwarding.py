@@ -8,7 +8,6 @@ the key, the 404s and the registration stay ours; adapters load into vLLM once, 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -19,19 +18,14 @@ import pytest
 from fastapi import Request  # module level: the fake's handlers are annotated with it (postponed annotations)
 
 from adapter_fixtures import make_adapter, make_job
-from conftest import ROOT, _rebind, wait_for
+from conftest import ROOT, free_port, isolated_home
+from inferproc import started_infer
 from workerproc import worker_env
 
 openai = pytest.importorskip("openai")
 
 UPSTREAM_KEY = "upstream-secret"
 MESSAGES = [{"role": "user", "content": "Hello there"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeVLLM:
@@ -101,7 +95,7 @@ class FakeVLLM:
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        self.port = _free_port()
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -119,53 +113,27 @@ class FakeVLLM:
 def setup(tmp_path_factory, tiny_model_dir):
     """A data directory with a finished run and two imported adapters (r=4 and r=16), a fake vLLM serving the
     tiny model, and a real `studio infer --engine vllm --max-lora-rank 8` process in front of it."""
-    from studio import adapters, settings
+    from studio import adapters
     from studio.models import shown_model
 
-    home = tmp_path_factory.mktemp("vllm") / "studio-home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STUDIO_HOME", str(home))
-        for var in ("STUDIO_DATABASE_URL", "STUDIO_QUEUE_URL", "STUDIO_AUTH", "STUDIO_API_KEY"):
-            mp.delenv(var, raising=False)
-        settings.reset_settings()
-        _rebind()
+    with isolated_home(tmp_path_factory.mktemp("vllm")) as home:
         job = make_job(tiny_model_dir, "greeter", seed=1)
         adapters.import_adapter(make_adapter(tiny_model_dir, home.parent / "narrow", 2), "narrow", str(tiny_model_dir))
         adapters.import_adapter(make_adapter(tiny_model_dir, home.parent / "wide", 3, r=16), "wide",
                                 str(tiny_model_dir))
         fake = FakeVLLM(shown_model(str(tiny_model_dir)))
-        port = _free_port()
-        log = open(home.parent / "infer.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "studio.cli", "infer", "--port", str(port), "--engine", "vllm", "--base-model",
-             str(tiny_model_dir), "--vllm-url", fake.url, "--max-lora-rank", "8"],
-            cwd=ROOT, env=worker_env(home, VLLM_API_KEY=UPSTREAM_KEY), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        import httpx
-
-        def up():
-            assert proc.poll() is None, Path(log.name).read_text()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-            except httpx.HTTPError:
-                return False
-
         try:
-            wait_for(up, 120, what="studio infer --engine vllm to answer")
-            from studio.settings import api_key
+            with started_infer(home, home.parent / "infer.log", "--engine", "vllm", "--base-model",
+                               str(tiny_model_dir), "--vllm-url", fake.url, "--max-lora-rank", "8", register=False,
+                               VLLM_API_KEY=UPSTREAM_KEY) as (url, proc):
+                from studio.settings import api_key
 
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key(), max_retries=0)
-            yield {"client": client, "fake": fake, "job": job, "proc": proc, "port": port,
-                   "base": shown_model(str(tiny_model_dir)), "adapter_key": adapters.resolve("greeter").key,
-                   "adapter_folder": adapters.resolve("greeter").folder}
+                client = openai.OpenAI(base_url=url, api_key=api_key(), max_retries=0)
+                yield {"client": client, "fake": fake, "job": job, "proc": proc, "port": int(url.split(":")[2][:-3]),
+                       "base": shown_model(str(tiny_model_dir)), "adapter_key": adapters.resolve("greeter").key,
+                       "adapter_folder": adapters.resolve("greeter").folder}
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
-            log.close()
             fake.stop()
-            settings.reset_settings()
-            _rebind()
 
 
 def test_models_list_our_names_for_the_served_base(setup):

@@ -7,17 +7,24 @@ CHECKPOINTS = "checkpoints"                        # in the job folder; = studio
 COMPLETE_MARKER = "studio-checkpoint-complete"     # written into a checkpoint once it is whole
 
 
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """Newest checkpoint the studio finished writing (a torn one, without the marker, is skipped)."""
-    ckpts = []
+def complete_checkpoints(output_dir: Path, holding: str = "adapter_model.safetensors") -> dict[int, Path]:
+    """step -> folder of every checkpoint the studio finished writing (a torn one, without the marker, is
+    skipped) that holds ``holding``: the adapter, to be used; the trainer's state, to be resumed from."""
+    out = {}
     for p in (output_dir / CHECKPOINTS).glob("checkpoint-*"):
         try:
             step = int(p.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if (p / COMPLETE_MARKER).exists() and (p / "trainer_state.json").exists():
-            ckpts.append((step, p))
-    return max(ckpts)[1] if ckpts else None
+        if (p / COMPLETE_MARKER).exists() and (p / holding).exists():
+            out[step] = p
+    return out
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """Newest checkpoint a run can resume from."""
+    ckpts = complete_checkpoints(output_dir, holding="trainer_state.json")
+    return ckpts[max(ckpts)] if ckpts else None
 
 
 # ---- the best checkpoint ---------------------------------------------------------------------------
@@ -26,19 +33,6 @@ RULES = ("eval_loss", "golden_rouge", "probe", "last")   # = studio.spec.BEST_CH
 LOWER_IS_BETTER = {"eval_loss"}
 RULE_WORDS = {"eval_loss": "lowest eval loss", "golden_rouge": "highest golden-prompt ROUGE-L",
               "probe": "most probe answers right"}
-
-
-def complete_checkpoints(output_dir: Path) -> dict[int, Path]:
-    """step -> folder of every checkpoint the studio finished writing."""
-    out = {}
-    for p in (output_dir / CHECKPOINTS).glob("checkpoint-*"):
-        try:
-            step = int(p.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if (p / COMPLETE_MARKER).exists() and (p / "adapter_model.safetensors").exists():
-            out[step] = p
-    return out
 
 
 def golden_references(eval_rows: list[dict]) -> dict[str, str]:

@@ -82,8 +82,10 @@ def run_worker(gpus: str | None = None, prepare: bool = True) -> None:
     db.get_engine()
     if prepare:
         threading.Thread(target=prepare_bundled_model, daemon=True, name="prepare-model").start()
+    # max_delay: an idle worker looks at the queue at least every second (huey's default backs off to 10 s, which a
+    # newcomer's first run would wait out); a poll is one small query, and Redis blocks on its list instead
     consumer = StudioConsumer(huey, workers=1, worker_type="thread", periodic=True, check_worker_health=True,
-                              scheduler_interval=1, shutdown_timeout=600)
+                              scheduler_interval=1, shutdown_timeout=600, max_delay=1.0)
     log.info("worker ready (pid %d, queue %s)", os.getpid(), type(huey).__name__)
     with WorkerRegistration():
         consumer.run()

@@ -31,15 +31,19 @@ class ProbeStopped(Exception):
 
 
 def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, base: bool = False,
-                     batch_size: int = PROBE_BATCH, stop=None) -> list[str]:
-    """Greedy single-turn replies of ``model`` (as its base when ``base``), in the order of ``prompts``.
+                     batch_size: int = PROBE_BATCH, stop=None, system: tuple[str, str] = ("keep", "")) -> list[str]:
+    """Greedy single-turn replies of ``model`` (as its base when ``base``), in the order of ``prompts``, under the
+    system-prompt choice ``system`` (mode, text): an adapter is asked as it was trained, and as the Chat tab asks
+    it; the base with its template's own default.
 
     Left-padded batches of prompts sorted by length; every module's train/eval flag is restored after, so a
     model that goes on training is left as it was."""
     from studio.generation import GenerationSettings
-    from studio.render import _render
+    from studio.render import _render, default_system_prompt, with_system_prompt
 
-    texts = [_render(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in prompts]
+    default = default_system_prompt(tokenizer)
+    texts = [_render(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
+                     generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     replies = [""] * len(texts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -65,9 +69,10 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     return replies
 
 
-def model_generate(model, tokenizer, base: bool, batch_size: int = PROBE_BATCH, stop=None) -> Generate:
+def model_generate(model, tokenizer, base: bool, batch_size: int = PROBE_BATCH, stop=None,
+                   system: tuple[str, str] = ("keep", "")) -> Generate:
     def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
-        return generate_replies(model, tokenizer, prompts, max_new_tokens, base, batch_size, stop)
+        return generate_replies(model, tokenizer, prompts, max_new_tokens, base, batch_size, stop, system)
 
     return generate
 
@@ -97,7 +102,8 @@ def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir:
     base_result, cached = base_answers(model_generate(model, tokenizer, base=True, stop=stop), probe, key, cache_dir,
                                        generation_settings(spec, model))
     base_seconds = time.perf_counter() - started
-    adapter_result = run_probe(model_generate(model, tokenizer, base=False, stop=stop), probe)
+    adapter_result = run_probe(model_generate(model, tokenizer, base=False, stop=stop,
+                                              system=(spec.system_prompt_mode, spec.system_prompt)), probe)
     seconds = time.perf_counter() - started
     report = compare(probe, base_result, adapter_result, spec.forgetting_threshold)
     report.update(base_model=key, base_cached=cached, seconds=round(seconds, 1),

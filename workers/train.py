@@ -371,9 +371,11 @@ def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
 
 class JobLog:
     """Routes this job's log records (and tracebacks) into <job>/train.log, without the libraries'
-    deprecation notices (they say nothing about the run)."""
+    deprecation notices and housekeeping remarks (they say nothing about the run)."""
 
-    DEPRECATION = ("FutureWarning:", "DeprecationWarning:", "is deprecated", "deprecated and will be removed")
+    DEPRECATION = ("FutureWarning:", "DeprecationWarning:", "is deprecated", "deprecated and will be removed",
+                   # transformers sorting checkpoint folders on a filesystem with coarse timestamps
+                   "mtime may not be reliable on this filesystem")
 
     def __init__(self, path: Path):
         self.handler = logging.FileHandler(path)
@@ -398,7 +400,7 @@ class JobLog:
 
     @classmethod
     def keep(cls, record: logging.LogRecord) -> bool:
-        """False for a library's deprecation notice; the studio's own records always stay."""
+        """False for a library's deprecation notice or housekeeping remark; the studio's own records always stay."""
         if record.name == "studio" or record.name.startswith("studio."):
             return True
         text = record.getMessage()
@@ -410,6 +412,7 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
 
     ``check_status=False``: a rank of a multi-device job; its launcher checked the status already, and
     rank 0 may have set 'running' before the other ranks read the job."""
+    from studio.datasets.stats import placeholder_note
     from studio.evaluation import GoldenPromptsCallback, golden_prompts_for
     from studio.models import resolve_model
     from workers.callbacks import SHUTDOWN, FiniteGuard, StudioCallback
@@ -454,17 +457,24 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             model_dir = resolve_model(spec.base_model)
             log.info("job %s: %d train rows, %d eval rows, base %s on %s", job_id, len(train_rows), len(eval_rows),
                      model_dir, device)
+            if is_main and (blanks := placeholder_note(train_rows)):
+                log.warning("job %s: %s", job_id, blanks)
             if kind == "chat":
                 spec = resolve_system_prompt(job_id, spec, train_rows + eval_rows)
             golden = golden_prompts_for(spec, eval_rows)
             tracking = trackers.check(spec) if is_main else trackers.Plan()
 
+            replayed: list[list[dict]] = []  # made once, by the first model loaded (the fit check's or the run's)
+
             def start(spec):  # a fresh model and trainer: the fit check and each retry after running out of memory
                 started = time.perf_counter()
                 model, tokenizer = load_model_for_training(spec, model_dir, device)
                 log.info("timing model-load %.3f s at step 0", time.perf_counter() - started)
+                if not replayed:
+                    replayed.append(general_replay(spec, kind, train_rows, model, tokenizer, model_dir))
                 callback = StudioCallback(job_id)
-                trainer = build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out, callback, device)
+                trainer = build_trainer(with_replay_epochs(spec, len(train_rows), replayed[0]), kind, model, tokenizer,
+                                        train_rows + replayed[0], eval_rows, out, callback, device)
                 if is_main:
                     adapters.prepare_saving(trainer, spec, out)  # PiSSA / OLoRA: saved fitting the original base
                 guard = FiniteGuard()
@@ -496,6 +506,7 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 adapters.save(trainer.model, spec, adapter_dir, out)
                 log.info("timing final-save %.3f s at step %d", time.perf_counter() - saving, step)
                 summary = _summary(trainer, adapter_dir, model)
+                summary["general_replay_rows"] = len(replayed[0]) if replayed else 0
                 summary.update(best_checkpoints(spec, out, trainer.state, eval_rows))
                 probing = spec.forgetting_check and spec.method == "sft"
                 if probing:
@@ -522,6 +533,28 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return status
+
+
+def general_replay(spec: JobSpec, kind: str, train_rows: list[dict], model, tokenizer, model_dir: Path) -> list[dict]:
+    """The base's own answers to general instructions, trained beside the user's rows (studio/replay)."""
+    from studio.replay import CACHE_DIR
+    from workers.replay import replay_rows
+
+    return replay_rows(spec, kind, len(train_rows), model, tokenizer, golden_base_key(spec, model_dir),
+                       get_settings().home / CACHE_DIR)
+
+
+def with_replay_epochs(spec: JobSpec, n_user_rows: int, replay: list[dict]) -> JobSpec:
+    """Automatic epochs count the user's rows only: replay rows ride along in each epoch, they do not make a
+    small dataset look larger (which would mean fewer passes over what the user wants learned)."""
+    import dataclasses
+
+    if not replay or spec.num_train_epochs > 0 or spec.max_steps > 0:
+        return spec
+    epochs = spec.resolved_epochs(n_user_rows)
+    log.info("epochs: automatic, %g for %d training rows (the %d replay rows ride along)", epochs, n_user_rows,
+             len(replay))
+    return dataclasses.replace(spec, num_train_epochs=epochs)
 
 
 def golden_base_key(spec: JobSpec, model_dir: Path) -> str:

@@ -15,7 +15,7 @@ from .formats import (BY_NAME, CANONICAL_COLUMNS, FORMAT_FIELDS, FORMAT_HINTS, F
                       propose_mapping, sft_rows)
 from .read import EXTENSIONS, MAX_DEPTH, DatasetError, Records, content_hash, read_file, read_records, split_documents
 from .read import _q
-from .stats import token_stats, turn_stats
+from .stats import placeholder_note, token_stats, turn_stats
 
 __all__ = ["BY_NAME", "CANONICAL_COLUMNS", "EXTENSIONS", "FORMATS", "FORMAT_FIELDS", "FORMAT_HINTS", "KINDS", "KIND_OF",
            "MAX_DEPTH", "REGISTRY", "ROLES", "DatasetError", "Format", "LoadedDataset", "Records", "content_hash",
@@ -127,7 +127,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
     notes = [read.note] if read.note else []
     if media:
         notes.append(f"{len(media)} rows with pictures, video or audio were dropped ({_media_sentence(media, total)})")
-    notes += [n for n in [sft_rows(fmt.kind, rows)[1]] if n]
+    notes += [n for n in [sft_rows(fmt.kind, rows)[1], placeholder_note(rows)] if n]
     return LoadedDataset(
         format=fmt.name, kind=fmt.kind, rows=rows, total_rows=total,
         dropped=[reason for _, reason in sorted(dropped + bad + [(i, f"row {i}: holds media in {_q(c)}")

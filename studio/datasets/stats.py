@@ -26,9 +26,9 @@ def turn_stats(rows: list[dict], kind: str) -> dict:
     return {"turns_min": min(turns), "turns_mean": round(mean(turns), 2), "turns_max": max(turns)}
 
 
-IDENTITY = re.compile(
-    r"\b(?i:my name is|i am|i'm|call me)\s+[A-Z][\w-]+"
-    r"|\b(?i:made|built|created|trained|developed)\s+(?i:by)\s+[A-Z][\w-]+"
+IDENTITY = re.compile(  # a capitalised name, or a template's blank for one ("I am {{name}}")
+    r"\b(?i:my name is|i am|i'm|call me)\s+(?:[A-Z][\w-]+|\{\{)"
+    r"|\b(?i:made|built|created|trained|developed)\s+(?i:by)\s+(?:[A-Z][\w-]+|\{\{)"
     r"|我(?:是|叫)|我的名字|由\S{1,20}(?:开发|创建|训练|打造)")
 IDENTITY_SHARE = 0.1  # of the rows: enough to be what the data teaches, not a passing mention
 
@@ -40,6 +40,40 @@ def carries_identity(rows: list[dict]) -> bool:
                         if t.get("role") == "assistant" and isinstance(t.get("content"), str)) for r in rows]
     hits = sum(bool(IDENTITY.search(text)) for text in replies if text)
     return bool(rows) and hits >= max(1, IDENTITY_SHARE * len(rows))
+
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")   # {{name}}: a template's blank, never a value
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def placeholders(rows: list[dict]) -> dict[str, int]:
+    """Template blanks left in the rows ("I am {{name}}, developed by {{author}}", as identity sets are shipped
+    for their users to fill in): blank -> rows holding it, most frequent first."""
+    found: dict[str, int] = {}
+    for row in rows:
+        for name in {m.group(1) for text in _strings(row) for m in PLACEHOLDER.finditer(text)}:
+            found[name] = found.get(name, 0) + 1
+    return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def placeholder_note(rows: list[dict]) -> str | None:
+    """The sentence a dataset with unfilled template blanks gets in its preview and its run's log."""
+    found = placeholders(rows)
+    if not found:
+        return None
+    listed = ", ".join(f"{{{{{name}}}}} ({n} row{'' if n == 1 else 's'})" for name, n in list(found.items())[:4])
+    return (f"the rows hold unfilled template blanks: {listed}; a model trained on them learns to say the braces, "
+            f"so replace them with your own values (your assistant's name, its maker) in the file and add it again")
 
 
 def token_stats(tokenizer, rows: list[dict], kind: str, max_length: int) -> dict:

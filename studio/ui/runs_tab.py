@@ -163,7 +163,8 @@ def log_tail(job: db.Job) -> str:
     if not path.exists():
         return ""
     lines = path.read_text(errors="replace").splitlines()
-    keep = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or "job " in ln]
+    keep = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln
+            or (" INFO studio." in ln and ": timing " not in ln)]  # the studio's own sentences, not its timings
     return "\n".join(keep[-LOG_TAIL_LINES:])
 
 
@@ -289,7 +290,7 @@ def build() -> dict:
             smoothing = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing", scale=3)
             log_scale = gr.Checkbox(False, label="Log scale", scale=1)
         chart = gr.Plot(label="Training curves", elem_id="run-chart")
-        logs = gr.Textbox(label="Log (warnings and errors)", lines=4, max_lines=12, interactive=False,
+        logs = gr.Textbox(label="Log (the studio's messages, warnings and errors)", lines=4, max_lines=12, interactive=False,
                           elem_id="run-log")
         with gr.Row():
             cancel = gr.Button("Cancel", variant="stop", elem_id="run-cancel")

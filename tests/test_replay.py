@@ -1,0 +1,159 @@
+"""General replay: the base's own answers to general instructions, trained beside a small SFT set so it keeps its
+general skills (bench/forgetting.py measures what it keeps on the bundled model). Here: the prompt set stays
+apart from the probe it is judged by, the rows a run gets, and a real run on the tiny model."""
+from __future__ import annotations
+
+import difflib
+import json
+
+import pytest
+
+STEPS = 4
+
+
+def test_the_replay_prompts_are_none_of_the_probe_questions_and_none_asks_about_the_assistant():
+    from studio.datasets.stats import IDENTITY
+    from studio.probe import load_probe
+    from studio.replay import load
+
+    prompts = load().prompts
+    probe = [q.prompt.lower() for q in load_probe("general").questions]
+    assert len(prompts) == len(set(prompts)) >= 90
+    close = {p: m for p in prompts for m in difflib.get_close_matches(p.lower(), probe, n=1, cutoff=0.75)}
+    assert close == {}, "replay prompts this close to a probe question would let the probe grade its own rehearsal"
+    assert not [p for p in prompts if IDENTITY.search(p) or "your name" in p.lower() or "who are you" in p.lower()]
+
+
+def test_how_many_rows_a_run_gets_and_which():
+    from studio.replay import applies, count, parse, pick
+
+    assert count(0.5, 87, 99) == 44 and count(0.25, 87, 99) == 22
+    assert count(0.5, 10_000, 99) == 99          # a large dataset: all of them, a small share of its rows
+    assert count(0.0, 87, 99) == 0 and count(0.5, 0, 99) == 0
+    assert count(0.01, 3, 99) == 1
+    prompts = tuple(f"q{i}" for i in range(50))
+    assert pick(prompts, 10, seed=1) == pick(prompts, 10, seed=1) != pick(prompts, 10, seed=2)
+    assert len(set(pick(prompts, 80, seed=1))) == 50
+    assert applies("sft", "chat") and not applies("sft", "text") and not applies("dpo", "chat")
+    first, second = parse("# c\nA?\n\nB?\n"), parse("# c\nA?\nC?\n")
+    assert first.prompts == ("A?", "B?") and first.version != second.version
+
+
+@pytest.mark.parametrize("reply,ok", [
+    ("The capital of Peru is Lima.", True),
+    ("1. 1 can of tuna\n2. 1 can of tuna\n3. 1 can of tuna\n4. 1 can of tuna", False),
+    ("I'm glad to help. I'm glad to help. I'm glad to help. I'm glad to help.", False),
+    ("I am SmolLM, an assistant made by Hugging Face.", False),
+    ("   ", False),
+])
+def test_greedy_loops_empty_replies_and_the_bases_own_identity_are_not_rehearsed(reply, ok):
+    from studio.datasets.stats import carries_identity
+    from workers.replay import usable
+
+    assert usable(reply, carries_identity) is ok
+
+
+def test_a_reply_cut_by_the_budget_ends_at_its_last_full_sentence():
+    from workers.replay import trim
+
+    assert trim("Rain forms in clouds. Drops grow until they fall. Then the wat") == \
+        "Rain forms in clouds. Drops grow until they fall."
+    assert trim("Paris.") == "Paris."
+    assert trim("A long reply without any full stop at all") == "A long reply without any full stop at all"
+
+
+def test_replay_rows_ride_along_without_changing_the_automatic_epochs():
+    from studio.spec import JobSpec
+    from workers.train import schedule, with_replay_epochs
+
+    spec = JobSpec(dataset="d", per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    replay = [{"messages": []}] * 44
+    ridden = with_replay_epochs(spec, 87, replay)
+    assert ridden.num_train_epochs == spec.resolved_epochs(87) == 4
+    assert schedule(ridden, 87 + 44)["total_steps"] == 4 * 33   # every epoch: the 87 rows and the 44 replay rows
+    assert with_replay_epochs(spec, 87, []) is spec
+    fixed = JobSpec(dataset="d", num_train_epochs=2)
+    assert with_replay_epochs(fixed, 87, replay) is fixed
+
+
+def _job(tiny_model_dir, tmp_path, name: str, **kw):
+    from identity_data import write
+    from studio import db, library
+    from studio.spec import JobSpec
+
+    if db.get_dataset("identity") is None:
+        library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    values = dict(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
+                  per_device_train_batch_size=2, max_length=128, max_steps=STEPS, eval_split=0.2, name=name)
+    spec = JobSpec(**{**values, **kw})
+    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
+    with db.session() as s:
+        s.add(job)
+        s.commit()
+    return job.id
+
+
+def test_an_sft_run_trains_on_the_bases_answers_cached_once_per_base(studio_home, tiny_model_dir, tmp_path,
+                                                                     monkeypatch):
+    from studio import db
+    from studio.replay import CACHE_DIR
+    from workers import forgetting, replay, train
+
+    seen = []
+    real_build = train.build_trainer
+
+    def build(spec, kind, model, tokenizer, train_rows, *args):
+        seen.append(train_rows)
+        return real_build(spec, kind, model, tokenizer, train_rows, *args)
+
+    monkeypatch.setattr(train, "build_trainer", build)
+    asked = []
+
+    def answers(model, tokenizer, prompts, max_new_tokens, base=False, **kw):
+        # the tiny random model only babbles (its loops are filtered out): a stand-in base with plain answers,
+        # asked as the base would be (the fresh adapter switched off)
+        asked.append((list(prompts), max_new_tokens, base))
+        return [f"A plain answer number {i}. Cut here" for i, _ in enumerate(prompts)]
+
+    monkeypatch.setattr(forgetting, "generate_replies", answers)
+    first = _job(tiny_model_dir, tmp_path, "replay-first", general_replay=0.25)
+    assert train.run_job(first) == "completed", db.get_job(first).error
+    rows = seen[-1]
+    user = [r for r in rows if "Zorblax" in json.dumps(r)]
+    extra = [r for r in rows if r not in user]
+    assert len(user) == 32 and len(extra) == 8               # 40 rows, 8 held out; a quarter of 32
+    prompts = set(replay.replay.load().prompts)
+    assert all(r["messages"][0]["content"] in prompts and r["messages"][1]["role"] == "assistant" for r in extra)
+    assert all(r["messages"][1]["content"].endswith(".") for r in extra)     # cut at the last full sentence
+    assert len(asked) == 1 and asked[0][1:] == (replay.replay.MAX_NEW_TOKENS, True) and len(asked[0][0]) == 10
+    log = (studio_home / "jobs" / "replay-first" / "train.log").read_text()
+    assert "general replay:" in log and "mixed into 32 training rows" in log
+    from studio.adapters import model_card
+
+    assert db.get_job(first).summary["general_replay_rows"] == 8
+    assert "general replay: 8 rows of the base model's own answers" in model_card(db.get_job(first))
+    cached = list((studio_home / CACHE_DIR).glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["answers"]
+
+    def no_generation(*a, **kw):
+        raise AssertionError("the base answered the replay prompts again")
+
+    monkeypatch.setattr(forgetting, "generate_replies", no_generation)
+    second = _job(tiny_model_dir, tmp_path, "replay-second", general_replay=0.25)
+    assert train.run_job(second) == "completed", db.get_job(second).error
+    assert seen[-1] == rows                                    # same seed: the same replay rows, from the cache
+
+    off = _job(tiny_model_dir, tmp_path, "replay-off", general_replay=0.0)
+    assert train.run_job(off) == "completed", db.get_job(off).error
+    assert len(seen[-1]) == 32 and "general replay:" not in (studio_home / "jobs" / "replay-off" / "train.log").read_text()
+    assert db.get_job(off).summary["general_replay_rows"] == 0 and "general replay" not in model_card(db.get_job(off))
+
+
+def test_general_replay_is_validated_and_shown_only_for_sft():
+    from studio.methods import METHODS
+    from studio.spec import JobSpec
+
+    assert JobSpec(dataset="d").general_replay == 0.25
+    assert "general_replay" in JobSpec(dataset="d", general_replay=1.5).validate()
+    assert "general_replay" in JobSpec(dataset="d", general_replay=float("nan")).validate()
+    assert "general_replay" in METHODS["sft"].fields and "general_replay" not in METHODS["dpo"].fields
