@@ -224,6 +224,8 @@ def test_translations_to_library_configs():
     import torch
 
     from workers import adapters, train
+    from workers.methods.dpo import dpo_config
+    from workers.methods.sft import sft_config
 
     spec = JobSpec(dataset="d", r=8, lora_alpha=16, target_modules=["attention"], bnb_4bit_compute_dtype="float32")
     q = train.quantization_config(spec, "cpu")
@@ -234,14 +236,14 @@ def test_translations_to_library_configs():
     assert train.quantization_config(JobSpec(load_in_4bit=False), "cpu") is None
     sched = train.schedule(JobSpec(num_train_epochs=2, per_device_train_batch_size=4), n_train=40)
     assert sched["total_steps"] == 20 and sched["eval_steps"] == 10  # a short run evaluates twice
-    cfg = train.sft_config(spec, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu")
+    cfg = sft_config(spec, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu")
     assert cfg.max_length == spec.max_length and cfg.eval_strategy == "steps" and cfg.learning_rate == spec.learning_rate
-    dcfg = train.dpo_config(JobSpec(method="dpo", beta=0.2), __import__("pathlib").Path("/tmp/x"), 10, False, "cpu")
+    dcfg = dpo_config(JobSpec(method="dpo", beta=0.2), __import__("pathlib").Path("/tmp/x"), 10, False, "cpu")
     assert dcfg.beta == 0.2
     assert not cfg.torch_compile and not dcfg.torch_compile  # minutes of compiling: only when asked
     compiled = JobSpec.from_yaml("dataset: d\ntorch_compile: true\n")
-    assert train.sft_config(compiled, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu").torch_compile
-    assert train.dpo_config(JobSpec(**{**compiled.to_dict(), "method": "dpo"}), __import__("pathlib").Path("/tmp/x"),
+    assert sft_config(compiled, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu").torch_compile
+    assert dpo_config(JobSpec(**{**compiled.to_dict(), "method": "dpo"}), __import__("pathlib").Path("/tmp/x"),
                             10, False, "cpu").torch_compile
 
 

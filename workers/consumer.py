@@ -52,7 +52,8 @@ class WorkerRegistration:
     def __enter__(self):
         from studio import db
         from studio.lifecycle import WORKER_BEAT_SECONDS
-        from workers.train import Heartbeat, device_facts
+        from workers.arguments import device_facts
+        from workers.heartbeat import Heartbeat
 
         facts = device_facts()
         db.register_worker(id=self.id, host=self.id.rsplit(":", 1)[0], pid=os.getpid(), **facts)

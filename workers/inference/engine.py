@@ -30,7 +30,7 @@ def memory_budget_bytes(env: dict[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     if env.get("STUDIO_INFER_MEMORY_GB"):
         return int(float(env["STUDIO_INFER_MEMORY_GB"]) * 1e9)
-    from workers.train import device_facts
+    from workers.arguments import device_facts
 
     return int(device_facts()["memory_gb"] * 1e9 * DEFAULT_BUDGET_SHARE)
 

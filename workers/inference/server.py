@@ -204,7 +204,8 @@ class InferenceServer:
     def __enter__(self) -> "InferenceServer":
         from studio import db
         from studio.lifecycle import WORKER_BEAT_SECONDS
-        from workers.train import Heartbeat, device_facts
+        from workers.arguments import device_facts
+        from workers.heartbeat import Heartbeat
 
         self._thread.start()
         while not self.server.started and self._thread.is_alive():

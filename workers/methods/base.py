@@ -33,7 +33,7 @@ def preference_config(config_cls, spec, output_dir: Path, n_train: int, has_eval
                       **method_args):
     """A TRL preference config (DPO, KTO, ORPO): the spec's beta and max length, the method's own arguments
     and the arguments every method shares."""
-    from workers.train import common_args
+    from workers.arguments import common_args
 
     return config_cls(beta=spec.beta, max_length=spec.max_length, **method_args,
                       **common_args(spec, output_dir, n_train, has_eval, device))

@@ -24,7 +24,7 @@ def grpo_config(spec, output_dir: Path, n_train: int, has_eval: bool, device: st
     """``n_train``: prompts; each is trained as ``num_generations`` completions."""
     from trl import GRPOConfig
 
-    from workers.train import common_args
+    from workers.arguments import common_args
 
     args = common_args(spec, output_dir, n_train * spec.num_generations, has_eval, device)
     args["per_device_eval_batch_size"] = spec.num_generations  # one prompt's completions per eval batch

@@ -30,7 +30,7 @@ def prepare(spec, kind: str, rows: list[dict]) -> tuple[str, list[dict]]:
 def sft_config(spec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
     from trl import SFTConfig
 
-    from workers.train import common_args
+    from workers.arguments import common_args
 
     return SFTConfig(
         max_length=spec.max_length,
@@ -113,7 +113,7 @@ def trainer_class():
 
 
 def build(spec, kind, model, tokenizer, train_rows, eval_rows, output_dir: Path, callbacks, device):
-    from workers.train import device_name, encode_rows
+    from workers.arguments import device_name, encode_rows
 
     started = time.perf_counter()
     train_enc = encode_rows(tokenizer, train_rows, kind, spec)
