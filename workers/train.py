@@ -279,8 +279,8 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 if not replayed:
                     replayed.append(general_replay(spec, kind, train_rows, model, tokenizer, model_dir))
                 callback = StudioCallback(job_id)
-                trainer = build_trainer(with_replay_epochs(spec, len(train_rows), replayed[0]), kind, model, tokenizer,
-                                        train_rows + replayed[0], eval_rows, out, callback, device)
+                trainer = build_trainer(spec, kind, model, tokenizer, train_rows + replayed[0], eval_rows, out, callback,
+                                        device)
                 if is_main:
                     adapters.prepare_saving(trainer, spec, out)  # PiSSA / OLoRA: saved fitting the original base
                 guard = FiniteGuard()
@@ -348,19 +348,6 @@ def general_replay(spec: JobSpec, kind: str, train_rows: list[dict], model, toke
 
     return replay_rows(spec, kind, len(train_rows), model, tokenizer, golden_base_key(spec, model_dir),
                        get_settings().home / CACHE_DIR)
-
-
-def with_replay_epochs(spec: JobSpec, n_user_rows: int, replay: list[dict]) -> JobSpec:
-    """Automatic epochs count the user's rows only: replay rows ride along in each epoch, they do not make a
-    small dataset look larger (which would mean fewer passes over what the user wants learned)."""
-    import dataclasses
-
-    if not replay or spec.num_train_epochs > 0 or spec.max_steps > 0:
-        return spec
-    epochs = spec.resolved_epochs(n_user_rows)
-    log.info("epochs: automatic, %g for %d training rows (the %d replay rows ride along)", epochs, n_user_rows,
-             len(replay))
-    return dataclasses.replace(spec, num_train_epochs=epochs)
 
 
 def golden_base_key(spec: JobSpec, model_dir: Path) -> str:
