@@ -9,7 +9,7 @@ this process (the target is at least 80%); then the adapter's answers to 10 held
 questions (the target: the name or the maker in at least 9) and to general questions, beside the base's,
 asked as the Chat tab asks them (studio.chat.ChatEngine, with the run's system-prompt choice).
 
-    python bench/first_run.py [--rows 0] [--name Zorblax --author "Quintar Labs"] [--max-steps 0] [--speed-steps 10]
+    python bench/first_run.py [--rows 0] [--name Zorblax --author "Quintar Labs"] [--max-steps 0] [--speed-steps 30]
 
 ``--rows 0`` takes the whole set (97 rows); fewer takes the first N. ``--max-steps 0`` keeps the form's defaults
 (automatic epochs); a small number makes a smoke run. The split is read from the job's row (created / started /
