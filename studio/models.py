@@ -236,7 +236,7 @@ def ensure_bundled() -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             conversion_marker().unlink(missing_ok=True)
-        log.warning("bundled model ready in %.0f s", time.time() - t0)
+        log.info("bundled model ready in %.0f s", time.time() - t0)
     return target
 
 
