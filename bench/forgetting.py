@@ -42,7 +42,7 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def one_run(name: str, overrides: dict, data: Path) -> dict:
+def one_run(name: str, overrides: dict) -> dict:
     from bench.first_run import what_it_learned
     from studio import db
     from studio.spec import JobSpec
@@ -93,7 +93,7 @@ def main() -> None:
     first = len(db.list_jobs())  # run names go on from an earlier call on the same folder
     results = []
     for i, items in enumerate(variants, start=first):
-        result = one_run(f"run{i}", parse_overrides([x for x in items if x]), home / "identity.jsonl")
+        result = one_run(f"run{i}", parse_overrides([x for x in items if x]))
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "held_out"}), flush=True)
     n = len(identity_data.HELD_OUT_PARAPHRASES)

@@ -268,7 +268,7 @@ class _GoldenPromptsCallbackMixin:
         (the final round is always answered; so is the first one when nothing has been measured yet)."""
         if self.began is None or self.last_round is None or step <= 0:
             return True
-        training = max(0.0, (now or time.perf_counter()) - self.began - self.spent)
+        training = max(0.0, (time.perf_counter() if now is None else now) - self.began - self.spent)
         projected = training / step * max_steps
         return self.spent + self.last_round <= GOLDEN_BUDGET * projected
 

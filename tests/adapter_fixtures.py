@@ -1,4 +1,5 @@
-"""Finished runs without training: database rows plus a random (non-zero) LoRA adapter on the tiny model."""
+"""Finished runs without training: database rows plus a random (non-zero) LoRA adapter on the tiny model; and
+queued runs of the identity set on the tiny model, for tests that train them."""
 from __future__ import annotations
 
 import json
@@ -68,3 +69,22 @@ def make_checkpoint(job, base_dir: Path, step: int, seed: int = 7, complete: boo
     if complete:
         (folder / CHECKPOINT_MARKER).write_text("1")
     return folder
+
+
+def identity_job(base_dir: Path, tmp_path: Path, name: str, **spec_values) -> str:
+    """A queued run (its id) of the 40-row identity set, added to the library on first use, on the tiny model with
+    small LoRA and short rows; ``spec_values`` set or override any field. Output under jobs/<name>."""
+    from identity_data import write
+    from studio import db, library
+    from studio.spec import JobSpec
+
+    if db.get_dataset("identity") is None:
+        library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    values = dict(base_model=str(base_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
+                  per_device_train_batch_size=2, max_length=128, eval_split=0.2, name=name)
+    spec = JobSpec(**{**values, **spec_values})
+    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
+    with db.session() as s:
+        s.add(job)
+        s.commit()
+    return job.id

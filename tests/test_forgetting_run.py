@@ -8,26 +8,16 @@ import zipfile
 
 import pytest
 
+from adapter_fixtures import identity_job
+
 STEPS = 4
 
 
 def _job(tiny_model_dir, tmp_path, name: str, **kw):
-    from identity_data import write
-    from studio import db, library
-    from studio.spec import JobSpec
-
-    if db.get_dataset("identity") is None:
-        library.add(write(tmp_path / "identity.jsonl"), name="identity")
-    values = dict(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
-                  learning_rate=1e-3, per_device_train_batch_size=2, max_length=128, max_steps=STEPS,
-                  eval_split=0.2, eval_steps=2, save_steps=2, name=name,
-                  forgetting_check=True)  # on by default; the suite's environment turns the default off
-    spec = JobSpec(**{**values, **kw})
-    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
-    with db.session() as s:
-        s.add(job)
-        s.commit()
-    return job.id
+    return identity_job(tiny_model_dir, tmp_path, name, **{
+        "learning_rate": 1e-3, "max_steps": STEPS, "eval_steps": 2, "save_steps": 2,
+        "forgetting_check": True,  # on by default; the suite's environment turns the default off
+        **kw})
 
 
 def _train(job_id):

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from adapter_fixtures import identity_job
+
 STEPS = 4
 
 
@@ -77,20 +79,7 @@ def test_automatic_epochs_count_the_replay_rows_too():
 
 
 def _job(tiny_model_dir, tmp_path, name: str, **kw):
-    from identity_data import write
-    from studio import db, library
-    from studio.spec import JobSpec
-
-    if db.get_dataset("identity") is None:
-        library.add(write(tmp_path / "identity.jsonl"), name="identity")
-    values = dict(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
-                  per_device_train_batch_size=2, max_length=128, max_steps=STEPS, eval_split=0.2, name=name)
-    spec = JobSpec(**{**values, **kw})
-    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
-    with db.session() as s:
-        s.add(job)
-        s.commit()
-    return job.id
+    return identity_job(tiny_model_dir, tmp_path, name, max_steps=STEPS, **kw)
 
 
 def test_an_sft_run_trains_on_the_bases_answers_cached_once_per_base(studio_home, tiny_model_dir, tmp_path,

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi import Request  # module level: the fake's handlers are annotated with it (postponed annotations)
@@ -129,7 +130,7 @@ def setup(tmp_path_factory, tiny_model_dir):
                 from studio.settings import api_key
 
                 client = openai.OpenAI(base_url=url, api_key=api_key(), max_retries=0)
-                yield {"client": client, "fake": fake, "job": job, "proc": proc, "port": int(url.split(":")[2][:-3]),
+                yield {"client": client, "fake": fake, "job": job, "proc": proc, "port": urlsplit(url).port,
                        "base": shown_model(str(tiny_model_dir)), "adapter_key": adapters.resolve("greeter").key,
                        "adapter_folder": adapters.resolve("greeter").folder}
         finally:

@@ -7,12 +7,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 from studio import replay
+from studio.probe.runner import write_json
 
 log = logging.getLogger("studio.replay")
 
@@ -62,11 +62,7 @@ def base_answers(model, tokenizer, prompts: list[str], base_key: str, cache_dir:
         as_base = hasattr(model, "disable_adapter")
         replies = generate_replies(model, tokenizer, missing, replay.MAX_NEW_TOKENS, base=as_base)
         cached.update(zip(missing, replies))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps({"base": base_key, "settings": settings, "version": set_.version,
-                                   "answers": cached}, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, {"base": base_key, "settings": settings, "version": set_.version, "answers": cached})
     return {p: cached[p] for p in prompts}
 
 
@@ -85,8 +81,8 @@ def replay_rows(spec, kind: str, n_rows: int, model, tokenizer, base_key: str, c
                            cache_dir)
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": trim(a)}]}
             for p, a in answers.items() if usable(a, carries_identity)][:n]
+    seconds = time.perf_counter() - started
     log.info("general replay: %d rows of the base model's own answers to general instructions mixed into %d "
-             "training rows (general_replay %g), %.1f s", len(rows), n_rows, spec.general_replay,
-             time.perf_counter() - started)
-    log.info("timing replay %.3f s at step 0", time.perf_counter() - started)
+             "training rows (general_replay %g), %.1f s", len(rows), n_rows, spec.general_replay, seconds)
+    log.info("timing replay %.3f s at step 0", seconds)
     return rows
