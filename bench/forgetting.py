@@ -7,6 +7,10 @@ through the worker's own ``run_job`` with the form's defaults (or ``--set key=va
 - the run's wall time from start to completed, and its steps.
 
     .venv/bin/python bench/forgetting.py [--set learning_rate=2e-4 --set general_replay=0 ...]
+    .venv/bin/python bench/forgetting.py --data acceptance --set load_in_4bit=false
+
+``--data``: ``first-run`` (default), the 97-row alpaca identity set of a newcomer's first run; ``acceptance``,
+the 40-row set of the forgetting check's acceptance test (20 questions asked twice, trained 5 times over).
 
 Runs in this process, one after the other when several ``--variant`` lists are given (each a comma-separated
 list of key=value), so their figures are measured on the same machine in one run.
@@ -31,6 +35,9 @@ os.environ.setdefault("STUDIO_MODELS_DIR", str(Path.home() / ".cache" / "fine-tu
 import identity_data  # noqa: E402  (the acceptance data: a made-up name and maker, paraphrased questions)
 
 
+DATA = {"first-run": identity_data.write_alpaca, "acceptance": identity_data.write}
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -42,13 +49,13 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def one_run(name: str, overrides: dict) -> dict:
+def one_run(name: str, dataset: str, overrides: dict) -> dict:
     from bench.first_run import what_it_learned
     from studio import db
     from studio.spec import JobSpec
     from workers import train
 
-    spec = JobSpec(dataset="identity", name=name, **overrides)
+    spec = JobSpec(dataset=dataset, name=name, **overrides)
     problems = spec.validate()
     if problems:
         sys.exit(f"{name}: {problems}")
@@ -78,6 +85,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[],
                    help="comma-separated key=value overrides of the form's defaults; repeat for several runs")
     p.add_argument("--set", action="append", default=[], help="one key=value override (a single run)")
+    p.add_argument("--data", choices=sorted(DATA), default="first-run", help="which identity set to train on")
     p.add_argument("--home", type=Path, default=None,
                    help="a data folder to reuse (its cached base answers to the probe and the replay prompts)")
     args = p.parse_args()
@@ -88,12 +96,13 @@ def main() -> None:
     from studio import db, library, settings
 
     settings.reset_settings()
-    if db.get_dataset("identity") is None:
-        library.add(identity_data.write_alpaca(home / "identity.jsonl"), name="identity")
+    dataset = f"identity-{args.data}"
+    if db.get_dataset(dataset) is None:
+        library.add(DATA[args.data](home / f"{dataset}.jsonl"), name=dataset)
     first = len(db.list_jobs())  # run names go on from an earlier call on the same folder
     results = []
     for i, items in enumerate(variants, start=first):
-        result = one_run(f"run{i}", parse_overrides([x for x in items if x]))
+        result = one_run(f"run{i}", dataset, parse_overrides([x for x in items if x]))
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "held_out"}), flush=True)
     n = len(identity_data.HELD_OUT_PARAPHRASES)

@@ -245,22 +245,28 @@ CONVERSION_STALE_SECONDS = 3600.0
 
 
 def conversion_marker() -> Path:
-    """While the bundled model is being converted: a small JSON file saying how far it is."""
+    """While the bundled model is being prepared (converted, then its answers for general replay made): a small
+    JSON file saying how far it is."""
     target = bundled_dir()
     return target.parent / f".{target.name}.converting"
 
 
 def _mark_conversion(started: float, stage: int) -> None:
-    """Record that the conversion begun at ``started`` is at ``stage`` (1-based), atomically."""
+    """Record that the conversion begun at ``started`` is at ``stage`` (1-based)."""
+    mark_preparation(started, CONVERSION_STAGES[stage - 1], stage, len(CONVERSION_STAGES))
+
+
+def mark_preparation(started: float, what: str, stage: int = 1, stages: int = 1) -> None:
+    """Record, atomically, that preparing the bundled model (begun at ``started``) is doing ``what``."""
     import socket
 
     from .liveness import own_start
 
     path = conversion_marker()
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"started": started, "updated": time.time(), "stage": stage,
-                               "stages": len(CONVERSION_STAGES), "what": CONVERSION_STAGES[stage - 1],
-                               "host": socket.gethostname(), "pid": os.getpid(), "pid_start": own_start()}))
+    tmp.write_text(json.dumps({"started": started, "updated": time.time(), "stage": stage, "stages": stages,
+                               "what": what, "host": socket.gethostname(), "pid": os.getpid(),
+                               "pid_start": own_start()}))
     os.replace(tmp, path)
 
 

@@ -27,15 +27,17 @@ def test_the_replay_prompts_are_none_of_the_probe_questions_and_none_asks_about_
 
 
 def test_how_many_rows_a_run_gets_and_which():
-    from studio.replay import applies, count, parse, pick
+    from studio.replay import FLOOR, applies, count, parse, pick
 
-    assert count(0.5, 87, 99) == 44 and count(0.25, 87, 99) == 22
+    assert count(0.5, 87, 99) == 44 and count(0.25, 200, 99) == 50    # the share of the rows
+    assert count(0.25, 36, 99) == 36 and count(0.01, 3, 99) == 3    # a small set: as many as its own rows...
+    assert count(0.25, 87, 99) == FLOOR == 40                        # ...up to the floor
     assert count(0.5, 10_000, 99) == 99          # a large dataset: all of them, a small share of its rows
     assert count(0.0, 87, 99) == 0 and count(0.5, 0, 99) == 0
-    assert count(0.01, 3, 99) == 1
     prompts = tuple(f"q{i}" for i in range(50))
     assert pick(prompts, 10, seed=1) == pick(prompts, 10, seed=1) != pick(prompts, 10, seed=2)
     assert len(set(pick(prompts, 80, seed=1))) == 50
+    assert pick(prompts, 30, seed=1)[:10] == pick(prompts, 10, seed=1)  # answers made ahead serve any run size
     assert applies("sft", "chat") and not applies("sft", "text") and not applies("dpo", "chat")
     first, second = parse("# c\nA?\n\nB?\n"), parse("# c\nA?\nC?\n")
     assert first.prompts == ("A?", "B?") and first.version != second.version
@@ -65,17 +67,18 @@ def test_a_reply_cut_by_the_budget_ends_at_its_last_full_sentence():
 
 
 def test_automatic_epochs_count_the_replay_rows_too():
-    """About 360 rows' worth in all: the identity set's 87 rows and 22 replay rows make 3 epochs (4 without
-    replay), which measured as well on identity (10/10) and general skills (-1 point) as 4 did (bench/forgetting.py)
-    and keeps a newcomer's first run under 3 minutes on a 2-core CPU."""
+    """About 360 rows' worth in all: the first-run identity set's 87 rows and 40 replay rows make 3 epochs (4
+    without replay), which keeps a newcomer's first run under 3 minutes on a 2-core CPU; the 36-row acceptance set
+    and its 36 replay rows make 5."""
     from studio.spec import JobSpec
     from workers.train import schedule
 
     spec = JobSpec(dataset="d", per_device_train_batch_size=4, gradient_accumulation_steps=1)
     assert schedule(spec, 87)["epochs"] == 4
-    both = schedule(spec, 87 + 22)
-    assert both["epochs"] == 3 and both["total_steps"] == 3 * 28
-    assert schedule(JobSpec(dataset="d", num_train_epochs=2), 87 + 22)["epochs"] == 2   # the user's own choice
+    both = schedule(spec, 87 + 40)
+    assert both["epochs"] == 3 and both["total_steps"] == 3 * 32
+    assert schedule(spec, 36 + 36)["epochs"] == 5
+    assert schedule(JobSpec(dataset="d", num_train_epochs=2), 87 + 40)["epochs"] == 2   # the user's own choice
 
 
 def _job(tiny_model_dir, tmp_path, name: str, **kw):
@@ -110,17 +113,17 @@ def test_an_sft_run_trains_on_the_bases_answers_cached_once_per_base(studio_home
     rows = seen[-1]
     user = [r for r in rows if "Zorblax" in json.dumps(r)]
     extra = [r for r in rows if r not in user]
-    assert len(user) == 32 and len(extra) == 8               # 40 rows, 8 held out; a quarter of 32
+    assert len(user) == 32 and len(extra) == 32              # 40 rows, 8 held out; a small set: as many as its own
     prompts = set(replay.replay.load().prompts)
     assert all(r["messages"][0]["content"] in prompts and r["messages"][1]["role"] == "assistant" for r in extra)
     assert all(r["messages"][1]["content"].endswith(".") for r in extra)     # cut at the last full sentence
-    assert len(asked) == 1 and asked[0][1:] == (replay.replay.MAX_NEW_TOKENS, True) and len(asked[0][0]) == 10
+    assert len(asked) == 1 and asked[0][1:] == (replay.replay.MAX_NEW_TOKENS, True) and len(asked[0][0]) == 40
     log = (studio_home / "jobs" / "replay-first" / "train.log").read_text()
     assert "general replay:" in log and "mixed into 32 training rows" in log
     from studio.adapters import model_card
 
-    assert db.get_job(first).summary["general_replay_rows"] == 8
-    assert "general replay: 8 rows of the base model's own answers" in model_card(db.get_job(first))
+    assert db.get_job(first).summary["general_replay_rows"] == 32
+    assert "general replay: 32 rows of the base model's own answers" in model_card(db.get_job(first))
     cached = list((studio_home / CACHE_DIR).glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["answers"]
 
@@ -146,3 +149,81 @@ def test_general_replay_is_validated_and_shown_only_for_sft():
     assert "general_replay" in JobSpec(dataset="d", general_replay=1.5).validate()
     assert "general_replay" in JobSpec(dataset="d", general_replay=float("nan")).validate()
     assert "general_replay" in METHODS["sft"].fields and "general_replay" not in METHODS["dpo"].fields
+
+
+def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses_them(studio_home, tiny_model_dir,
+                                                                                     tmp_path, monkeypatch):
+    """The worker's start answers the replay prompts in the order runs take them, stops between batches once a
+    run starts, and a run then asks the base only what is still missing (nothing, here)."""
+    from studio import db, models
+    from studio.replay import CACHE_DIR, load, order
+    from studio.spec import JobSpec
+    from workers import forgetting, replay, train
+
+    asked = []
+
+    def answers(model, tokenizer, prompts, max_new_tokens, base=False, **kw):
+        asked.append(list(prompts))
+        return [f"A plain answer about {p[:20]}." for p in prompts]
+
+    monkeypatch.setattr(forgetting, "generate_replies", answers)
+    spec = JobSpec(base_model=str(tiny_model_dir), load_in_4bit=False)   # the form's defaults, on this base
+    prompts = order(load().prompts, spec.seed)
+    assert replay.prewarm(lambda: len(asked) == 2, spec) == 2 * replay.PREWARM_BATCH   # a run started
+    assert [p for batch in asked for p in batch] == prompts[:2 * replay.PREWARM_BATCH]
+    assert not models.conversion_marker().exists(), "the worker line still says it is preparing"
+    assert replay.prewarm(lambda: False, spec) == len(prompts)
+    assert [p for batch in asked for p in batch] == prompts, "an answer was asked twice"
+    cached = json.loads(next((studio_home / CACHE_DIR).glob("*.json")).read_text())["answers"]
+    assert set(cached) == set(prompts)
+
+    def no_generation(*a, **kw):
+        raise AssertionError("the run asked the base for replay answers made ahead")
+
+    monkeypatch.setattr(forgetting, "generate_replies", no_generation)
+    job = identity_job(tiny_model_dir, tmp_path, "after-prewarm", max_steps=STEPS)
+    assert train.run_job(job) == "completed", db.get_job(job).error
+    assert db.get_job(job).summary["general_replay_rows"] > 0
+
+
+def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(monkeypatch, caplog):
+    """The worker's start converts the bundled model, then makes replay answers until huey starts executing a job
+    (the minutely lost-job sweep does not count); a failure there is a warning, and the worker goes on."""
+    import logging
+
+    from huey.signals import SIGNAL_EXECUTING
+
+    from studio import models
+    from workers import consumer, replay
+    from workers.queue import huey
+    from workers.tasks import find_lost_jobs, train_job
+
+    stops = []
+
+    def prewarm(stop, spec=None):
+        stops.append(stop)
+        return 7
+
+    monkeypatch.setattr(models, "ensure_bundled", lambda: None)
+    monkeypatch.setattr(replay, "prewarm", prewarm)
+    monkeypatch.setattr(consumer, "WORK_STARTED", consumer.threading.Event())
+    caplog.set_level(logging.INFO, "studio.worker")
+    huey.signal(SIGNAL_EXECUTING)(consumer.note_work)
+    try:
+        consumer.prepare_bundled_model()
+        assert "worker prepared" in caplog.text and "7 general-replay answers made ahead" in caplog.text
+        stop = stops[-1]
+        huey._emit(SIGNAL_EXECUTING, find_lost_jobs.s())
+        assert not stop(), "the minutely sweep stopped the preparation"
+        huey._emit(SIGNAL_EXECUTING, train_job.s("some-job"))
+        assert stop(), "a job started and the preparation went on competing with it"
+    finally:
+        huey.disconnect_signal(consumer.note_work, SIGNAL_EXECUTING)
+    stops.clear()
+    consumer.prepare_bundled_model()                   # a job runs already: nothing is made ahead
+    assert stops == [] and "0 general-replay answers made ahead" in caplog.text
+    monkeypatch.setattr(replay, "prewarm", lambda stop, spec=None: 1 / 0)
+    consumer.WORK_STARTED.clear()
+    caplog.clear()
+    consumer.prepare_bundled_model()
+    assert "failed; runs make their own" in caplog.text and "worker prepared" in caplog.text

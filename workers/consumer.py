@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from huey.consumer import Consumer
 
@@ -32,13 +33,38 @@ class StudioConsumer(Consumer):
 
 
 def prepare_bundled_model() -> None:
-    """Convert the bundled model in the background so the first job and the UI's preview find it ready."""
+    """In the background at the worker's start: convert the bundled model so the first job and the UI's preview
+    find it ready, then have it answer the general-replay prompts (workers/replay.prewarm) until a job starts
+    (WORK_STARTED) or the worker stops; the line "worker prepared" ends it."""
     from studio.models import ModelError, ensure_bundled
 
+    started = time.time()
+    stop = lambda: SHUTDOWN.is_set() or WORK_STARTED.is_set()  # noqa: E731
     try:
         ensure_bundled()
     except ModelError as exc:
         log.warning("bundled model unavailable: %s", exc)
+        return
+    answers = 0
+    if not stop():
+        try:
+            from workers.replay import prewarm
+
+            answers = prewarm(stop)
+        except Exception:  # noqa: BLE001 - a run makes its own replay answers; preparing never stops the worker
+            log.warning("making the bundled model's general-replay answers ahead failed; runs make their own",
+                        exc_info=True)
+    log.info("worker prepared in %.1f s: the bundled model is ready, %d general-replay answers made ahead",
+             time.time() - started, answers)
+
+
+WORK_STARTED = threading.Event()  # this worker has started executing a job (its start's preparation then stops)
+
+
+def note_work(signal, task, *args, **kwargs) -> None:
+    """huey's "executing" signal: a job (not the minutely lost-job sweep) starts in this worker."""
+    if task.name != "studio.find_lost_jobs":
+        WORK_STARTED.set()
 
 
 class WorkerRegistration:
@@ -82,6 +108,9 @@ def run_worker(gpus: str | None = None, prepare: bool = True) -> None:
 
     db.get_engine()
     if prepare:
+        from huey.signals import SIGNAL_EXECUTING
+
+        huey.signal(SIGNAL_EXECUTING)(note_work)
         threading.Thread(target=prepare_bundled_model, daemon=True, name="prepare-model").start()
     # max_delay: an idle worker looks at the queue at least every second (huey's default backs off to 10 s, which a
     # newcomer's first run would wait out); a poll is one small query, and Redis blocks on its list instead

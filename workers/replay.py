@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,6 +16,8 @@ from studio import replay
 from studio.probe.runner import write_json
 
 log = logging.getLogger("studio.replay")
+PREWARM_BATCH = 16  # prompts per generate call ahead of any run: a run that starts waits for one batch at most
+LOCK = threading.Lock()  # the answers cache: one reader-writer at a time in a worker (its start's prewarm, a run)
 
 
 def cache_file(cache_dir: Path, base_key: str, settings: dict, version: str) -> Path:
@@ -44,26 +47,61 @@ def trim(reply: str) -> str:
     return reply[:cut + 1].strip() if cut > len(reply) // 3 else reply.strip()
 
 
-def base_answers(model, tokenizer, prompts: list[str], base_key: str, cache_dir: Path) -> dict[str, str]:
+def base_answers(model, tokenizer, prompts: list[str], base_key: str, cache_dir: Path, **generation) -> dict[str, str]:
     """The base's answers to ``prompts``; the ones answered before for this base come from the cache."""
     from workers.forgetting import generate_replies
 
     set_ = replay.load()
     settings = {"greedy": True, "max_new_tokens": replay.MAX_NEW_TOKENS, "dtype": str(next(model.parameters()).dtype)}
     path = cache_file(cache_dir, base_key, settings, set_.version)
-    cached = {}
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text(encoding="utf-8")).get("answers", {})
-        except (OSError, ValueError):
-            cached = {}
-    missing = [p for p in prompts if p not in cached]
-    if missing:
-        as_base = hasattr(model, "disable_adapter")
-        replies = generate_replies(model, tokenizer, missing, replay.MAX_NEW_TOKENS, base=as_base)
-        cached.update(zip(missing, replies))
-        write_json(path, {"base": base_key, "settings": settings, "version": set_.version, "answers": cached})
+    with LOCK:
+        cached = {}
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8")).get("answers", {})
+            except (OSError, ValueError):
+                cached = {}
+        missing = [p for p in prompts if p not in cached]
+        if missing:
+            as_base = hasattr(model, "disable_adapter")
+            replies = generate_replies(model, tokenizer, missing, replay.MAX_NEW_TOKENS, base=as_base, **generation)
+            cached.update(zip(missing, replies))
+            write_json(path, {"base": base_key, "settings": settings, "version": set_.version, "answers": cached})
     return {p: cached[p] for p in prompts}
+
+
+def prewarm(stop, spec=None) -> int:
+    """A worker's idle start: the base's answers to every replay prompt, in the order a run with ``spec``'s seed
+    takes them (``studio.replay.pick`` is prefix-stable), loaded as a run with ``spec`` loads it (the form's
+    defaults on the bundled model unless told), so a newcomer's first run finds them made instead of spending
+    its first seconds on them. Stops between batches once ``stop()`` says a run has started (the run makes what
+    it still lacks). The worker line shows the progress. Returns how many answers are cached."""
+    from studio import models
+    from studio.settings import get_settings
+    from studio.spec import BUNDLED_MODEL, JobSpec
+    from workers.train import golden_base_key, load_model_for_training
+
+    spec = spec or JobSpec(base_model=BUNDLED_MODEL)
+    if not replay.applies(spec.method, "chat") or spec.general_replay <= 0:
+        return 0
+    started = time.time()
+    prompts = replay.order(replay.load().prompts, spec.seed)
+    what = "its own answers to general instructions, for general replay"
+    models.mark_preparation(started, f"{what}: loading")
+    try:
+        model_dir = models.resolve_model(spec.base_model)
+        model, tokenizer = load_model_for_training(spec, model_dir)
+        done = 0
+        for i in range(0, len(prompts), PREWARM_BATCH):
+            if stop():
+                break
+            models.mark_preparation(started, f"{what}: {i} of {len(prompts)}")
+            done = len(base_answers(model, tokenizer, prompts[:i + PREWARM_BATCH], golden_base_key(spec, model_dir),
+                                    get_settings().home / replay.CACHE_DIR, batch_size=PREWARM_BATCH))
+    finally:
+        models.conversion_marker().unlink(missing_ok=True)
+    log.info("general replay: %d of the base's answers ready before any run (%.1f s)", done, time.time() - started)
+    return done
 
 
 def replay_rows(spec, kind: str, n_rows: int, model, tokenizer, base_key: str, cache_dir: Path) -> list[dict]:

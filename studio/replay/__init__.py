@@ -36,17 +36,34 @@ def load() -> ReplaySet:
     return parse(PROMPTS_FILE.read_text(encoding="utf-8"))
 
 
+FLOOR = 40  # a small run gets at least as many replay rows as it has rows of its own, up to this many
+
+
 def count(share: float, n_rows: int, available: int) -> int:
-    """Replay rows for a run of ``n_rows`` training rows: ``share`` of them, at most ``available`` (so a large
-    dataset gets proportionally little, and one of many thousands of rows almost none)."""
+    """Replay rows for a run of ``n_rows`` training rows: ``share`` of them, but at least as many as the run's own
+    rows up to FLOOR, and at most ``available`` (so a large dataset gets proportionally little, and one of many
+    thousands of rows almost none).
+
+    The floor is for the small sets automatic epochs train five times over. Measured on the 40-row acceptance
+    identity set (36 training rows, 5 epochs, the bundled model, probe base 104/200): 9 replay rows lost 15.5 probe
+    points, 24 lost 7.0, 36 lost 4.5 (not flagged), each with the identity learned (10 of 10 held-out questions);
+    the ~100-row first-run set lost 1 point with 22."""
     if share <= 0 or n_rows <= 0:
         return 0
-    return min(available, max(1, round(share * n_rows)))
+    return min(available, max(round(share * n_rows), min(n_rows, FLOOR)))
+
+
+def order(prompts: tuple[str, ...], seed: int) -> list[str]:
+    """Every prompt, in the order a run with this seed takes them."""
+    shuffled = list(prompts)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
 
 
 def pick(prompts: tuple[str, ...], n: int, seed: int) -> list[str]:
-    """``n`` prompts, the same ones for the same seed."""
-    return random.Random(seed).sample(list(prompts), min(n, len(prompts)))
+    """The first ``n`` prompts of ``order``: the same ones for the same seed, and a larger run's pick starts with a
+    smaller one's, so answers the worker prepared before any run (``workers/replay.prewarm``) serve every size."""
+    return order(prompts, seed)[:n]
 
 
 def applies(method: str, kind: str) -> bool:

@@ -18,8 +18,10 @@ def worker_line() -> str:
     """'Worker: idle', 'training NAME (step a/b)' and/or 'preparing the base model (step k of n: ...)',
     or a plain sentence when no worker runs (queued runs then wait for one)."""
     progress = models.conversion_progress()
-    preparing = (f"preparing the base model (step {progress['stage']} of {progress['stages']}: "
-                 f"{progress['what']}, {time.time() - progress['started']:.0f} s)") if progress else ""
+    preparing = ""
+    if progress:
+        step = f"step {progress['stage']} of {progress['stages']}: " if progress["stages"] > 1 else ""
+        preparing = f"preparing the base model ({step}{progress['what']}, {time.time() - progress['started']:.0f} s)"
     if not jobs.live_workers():
         return NO_WORKER + (f" Meanwhile: {preparing}." if preparing else "")
     doing = [_training(j) if j.kind == "train" else f"{j.name} ({j.progress_message or 'starting'})"
