@@ -29,6 +29,8 @@ class Settings:
     model_roots: tuple[Path, ...] = ()    # the only places local base-model folders may come from
     auth_file: Path | None = None         # STUDIO_AUTH_FILE: salted password hashes (studio.auth)
     memory_limit_gb: float | None = None  # STUDIO_MEMORY_LIMIT_GB: the most memory a training step may use
+    replay_ahead: bool = True             # STUDIO_REPLAY_AHEAD=off: a starting worker does not make the bundled
+                                          # model's general-replay answers before any run (runs make their own)
 
     @property
     def datasets_dir(self) -> Path:
@@ -101,6 +103,16 @@ def _parse_memory_limit(value: str | None) -> float | None:
     return gb
 
 
+def _parse_switch(name: str, value: str | None, default: bool) -> bool:
+    if not value:
+        return default
+    if value.strip().lower() in ("on", "1", "true", "yes"):
+        return True
+    if value.strip().lower() in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"{name} must be on or off, got '{value[:40]}'")
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     home = Path(env.get("STUDIO_HOME", "studio-data")).expanduser().resolve()
@@ -119,6 +131,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         model_roots=_model_roots(env, models_dir),
         auth_file=Path(env["STUDIO_AUTH_FILE"]).expanduser().resolve() if env.get("STUDIO_AUTH_FILE") else None,
         memory_limit_gb=_parse_memory_limit(env.get("STUDIO_MEMORY_LIMIT_GB")),
+        replay_ahead=_parse_switch("STUDIO_REPLAY_AHEAD", env.get("STUDIO_REPLAY_AHEAD"), True),
     )
 
 

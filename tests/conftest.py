@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the forgetting check (on by default for SFT) answers 200 questions twice after every run; the suite turns the
 # default off, as a deployment can, and tests/test_forgetting_run.py asks for it by name
 os.environ.setdefault("STUDIO_FORGETTING_CHECK", "off")
+# a starting worker makes the bundled model's 99 general-replay answers (a minute of CPU) before any run; the
+# suite's `studio serve` workers skip it (tests/test_replay.py covers it), and their runs make their own
+os.environ.setdefault("STUDIO_REPLAY_AHEAD", "off")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

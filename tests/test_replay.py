@@ -186,14 +186,14 @@ def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses
     assert db.get_job(job).summary["general_replay_rows"] > 0
 
 
-def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(monkeypatch, caplog):
+def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(studio_home, monkeypatch, caplog):
     """The worker's start converts the bundled model, then makes replay answers until huey starts executing a job
     (the minutely lost-job sweep does not count); a failure there is a warning, and the worker goes on."""
     import logging
 
     from huey.signals import SIGNAL_EXECUTING
 
-    from studio import models
+    from studio import models, settings
     from workers import consumer, replay
     from workers.queue import huey
     from workers.tasks import find_lost_jobs, train_job
@@ -207,6 +207,8 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(m
     monkeypatch.setattr(models, "ensure_bundled", lambda: None)
     monkeypatch.setattr(replay, "prewarm", prewarm)
     monkeypatch.setattr(consumer, "WORK_STARTED", consumer.threading.Event())
+    monkeypatch.setenv("STUDIO_REPLAY_AHEAD", "on")      # the product's default (the suite turns it off)
+    settings.reset_settings()
     caplog.set_level(logging.INFO, "studio.worker")
     huey.signal(SIGNAL_EXECUTING)(consumer.note_work)
     try:
@@ -227,3 +229,11 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(m
     caplog.clear()
     consumer.prepare_bundled_model()
     assert "failed; runs make their own" in caplog.text and "worker prepared" in caplog.text
+    monkeypatch.setenv("STUDIO_REPLAY_AHEAD", "off")     # a deployment's choice: the runs make their own
+    settings.reset_settings()
+    caplog.clear()
+    consumer.prepare_bundled_model()                   # prewarm would fail again: it is not called
+    assert "worker prepared" in caplog.text and "failed" not in caplog.text
+    monkeypatch.setenv("STUDIO_REPLAY_AHEAD", "sometimes")
+    with pytest.raises(ValueError, match="STUDIO_REPLAY_AHEAD must be on or off"):
+        settings.load_settings()

@@ -16,7 +16,8 @@ def worker_env(home: Path, **extra: str) -> dict:
                 "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                 "STUDIO_MODEL_ROOTS": os.environ.get("STUDIO_MODEL_ROOTS", ""),
                 # the suite's default for the forgetting check (conftest) reaches the processes it starts
-                "STUDIO_FORGETTING_CHECK": os.environ.get("STUDIO_FORGETTING_CHECK", "")})
+                "STUDIO_FORGETTING_CHECK": os.environ.get("STUDIO_FORGETTING_CHECK", ""),
+                "STUDIO_REPLAY_AHEAD": os.environ.get("STUDIO_REPLAY_AHEAD", "")})
     env.update(extra)
     return env
 

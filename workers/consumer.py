@@ -37,6 +37,7 @@ def prepare_bundled_model() -> None:
     find it ready, then have it answer the general-replay prompts (workers/replay.prewarm) until a job starts
     (WORK_STARTED) or the worker stops; the line "worker prepared" ends it."""
     from studio.models import ModelError, ensure_bundled
+    from studio.settings import get_settings
 
     started = time.time()
     stop = lambda: SHUTDOWN.is_set() or WORK_STARTED.is_set()  # noqa: E731
@@ -46,7 +47,7 @@ def prepare_bundled_model() -> None:
         log.warning("bundled model unavailable: %s", exc)
         return
     answers = 0
-    if not stop():
+    if get_settings().replay_ahead and not stop():
         try:
             from workers.replay import prewarm
 
