@@ -32,6 +32,15 @@ class StudioConsumer(Consumer):
         super()._handle_signal(signum, frame)
 
 
+WORK_STARTED = threading.Event()  # this worker has started executing a job (its start's preparation then stops)
+
+
+def note_work(signal, task, *args, **kwargs) -> None:
+    """huey's "executing" signal: a job (not the minutely lost-job sweep) starts in this worker."""
+    if task.name != "studio.find_lost_jobs":
+        WORK_STARTED.set()
+
+
 def prepare_bundled_model() -> None:
     """In the background at the worker's start: convert the bundled model so the first job and the UI's preview
     find it ready, then have it answer the general-replay prompts (workers/replay.prewarm) until a job starts
@@ -57,15 +66,6 @@ def prepare_bundled_model() -> None:
                         exc_info=True)
     log.info("worker prepared in %.1f s: the bundled model is ready, %d general-replay answers made ahead",
              time.time() - started, answers)
-
-
-WORK_STARTED = threading.Event()  # this worker has started executing a job (its start's preparation then stops)
-
-
-def note_work(signal, task, *args, **kwargs) -> None:
-    """huey's "executing" signal: a job (not the minutely lost-job sweep) starts in this worker."""
-    if task.name != "studio.find_lost_jobs":
-        WORK_STARTED.set()
 
 
 class WorkerRegistration:
