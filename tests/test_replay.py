@@ -158,7 +158,7 @@ def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses
     from studio import db, models
     from studio.replay import CACHE_DIR, load, order
     from studio.spec import JobSpec
-    from workers import forgetting, replay, train
+    from workers import consumer, forgetting, replay, train
 
     asked = []
 
@@ -169,10 +169,10 @@ def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses
     monkeypatch.setattr(forgetting, "generate_replies", answers)
     spec = JobSpec(base_model=str(tiny_model_dir), load_in_4bit=False)   # the form's defaults, on this base
     prompts = order(load().prompts, spec.seed)
-    assert replay.prewarm(lambda: len(asked) == 2, spec) == 2 * replay.PREWARM_BATCH   # a run started
+    assert consumer.prewarm_replay(lambda: len(asked) == 2, spec) == 2 * replay.PREWARM_BATCH   # a run started
     assert [p for batch in asked for p in batch] == prompts[:2 * replay.PREWARM_BATCH]
     assert not models.conversion_marker().exists(), "the worker line still says it is preparing"
-    assert replay.prewarm(lambda: False, spec) == len(prompts)
+    assert consumer.prewarm_replay(lambda: False, spec) == len(prompts)
     assert [p for batch in asked for p in batch] == prompts, "an answer was asked twice"
     cached = json.loads(next((studio_home / CACHE_DIR).glob("*.json")).read_text())["answers"]
     assert set(cached) == set(prompts)
@@ -194,7 +194,7 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
     from huey.signals import SIGNAL_EXECUTING
 
     from studio import models, settings
-    from workers import consumer, replay
+    from workers import consumer
     from workers.queue import huey
     from workers.tasks import find_lost_jobs, train_job
 
@@ -205,7 +205,7 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
         return 7
 
     monkeypatch.setattr(models, "ensure_bundled", lambda: None)
-    monkeypatch.setattr(replay, "prewarm", prewarm)
+    monkeypatch.setattr(consumer, "prewarm_replay", prewarm)
     monkeypatch.setattr(consumer, "WORK_STARTED", consumer.threading.Event())
     monkeypatch.setenv("STUDIO_REPLAY_AHEAD", "on")      # the product's default (the suite turns it off)
     settings.reset_settings()
@@ -224,7 +224,7 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
     stops.clear()
     consumer.prepare_bundled_model()                   # a job runs already: nothing is made ahead
     assert stops == [] and "0 general-replay answers made ahead" in caplog.text
-    monkeypatch.setattr(replay, "prewarm", lambda stop, spec=None: 1 / 0)
+    monkeypatch.setattr(consumer, "prewarm_replay", lambda stop, spec=None: 1 / 0)
     consumer.WORK_STARTED.clear()
     caplog.clear()
     consumer.prepare_bundled_model()

@@ -58,14 +58,48 @@ def prepare_bundled_model() -> None:
     answers = 0
     if get_settings().replay_ahead and not stop():
         try:
-            from workers.replay import prewarm
-
-            answers = prewarm(stop)
+            answers = prewarm_replay(stop)
         except Exception:  # noqa: BLE001 - a run makes its own replay answers; preparing never stops the worker
             log.warning("making the bundled model's general-replay answers ahead failed; runs make their own",
                         exc_info=True)
     log.info("worker prepared in %.1f s: the bundled model is ready, %d general-replay answers made ahead",
              time.time() - started, answers)
+
+
+def prewarm_replay(stop, spec=None) -> int:
+    """A worker's idle start: the base's answers to every replay prompt, in the order a run with ``spec``'s seed
+    takes them (``studio.replay.pick`` is prefix-stable), loaded as a run with ``spec`` loads it (the form's
+    defaults on the bundled model unless told), so a newcomer's first run finds them made instead of spending
+    its first seconds on them. Stops between batches once ``stop()`` says a run has started (the run makes what
+    it still lacks). The worker line shows the progress. Returns how many answers are cached."""
+    from studio import models, replay
+    from studio.settings import get_settings
+    from studio.spec import BUNDLED_MODEL, JobSpec
+    from workers.replay import PREWARM_BATCH, base_answers
+    from workers.train import golden_base_key, load_model_for_training
+
+    spec = spec or JobSpec(base_model=BUNDLED_MODEL)
+    if not replay.applies(spec.method, "chat") or spec.general_replay <= 0:
+        return 0
+    started = time.time()
+    prompts = replay.order(replay.load().prompts, spec.seed)
+    what = "its own answers to general instructions, for general replay"
+    models.mark_preparation(started, f"{what}: loading")
+    try:
+        model_dir = models.resolve_model(spec.base_model)
+        model, tokenizer = load_model_for_training(spec, model_dir)
+        done = 0
+        for i in range(0, len(prompts), PREWARM_BATCH):
+            if stop():
+                break
+            models.mark_preparation(started, f"{what}: {i} of {len(prompts)}")
+            done = len(base_answers(model, tokenizer, prompts[:i + PREWARM_BATCH], golden_base_key(spec, model_dir),
+                                    get_settings().home / replay.CACHE_DIR, batch_size=PREWARM_BATCH))
+    finally:
+        models.conversion_marker().unlink(missing_ok=True)
+    logging.getLogger("studio.replay").info("general replay: %d of the base's answers ready before any run (%.1f s)",
+                                            done, time.time() - started)
+    return done
 
 
 class WorkerRegistration:

@@ -70,40 +70,6 @@ def base_answers(model, tokenizer, prompts: list[str], base_key: str, cache_dir:
     return {p: cached[p] for p in prompts}
 
 
-def prewarm(stop, spec=None) -> int:
-    """A worker's idle start: the base's answers to every replay prompt, in the order a run with ``spec``'s seed
-    takes them (``studio.replay.pick`` is prefix-stable), loaded as a run with ``spec`` loads it (the form's
-    defaults on the bundled model unless told), so a newcomer's first run finds them made instead of spending
-    its first seconds on them. Stops between batches once ``stop()`` says a run has started (the run makes what
-    it still lacks). The worker line shows the progress. Returns how many answers are cached."""
-    from studio import models
-    from studio.settings import get_settings
-    from studio.spec import BUNDLED_MODEL, JobSpec
-    from workers.train import golden_base_key, load_model_for_training
-
-    spec = spec or JobSpec(base_model=BUNDLED_MODEL)
-    if not replay.applies(spec.method, "chat") or spec.general_replay <= 0:
-        return 0
-    started = time.time()
-    prompts = replay.order(replay.load().prompts, spec.seed)
-    what = "its own answers to general instructions, for general replay"
-    models.mark_preparation(started, f"{what}: loading")
-    try:
-        model_dir = models.resolve_model(spec.base_model)
-        model, tokenizer = load_model_for_training(spec, model_dir)
-        done = 0
-        for i in range(0, len(prompts), PREWARM_BATCH):
-            if stop():
-                break
-            models.mark_preparation(started, f"{what}: {i} of {len(prompts)}")
-            done = len(base_answers(model, tokenizer, prompts[:i + PREWARM_BATCH], golden_base_key(spec, model_dir),
-                                    get_settings().home / replay.CACHE_DIR, batch_size=PREWARM_BATCH))
-    finally:
-        models.conversion_marker().unlink(missing_ok=True)
-    log.info("general replay: %d of the base's answers ready before any run (%.1f s)", done, time.time() - started)
-    return done
-
-
 def replay_rows(spec, kind: str, n_rows: int, model, tokenizer, base_key: str, cache_dir: Path) -> list[dict]:
     """The replay rows a run trains on beside its ``n_rows`` rows (none when general_replay is 0 or the method
     and data are not SFT chat turns); a sentence in the run's log says how many and how long they took."""

@@ -62,7 +62,7 @@ def order(prompts: tuple[str, ...], seed: int) -> list[str]:
 
 def pick(prompts: tuple[str, ...], n: int, seed: int) -> list[str]:
     """The first ``n`` prompts of ``order``: the same ones for the same seed, and a larger run's pick starts with a
-    smaller one's, so answers the worker prepared before any run (``workers/replay.prewarm``) serve every size."""
+    smaller one's, so answers the worker prepared before any run (``workers/consumer.prewarm_replay``) serve every size."""
     return order(prompts, seed)[:n]
 
 
