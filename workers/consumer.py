@@ -43,7 +43,7 @@ def note_work(signal, task, *args, **kwargs) -> None:
 
 def prepare_bundled_model() -> None:
     """In the background at the worker's start: convert the bundled model so the first job and the UI's preview
-    find it ready, then have it answer the general-replay prompts (workers/replay.prewarm) until a job starts
+    find it ready, then have it answer the general-replay prompts (prewarm_replay, below) until a job starts
     (WORK_STARTED) or the worker stops; the line "worker prepared" ends it."""
     from studio.models import ModelError, ensure_bundled
     from studio.settings import get_settings
