@@ -186,6 +186,79 @@ def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses
     assert db.get_job(job).summary["general_replay_rows"] > 0
 
 
+def test_the_preparation_waits_between_batches_while_a_chat_is_answered(studio_home, tiny_model_dir, monkeypatch):
+    """A chat opened in the worker's first minute does not share the CPU with the replay answers made ahead: no
+    batch starts while the worker's server answers one, the header says why it waits, and it goes on after."""
+    from studio import models
+    from studio.spec import JobSpec
+    from workers import consumer, forgetting, replay
+
+    events = []
+
+    def answers(model, tokenizer, prompts, max_new_tokens, base=False, **kw):
+        events.append("batch")
+        return [f"A plain answer about {p[:20]}." for p in prompts]
+
+    chat = iter([False, True, True, True])   # a chat arrives after the first batch and takes three looks
+
+    def pause():
+        busy = next(chat, False)
+        events.append("chat" if busy else "free")
+        if busy:
+            events.append(json.loads(models.conversion_marker().read_text())["what"])
+        return busy
+
+    monkeypatch.setattr(forgetting, "generate_replies", answers)
+    monkeypatch.setattr(consumer, "PAUSE_POLL_SECONDS", 0.01)
+    spec = JobSpec(base_model=str(tiny_model_dir), load_in_4bit=False)
+    assert consumer.prewarm_replay(lambda: False, spec, pause=pause) == len(replay_prompts())
+    assert [e for e in events if e in ("batch", "chat", "free")][:7] == ["free", "batch", "chat", "chat", "chat",
+                                                                          "free", "batch"]
+    assert any("paused while a chat is answered" in e for e in events if e not in ("batch", "chat", "free"))
+    assert events.count("batch") == -(-len(replay_prompts()) // replay.PREWARM_BATCH)
+
+
+def replay_prompts():
+    from studio.replay import load
+
+    return load().prompts
+
+
+def test_a_request_counts_as_served_until_its_reply_is_done_or_dropped():
+    """The worker's server marks a chat busy from its first piece to its last (or until the client leaves)."""
+    from studio.chat import GenerationSettings
+    from workers.inference.engine import SERVING, InferenceEngine, Reply
+    from workers.inference.names import Target
+
+    class Stream:
+        def __init__(self):
+            self.closed = False
+
+        def __iter__(self):
+            yield from ("Hel", "Hello", "Hello there")
+
+        def close(self):
+            self.closed = True
+
+    class Base:
+        def stream(self, messages, adapter, counted):
+            return Stream()
+
+    engine = InferenceEngine(budget_bytes=1)
+    engine.prepare = lambda target: (Base(), None)
+    settings = GenerationSettings()
+    pieces = engine.generate(Target(model="b", base="b", adapter=None), [{"role": "user", "content": "hi"}], settings,
+                             reply=Reply())
+    assert not SERVING.busy()
+    assert next(pieces) == "Hel" and SERVING.busy()
+    assert "".join(pieces) == "lo there" and not SERVING.busy()
+    dropped = engine.generate(Target(model="b", base="b", adapter=None), [{"role": "user", "content": "hi"}], settings)
+    next(dropped)
+    assert SERVING.busy()
+    dropped.close()                          # the client went away mid-reply
+    assert not SERVING.busy()
+
+
 def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(studio_home, monkeypatch, caplog):
     """The worker's start converts the bundled model, then makes replay answers until huey starts executing a job
     (the minutely lost-job sweep does not count); a failure there is a warning, and the worker goes on."""
@@ -200,8 +273,11 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
 
     stops = []
 
-    def prewarm(stop, spec=None):
+    pauses = []
+
+    def prewarm(stop, spec=None, pause=None):
         stops.append(stop)
+        pauses.append(pause)
         return 7
 
     monkeypatch.setattr(models, "ensure_bundled", lambda: None)
@@ -215,6 +291,11 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
         consumer.prepare_bundled_model()
         assert "worker prepared" in caplog.text and "7 general-replay answers made ahead" in caplog.text
         stop = stops[-1]
+        from workers.inference.engine import SERVING
+
+        assert not pauses[-1]()
+        with SERVING:
+            assert pauses[-1](), "the preparation would go on beside a chat the worker's server is answering"
         huey._emit(SIGNAL_EXECUTING, find_lost_jobs.s())
         assert not stop(), "the minutely sweep stopped the preparation"
         huey._emit(SIGNAL_EXECUTING, train_job.s("some-job"))
@@ -224,7 +305,7 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
     stops.clear()
     consumer.prepare_bundled_model()                   # a job runs already: nothing is made ahead
     assert stops == [] and "0 general-replay answers made ahead" in caplog.text
-    monkeypatch.setattr(consumer, "prewarm_replay", lambda stop, spec=None: 1 / 0)
+    monkeypatch.setattr(consumer, "prewarm_replay", lambda stop, spec=None, pause=None: 1 / 0)
     consumer.WORK_STARTED.clear()
     caplog.clear()
     consumer.prepare_bundled_model()

@@ -44,7 +44,8 @@ def note_work(signal, task, *args, **kwargs) -> None:
 def prepare_bundled_model() -> None:
     """In the background at the worker's start: convert the bundled model so the first job and the UI's preview
     find it ready, then have it answer the general-replay prompts (prewarm_replay, below) until a job starts
-    (WORK_STARTED) or the worker stops; the line "worker prepared" ends it."""
+    (WORK_STARTED) or the worker stops, pausing while its inference server answers a chat; the line "worker
+    prepared" ends it."""
     from studio.models import ModelError, ensure_bundled
     from studio.settings import get_settings
 
@@ -58,7 +59,9 @@ def prepare_bundled_model() -> None:
     answers = 0
     if get_settings().replay_ahead and not stop():
         try:
-            answers = prewarm_replay(stop)
+            from workers.inference.engine import SERVING
+
+            answers = prewarm_replay(stop, pause=SERVING.busy)
         except Exception:  # noqa: BLE001 - a run makes its own replay answers; preparing never stops the worker
             log.warning("making the bundled model's general-replay answers ahead failed; runs make their own",
                         exc_info=True)
@@ -66,12 +69,16 @@ def prepare_bundled_model() -> None:
              time.time() - started, answers)
 
 
-def prewarm_replay(stop, spec=None) -> int:
+PAUSE_POLL_SECONDS = 0.25  # how often a paused preparation looks whether the chat it waits for is done
+
+
+def prewarm_replay(stop, spec=None, pause=lambda: False) -> int:
     """A worker's idle start: the base's answers to every replay prompt, in the order a run with ``spec``'s seed
     takes them (``studio.replay.pick`` is prefix-stable), loaded as a run with ``spec`` loads it (the form's
     defaults on the bundled model unless told), so a newcomer's first run finds them made instead of spending
     its first seconds on them. Stops between batches once ``stop()`` says a run has started (the run makes what
-    it still lacks). The worker line shows the progress. Returns how many answers are cached."""
+    it still lacks), and waits between batches while ``pause()`` says a chat is being answered. The worker line
+    shows the progress. Returns how many answers are cached."""
     from studio import models, replay
     from studio.settings import get_settings
     from studio.spec import BUNDLED_MODEL, JobSpec
@@ -90,6 +97,10 @@ def prewarm_replay(stop, spec=None) -> int:
         model, tokenizer = load_model_for_training(spec, model_dir)
         done = 0
         for i in range(0, len(prompts), PREWARM_BATCH):
+            if pause() and not stop():
+                models.mark_preparation(started, f"{what}: {i} of {len(prompts)}, paused while a chat is answered")
+                while pause() and not stop():
+                    time.sleep(PAUSE_POLL_SECONDS)
             if stop():
                 break
             models.mark_preparation(started, f"{what}: {i} of {len(prompts)}")

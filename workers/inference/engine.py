@@ -46,6 +46,31 @@ def held_back(text: str, stops: list[str]) -> tuple[str, bool]:
     return text[:len(text) - tail], False
 
 
+class Serving:
+    """How many requests this process's server is answering now. A worker's idle-time work (the bundled model's
+    replay answers made at its start, workers/consumer.prewarm_replay) waits between its batches while any is,
+    so a newcomer's first chat in the worker's first minute has the CPU to itself."""
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        with self._lock:
+            self._count += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._count -= 1
+
+    def busy(self) -> bool:
+        return self._count > 0
+
+
+SERVING = Serving()
+
+
 @dataclass
 class Reply:
     """What a finished generation reports beside its text (OpenAI's ``finish_reason`` and ``usage``)."""
@@ -115,24 +140,25 @@ class InferenceEngine:
         """Yield the reply of ``target`` in pieces; ``reply`` receives the finish reason and token counts.
         Closing the iterator stops generation."""
         reply = reply if reply is not None else Reply()
-        engine, adapter = self.prepare(target)
-        stops = [s for s in (stops or []) if s]
-        counted = Counted(settings)
-        sent, full, hit = "", "", False
-        stream = engine.stream(messages, adapter, counted)
-        try:
-            for full in stream:
-                safe, hit = held_back(full, stops)
-                if len(safe) > len(sent):
-                    yield safe[len(sent):]
-                    sent = safe
-                if hit:
-                    break
-        finally:
-            stream.close()   # stops generation when the caller stopped listening or a stop sequence came
-        if not hit and len(full) > len(sent):  # a held-back tail that never became a stop sequence
-            yield full[len(sent):]
-            sent = full
+        with SERVING:
+            engine, adapter = self.prepare(target)
+            stops = [s for s in (stops or []) if s]
+            counted = Counted(settings)
+            sent, full, hit = "", "", False
+            stream = engine.stream(messages, adapter, counted)
+            try:
+                for full in stream:
+                    safe, hit = held_back(full, stops)
+                    if len(safe) > len(sent):
+                        yield safe[len(sent):]
+                        sent = safe
+                    if hit:
+                        break
+            finally:
+                stream.close()   # stops generation when the caller stopped listening or a stop sequence came
+            if not hit and len(full) > len(sent):  # a held-back tail that never became a stop sequence
+                yield full[len(sent):]
+                sent = full
         reply.text, reply.prompt_tokens, reply.completion_tokens = sent, counted.prompt, counted.generated
         reply.finish_reason = "length" if not hit and counted.generated >= settings.max_new_tokens else "stop"
 
@@ -141,9 +167,10 @@ class InferenceEngine:
               top: int | None, settings: GenerationSettings, reply: Reply) -> list[dict | None] | None:
         """vLLM's ``prompt_logprobs`` of the conversation as rendered (``top`` None: not asked for), and one
         generated token in ``reply`` (ChatEngine.score)."""
-        engine, adapter = self.prepare(target)
-        entries, text = engine.score(messages, adapter, add_generation_prompt, continue_final_message, top or 0,
-                                     settings)
+        with SERVING:
+            engine, adapter = self.prepare(target)
+            entries, text = engine.score(messages, adapter, add_generation_prompt, continue_final_message, top or 0,
+                                         settings)
         reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason = text, len(entries), 1, "length"
         return entries if top is not None else None
 
