@@ -817,6 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .settings import load_settings
+
+    try:
+        load_settings()   # every command reads them: a bad value is one sentence before anything starts
+    except ValueError as exc:
+        return _fail(str(exc))
     return args.func(args)
 
 

@@ -103,12 +103,25 @@ def _parse_memory_limit(value: str | None) -> float | None:
     return gb
 
 
-def _parse_switch(name: str, value: str | None, default: bool) -> bool:
+# A deployment's on/off environment switches and their defaults. Each is read where it is used (``switch``) and
+# checked when the settings load, so `studio serve` and `studio worker` refuse to start on a value that is neither.
+SWITCHES = {
+    "STUDIO_REPLAY_AHEAD": True,       # a starting worker makes the bundled model's general-replay answers ahead
+    "STUDIO_FORGETTING_CHECK": True,   # the default of JobSpec.forgetting_check (a job may still ask either way)
+    "STUDIO_DDP_ON_CPU": False,        # a worker without GPUs runs a multi-GPU job as CPU processes (gloo)
+}
+ON_WORDS, OFF_WORDS = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
+
+
+def switch(name: str, env: dict[str, str] | None = None) -> bool:
+    """The switch ``name`` (one of SWITCHES): on or off by its value's word, its default when unset or empty;
+    any other value is a ValueError naming it, never quietly taken for one or the other."""
+    value = (os.environ if env is None else env).get(name, "").strip()
     if not value:
-        return default
-    if value.strip().lower() in ("on", "1", "true", "yes"):
+        return SWITCHES[name]
+    if value.lower() in ON_WORDS:
         return True
-    if value.strip().lower() in ("off", "0", "false", "no"):
+    if value.lower() in OFF_WORDS:
         return False
     raise ValueError(f"{name} must be on or off, got '{value[:40]}'")
 
@@ -121,6 +134,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     limit = int(env.get("STUDIO_UPLOAD_LIMIT_MB", "1024")) * 1024 * 1024
     # converted base models may live outside the data directory, shared by several homes
     models_dir = Path(env.get("STUDIO_MODELS_DIR") or home / "models").expanduser().resolve()
+    switches = {name: switch(name, env) for name in SWITCHES}
     return Settings(
         home=home,
         database_url=database_url,
@@ -131,7 +145,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         model_roots=_model_roots(env, models_dir),
         auth_file=Path(env["STUDIO_AUTH_FILE"]).expanduser().resolve() if env.get("STUDIO_AUTH_FILE") else None,
         memory_limit_gb=_parse_memory_limit(env.get("STUDIO_MEMORY_LIMIT_GB")),
-        replay_ahead=_parse_switch("STUDIO_REPLAY_AHEAD", env.get("STUDIO_REPLAY_AHEAD"), True),
+        replay_ahead=switches["STUDIO_REPLAY_AHEAD"],
     )
 
 

@@ -10,7 +10,6 @@ import difflib
 import importlib.util
 import json
 import math
-import os
 import reprlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -45,15 +44,13 @@ def _f(default, help: str, choices: tuple | None = None, label: str | None = Non
     return field(default=default, metadata=meta)
 
 
-def _env_default(variable: str, default: bool, help: str, **kw):
-    """A switch whose default a deployment sets through ``variable`` ("0", "false", "off" or "no" turns it
-    off), read when a spec is made; the form shows it and a job's YAML states it, like any other default."""
-    meta = _f(default, help, **kw).metadata
+def _env_default(variable: str, help: str, **kw):
+    """A switch whose default a deployment sets through ``variable`` (studio.settings.SWITCHES: on or off), read
+    when a spec is made; the form shows it and a job's YAML states it, like any other default."""
+    from .settings import SWITCHES, switch
 
-    def value() -> bool:
-        raw = os.environ.get(variable, "").strip().lower()
-        return default if not raw else raw not in ("0", "false", "off", "no")
-    return field(default_factory=value, metadata=meta)
+    meta = _f(SWITCHES[variable], help, **kw).metadata
+    return field(default_factory=lambda: switch(variable), metadata=meta)
 
 
 BEST_CHECKPOINT_RULES = ("eval_loss", "golden_rouge", "probe", "last")  # = workers.checkpoints.RULES
@@ -160,7 +157,7 @@ class JobSpec:
     # behaviour checks and resources
     golden_prompts: list = _f([], "Prompts answered by the base at the start, by the adapter at checkpoints (every one when checkpoint every is set; with the automatic cadence at most 3, none in a run under 100 steps, and only while they cost at most a twentieth of the training time) and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
     general_replay: float = _f(0.25, "SFT on chat data: before training, the base model answers general instructions itself (studio/replay, none of them a probe question), and this share of your row count of those answers (at least as many rows as yours up to 40, at most 99) is trained on beside your rows, so a small dataset teaches what it teaches without costing the base's general skills. Automatic epochs count these rows too. 0 = off.", label="General replay (share of rows)", advanced=True, bounds=(0, 1), sentence="general replay must be a share between 0 and 1")
-    forgetting_check: bool = _env_default("STUDIO_FORGETTING_CHECK", True, "SFT: after the run is marked completed, the worker answers the 200-question general-skills probe (facts, arithmetic, instructions, reading, refusal) with the base (cached once per base model) and with the adapter, and flags the run when the adapter scores more than the forgetting threshold below its base.", label="Forgetting check", advanced=True)
+    forgetting_check: bool = _env_default("STUDIO_FORGETTING_CHECK", "SFT: after the run is marked completed, the worker answers the 200-question general-skills probe (facts, arithmetic, instructions, reading, refusal) with the base (cached once per base model) and with the adapter, and flags the run when the adapter scores more than the forgetting threshold below its base.", label="Forgetting check", advanced=True)
     forgetting_threshold: float = _f(5.0, "Flag the run when the adapter answers this many percentage points fewer of the probe's questions correctly than its base.", label="Forgetting threshold (points)", advanced=True, bounds=(0, 100), sentence="the forgetting threshold must be between 0 and 100 points")
     best_checkpoint: str = _f("eval_loss", "Which checkpoint chat, export and the adapter zip use: eval_loss (lowest eval loss), golden_rouge (highest ROUGE-L of the golden prompts' replies against their references), probe (most general-skills probe answers right, where the probe ran on checkpoints) or last (the final adapter). Without the chosen metric the final adapter is used.", BEST_CHECKPOINT_RULES, label="Best checkpoint by", advanced=True)
     num_gpus: int = _f(1, "GPUs for this job; more than one runs it with accelerate launch (DDP).", label="GPUs", advanced=True, bounds=(1, 64), sentence="a job needs between 1 and 64 devices")

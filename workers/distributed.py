@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 from studio import db, lifecycle
-from studio.settings import get_settings
+from studio.settings import get_settings, switch
 from workers.stopping import SHUTDOWN, agree_on_stop  # noqa: F401 (agree_on_stop: reached here too)
 
 log = logging.getLogger("studio.distributed")
 
 STOP_FILE = "studio-stop-requested"   # in the job folder: the consumer asks the ranks to stop and save
 LAUNCH_LOG = "launch.log"             # the launcher's and the ranks' own output
-CPU_DDP_ENV = "STUDIO_DDP_ON_CPU"     # "1": a worker without GPUs runs N CPU processes (gloo); tests, laptops
+CPU_DDP_ENV = "STUDIO_DDP_ON_CPU"     # on: a worker without GPUs runs N CPU processes (gloo); tests, laptops
 
 
 class LaunchError(ValueError):
@@ -49,10 +49,6 @@ def wants_distributed(job_id: str) -> bool:
     return job is not None and int(job.spec.get("num_gpus") or 1) > 1
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def launch_backend(num_processes: int, env: dict[str, str] | None = None) -> str:
     """"cuda" when this worker sees enough GPUs, "cpu" when CPU processes are allowed; else LaunchError."""
     import torch
@@ -62,7 +58,7 @@ def launch_backend(num_processes: int, env: dict[str, str] | None = None) -> str
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have >= num_processes:
         return "cuda"
-    if have == 0 and _truthy(env.get(CPU_DDP_ENV)):
+    if have == 0 and switch(CPU_DDP_ENV, env):
         return "cpu"
     pinned = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
     example = ",".join(str(i) for i in range(num_processes))
