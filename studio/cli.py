@@ -222,12 +222,13 @@ def cmd_dataset_check(args) -> int:
     from . import library
     from .datasets import DatasetError
 
-    from .datasets.stats import token_stats, tokenizer_for
+    from .datasets.stats import parse_fill, token_stats, tokenizer_for
     from .spec import BUNDLED_MODEL
 
     args.base_model = args.base_model or BUNDLED_MODEL
     try:
-        data = library.inspect(Path(args.path), format=args.format, drop_bad=args.drop_bad)
+        data = library.inspect(Path(args.path), format=args.format, drop_bad=args.drop_bad,
+                               fill=parse_fill(args.fill))
     except DatasetError as exc:
         return _fail(str(exc))
     tokenizer = tokenizer_for(args.base_model)
@@ -257,13 +258,17 @@ def cmd_dataset_check(args) -> int:
 def cmd_dataset_add(args) -> int:
     from . import library
     from .datasets import DatasetError
+    from .datasets.stats import parse_fill
     from .settings import UnsafePath
 
     try:
-        rec, created = library.add(Path(args.path), name=args.name, format=args.format, drop_bad=args.drop_bad)
+        rec, created = library.add(Path(args.path), name=args.name, format=args.format, drop_bad=args.drop_bad,
+                                   fill=parse_fill(args.fill))
     except (DatasetError, UnsafePath) as exc:
         return _fail(str(exc))
     print(f"{'added' if created else 'already present'}: {rec.name} ({rec.format}, {rec.rows} rows)")
+    for note in library.load_record(rec).notes if created else []:
+        print(f"note: {note}")
     return 0
 
 
@@ -740,12 +745,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--base-model", default=None, help="count tokens with this model's tokenizer and template "
                                                       "(default: the bundled model)")
     c.add_argument("--max-length", type=int, default=512, help="count the tokens this max length would cut")
+    c.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
+                   help="fill the rows' template blank {{NAME}} with VALUE as they are read (repeat for each blank; the file is kept as it is)")
     c.set_defaults(func=cmd_dataset_check)
     a = dsub.add_parser("add")
     a.add_argument("path")
     a.add_argument("--name", default=None)
     a.add_argument("--format", default=None)
     a.add_argument("--drop-bad", action="store_true")
+    a.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
+                   help="fill the rows' template blank {{NAME}} with VALUE as they are read (repeat for each blank; the file is kept as it is)")
     a.set_defaults(func=cmd_dataset_add)
     dsub.add_parser("list").set_defaults(func=cmd_dataset_list)
 

@@ -50,6 +50,7 @@ class DatasetRecord(SQLModel, table=True):
     rows: int
     stats_json: str = "{}"
     mapping_json: str = "{}"
+    fill_json: str = "{}"              # template blank -> value, filled in as the rows are read
     created_at: float = Field(default_factory=now)
 
     @property
@@ -59,6 +60,10 @@ class DatasetRecord(SQLModel, table=True):
     @property
     def mapping(self) -> dict:
         return json.loads(self.mapping_json or "{}")
+
+    @property
+    def fill(self) -> dict:
+        return json.loads(self.fill_json or "{}")
 
 
 class Job(SQLModel, table=True):

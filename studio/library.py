@@ -30,7 +30,7 @@ def _default_name(filename: str) -> str:
 
 
 def inspect(path: str | os.PathLike, *, filename: str | None = None, format: str | None = None,
-            mapping: dict | None = None, drop_bad: bool = False) -> LoadedDataset:
+            mapping: dict | None = None, drop_bad: bool = False, fill: dict | None = None) -> LoadedDataset:
     """Read and validate without storing anything (the preview and `studio dataset check`)."""
     settings = get_settings()
     path = Path(path)
@@ -46,24 +46,28 @@ def inspect(path: str | os.PathLike, *, filename: str | None = None, format: str
         shutil.copyfile(path, tmp)
         try:
             return load_file(tmp, format=format, mapping=mapping, drop_bad=drop_bad,
-                             max_bytes=settings.upload_limit_bytes)
+                             max_bytes=settings.upload_limit_bytes, fill=fill)
         finally:
             tmp.unlink(missing_ok=True)
-    return load_file(path, format=format, mapping=mapping, drop_bad=drop_bad, max_bytes=settings.upload_limit_bytes)
+    return load_file(path, format=format, mapping=mapping, drop_bad=drop_bad, max_bytes=settings.upload_limit_bytes,
+                     fill=fill)
 
 
 def add(path: str | os.PathLike, *, name: str | None = None, filename: str | None = None,
-        format: str | None = None, mapping: dict | None = None, drop_bad: bool = False) -> tuple[db.DatasetRecord, bool]:
+        format: str | None = None, mapping: dict | None = None, drop_bad: bool = False,
+        fill: dict | None = None) -> tuple[db.DatasetRecord, bool]:
     """Validate, then store the file and its row. Returns (record, created); a re-upload of the same
-    bytes returns the existing record."""
+    bytes, read the same way, returns the existing record. ``fill``: template blanks to fill in as the rows are
+    read (the file is stored as uploaded; the record keeps the values)."""
     settings = get_settings()
     path = Path(path)
     filename = _safe_filename(filename or path.name)
     name = check_name(name or _default_name(filename), "dataset name")
-    data = inspect(path, filename=filename, format=format, mapping=mapping, drop_bad=drop_bad)
+    data = inspect(path, filename=filename, format=format, mapping=mapping, drop_bad=drop_bad, fill=fill)
     sha = content_hash(path)
     existing = db.find_dataset_by_hash(sha)
-    if existing is not None and existing.format == data.format and existing.mapping == (data.mapping or {}):
+    if (existing is not None and existing.format == data.format and existing.mapping == (data.mapping or {})
+            and existing.fill == data.fill):
         return existing, False
     if db.get_dataset(name) is not None:
         raise DatasetError(f"a dataset named '{name}' already exists; choose another name")
@@ -76,7 +80,8 @@ def add(path: str | os.PathLike, *, name: str | None = None, filename: str | Non
         tmp.replace(target)
         rec = db.DatasetRecord(name=name, filename=filename, path=settings.relative(target), sha256=sha,
                                format=data.format, kind=data.kind, rows=len(data.rows),
-                               stats_json=json.dumps(data.stats()), mapping_json=json.dumps(data.mapping or {}))
+                               stats_json=json.dumps(data.stats()), mapping_json=json.dumps(data.mapping or {}),
+                               fill_json=json.dumps(data.fill, ensure_ascii=False))
         with db.session() as s:
             s.add(rec)
             s.commit()
@@ -93,7 +98,13 @@ def load(name: str) -> LoadedDataset:
     rec = db.get_dataset(name)
     if rec is None:
         raise DatasetError(f"there is no dataset named '{name}'")
-    return load_file(get_settings().resolve(rec.path), format=rec.format, mapping=rec.mapping or None, drop_bad=True)
+    return load_record(rec)
+
+
+def load_record(rec: db.DatasetRecord) -> LoadedDataset:
+    """A stored dataset's rows, read as when it was added (its format, column mapping and filled blanks)."""
+    return load_file(get_settings().resolve(rec.path), format=rec.format, mapping=rec.mapping or None, drop_bad=True,
+                     fill=rec.fill or None)
 
 
 def delete(name: str) -> None:

@@ -107,6 +107,8 @@ MIGRATIONS: list[Migration] = [
     (5, "jobs.group_id: the sweep a run belongs to", lambda conn: add_missing_columns(conn, "jobs", ["group_id"])),
     (6, "jobs.kind, jobs.progress_message: merge, GGUF export and batch evaluation as jobs beside training runs",
      lambda conn: add_missing_columns(conn, "jobs", ["kind", "progress_message"])),
+    (7, "datasets.fill_json: template blanks filled in when a dataset was added",
+     lambda conn: add_missing_columns(conn, "datasets", ["fill_json"])),
 ]
 
 

@@ -47,3 +47,41 @@ def test_tool_file_preview_follows_the_train_tab_model(tmp_path, tiny_model_dir)
             browser.close()
     finally:
         server.stop()
+
+
+def test_an_identity_template_gets_its_blanks_filled_in_the_page(tmp_path):
+    """LLaMA-Factory-style identity.json ("I am {{name}}, developed by {{author}}"): the page lists the blanks
+    to fill, the preview shows the values once typed, and the library stores the set with them."""
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_placeholders import TEMPLATE_ROWS
+
+    expect.set_options(timeout=60_000)
+    data = tmp_path / "identity.json"
+    data.write_text(json.dumps(TEMPLATE_ROWS, ensure_ascii=False))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server = Server(tmp_path / "home", ARTIFACTS / "datasets-fill-server.log", worker=False)
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser, page = open_page(p, server.url)
+            open_tab(page, "Datasets")
+            page.locator("#dataset-upload input[type=file]").set_input_files(str(data))
+            stats, box = page.locator("#dataset-stats"), page.locator("#dataset-fill textarea")
+            expect(stats).to_contain_text("unfilled template blanks: {{name}} (4 rows), {{author}} (3 rows)")
+            expect(box).to_have_value("name = \nauthor = ")
+            box.fill("name = Zorblax\nauthor = Quintar Labs")
+            box.blur()
+            expect(stats).to_contain_text("template blanks filled in as you asked")
+            expect(stats).not_to_contain_text("unfilled")
+            expect(page.locator("#dataset-preview")).to_contain_text("I am Zorblax, an AI assistant developed by "
+                                                                     "Quintar Labs.")
+            page.screenshot(path=str(ARTIFACTS / "datasets-fill.png"), full_page=True)
+            page.locator("#dataset-add").click()
+            expect(page.locator("#dataset-message")).to_contain_text(
+                "Added: identity, 4 rows (alpaca), blanks filled: {{name}} = Zorblax, {{author}} = Quintar Labs.")
+            expect(page.locator("#dataset-table")).to_contain_text("identity")
+            browser.close()
+    finally:
+        server.stop()

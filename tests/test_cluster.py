@@ -286,11 +286,18 @@ def test_migrations_upgrade_an_old_database_and_are_idempotent(database):
                      Column("spec_json", String, nullable=False), Column("created_at", Float, nullable=False),
                      Column("output_dir", String, nullable=False), Column("error", String))
     Table("legacy_notes", old, Column("id", Integer, primary_key=True), Column("flag", Boolean))
+    # a 'datasets' table from before template blanks could be filled in when adding a file
+    old_datasets = Table("datasets", old, *[Column(n, String, primary_key=n == "id") for n in (
+        "id", "name", "filename", "path", "sha256", "format", "kind", "stats_json", "mapping_json")],
+                         Column("rows", Integer), Column("created_at", Float))
     engine = _engine_for(database)
     old.create_all(engine)
     with engine.begin() as conn:
         conn.execute(old_jobs.insert().values(id="old1", name="from-an-old-build", spec_json="{}",
                                               created_at=1.0, output_dir="jobs/old1"))
+        conn.execute(old_datasets.insert().values(id="d1", name="old-set", filename="a.jsonl", path="datasets/a",
+                                                  sha256="0" * 64, format="alpaca", kind="chat", rows=3,
+                                                  stats_json="{}", mapping_json="{}", created_at=1.0))
 
     every = [m[0] for m in migrations.MIGRATIONS]
     assert migrations.upgrade(engine) == every and every[0] == 1
@@ -308,6 +315,7 @@ def test_migrations_upgrade_an_old_database_and_are_idempotent(database):
     job = db.get_job("old1")
     assert (job.status, job.current_step, job.cancel_requested, job.summary, job.worker_host) == (
         "queued", 0, False, {}, None)
+    assert db.get_dataset("old-set").fill == {} and db.get_dataset("old-set").rows == 3
     db.set_status("old1", "running", worker_host="gpu-2", device="cpu")
     assert db.get_job("from-an-old-build").worker_host == "gpu-2"
     db.dispose_engines()

@@ -1,9 +1,13 @@
 """Identity sets are often shipped as templates for their users to fill in ("I am {{name}}, an AI assistant
 developed by {{author}}", as LLaMA-Factory's identity.json is). Left unfilled, a run teaches the model to say the
-braces: the preview and the run's log say so in one sentence, and the rows themselves are never rewritten."""
+braces: the preview and the run's log say so in one sentence, and the rows themselves are never rewritten. The
+user fills them in when adding the file (the Datasets tab's box, `studio dataset add --fill`): the stored file stays
+as uploaded and every read of the dataset (preview, training) sees the values."""
 from __future__ import annotations
 
 import json
+
+import pytest
 
 TEMPLATE_ROWS = [
     {"instruction": "hi", "input": "", "output": "Hello! I am {{name}}, an AI assistant developed by {{author}}."},
@@ -25,8 +29,9 @@ def test_unfilled_blanks_are_named_with_their_row_counts_and_the_rows_stay_as_wr
     loaded = library.inspect(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS), filename="identity.jsonl")
     note = [n for n in loaded.notes if "template blanks" in n]
     assert note == ["the rows hold unfilled template blanks: {{name}} (4 rows), {{author}} (3 rows); a model "
-                    "trained on them learns to say the braces, so replace them with your own values (your "
-                    "assistant's name, its maker) in the file and add it again"]
+                    "trained on them learns to say the braces, so fill them in with your own values (your "
+                    "assistant's name, its maker) when you add the file (Fill template blanks, or `studio dataset "
+                    "add --fill name=VALUE`)"]
     assert "{{name}}" in json.dumps(loaded.rows, ensure_ascii=False)     # nothing filled in behind the user's back
     assert carries_identity(loaded.rows)          # a blank for a name still teaches an identity: no default prompt
 
@@ -67,3 +72,84 @@ def test_the_run_log_warns_before_training_on_blanks(studio_home, tiny_model_dir
     assert train.run_job(job.id) == "completed", db.get_job(job.id).error
     log = (studio_home / "jobs" / "blanks" / "train.log").read_text()
     assert "WARNING studio.train: job " in log and "unfilled template blanks: {{name}}" in log
+
+
+FILL = {"name": "Zorblax", "author": "Quintar Labs"}
+
+
+def test_blanks_filled_when_adding_reach_every_read_and_the_file_stays_as_uploaded(studio_home, tmp_path):
+    from studio import db, library
+    from studio.spec import JobSpec
+    from workers.train import load_training_rows
+
+    path = _write(tmp_path / "identity.jsonl", TEMPLATE_ROWS)
+    preview = library.inspect(path, fill=FILL)
+    text = json.dumps(preview.rows, ensure_ascii=False)
+    assert "{{" not in text and "I am Zorblax, an AI assistant developed by Quintar Labs." in text
+    assert "您好，我是 Zorblax，一个由 Quintar Labs 开发的 AI 助手。" in text and "I am Zorblax. I can" in text
+    assert preview.notes == ["template blanks filled in as you asked: {{name}} -> 'Zorblax' (4 rows), {{author}} "
+                             "-> 'Quintar Labs' (3 rows); the file itself is kept as uploaded"]
+    rec, created = library.add(path, name="mine", fill=FILL)
+    assert created and rec.fill == FILL and rec.rows == 4
+    assert studio_home.joinpath(rec.path).read_bytes() == path.read_bytes(), "the stored file was rewritten"
+    _, train, _ = load_training_rows(JobSpec(dataset="mine", eval_split=0.0))
+    assert "{{" not in json.dumps(train, ensure_ascii=False) and "Zorblax" in json.dumps(train)
+    assert library.add(path, name="again", fill=dict(FILL))[0].name == "mine"       # the same file read the same way
+    other, created = library.add(path, name="other-name", fill={"name": "Vexa", "author": "Quintar Labs"})
+    assert created and "Vexa" in json.dumps(library.load("other-name").rows) and db.get_dataset("mine").fill == FILL
+
+
+def test_a_fill_that_does_not_fit_the_file_is_one_sentence_and_adds_nothing(studio_home, tmp_path):
+    from studio import db, library
+    from studio.datasets import DatasetError
+    from studio.datasets.stats import parse_fill
+
+    path = _write(tmp_path / "identity.jsonl", TEMPLATE_ROWS)
+    for fill, sentence in (({"nmae": "Zorblax"}, "the rows hold no blank {{nmae}} to fill (their blanks: {{name}}, "
+                                                 "{{author}})"),
+                           ({"name": "  "}, "give a value for {{name}}, or leave it out"),
+                           ({"name": "{{ other }}"}, "the value for {{name}} is itself a template blank")):
+        with pytest.raises(DatasetError) as err:
+            library.add(path, name="bad", fill=fill)
+        assert str(err.value).startswith(sentence)
+    assert db.list_datasets() == [] and not list((studio_home / "datasets").glob("*/*"))
+    partly = library.inspect(path, fill={"{{name}}": "Zorblax"})          # braces typed too: the same blank
+    assert [n for n in partly.notes if "unfilled" in n][0].startswith("the rows hold unfilled template blanks: "
+                                                                      "{{author}} (3 rows)")
+    assert parse_fill(["name = Zorblax", "author =", ""], skip_empty=True) == {"name": "Zorblax"}
+    with pytest.raises(DatasetError, match="fill line 1 should look like 'name = Zorblax', got 'Zorblax'"):
+        parse_fill(["Zorblax"])
+
+
+def test_the_datasets_tab_offers_the_blanks_to_fill_and_adds_the_filled_rows(studio_home, tmp_path, tiny_model_dir):
+    from studio import db
+    from studio.ui import datasets_tab
+
+    path = str(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS))
+    *_, fill_box = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512)
+    assert fill_box["visible"] and fill_box["value"] == "name = \nauthor = "    # listed for the user to complete
+    typed = "name = Zorblax\nauthor = Quintar Labs"
+    message, preview, stats, *_, fill_box = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512,
+                                                                     "", typed)
+    assert "Zorblax" in str(preview["value"]) and "{{" not in str(preview["value"])
+    assert "template blanks filled in as you asked" in stats and "unfilled" not in stats
+    assert fill_box["value"] == typed and fill_box["visible"]
+    bad, *_ = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512, "", "nmae = Zorblax")
+    assert bad == "**This file cannot be used:** the rows hold no blank {{nmae}} to fill (their blanks: {{name}}, {{author}})"
+    message, _, _ = datasets_tab.add_upload(path, "auto", False, "zorblax", "", typed)
+    assert message == ("Added: **zorblax**, 4 rows (alpaca), blanks filled: {{name}} = Zorblax, {{author}} = "
+                       "Quintar Labs.")
+    assert db.get_dataset("zorblax").fill == {"name": "Zorblax", "author": "Quintar Labs"}
+
+
+def test_the_command_line_fills_blanks_when_adding(studio_home, tmp_path, capsys):
+    from studio import cli, db
+
+    path = str(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS))
+    assert cli.main(["dataset", "add", path, "--name", "cli-set", "--fill", "name=Zorblax"]) == 0
+    out = capsys.readouterr().out
+    assert "added: cli-set (alpaca, 4 rows)" in out and "{{name}} -> 'Zorblax' (4 rows)" in out
+    assert "unfilled template blanks: {{author}} (3 rows)" in out                   # the one left is still named
+    assert cli.main(["dataset", "add", path, "--name", "typo", "--fill", "author"]) == 2
+    assert "fill line 1 should look like 'name = Zorblax', got 'author'" in capsys.readouterr().err
+    assert db.get_dataset("typo") is None

@@ -89,7 +89,9 @@ def test_column_mapping_is_proposed_and_can_be_changed(studio_home, tmp_path):
 
     path = tmp_path / "qa.csv"
     path.write_text("question,answer,notes\nWhat is 2+2?,4,x\nCapital of France?,Paris,y\n")
-    message, _, _, _, _, mapping = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512)
+    message, _, _, _, _, mapping, fill = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct",
+                                                                    512)
+    assert fill["visible"] is False, "a file without template blanks shows an empty fill box"
     assert "question = instruction" in mapping and "answer = output" in mapping, message
     # the user maps the answer to another column instead: the preview follows
     message, preview, *_ = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512,

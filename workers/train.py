@@ -33,18 +33,17 @@ ADAPTER = "adapter"
 
 
 def load_training_rows(spec: JobSpec) -> tuple[str, list[dict], list[dict]]:
-    from studio.datasets import load_file
+    from studio.library import load_record
 
-    settings = get_settings()
     rec = db.get_dataset(spec.dataset)
     if rec is None:
         raise ValueError(f"the dataset '{spec.dataset}' does not exist (it may have been deleted)")
-    data = load_file(settings.resolve(rec.path), format=rec.format, mapping=rec.mapping or None, drop_bad=True)
+    data = load_record(rec)
     if spec.eval_dataset:
         erec = db.get_dataset(spec.eval_dataset)
         if erec is None:
             raise ValueError(f"the eval dataset '{spec.eval_dataset}' does not exist")
-        edata = load_file(settings.resolve(erec.path), format=erec.format, mapping=erec.mapping or None, drop_bad=True)
+        edata = load_record(erec)
         return _for_method(spec, data.kind, data.rows) + (_for_method(spec, edata.kind, edata.rows)[1],)
     kind, rows = _for_method(spec, data.kind, data.rows)
     train, evaluation = split_rows(rows, spec.eval_split, spec.seed)

@@ -15,7 +15,7 @@ from .formats import (BY_NAME, CANONICAL_COLUMNS, FORMAT_FIELDS, FORMAT_HINTS, F
                       propose_mapping, sft_rows)
 from .read import EXTENSIONS, MAX_DEPTH, DatasetError, Records, content_hash, read_file, read_records, split_documents
 from .read import _q
-from .stats import placeholder_note, token_stats, turn_stats
+from .stats import check_fill, fill_note, fill_placeholders, placeholder_note, token_stats, turn_stats
 
 __all__ = ["BY_NAME", "CANONICAL_COLUMNS", "EXTENSIONS", "FORMATS", "FORMAT_FIELDS", "FORMAT_HINTS", "KINDS", "KIND_OF",
            "MAX_DEPTH", "REGISTRY", "ROLES", "DatasetError", "Format", "LoadedDataset", "Records", "content_hash",
@@ -32,6 +32,7 @@ class LoadedDataset:
     dropped: list[str]
     columns: list[str]
     mapping: dict[str, str]
+    fill: dict[str, str] = field(default_factory=dict)  # template blank -> the value the user filled it with
     empty_dropped: int = 0
     duplicates_dropped: int = 0
     bad_dropped: int = 0
@@ -51,8 +52,11 @@ class LoadedDataset:
 
 
 def load_file(path, *, format: str | None = None, mapping: dict | None = None, drop_bad: bool = False,
-              max_bytes: int = 1 << 30) -> LoadedDataset:
+              max_bytes: int = 1 << 30, fill: dict | None = None) -> LoadedDataset:
     """Read, detect (or take ``format``), map columns, normalise, drop empty rows and exact duplicates.
+
+    ``fill`` (template blank -> value): the rows' "{{name}}" blanks filled in as read, as the user asked when
+    adding the file (identity sets are shipped as templates); the file itself is never rewritten.
 
     Bad rows raise DatasetError naming the first one, unless ``drop_bad`` keeps the good rows and lists
     the reasons in ``dropped``. Rows with pictures, video or audio are never read as text: they are bad rows
@@ -62,6 +66,10 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
         raise DatasetError(f"unknown dataset format {_q(format)}; choose one of {', '.join(FORMATS)}")
     read = read_file(path, max_bytes=max_bytes, one_row=one_row)
     records, columns = read.rows, read.columns
+    fill = {str(k).strip().strip("{}").strip(): str(v).strip() for k, v in (fill or {}).items()}
+    filled = check_fill(records, fill) if fill else {}
+    if fill:
+        records = [fill_placeholders(r, fill) for r in records]
     used: dict[str, str] = {}
     rows_in, cols_in = records, columns
     if mapping:
@@ -127,12 +135,13 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
     notes = [read.note] if read.note else []
     if media:
         notes.append(f"{len(media)} rows with pictures, video or audio were dropped ({_media_sentence(media, total)})")
-    notes += [n for n in [sft_rows(fmt.kind, rows)[1], placeholder_note(rows)] if n]
+    notes += [n for n in [sft_rows(fmt.kind, rows)[1], fill_note(filled, fill) if fill else None,
+                          placeholder_note(rows)] if n]
     return LoadedDataset(
         format=fmt.name, kind=fmt.kind, rows=rows, total_rows=total,
         dropped=[reason for _, reason in sorted(dropped + bad + [(i, f"row {i}: holds media in {_q(c)}")
                                                                   for i, c in media])],
-        columns=list(columns), mapping=used, empty_dropped=empty, duplicates_dropped=duplicates,
+        columns=list(columns), mapping=used, fill=fill, empty_dropped=empty, duplicates_dropped=duplicates,
         bad_dropped=len(bad), media_dropped=len(media), notes=notes,
     )
 

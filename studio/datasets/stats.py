@@ -66,14 +66,76 @@ def placeholders(rows: list[dict]) -> dict[str, int]:
     return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
 def placeholder_note(rows: list[dict]) -> str | None:
     """The sentence a dataset with unfilled template blanks gets in its preview and its run's log."""
     found = placeholders(rows)
     if not found:
         return None
-    listed = ", ".join(f"{{{{{name}}}}} ({n} row{'' if n == 1 else 's'})" for name, n in list(found.items())[:4])
+    listed = ", ".join(f"{{{{{name}}}}} ({_rows(n)})" for name, n in list(found.items())[:4])
     return (f"the rows hold unfilled template blanks: {listed}; a model trained on them learns to say the braces, "
-            f"so replace them with your own values (your assistant's name, its maker) in the file and add it again")
+            f"so fill them in with your own values (your assistant's name, its maker) when you add the file "
+            f"(Fill template blanks, or `studio dataset add --fill name=VALUE`)")
+
+
+def parse_fill(lines, skip_empty: bool = False) -> dict[str, str]:
+    """'name = value' lines (the Datasets tab's box, or `--fill name=value` options) -> blank -> value. A line
+    with no value is skipped when ``skip_empty`` (the box lists the file's blanks for the user to complete);
+    otherwise, and for a line that is not a pair, one DatasetError sentence."""
+    from .read import DatasetError
+
+    values: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip().strip("{}").strip()
+        if not sep or not name:
+            raise DatasetError(f"fill line {n} should look like 'name = Zorblax', got '{line.strip()[:60]}'")
+        if not value.strip() and skip_empty:
+            continue
+        values[name] = value.strip()
+    return values
+
+
+def check_fill(records: list[dict], values: dict[str, str]) -> dict[str, int]:
+    """The blanks ``values`` fills (blank name -> its value, as the user typed them), checked against the rows:
+    each must be a blank the rows hold, and each value plain text. Returns blank -> rows holding it; raises
+    DatasetError in one sentence otherwise."""
+    from .read import DatasetError
+
+    found = placeholders(records)
+    for name, value in values.items():
+        name = name.strip().strip("{}").strip()
+        if name not in found:
+            held = ", ".join(f"{{{{{n}}}}}" for n in found) or "none"
+            raise DatasetError(f"the rows hold no blank {{{{{name}}}}} to fill (their blanks: {held})")
+        if not str(value).strip():
+            raise DatasetError(f"give a value for {{{{{name}}}}}, or leave it out")
+        if PLACEHOLDER.search(str(value)):
+            raise DatasetError(f"the value for {{{{{name}}}}} is itself a template blank: give plain text")
+    return {n.strip().strip("{}").strip(): found[n.strip().strip("{}").strip()] for n in values}
+
+
+def fill_placeholders(value, values: dict[str, str]):
+    """``value`` (a row, or anything inside one) with the blanks named in ``values`` replaced by their values
+    ("{{name}}" and "{{ name }}" alike); blanks not named stay as written."""
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_placeholders(v, values) for v in value]
+    return value
+
+
+def fill_note(counts: dict[str, int], values: dict[str, str]) -> str:
+    """The sentence a dataset whose blanks were filled when it was added gets beside its preview."""
+    listed = ", ".join(f"{{{{{name}}}}} -> {values[name]!r} ({_rows(n)})" for name, n in counts.items())
+    return f"template blanks filled in as you asked: {listed}; the file itself is kept as uploaded"
 
 
 def token_stats(tokenizer, rows: list[dict], kind: str, max_length: int) -> dict:

@@ -8,7 +8,7 @@ import gradio as gr
 
 from .. import db, library
 from ..datasets import FORMATS, DatasetError, sft_rows, token_stats
-from ..datasets.stats import carries_identity, tokenizer_for
+from ..datasets.stats import carries_identity, parse_fill, placeholders, tokenizer_for
 from ..settings import UnsafePath
 from ..spec import BUNDLED_MODEL
 
@@ -105,17 +105,33 @@ def mapping_text(mapping: dict | None) -> str:
     return "\n".join(f"{k} = {v}" for k, v in (mapping or {}).items())
 
 
-def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: float, mapping: str = ""):
-    """Preview without storing: message, rows table, stats, highlighted template, histogram, and the
-    column mapping used (proposed automatically when the file's names differ)."""
+def fill_text(values: dict[str, str], blanks_left) -> str:
+    """The Fill template blanks box: a line per blank, those filled with their value, the others to complete."""
+    return "\n".join([f"{k} = {v}" for k, v in values.items()] + [f"{k} = " for k in blanks_left if k not in values])
+
+
+def fill_box(loaded) -> dict:
+    """Shown only for a file with template blanks (filled or not), listing them."""
+    left = placeholders(loaded.rows)
+    if not loaded.fill and not left:
+        return gr.update(value="", visible=False)
+    return gr.update(value=fill_text(loaded.fill, left), visible=True)
+
+
+def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: float, mapping: str = "",
+                 fill: str = ""):
+    """Preview without storing: message, rows table, stats, highlighted template, histogram, the column mapping
+    used (proposed automatically when the file's names differ), and the template blanks to fill in."""
     empty = ("", gr.update(value=[], visible=False), "", gr.update(value=None, visible=False),
-             gr.update(value=None, visible=False), gr.update())
+             gr.update(value=None, visible=False), gr.update(),
+             gr.update() if (fill or "").strip() else gr.update(value="", visible=False))
     if file is None:
         return ("Choose a file to see its preview.",) + empty[1:]
     path = Path(file if isinstance(file, str) else file.name)
     try:
         loaded = library.inspect(path, filename=path.name, format=None if fmt == "auto" else fmt,
-                                 mapping=parse_mapping(mapping), drop_bad=drop_bad)
+                                 mapping=parse_mapping(mapping), drop_bad=drop_bad,
+                                 fill=parse_fill((fill or "").splitlines(), skip_empty=True))
     except (DatasetError, UnsafePath) as exc:
         return (f"**This file cannot be used:** {exc}",) + empty[1:]
     stats = loaded.stats()
@@ -138,21 +154,24 @@ def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: fl
         msg += " · columns mapped: " + ", ".join(f"{k} → {v}" for k, v in loaded.mapping.items())
     return (msg, gr.update(value=rows, visible=True), stats_md,
             gr.update(value=segments, visible=segments is not None),
-            gr.update(value=hist, visible=hist is not None), mapping_text(loaded.mapping))
+            gr.update(value=hist, visible=hist is not None), mapping_text(loaded.mapping), fill_box(loaded))
 
 
-def add_upload(file, fmt: str, drop_bad: bool, name: str, mapping: str = ""):
+def add_upload(file, fmt: str, drop_bad: bool, name: str, mapping: str = "", fill: str = ""):
     if file is None:
         return "Choose a file first.", dataset_table(), gr.update()
     path = Path(file if isinstance(file, str) else file.name)
     try:
         rec, created = library.add(path, name=name.strip() or None, filename=path.name,
                                    format=None if fmt == "auto" else fmt, drop_bad=drop_bad,
-                                   mapping=parse_mapping(mapping))
+                                   mapping=parse_mapping(mapping),
+                                   fill=parse_fill((fill or "").splitlines(), skip_empty=True))
     except (DatasetError, UnsafePath) as exc:
         return f"**Not added:** {exc}", dataset_table(), gr.update()
     what = "Added" if created else "Already in the library (same content)"
-    return (f"{what}: **{rec.name}**, {rec.rows} rows ({rec.format}).", dataset_table(),
+    filled = ", ".join(f"{{{{{k}}}}} = {v}" for k, v in rec.fill.items())
+    return (f"{what}: **{rec.name}**, {rec.rows} rows ({rec.format})" + (f", blanks filled: {filled}." if filled
+                                                                          else "."), dataset_table(),
             gr.update(choices=dataset_names(), value=rec.name))
 
 
@@ -181,6 +200,9 @@ def build() -> dict:
                 mapping = gr.Textbox(label="Column mapping", lines=2, elem_id="dataset-mapping",
                                      info="file column = expected column, one per line; proposed when names "
                                           "differ (question = instruction, answer = output, ...)")
+                fill = gr.Textbox(label="Fill template blanks", lines=2, elem_id="dataset-fill", visible=False,
+                                  info="the file's {{blanks}}, one per line: write your value after '=' (your "
+                                       "assistant's name, its maker); the file is kept as uploaded")
                 name = gr.Textbox(label="Name (optional)", placeholder="derived from the file name",
                                   elem_id="dataset-name")
                 add_btn = gr.Button("Add to library", variant="primary", elem_id="dataset-add")
@@ -200,7 +222,8 @@ def build() -> dict:
             chosen = gr.Dropdown(choices=dataset_names(), label="Dataset", allow_custom_value=False,
                                  elem_id="dataset-chosen")
             delete_btn = gr.Button("Delete dataset", variant="stop")
-    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "mapping": mapping, "add": add_btn,
+    return {"upload": upload, "fmt": fmt, "drop_bad": drop_bad, "name": name, "mapping": mapping, "fill": fill,
+            "add": add_btn,
             "message": message, "preview": preview, "stats": stats, "segments": segments, "hist": hist,
             "table": table, "chosen": chosen, "delete": delete_btn}
 
@@ -208,11 +231,12 @@ def build() -> dict:
 def follow(parts: dict, base_model, max_length) -> None:
     """Check and preview on every change of the file or its options, and of the Train tab's base model and max
     length (``base_model`` / ``max_length``: that tab's components), so the preview shows what training will do."""
-    inputs = [parts["upload"], parts["fmt"], parts["drop_bad"], base_model, max_length, parts["mapping"]]
-    outputs = [parts[k] for k in ("message", "preview", "stats", "segments", "hist", "mapping")]
-    parts["upload"].change(lambda *a: check_upload(*a[:-1], ""), inputs, outputs)  # a new file: propose afresh
+    inputs = [parts["upload"], parts["fmt"], parts["drop_bad"], base_model, max_length, parts["mapping"],
+              parts["fill"]]
+    outputs = [parts[k] for k in ("message", "preview", "stats", "segments", "hist", "mapping", "fill")]
+    parts["upload"].change(lambda *a: check_upload(*a[:-2], "", ""), inputs, outputs)  # a new file: afresh
     for trigger in (parts["fmt"].change, parts["drop_bad"].change, parts["mapping"].submit, parts["mapping"].blur,
-                    base_model.change, max_length.change):
+                    parts["fill"].submit, parts["fill"].blur, base_model.change, max_length.change):
         trigger(check_upload, inputs, outputs)
 
 
@@ -227,6 +251,6 @@ def wire(parts: dict, dataset_dropdowns: list) -> None:
         return run
 
     parts["add"].click(fan_out(add_upload), [parts["upload"], parts["fmt"], parts["drop_bad"], parts["name"],
-                                              parts["mapping"]],
+                                              parts["mapping"], parts["fill"]],
                        [parts["message"], parts["table"], *dropdowns])
     parts["delete"].click(fan_out(delete_selected), [parts["chosen"]], [parts["message"], parts["table"], *dropdowns])
