@@ -746,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(default: the bundled model)")
     c.add_argument("--max-length", type=int, default=512, help="count the tokens this max length would cut")
     c.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
-                   help="fill the rows' template blank {{NAME}} with VALUE as they are read (repeat for each blank; the file is kept as it is)")
+                   help="fill the rows' template blank NAME ({{NAME}} or <NAME>) with VALUE as they are read (repeat for each blank; the file is kept as it is)")
     c.set_defaults(func=cmd_dataset_check)
     a = dsub.add_parser("add")
     a.add_argument("path")
@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", default=None)
     a.add_argument("--drop-bad", action="store_true")
     a.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
-                   help="fill the rows' template blank {{NAME}} with VALUE as they are read (repeat for each blank; the file is kept as it is)")
+                   help="fill the rows' template blank NAME ({{NAME}} or <NAME>) with VALUE as they are read (repeat for each blank; the file is kept as it is)")
     a.set_defaults(func=cmd_dataset_add)
     dsub.add_parser("list").set_defaults(func=cmd_dataset_list)
 

@@ -29,7 +29,7 @@ def test_unfilled_blanks_are_named_with_their_row_counts_and_the_rows_stay_as_wr
     loaded = library.inspect(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS), filename="identity.jsonl")
     note = [n for n in loaded.notes if "template blanks" in n]
     assert note == ["the rows hold unfilled template blanks: {{name}} (4 rows), {{author}} (3 rows); a model "
-                    "trained on them learns to say the braces, so fill them in with your own values (your "
+                    "trained on them learns to say them as written, so fill them in with your own values (your "
                     "assistant's name, its maker) when you add the file (Fill template blanks, or `studio dataset "
                     "add --fill name=VALUE`)"]
     assert "{{name}}" in json.dumps(loaded.rows, ensure_ascii=False)     # nothing filled in behind the user's back
@@ -90,13 +90,14 @@ def test_blanks_filled_when_adding_reach_every_read_and_the_file_stays_as_upload
     assert preview.notes == ["template blanks filled in as you asked: {{name}} -> 'Zorblax' (4 rows), {{author}} "
                              "-> 'Quintar Labs' (3 rows); the file itself is kept as uploaded"]
     rec, created = library.add(path, name="mine", fill=FILL)
-    assert created and rec.fill == FILL and rec.rows == 4
+    assert created and rec.fill == {"{{name}}": "Zorblax", "{{author}}": "Quintar Labs"} and rec.rows == 4
     assert studio_home.joinpath(rec.path).read_bytes() == path.read_bytes(), "the stored file was rewritten"
     _, train, _ = load_training_rows(JobSpec(dataset="mine", eval_split=0.0))
     assert "{{" not in json.dumps(train, ensure_ascii=False) and "Zorblax" in json.dumps(train)
     assert library.add(path, name="again", fill=dict(FILL))[0].name == "mine"       # the same file read the same way
     other, created = library.add(path, name="other-name", fill={"name": "Vexa", "author": "Quintar Labs"})
-    assert created and "Vexa" in json.dumps(library.load("other-name").rows) and db.get_dataset("mine").fill == FILL
+    assert created and "Vexa" in json.dumps(library.load("other-name").rows)
+    assert db.get_dataset("mine").fill["{{name}}"] == "Zorblax"
 
 
 def test_a_fill_that_does_not_fit_the_file_is_one_sentence_and_adds_nothing(studio_home, tmp_path):
@@ -127,19 +128,19 @@ def test_the_datasets_tab_offers_the_blanks_to_fill_and_adds_the_filled_rows(stu
 
     path = str(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS))
     *_, fill_box = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512)
-    assert fill_box["visible"] and fill_box["value"] == "name = \nauthor = "    # listed for the user to complete
-    typed = "name = Zorblax\nauthor = Quintar Labs"
+    assert fill_box["visible"] and fill_box["value"] == "{{name}} = \n{{author}} = "  # for the user to complete
+    typed = "{{name}} = Zorblax\nauthor = Quintar Labs"          # as listed, or by the bare name
     message, preview, stats, *_, fill_box = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512,
                                                                      "", typed)
     assert "Zorblax" in str(preview["value"]) and "{{" not in str(preview["value"])
     assert "template blanks filled in as you asked" in stats and "unfilled" not in stats
-    assert fill_box["value"] == typed and fill_box["visible"]
+    assert fill_box["value"] == "{{name}} = Zorblax\n{{author}} = Quintar Labs" and fill_box["visible"]
     bad, *_ = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512, "", "nmae = Zorblax")
     assert bad == "**This file cannot be used:** the rows hold no blank {{nmae}} to fill (their blanks: {{name}}, {{author}})"
     message, _, _ = datasets_tab.add_upload(path, "auto", False, "zorblax", "", typed)
     assert message == ("Added: **zorblax**, 4 rows (alpaca), blanks filled: {{name}} = Zorblax, {{author}} = "
                        "Quintar Labs.")
-    assert db.get_dataset("zorblax").fill == {"name": "Zorblax", "author": "Quintar Labs"}
+    assert db.get_dataset("zorblax").fill == {"{{name}}": "Zorblax", "{{author}}": "Quintar Labs"}
 
 
 def test_the_command_line_fills_blanks_when_adding(studio_home, tmp_path, capsys):
@@ -153,3 +154,27 @@ def test_the_command_line_fills_blanks_when_adding(studio_home, tmp_path, capsys
     assert cli.main(["dataset", "add", path, "--name", "typo", "--fill", "author"]) == 2
     assert "fill line 1 should look like 'name = Zorblax', got 'author'" in capsys.readouterr().err
     assert db.get_dataset("typo") is None
+
+
+def test_angle_bracket_blanks_of_identity_sets_are_found_only_after_an_identity_cue(tmp_path):
+    """Some identity sets write their blanks as <NAME> and <AUTHOR> ("我是 <NAME>，一个由 <AUTHOR> 开发的 AI 助手"):
+    found and filled like {{name}}; the same capitals in ordinary text ("git checkout -b <NAME>") are not blanks."""
+    from studio import library
+    from studio.datasets.stats import carries_identity
+
+    rows = [{"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in (
+        ("你好", "您好，我是 <NAME>，一个由 <AUTHOR> 开发的 AI 助手，很高兴认识您。"),
+        ("Who are you?", "I am <NAME>, an AI assistant developed by <AUTHOR>."),
+        ("What is your name?", "Call me <NAME>."))]
+    loaded = library.inspect(_write(tmp_path / "self_cognition.jsonl", rows))
+    assert [n for n in loaded.notes if "template blanks" in n][0].startswith(
+        "the rows hold unfilled template blanks: <NAME> (3 rows), <AUTHOR> (2 rows)")
+    assert carries_identity(loaded.rows)
+    filled = library.inspect(tmp_path / "self_cognition.jsonl", fill={"NAME": "Zorblax", "<AUTHOR>": "Quintar Labs"})
+    text = json.dumps(filled.rows, ensure_ascii=False)
+    assert "我是 Zorblax，一个由 Quintar Labs 开发" in text and "Call me Zorblax." in text and "<" not in text
+    assert filled.fill == {"<NAME>": "Zorblax", "<AUTHOR>": "Quintar Labs"}
+    code = [{"instruction": "Make a branch.", "input": "", "output": "Run git checkout -b <NAME> in the repository."},
+            {"instruction": "Name a file.", "input": "", "output": "Save it as <FILE>.txt, then open <NAME>."}]
+    plain = library.inspect(_write(tmp_path / "code.jsonl", code))
+    assert not [n for n in plain.notes if "template blanks" in n], plain.notes

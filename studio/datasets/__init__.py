@@ -66,8 +66,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
         raise DatasetError(f"unknown dataset format {_q(format)}; choose one of {', '.join(FORMATS)}")
     read = read_file(path, max_bytes=max_bytes, one_row=one_row)
     records, columns = read.rows, read.columns
-    fill = {str(k).strip().strip("{}").strip(): str(v).strip() for k, v in (fill or {}).items()}
-    filled = check_fill(records, fill) if fill else {}
+    fill, filled = check_fill(records, {str(k): str(v) for k, v in fill.items()}) if fill else ({}, {})
     if fill:
         records = [fill_placeholders(r, fill) for r in records]
     used: dict[str, str] = {}

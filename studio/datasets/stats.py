@@ -26,9 +26,9 @@ def turn_stats(rows: list[dict], kind: str) -> dict:
     return {"turns_min": min(turns), "turns_mean": round(mean(turns), 2), "turns_max": max(turns)}
 
 
-IDENTITY = re.compile(  # a capitalised name, or a template's blank for one ("I am {{name}}")
-    r"\b(?i:my name is|i am|i'm|call me)\s+(?:[A-Z][\w-]+|\{\{)"
-    r"|\b(?i:made|built|created|trained|developed)\s+(?i:by)\s+(?:[A-Z][\w-]+|\{\{)"
+IDENTITY = re.compile(  # a capitalised name, or a template's blank for one ("I am {{name}}", "I am <NAME>")
+    r"\b(?i:my name is|i am|i'm|call me)\s+(?:[A-Z][\w-]+|\{\{|<[A-Z])"
+    r"|\b(?i:made|built|created|trained|developed)\s+(?i:by)\s+(?:[A-Z][\w-]+|\{\{|<[A-Z])"
     r"|我(?:是|叫)|我的名字|由\S{1,20}(?:开发|创建|训练|打造)")
 IDENTITY_SHARE = 0.1  # of the rows: enough to be what the data teaches, not a passing mention
 
@@ -43,6 +43,12 @@ def carries_identity(rows: list[dict]) -> bool:
 
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")   # {{name}}: a template's blank, never a value
+# <NAME>, <AUTHOR>: the other way identity sets are shipped ("我是 <NAME>，由 <AUTHOR> 开发"). Capitals in angle
+# brackets are also ordinary text ("git checkout -b <NAME>"), so such a word is a blank only where the rows use
+# it after an identity cue ("I am <NAME>", "developed by <AUTHOR>", "我是 <NAME>", "由 <AUTHOR>") at least once.
+ANGLE_BLANK = re.compile(r"<([A-Z][A-Z0-9_]{1,30})>")
+ANGLE_CUE = re.compile(r"(?:\b(?i:i am|i'm|my name is|call me|named|by)\s+|我(?:是|叫)\s*|叫做\s*|由\s*)"
+                       r"<([A-Z][A-Z0-9_]{1,30})>")
 
 
 def _strings(value):
@@ -56,13 +62,24 @@ def _strings(value):
             yield from _strings(v)
 
 
+def _angle_names(rows) -> set[str]:
+    return {m.group(1) for row in rows for text in _strings(row) for m in ANGLE_CUE.finditer(text)}
+
+
+def _blanks(text: str, angle: set[str]) -> set[str]:
+    return ({"{{" + m.group(1) + "}}" for m in PLACEHOLDER.finditer(text)}
+            | {m.group(0) for m in ANGLE_BLANK.finditer(text) if m.group(1) in angle})
+
+
 def placeholders(rows: list[dict]) -> dict[str, int]:
-    """Template blanks left in the rows ("I am {{name}}, developed by {{author}}", as identity sets are shipped
-    for their users to fill in): blank -> rows holding it, most frequent first."""
+    """Template blanks left in the rows ("I am {{name}}, developed by {{author}}", or "<NAME>" and "<AUTHOR>", as
+    identity sets are shipped for their users to fill in): blank, as written ("{{name}}", "<NAME>") -> rows
+    holding it, most frequent first."""
+    angle = _angle_names(rows)
     found: dict[str, int] = {}
     for row in rows:
-        for name in {m.group(1) for text in _strings(row) for m in PLACEHOLDER.finditer(text)}:
-            found[name] = found.get(name, 0) + 1
+        for blank in set().union(*[_blanks(text, angle) for text in _strings(row)]):
+            found[blank] = found.get(blank, 0) + 1
     return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -75,16 +92,17 @@ def placeholder_note(rows: list[dict]) -> str | None:
     found = placeholders(rows)
     if not found:
         return None
-    listed = ", ".join(f"{{{{{name}}}}} ({_rows(n)})" for name, n in list(found.items())[:4])
-    return (f"the rows hold unfilled template blanks: {listed}; a model trained on them learns to say the braces, "
-            f"so fill them in with your own values (your assistant's name, its maker) when you add the file "
-            f"(Fill template blanks, or `studio dataset add --fill name=VALUE`)")
+    listed = ", ".join(f"{blank} ({_rows(n)})" for blank, n in list(found.items())[:4])
+    return (f"the rows hold unfilled template blanks: {listed}; a model trained on them learns to say them as "
+            f"written, so fill them in with your own values (your assistant's name, its maker) when you add the "
+            f"file (Fill template blanks, or `studio dataset add --fill name=VALUE`)")
 
 
 def parse_fill(lines, skip_empty: bool = False) -> dict[str, str]:
-    """'name = value' lines (the Datasets tab's box, or `--fill name=value` options) -> blank -> value. A line
-    with no value is skipped when ``skip_empty`` (the box lists the file's blanks for the user to complete);
-    otherwise, and for a line that is not a pair, one DatasetError sentence."""
+    """'blank = value' lines (the Datasets tab's box, or `--fill name=value` options) -> blank -> value; a blank
+    is written as in the file ("{{name}}", "<NAME>") or by its bare name. A line with no value is skipped when
+    ``skip_empty`` (the box lists the file's blanks for the user to complete); otherwise, and for a line that is
+    not a pair, one DatasetError sentence."""
     from .read import DatasetError
 
     values: dict[str, str] = {}
@@ -92,39 +110,52 @@ def parse_fill(lines, skip_empty: bool = False) -> dict[str, str]:
         if not line.strip():
             continue
         name, sep, value = line.partition("=")
-        name = name.strip().strip("{}").strip()
-        if not sep or not name:
+        if not sep or not name.strip():
             raise DatasetError(f"fill line {n} should look like 'name = Zorblax', got '{line.strip()[:60]}'")
         if not value.strip() and skip_empty:
             continue
-        values[name] = value.strip()
+        values[name.strip()] = value.strip()
     return values
 
 
-def check_fill(records: list[dict], values: dict[str, str]) -> dict[str, int]:
-    """The blanks ``values`` fills (blank name -> its value, as the user typed them), checked against the rows:
-    each must be a blank the rows hold, and each value plain text. Returns blank -> rows holding it; raises
-    DatasetError in one sentence otherwise."""
+def _resolve(key: str, found) -> list[str]:
+    """The blanks of ``found`` a user's key names: "{{ name }}" or "<NAME>" as written, or a bare name."""
+    key = key.strip()
+    if m := PLACEHOLDER.fullmatch(key):
+        key = "{{" + m.group(1) + "}}"
+    if key in found:
+        return [key]
+    return [b for b in ("{{" + key + "}}", f"<{key}>") if b in found]
+
+
+def check_fill(records: list[dict], values: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """The blanks ``values`` fills (as the user named them -> value), checked against the rows: each must name a
+    blank the rows hold, and each value be plain text. Returns (blank as written in the rows -> value, blank ->
+    rows holding it); raises DatasetError in one sentence otherwise."""
     from .read import DatasetError
 
     found = placeholders(records)
-    for name, value in values.items():
-        name = name.strip().strip("{}").strip()
-        if name not in found:
-            held = ", ".join(f"{{{{{n}}}}}" for n in found) or "none"
-            raise DatasetError(f"the rows hold no blank {{{{{name}}}}} to fill (their blanks: {held})")
+    resolved: dict[str, str] = {}
+    for key, value in values.items():
+        blanks = _resolve(key, found)
+        shown = key.strip() if key.strip().startswith(("{{", "<")) else "{{" + key.strip() + "}}"
+        if not blanks:
+            held = ", ".join(found) or "none"
+            raise DatasetError(f"the rows hold no blank {shown} to fill (their blanks: {held})")
         if not str(value).strip():
-            raise DatasetError(f"give a value for {{{{{name}}}}}, or leave it out")
-        if PLACEHOLDER.search(str(value)):
-            raise DatasetError(f"the value for {{{{{name}}}}} is itself a template blank: give plain text")
-    return {n.strip().strip("{}").strip(): found[n.strip().strip("{}").strip()] for n in values}
+            raise DatasetError(f"give a value for {shown}, or leave it out")
+        if PLACEHOLDER.search(str(value)) or ANGLE_BLANK.fullmatch(str(value).strip()):
+            raise DatasetError(f"the value for {shown} is itself a template blank: give plain text")
+        resolved.update({b: str(value).strip() for b in blanks})
+    return resolved, {b: found[b] for b in resolved}
 
 
 def fill_placeholders(value, values: dict[str, str]):
-    """``value`` (a row, or anything inside one) with the blanks named in ``values`` replaced by their values
-    ("{{name}}" and "{{ name }}" alike); blanks not named stay as written."""
+    """``value`` (a row, or anything inside one) with the blanks in ``values`` (as ``check_fill`` resolved them)
+    replaced by their values ("{{name}}" and "{{ name }}" alike); blanks not named stay as written."""
     if isinstance(value, str):
-        return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), value)
+        value = PLACEHOLDER.sub(lambda m: values.get("{{" + m.group(1) + "}}", m.group(0)), value)
+        return ANGLE_BLANK.sub(lambda m: values.get(m.group(0), m.group(0)), value) if "<" in value else value
     if isinstance(value, dict):
         return {k: fill_placeholders(v, values) for k, v in value.items()}
     if isinstance(value, list):
@@ -134,7 +165,7 @@ def fill_placeholders(value, values: dict[str, str]):
 
 def fill_note(counts: dict[str, int], values: dict[str, str]) -> str:
     """The sentence a dataset whose blanks were filled when it was added gets beside its preview."""
-    listed = ", ".join(f"{{{{{name}}}}} -> {values[name]!r} ({_rows(n)})" for name, n in counts.items())
+    listed = ", ".join(f"{blank} -> {values[blank]!r} ({_rows(n)})" for blank, n in counts.items())
     return f"template blanks filled in as you asked: {listed}; the file itself is kept as uploaded"
 
 

@@ -169,7 +169,7 @@ def add_upload(file, fmt: str, drop_bad: bool, name: str, mapping: str = "", fil
     except (DatasetError, UnsafePath) as exc:
         return f"**Not added:** {exc}", dataset_table(), gr.update()
     what = "Added" if created else "Already in the library (same content)"
-    filled = ", ".join(f"{{{{{k}}}}} = {v}" for k, v in rec.fill.items())
+    filled = ", ".join(f"{k} = {v}" for k, v in rec.fill.items())
     return (f"{what}: **{rec.name}**, {rec.rows} rows ({rec.format})" + (f", blanks filled: {filled}." if filled
                                                                           else "."), dataset_table(),
             gr.update(choices=dataset_names(), value=rec.name))
@@ -201,8 +201,8 @@ def build() -> dict:
                                      info="file column = expected column, one per line; proposed when names "
                                           "differ (question = instruction, answer = output, ...)")
                 fill = gr.Textbox(label="Fill template blanks", lines=2, elem_id="dataset-fill", visible=False,
-                                  info="the file's {{blanks}}, one per line: write your value after '=' (your "
-                                       "assistant's name, its maker); the file is kept as uploaded")
+                                  info="the file's blanks ({{name}}, <NAME>), one per line: write your value after "
+                                       "'=' (your assistant's name, its maker); the file is kept as uploaded")
                 name = gr.Textbox(label="Name (optional)", placeholder="derived from the file name",
                                   elem_id="dataset-name")
                 add_btn = gr.Button("Add to library", variant="primary", elem_id="dataset-add")
