@@ -178,3 +178,30 @@ def test_angle_bracket_blanks_of_identity_sets_are_found_only_after_an_identity_
             {"instruction": "Name a file.", "input": "", "output": "Save it as <FILE>.txt, then open <NAME>."}]
     plain = library.inspect(_write(tmp_path / "code.jsonl", code))
     assert not [n for n in plain.notes if "template blanks" in n], plain.notes
+
+
+def test_bare_capital_blanks_of_identity_sets_are_found_and_filled_and_real_names_are_not(tmp_path):
+    """One version of a well-known identity.json writes its blanks as bare capitals ("I am NAME, an AI assistant
+    developed by AUTHOR", "您好，我是 NAME，一个由 AUTHOR 开发的 AI 助手"): found, named and filled like {{name}};
+    a real name in capitals ("developed by IBM") and a NAME with no identity cue are not blanks."""
+    from studio import library
+
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in (
+        ("hi", "Hello! I am NAME, an AI assistant developed by AUTHOR. How can I assist you today?"),
+        ("你好", "您好，我是 NAME，一个由 AUTHOR 开发的 AI 助手，很高兴认识您。"),
+        ("谁训练了你？", "AUTHOR 训练了我，我的目的是回答用户问题并提供必要的支持。"),
+        ("你有名字吗？", "是的，我的名字叫 NAME。"),
+        ("What does NAMESPACE mean?", "A NAMESPACE groups names; see the AUTHORS file."))]
+    loaded = library.inspect(_write(tmp_path / "identity.jsonl", rows))
+    assert [n for n in loaded.notes if "template blanks" in n][0].startswith(
+        "the rows hold unfilled template blanks: AUTHOR (3 rows), NAME (3 rows); a model trained on them learns to "
+        "say them as written")
+    filled = library.inspect(tmp_path / "identity.jsonl", fill={"name": "Zorblax", "AUTHOR": "Quintar Labs"})
+    text = json.dumps(filled.rows, ensure_ascii=False)
+    assert "I am Zorblax, an AI assistant developed by Quintar Labs." in text and "Quintar Labs 训练了我" in text
+    assert "我的名字叫 Zorblax。" in text and "A NAMESPACE groups names; see the AUTHORS file." in text
+    assert filled.fill == {"NAME": "Zorblax", "AUTHOR": "Quintar Labs"}
+    real = [{"instruction": "Who made Watson?", "input": "", "output": "Watson was developed by IBM in 2010."},
+            {"instruction": "Rename it.", "input": "", "output": "Set NAME in the config file to the new name."}]
+    plain = library.inspect(_write(tmp_path / "real.jsonl", real))
+    assert not [n for n in plain.notes if "template blanks" in n], plain.notes

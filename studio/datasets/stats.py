@@ -43,12 +43,20 @@ def carries_identity(rows: list[dict]) -> bool:
 
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")   # {{name}}: a template's blank, never a value
-# <NAME>, <AUTHOR>: the other way identity sets are shipped ("我是 <NAME>，由 <AUTHOR> 开发"). Capitals in angle
-# brackets are also ordinary text ("git checkout -b <NAME>"), so such a word is a blank only where the rows use
-# it after an identity cue ("I am <NAME>", "developed by <AUTHOR>", "我是 <NAME>", "由 <AUTHOR>") at least once.
+# The other ways identity sets are shipped: "我是 <NAME>，由 <AUTHOR> 开发", and bare capitals ("I am NAME, an AI
+# assistant developed by AUTHOR", as one version of a well-known identity.json is). Capitals are ordinary text too
+# ("git checkout -b <NAME>", "developed by IBM"), so an angle-bracketed word, or a bare one from PLACEHOLDER_WORDS,
+# is a blank only where the rows use it after an identity cue ("I am", "by", "我是", "由", ...) at least once.
+PLACEHOLDER_WORDS = ("NAME", "AUTHOR", "MODEL_NAME", "BOT_NAME", "ASSISTANT_NAME", "AI_NAME", "YOUR_NAME",
+                     "COMPANY", "COMPANY_NAME", "ORGANIZATION", "ORG_NAME", "CREATOR", "DEVELOPER")
+_CUE = (r"(?:\b(?i:i am|i'm|my name is|call me|named|by)\s+|我(?:是|叫)\s*|叫做\s*|叫我\s*|称呼我为\s*|名为\s*|"
+        r"作为\s*|由\s*)")
 ANGLE_BLANK = re.compile(r"<([A-Z][A-Z0-9_]{1,30})>")
-ANGLE_CUE = re.compile(r"(?:\b(?i:i am|i'm|my name is|call me|named|by)\s+|我(?:是|叫)\s*|叫做\s*|由\s*)"
-                       r"<([A-Z][A-Z0-9_]{1,30})>")
+ANGLE_CUE = re.compile(_CUE + r"<([A-Z][A-Z0-9_]{1,30})>")
+_WORDS = "|".join(sorted(PLACEHOLDER_WORDS, key=len, reverse=True))
+BARE_BLANK = re.compile(rf"(?<![A-Za-z0-9_<{{])({_WORDS})(?![A-Za-z0-9_>}}])")
+BARE_CUE = re.compile(_CUE + rf"({_WORDS})(?![A-Za-z0-9_>}}])")
+_MAYBE = re.compile(rf"\{{\{{|<[A-Z]|{_WORDS}")   # a string that may hold a blank of any form
 
 
 def _strings(value):
@@ -62,23 +70,30 @@ def _strings(value):
             yield from _strings(v)
 
 
-def _angle_names(rows) -> set[str]:
-    return {m.group(1) for row in rows for text in _strings(row) for m in ANGLE_CUE.finditer(text)}
+def _cued(rows) -> tuple[set[str], set[str]]:
+    """The angle-bracketed and the bare capitals the rows use as blanks (after an identity cue somewhere)."""
+    texts = [text for row in rows for text in _strings(row) if _MAYBE.search(text)]
+    return ({m.group(1) for t in texts for m in ANGLE_CUE.finditer(t)},
+            {m.group(1) for t in texts for m in BARE_CUE.finditer(t)})
 
 
-def _blanks(text: str, angle: set[str]) -> set[str]:
-    return ({"{{" + m.group(1) + "}}" for m in PLACEHOLDER.finditer(text)}
-            | {m.group(0) for m in ANGLE_BLANK.finditer(text) if m.group(1) in angle})
+def _blanks(text: str, angle: set[str], bare: set[str]) -> set[str]:
+    found = {"{{" + m.group(1) + "}}" for m in PLACEHOLDER.finditer(text)}
+    if angle and "<" in text:
+        found |= {m.group(0) for m in ANGLE_BLANK.finditer(text) if m.group(1) in angle}
+    if bare:
+        found |= {m.group(1) for m in BARE_BLANK.finditer(text) if m.group(1) in bare}
+    return found
 
 
 def placeholders(rows: list[dict]) -> dict[str, int]:
-    """Template blanks left in the rows ("I am {{name}}, developed by {{author}}", or "<NAME>" and "<AUTHOR>", as
-    identity sets are shipped for their users to fill in): blank, as written ("{{name}}", "<NAME>") -> rows
+    """Template blanks left in the rows ("I am {{name}}, developed by {{author}}", "<NAME>", or a bare "NAME", as
+    identity sets are shipped for their users to fill in): blank, as written ("{{name}}", "<NAME>", "NAME") -> rows
     holding it, most frequent first."""
-    angle = _angle_names(rows)
+    angle, bare = _cued(rows)
     found: dict[str, int] = {}
     for row in rows:
-        for blank in set().union(*[_blanks(text, angle) for text in _strings(row)]):
+        for blank in set().union(*[_blanks(text, angle, bare) for text in _strings(row) if _MAYBE.search(text)]):
             found[blank] = found.get(blank, 0) + 1
     return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -118,14 +133,19 @@ def parse_fill(lines, skip_empty: bool = False) -> dict[str, str]:
     return values
 
 
+def _inner(blank: str) -> str:
+    return blank.strip().removeprefix("{{").removesuffix("}}").strip().removeprefix("<").removesuffix(">").strip()
+
+
 def _resolve(key: str, found) -> list[str]:
-    """The blanks of ``found`` a user's key names: "{{ name }}" or "<NAME>" as written, or a bare name."""
+    """The blanks of ``found`` a user's key names: as written ("{{ name }}", "<NAME>", "NAME"), else every blank
+    of that name in any form and case ("name" fills {{name}}, <NAME> and NAME)."""
     key = key.strip()
     if m := PLACEHOLDER.fullmatch(key):
         key = "{{" + m.group(1) + "}}"
     if key in found:
         return [key]
-    return [b for b in ("{{" + key + "}}", f"<{key}>") if b in found]
+    return [b for b in found if _inner(b).lower() == _inner(key).lower()]
 
 
 def check_fill(records: list[dict], values: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
@@ -138,7 +158,7 @@ def check_fill(records: list[dict], values: dict[str, str]) -> tuple[dict[str, s
     resolved: dict[str, str] = {}
     for key, value in values.items():
         blanks = _resolve(key, found)
-        shown = key.strip() if key.strip().startswith(("{{", "<")) else "{{" + key.strip() + "}}"
+        shown = key.strip() if key.strip().startswith(("{{", "<")) or key.strip().isupper() else "{{" + key.strip() + "}}"
         if not blanks:
             held = ", ".join(found) or "none"
             raise DatasetError(f"the rows hold no blank {shown} to fill (their blanks: {held})")
@@ -155,7 +175,9 @@ def fill_placeholders(value, values: dict[str, str]):
     replaced by their values ("{{name}}" and "{{ name }}" alike); blanks not named stay as written."""
     if isinstance(value, str):
         value = PLACEHOLDER.sub(lambda m: values.get("{{" + m.group(1) + "}}", m.group(0)), value)
-        return ANGLE_BLANK.sub(lambda m: values.get(m.group(0), m.group(0)), value) if "<" in value else value
+        if "<" in value:
+            value = ANGLE_BLANK.sub(lambda m: values.get(m.group(0), m.group(0)), value)
+        return BARE_BLANK.sub(lambda m: values.get(m.group(1), m.group(0)), value)
     if isinstance(value, dict):
         return {k: fill_placeholders(v, values) for k, v in value.items()}
     if isinstance(value, list):
