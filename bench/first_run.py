@@ -10,11 +10,15 @@ questions (the target: the name or the maker in at least 9) and to general quest
 asked as the Chat tab asks them (studio.chat.ChatEngine, with the run's system-prompt choice).
 
     python bench/first_run.py [--rows 0] [--name Zorblax --author "Quintar Labs"] [--max-steps 0] [--speed-steps 30]
-                              [--cold]
+                              [--cold] [--data FILE [--fill BLANK=VALUE ...]]
 
 The clock starts once the worker is done preparing the bundled model (converted, and its answers for general
 replay made, which a newcomer's page shows in its header while they upload the data); ``--cold`` starts it with
 ``--no-prepare`` instead, so the run makes those answers itself.
+
+``--data`` runs another identity-style file instead (any format the Datasets tab takes), added as a user adds it
+(``--fill`` fills its template blanks, e.g. ``--fill NAME=Zorblax --fill "AUTHOR=Quintar Labs"``); give the name
+and maker it teaches with ``--name`` and ``--author`` so the held-out questions are scored against them.
 
 ``--rows 0`` takes the whole set (97 rows); fewer takes the first N. ``--max-steps 0`` keeps the form's defaults
 (automatic epochs); a small number makes a smoke run. The split is read from the job's row (created / started /
@@ -81,15 +85,18 @@ def time_split(job, log_text: str) -> dict[str, float]:
     return spent
 
 
-def steady_tokens_per_second(spec_dict: dict, rows: list[dict], steps: int, out: Path) -> float:
-    """bench/train_speed.py's studio path on the same spec and rows, without evaluations or checkpoints."""
+def steady_tokens_per_second(spec_dict: dict, steps: int, out: Path) -> float:
+    """bench/train_speed.py's studio path on the same spec and the dataset's rows as the run read them, without
+    evaluations or checkpoints."""
     from bench import train_speed
+    from studio import library
+    from studio.datasets import sft_rows
     from studio.models import resolve_model
     from studio.spec import JobSpec
 
     spec = JobSpec(**{**spec_dict, "max_steps": steps, "eval_split": 0.0})
-    chat = [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
-            for r in rows]
+    data = library.load(spec.dataset)
+    chat = [{"messages": r["messages"]} for r in sft_rows(data.kind, data.rows)[0]]
     return train_speed.run_one("studio", resolve_model(spec.base_model), spec, chat, chat[:2], out)["real_tps"]
 
 
@@ -122,18 +129,25 @@ def main() -> None:
     p.add_argument("--cold", action="store_true",
                    help="start the worker with --no-prepare (the bundled model must be converted already): the run "
                         "makes its own general-replay answers, as when Start is pressed the moment the worker starts")
+    p.add_argument("--data", type=Path, default=None, help="another identity-style dataset file (default: the "
+                   "built-in ~100-row set); give --name and --author as it teaches them")
+    p.add_argument("--fill", action="append", default=[], metavar="BLANK=VALUE",
+                   help="fill a template blank of --data as `studio dataset add --fill` does")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # stop the worker too, in ``finally``
 
     home = args.home or Path(tempfile.mkdtemp(prefix="first-run-"))
     env = environment(home)
     os.environ.update({k: v for k, v in env.items() if k.startswith(("STUDIO_", "HF_"))})
-    rows = identity_data.alpaca_rows(args.name, args.author)[:args.rows or None]
     print(f"before: {uptime()}", flush=True)
-    data = home / "identity.jsonl"
     home.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    added = studio(env, "dataset", "add", str(data), "--name", "identity")
+    if args.data:
+        data = args.data.resolve()
+    else:
+        rows = identity_data.alpaca_rows(args.name, args.author)[:args.rows or None]
+        data = home / "identity.jsonl"
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    added = studio(env, "dataset", "add", str(data), "--name", "identity", *[f"--fill={f}" for f in args.fill])
     if added.returncode:
         sys.exit(f"studio dataset add failed: {added.stderr.strip() or added.stdout.strip()}")
     config = {"dataset": "identity"}
@@ -178,13 +192,14 @@ def main() -> None:
     split = time_split(job, log_text)
     total = job.finished_at - job.created_at
     print(f"worker start to prepared (before Start; a newcomer's first minute in the page): {prepared:.1f} s")
-    print(f"first run: {len(rows)} rows, {summary.get('steps')} steps, Start to completed {total:.1f} s "
+    print(f"dataset: {data.name}: {added.stdout.strip()}")
+    print(f"first run: {db.get_dataset('identity').rows} rows, {summary.get('steps')} steps, Start to completed {total:.1f} s "
           f"(`studio train --follow` returned after {wall:.1f} s)")
     for part in PARTS:
         print(f"  {part:<17} {split[part]:7.1f} s  {100 * split[part] / total:5.1f}%")
     tokens = summary.get("tokens") or 0
     whole = tokens / total if total else 0.0
-    steady = steady_tokens_per_second(job.spec, rows, args.speed_steps, home / "speed")
+    steady = steady_tokens_per_second(job.spec, args.speed_steps, home / "speed")
     print(f"tokens/s: whole run {whole:.1f} ({tokens:.0f} tokens), steady state (bench/train_speed.py studio path, "
           f"{args.speed_steps} steps) {steady:.1f}: {100 * whole / steady:.0f}% (target at least 80%)")
     spec = job.spec
