@@ -205,3 +205,26 @@ def test_bare_capital_blanks_of_identity_sets_are_found_and_filled_and_real_name
             {"instruction": "Rename it.", "input": "", "output": "Set NAME in the config file to the new name."}]
     plain = library.inspect(_write(tmp_path / "real.jsonl", real))
     assert not [n for n in plain.notes if "template blanks" in n], plain.notes
+
+
+def test_start_warns_when_the_runs_rows_still_hold_blanks_and_not_once_they_are_filled(studio_home, tmp_path,
+                                                                                         tiny_model_dir):
+    from studio import library
+    from studio.spec import JobSpec
+    from studio.ui import form
+    from test_ui_handlers import _train_tab_handler
+
+    path = _write(tmp_path / "identity.jsonl", TEMPLATE_ROWS)
+    library.add(path, name="unfilled")
+    library.add(path, name="filled", fill=FILL)
+    on_start, built = _train_tab_handler("on_start")
+    names = list(built["components"])
+    told = {}
+    for dataset in ("unfilled", "filled"):
+        values = form.values_from_spec(names, JobSpec(base_model=str(tiny_model_dir), dataset=dataset,
+                                                      load_in_4bit=False, name=f"run-{dataset}"))
+        told[dataset], job_id = on_start(*values)
+        assert job_id, told[dataset]
+    assert ("**Warning:** in 'unfilled', the rows hold unfilled template blanks: {{name}} (4 rows), {{author}} "
+            "(3 rows)") in told["unfilled"] and told["unfilled"].endswith("Cancel the run if you did not mean it.")
+    assert "Warning" not in told["filled"] and "queued" in told["filled"]

@@ -52,15 +52,34 @@ def estimate_markdown(spec: JobSpec) -> str:
             f"| term | GB |\n|---|---|\n{rows}\n\nFits on: {fits}")
 
 
-def overlong_warning(spec: JobSpec) -> str:
-    """A warning when max length would cut more than 5% of the dataset's trained tokens (first rows counted)."""
+def start_warnings(spec: JobSpec) -> str:
+    """What Start says beside "queued" about the run's dataset: blanks left unfilled, tokens max length cuts."""
     from .. import library
+
+    try:
+        data = library.load(spec.dataset)
+    except Exception:  # the warnings are a help, never a blocker
+        return ""
+    return blanks_warning(spec, data) + overlong_warning(spec, data)
+
+
+def blanks_warning(spec: JobSpec, data) -> str:
+    """A warning when the dataset's rows still hold template blanks ("I am {{name}}"): the run would teach them."""
+    from ..datasets.stats import placeholder_note
+
+    note = placeholder_note(data.rows)
+    return (f"\n\n**Warning:** in '{spec.dataset}', {note}. Cancel the run if you did not mean it." if note
+            else "")
+
+
+def overlong_warning(spec: JobSpec, data) -> str:
+    """A warning when max length would cut more than 5% of the dataset's trained tokens (first rows counted)."""
     from ..datasets import token_stats
     from ..datasets.stats import tokenizer_for
     from .datasets_tab import LOSS_WARNING, STATS_ROWS
 
     try:
-        data, tok = library.load(spec.dataset), tokenizer_for(spec.base_model)
+        tok = tokenizer_for(spec.base_model)
         if tok is None or spec.method != "sft":
             return ""
         tokens = token_stats(tok, data.rows[:STATS_ROWS], data.kind, spec.max_length)
@@ -103,7 +122,7 @@ def on_start(names: list[str], *values):
 
     pos = db.queue_position(job)
     return (f"Run **{job.name}** queued (position {pos}). Follow it in the Runs tab." if pos else
-            f"Run **{job.name}** submitted ({job.status}).") + overlong_warning(spec), job.id
+            f"Run **{job.name}** submitted ({job.status}).") + start_warnings(spec), job.id
 
 
 def on_estimate(names: list[str], *values) -> str:
