@@ -3,10 +3,11 @@ showing the tool schema, the tool call and the trained parts."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from browser import Server, open_page, open_tab, require_browser
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, ROOT
 from test_formats import HERMES, TOOL_ROW
 
 
@@ -78,6 +79,8 @@ def test_an_identity_template_gets_its_blanks_filled_in_the_page(tmp_path):
             expect(page.locator("#dataset-preview")).to_contain_text("I am Zorblax, an AI assistant developed by "
                                                                      "Quintar Labs.")
             page.screenshot(path=str(ARTIFACTS / "datasets-fill.png"), full_page=True)
+            if os.environ.get("STUDIO_UPDATE_SCREENSHOTS"):  # the README's picture of it
+                shutil.copyfile(ARTIFACTS / "datasets-fill.png", ROOT / "docs" / "screenshots" / "datasets-fill.png")
             page.locator("#dataset-add").click()
             expect(page.locator("#dataset-message")).to_contain_text(
                 "Added: identity, 4 rows (alpaca), blanks filled: {{name}} = Zorblax, {{author}} = Quintar Labs.")
