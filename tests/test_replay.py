@@ -186,36 +186,58 @@ def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses
     assert db.get_job(job).summary["general_replay_rows"] > 0
 
 
-def test_the_preparation_waits_between_batches_while_a_chat_is_answered(studio_home, tiny_model_dir, monkeypatch):
-    """A chat opened in the worker's first minute does not share the CPU with the replay answers made ahead: no
-    batch starts while the worker's server answers one, the header says why it waits, and it goes on after."""
+def test_the_preparation_holds_still_while_a_chat_is_answered(studio_home, tiny_model_dir, monkeypatch):
+    """A chat opened in the worker's first minute does not share the CPU with the replay answers made ahead: from
+    the token where it arrives, no token is generated until it is answered, the header says why, and the answers
+    are all made after."""
     from studio import models
     from studio.spec import JobSpec
     from workers import consumer, forgetting, replay
 
-    events = []
+    events, chat = [], {"looks": 0}
 
-    def answers(model, tokenizer, prompts, max_new_tokens, base=False, **kw):
+    def answers(model, tokenizer, prompts, max_new_tokens, base=False, wait=None, **kw):
+        batch = sum(e == "batch" for e in events)
         events.append("batch")
+        for token in range(3):
+            if batch == 1 and token == 1:
+                chat["looks"] = 3                    # a chat arrives; it is answered after three looks
+            wait()
+            events.append("token")
         return [f"A plain answer about {p[:20]}." for p in prompts]
 
-    chat = iter([False, True, True, True])   # a chat arrives after the first batch and takes three looks
-
     def pause():
-        busy = next(chat, False)
-        events.append("chat" if busy else "free")
-        if busy:
-            events.append(json.loads(models.conversion_marker().read_text())["what"])
-        return busy
+        if chat["looks"]:
+            chat["looks"] -= 1
+            events.append("chat: " + json.loads(models.conversion_marker().read_text())["what"])
+            return True
+        return False
 
     monkeypatch.setattr(forgetting, "generate_replies", answers)
     monkeypatch.setattr(consumer, "PAUSE_POLL_SECONDS", 0.01)
     spec = JobSpec(base_model=str(tiny_model_dir), load_in_4bit=False)
     assert consumer.prewarm_replay(lambda: False, spec, pause=pause) == len(replay_prompts())
-    assert [e for e in events if e in ("batch", "chat", "free")][:7] == ["free", "batch", "chat", "chat", "chat",
-                                                                          "free", "batch"]
-    assert any("paused while a chat is answered" in e for e in events if e not in ("batch", "chat", "free"))
+    first_chat = next(i for i, e in enumerate(events) if e.startswith("chat"))
+    assert events[first_chat - 2:first_chat] == ["batch", "token"] and events[:first_chat].count("batch") == 2
+    assert all(e.startswith("chat: ") and e.endswith(f"{replay.PREWARM_BATCH} of 99, paused while a chat is answered")
+               for e in events[first_chat + 1:first_chat + 3]), events[first_chat:first_chat + 3]   # after the first look
+    assert events[first_chat + 3] == "token", "a token was made while the chat was being answered"
     assert events.count("batch") == -(-len(replay_prompts()) // replay.PREWARM_BATCH)
+    assert sum(e.startswith("chat") for e in events) == 3
+
+
+def test_waiting_between_tokens_changes_no_reply(tiny_model_dir):
+    """The hold is a step of generation that changes nothing: the same greedy replies, one look per token."""
+    from studio.chat import ChatEngine
+    from workers.forgetting import generate_replies
+
+    engine = ChatEngine()
+    engine.ensure_base(str(tiny_model_dir))
+    model, tokenizer = engine.model, engine.tokenizer
+    prompts = ["Name a colour.", "Count to three, please."]
+    looks = []
+    held = generate_replies(model, tokenizer, prompts, 6, wait=lambda: looks.append(1))
+    assert held == generate_replies(model, tokenizer, prompts, 6) and 6 <= len(looks) <= 2 * 6
 
 
 def replay_prompts():

@@ -77,8 +77,8 @@ def prewarm_replay(stop, spec=None, pause=lambda: False) -> int:
     takes them (``studio.replay.pick`` is prefix-stable), loaded as a run with ``spec`` loads it (the form's
     defaults on the bundled model unless told), so a newcomer's first run finds them made instead of spending
     its first seconds on them. Stops between batches once ``stop()`` says a run has started (the run makes what
-    it still lacks), and waits between batches while ``pause()`` says a chat is being answered. The worker line
-    shows the progress. Returns how many answers are cached."""
+    it still lacks), and holds still, between batches and between the tokens of one, while ``pause()`` says a chat
+    is being answered. The worker line shows the progress. Returns how many answers are cached."""
     from studio import models, replay
     from studio.settings import get_settings
     from studio.spec import BUNDLED_MODEL, JobSpec
@@ -95,17 +95,23 @@ def prewarm_replay(stop, spec=None, pause=lambda: False) -> int:
     try:
         model_dir = models.resolve_model(spec.base_model)
         model, tokenizer = load_model_for_training(spec, model_dir)
-        done = 0
-        for i in range(0, len(prompts), PREWARM_BATCH):
+        done, at = 0, [0]
+
+        def hold():  # between batches and between the tokens of one: still while a chat is being answered
             if pause() and not stop():
-                models.mark_preparation(started, f"{what}: {i} of {len(prompts)}, paused while a chat is answered")
+                models.mark_preparation(started, f"{what}: {at[0]} of {len(prompts)}, paused while a chat is answered")
                 while pause() and not stop():
                     time.sleep(PAUSE_POLL_SECONDS)
+                models.mark_preparation(started, f"{what}: {at[0]} of {len(prompts)}")
+
+        for i in range(0, len(prompts), PREWARM_BATCH):
+            at[0] = i
+            hold()
             if stop():
                 break
             models.mark_preparation(started, f"{what}: {i} of {len(prompts)}")
             done = len(base_answers(model, tokenizer, prompts[:i + PREWARM_BATCH], golden_base_key(spec, model_dir),
-                                    get_settings().home / replay.CACHE_DIR, batch_size=PREWARM_BATCH))
+                                    get_settings().home / replay.CACHE_DIR, batch_size=PREWARM_BATCH, wait=hold))
     finally:
         models.conversion_marker().unlink(missing_ok=True)
     logging.getLogger("studio.replay").info("general replay: %d of the base's answers ready before any run (%.1f s)",

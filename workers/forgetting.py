@@ -31,10 +31,12 @@ class ProbeStopped(Exception):
 
 
 def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, base: bool = False,
-                     batch_size: int = PROBE_BATCH, stop=None, system: tuple[str, str] = ("keep", "")) -> list[str]:
+                     batch_size: int = PROBE_BATCH, stop=None, system: tuple[str, str] = ("keep", ""),
+                     wait=None) -> list[str]:
     """Greedy single-turn replies of ``model`` (as its base when ``base``), in the order of ``prompts``, under the
     system-prompt choice ``system`` (mode, text): an adapter is asked as it was trained, and as the Chat tab asks
-    it; the base with its template's own default.
+    it; the base with its template's own default. ``wait``, when given, is called before every generated token
+    (it may block: a worker's idle-time answers hold still while a chat is answered) and changes no reply.
 
     Left-padded batches of prompts sorted by length; every module's train/eval flag is restored after, so a
     model that goes on training is left as it was."""
@@ -48,6 +50,14 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     replies = [""] * len(texts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0).generate_kwargs()
+    if wait is not None:
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        class Wait(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                wait()
+                return scores
+        kwargs["logits_processor"] = LogitsProcessorList([Wait()])
     device = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]
     ctx = model.disable_adapter() if base else contextlib.nullcontext()
