@@ -261,13 +261,14 @@ def cmd_dataset_add(args) -> int:
     from .datasets.stats import parse_fill
     from .settings import UnsafePath
 
+    notes: list[str] = []
     try:
         rec, created = library.add(Path(args.path), name=args.name, format=args.format, drop_bad=args.drop_bad,
-                                   fill=parse_fill(args.fill))
+                                   fill=parse_fill(args.fill), notes=notes)
     except (DatasetError, UnsafePath) as exc:
         return _fail(str(exc))
     print(f"{'added' if created else 'already present'}: {rec.name} ({rec.format}, {rec.rows} rows)")
-    for note in library.load_record(rec).notes if created else []:
+    for note in notes:
         print(f"note: {note}")
     return 0
 
@@ -687,6 +688,10 @@ def _cell(value) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+FILL_HELP = ("fill the rows' template blank NAME ({{NAME}}, <NAME> or a bare NAME) with VALUE as they are read "
+             "(repeat for each blank; the file is kept as it is)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studio", description="Fine-Tune Studio")
     sub = p.add_subparsers(dest="command", required=True)
@@ -746,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(default: the bundled model)")
     c.add_argument("--max-length", type=int, default=512, help="count the tokens this max length would cut")
     c.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
-                   help="fill the rows' template blank NAME ({{NAME}} or <NAME>) with VALUE as they are read (repeat for each blank; the file is kept as it is)")
+                   help=FILL_HELP)
     c.set_defaults(func=cmd_dataset_check)
     a = dsub.add_parser("add")
     a.add_argument("path")
@@ -754,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", default=None)
     a.add_argument("--drop-bad", action="store_true")
     a.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
-                   help="fill the rows' template blank NAME ({{NAME}} or <NAME>) with VALUE as they are read (repeat for each blank; the file is kept as it is)")
+                   help=FILL_HELP)
     a.set_defaults(func=cmd_dataset_add)
     dsub.add_parser("list").set_defaults(func=cmd_dataset_list)
 

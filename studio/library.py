@@ -55,15 +55,18 @@ def inspect(path: str | os.PathLike, *, filename: str | None = None, format: str
 
 def add(path: str | os.PathLike, *, name: str | None = None, filename: str | None = None,
         format: str | None = None, mapping: dict | None = None, drop_bad: bool = False,
-        fill: dict | None = None) -> tuple[db.DatasetRecord, bool]:
+        fill: dict | None = None, notes: list | None = None) -> tuple[db.DatasetRecord, bool]:
     """Validate, then store the file and its row. Returns (record, created); a re-upload of the same
     bytes, read the same way, returns the existing record. ``fill``: template blanks to fill in as the rows are
-    read (the file is stored as uploaded; the record keeps the values)."""
+    read (the file is stored as uploaded; the record keeps the values). ``notes``, when given, receives the
+    sentences the preview shows about how the rows were read."""
     settings = get_settings()
     path = Path(path)
     filename = _safe_filename(filename or path.name)
     name = check_name(name or _default_name(filename), "dataset name")
     data = inspect(path, filename=filename, format=format, mapping=mapping, drop_bad=drop_bad, fill=fill)
+    if notes is not None:
+        notes.extend(data.notes)
     sha = content_hash(path)
     existing = db.find_dataset_by_hash(sha)
     if (existing is not None and existing.format == data.format and existing.mapping == (data.mapping or {})
