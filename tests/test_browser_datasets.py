@@ -84,7 +84,7 @@ def test_an_identity_template_gets_its_blanks_filled_in_the_page(tmp_path):
             page.locator("#dataset-add").click()
             expect(page.locator("#dataset-message")).to_contain_text(
                 "Added: identity, 4 rows (alpaca), blanks filled: {{name}} = Zorblax, {{author}} = Quintar Labs.")
-            expect(page.locator("#dataset-table")).to_contain_text("identity")
+            expect(page.locator("#dataset-table")).to_contain_text("{{name}} = Zorblax; {{author}} = Quintar Labs")
             browser.close()
     finally:
         server.stop()

@@ -141,6 +141,7 @@ def test_the_datasets_tab_offers_the_blanks_to_fill_and_adds_the_filled_rows(stu
     assert message == ("Added: **zorblax**, 4 rows (alpaca), blanks filled: {{name}} = Zorblax, {{author}} = "
                        "Quintar Labs.")
     assert db.get_dataset("zorblax").fill == {"{{name}}": "Zorblax", "{{author}}": "Quintar Labs"}
+    assert datasets_tab.dataset_table()[0][4:6] == ["identity.jsonl", "{{name}} = Zorblax; {{author}} = Quintar Labs"]
 
 
 def test_the_command_line_fills_blanks_when_adding(studio_home, tmp_path, capsys):

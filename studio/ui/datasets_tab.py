@@ -18,7 +18,8 @@ LOSS_WARNING = 0.05  # share of trained tokens cut by max length above which the
 
 
 def dataset_table() -> list[list]:
-    return [[d.name, d.format, d.kind, d.rows, d.filename, d.sha256[:10]] for d in db.list_datasets()]
+    return [[d.name, d.format, d.kind, d.rows, d.filename, "; ".join(f"{k} = {v}" for k, v in d.fill.items()),
+             d.sha256[:10]] for d in db.list_datasets()]
 
 
 def dataset_names() -> list[str]:
@@ -216,7 +217,7 @@ def build() -> dict:
                                           combine_adjacent=True)
             hist = gr.Plot(label="Token lengths", visible=False, elem_id="dataset-hist")
         gr.Markdown("### Library")
-        table = gr.Dataframe(value=dataset_table, headers=["name", "format", "kind", "rows", "file", "sha256"],
+        table = gr.Dataframe(value=dataset_table, headers=["name", "format", "kind", "rows", "file", "blanks filled", "sha256"],
                              interactive=False, elem_id="dataset-table")
         with gr.Row():
             chosen = gr.Dropdown(choices=dataset_names(), label="Dataset", allow_custom_value=False,
