@@ -422,14 +422,14 @@ def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | Non
     """The estimate for a JobSpec on ``device``.
 
     Precision "auto" means bf16 where the device computes it natively (``bf16``; default: on a GPU, not
-    on CPU), as the worker decides. Unquantised, the frozen base is held in that dtype. Each training
+    on CPU), as the worker decides. Unquantised, the frozen base is held in that dtype on a GPU, in fp32 on a CPU. Each training
     method sets the batch it trains and adds its own terms (``method_batch``, ``with_method_terms``).
     ``memory_gb`` and ``fast_4bit``: the device's memory and whether
     bitsandbytes has fast CPU kernels there, for the CPU dequantisation cache.
     """
     precision = spec.resolved_precision((device == "cuda") if bf16 is None else bf16)
     compute_bytes = 2 if precision in ("bf16", "fp16") else FP32
-    frozen_bytes = 2 if precision == "bf16" else FP32  # the worker holds the frozen base in bf16 only
+    frozen_bytes = 2 if precision == "bf16" and device == "cuda" else FP32  # bf16 frozen base: on a GPU only
     bits = 4 if spec.load_in_4bit else 8 if spec.load_in_8bit else 8 * frozen_bytes
     batch, seq_len = method_batch(spec)
     est = estimate(config, bits=bits, r=spec.r, target_modules=list(spec.target_modules), batch_size=batch,

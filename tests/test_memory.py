@@ -325,14 +325,18 @@ def test_catalog_and_memory_do_not_import_torch():
 
 
 def test_estimate_follows_the_workers_device_precision_and_dequant_cache():
-    """What the worker will do decides the estimate: native bf16 halves activations and an unquantised
-    frozen base; the CPU dequantisation cache of a 4-bit run is its own term."""
+    """What the worker will do decides the estimate: native bf16 halves activations, and an unquantised
+    frozen base on a GPU (a CPU keeps it in fp32, as chat serves it there); the CPU dequantisation cache of a 4-bit
+    run is its own term."""
     cfg = config_for(BUNDLED_MODEL)
     lora = JobSpec(dataset="d", load_in_4bit=False)
     fp32 = estimate_for_spec(lora, cfg, "cpu", bf16=False)
     bf16 = estimate_for_spec(lora, cfg, "cpu", bf16=True)
-    assert bf16.breakdown["base weights"] == pytest.approx(fp32.breakdown["base weights"] / 2)
+    assert bf16.breakdown["base weights"] == pytest.approx(fp32.breakdown["base weights"])
     assert bf16.breakdown["activations"] < fp32.breakdown["activations"]
+    gpu_fp32 = estimate_for_spec(JobSpec(dataset="d", load_in_4bit=False, precision="fp32"), cfg, "cuda", bf16=True)
+    gpu_bf16 = estimate_for_spec(lora, cfg, "cuda", bf16=True)
+    assert gpu_bf16.breakdown["base weights"] == pytest.approx(gpu_fp32.breakdown["base weights"] / 2)
     qlora = JobSpec(dataset="d")
     cached = estimate_for_spec(qlora, cfg, "cpu", bf16=False, memory_gb=24)
     linear = 30 * 576 * (576 + 192 + 192 + 576 + 3 * 1536)  # SmolLM2: 30 layers of q, k, v, o, gate, up, down

@@ -105,8 +105,11 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
         log.info("4-bit on a CPU without fast 4-bit kernels: the frozen base is loaded at full precision instead "
                  "of quantised and dequantised again (the same memory, no quantisation pass, the weights chat uses)")
         qconfig = None
-    # the frozen base in the compute dtype: bf16 when training runs in bf16 (no per-step casts, half the memory)
-    frozen = torch.bfloat16 if precision_flags(spec, device)["bf16"] else torch.float32
+    # the frozen base as chat serves it (studio.chat): bf16 on a GPU training in bf16 (no per-step casts, half the
+    # memory), fp32 on a CPU, where bf16 training autocasts over it. An adapter trained over bf16-rounded weights
+    # on a CPU forgot more: the 36-row acceptance identity set lost 11.5 probe points against 3.5 over the fp32
+    # base, at the same speed (bench/forgetting.py --data acceptance, AVX512-BF16 CPU).
+    frozen = torch.bfloat16 if precision_flags(spec, device)["bf16"] and device == "cuda" else torch.float32
     kwargs = {"dtype": compute_dtype(spec, device) if qconfig is not None else frozen}
     if spec.attn_implementation != "auto":
         kwargs["attn_implementation"] = spec.attn_implementation
