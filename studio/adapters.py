@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import db
 from .adapter_types import loadable_folder
-from .settings import UnsafePath, check_name, get_settings
+from .settings import UnsafePath, check_name, get_settings, shown_mib
 
 IMPORTS = "adapters"                       # <home>/adapters/<name>/
 IMPORT_PREFIX = "imported/"
@@ -542,7 +542,8 @@ def safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
                                    "its folder); nothing was imported")
             total += m.file_size
             if total > max_bytes:
-                raise AdapterError(f"the zip unpacks to more than {max_bytes / 1e6:.0f} MB (the upload limit)")
+                raise AdapterError(f"the zip unpacks to more than {shown_mib(max_bytes)} (the upload limit, "
+                                   "STUDIO_UPLOAD_LIMIT_MB)")
         for m in members:
             parts = [p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".")]
             if not parts:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import asdict
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +24,104 @@ log = logging.getLogger("studio.chat")
 
 MAX_LOADED_ADAPTERS = 8   # least recently used adapters beyond this are dropped from memory
 GENERATE_BATCH = 16       # rows per forward pass in ChatEngine.generate_batch
+SLICE_SECONDS = 0.2       # a reply's turn at the model while another request waits for it
+MAX_WAIT_SECONDS = 2.0    # a request waiting this long goes next, whatever its size
+PREFILL_SLICE = 256       # prompt tokens read in one turn
+DEFAULT_CONTEXT = 2048    # a model whose config names no context length
+STREAM_TIMEOUT = 900      # seconds without a new token before a reply is given up (a slice never takes this long)
+
+
+class FairLock:
+    """The model's lock, handed to the waiter with the least work left (a reply's remaining tokens), and to any
+    waiter that has waited ``MAX_WAIT_SECONDS`` before that, oldest first: short requests pass a long one, and
+    the long one still gets its turns. Equal work goes first come, first served. Any thread may release it (a
+    generator resumed on another thread), like ``threading.Lock``."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting: list[tuple[int, int, float]] = []   # (work, arrival number, arrival time)
+        self._arrivals = 0
+        self._held = False
+
+    def acquire(self, work: int = 0) -> None:
+        with self._cond:
+            self._arrivals += 1
+            me = (work, self._arrivals, time.monotonic())
+            self._waiting.append(me)
+            while self._held or self._next() != me:
+                self._cond.wait(MAX_WAIT_SECONDS)   # woken early by a release; a timeout re-checks the ages
+            self._waiting.remove(me)
+            self._held = True
+
+    def _next(self) -> tuple[int, int, float]:
+        oldest = min(self._waiting, key=lambda w: w[1])
+        return oldest if time.monotonic() - oldest[2] >= MAX_WAIT_SECONDS else min(self._waiting)
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def should_yield(self, work: int) -> bool:
+        """Whether a holder with ``work`` left should let a waiter go first."""
+        with self._cond:
+            now = time.monotonic()
+            return any(w[0] <= work or now - w[2] >= MAX_WAIT_SECONDS for w in self._waiting)
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def __call__(self, work: int):
+        """``with lock(work):`` acquires it for a holder with ``work`` left."""
+        return _Held(self, work)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class _Held:
+    def __init__(self, lock: FairLock, work: int):
+        self.lock, self.work = lock, work
+
+    def __enter__(self):
+        self.lock.acquire(self.work)
+        return self.lock
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _remaining(kwargs: dict, budget: int, generated: int) -> dict:
+    """generate()'s arguments for the rest of a reply that has ``generated`` of its ``budget`` tokens."""
+    rest = {**kwargs, "max_new_tokens": budget - generated}
+    floor = rest.pop("min_new_tokens", 0) - generated
+    return {**rest, "min_new_tokens": floor} if floor > 0 else rest
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _rng_state(seed: int | None = None):
+    """The random generators' state (after seeding them with ``seed``), to carry a request's sampling across
+    the slices of other requests."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state) -> None:
+    import torch
+
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def base_key(ref: str) -> str:
@@ -40,7 +138,7 @@ def base_key(ref: str) -> str:
 
 class ChatEngine:
     def __init__(self):
-        self.lock = threading.Lock()  # plain Lock: a gradio generator may resume on another thread
+        self.lock = FairLock()     # requests take the model in turn (a generator may resume on another thread)
         self.base_ref: str | None = None
         self.model = None          # PeftModel once an adapter is attached, else the plain base
         self.tokenizer = None
@@ -49,9 +147,6 @@ class ChatEngine:
         self.systems: dict[str, tuple[str, str]] = {}  # adapter name -> the system prompt (mode, text) it trained with
         self.default_system: str | None = None  # what the base's chat template writes when a chat has no system turn
         self.base_loads = 0
-        self.stop_event = threading.Event()
-        self.current_owner: str | None = None   # the session whose reply is being generated
-        self.stops: dict[str | None, float] = {}  # session -> time it last pressed Stop
 
     # -- loading ------------------------------------------------------------------------------------
     def ensure_base(self, ref: str) -> None:
@@ -157,57 +252,121 @@ class ChatEngine:
             self.model = shared
 
     # -- generation -----------------------------------------------------------------------------------
-    def stream(self, messages: list[dict], adapter: str | None, settings: GenerationSettings,
-               owner: str | None = None) -> Iterator[str]:
-        """Yield the growing reply of the base (adapter=None) or of base+adapter.
+    def context_length(self) -> int:
+        """The most tokens (prompt and reply together) the base model was built for."""
+        config = self.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return limit if isinstance(limit, int) and 0 < limit < 10**7 else DEFAULT_CONTEXT
 
-        ``owner`` (a browser session) lets Stop end only that session's reply.
+    def encode(self, messages: list[dict], adapter: str | None) -> list[int]:
+        """The prompt's token ids: the conversation rendered with the generation prompt, as ``stream`` sends it."""
+        from .render import _render
+
+        text = _render(self.tokenizer, self.conversation(messages, adapter), generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stream(self, messages: list[dict], adapter: str | None, settings: GenerationSettings,
+               prompt_ids: list[int] | None = None, counted=None) -> Iterator[str]:
+        """Yield the growing reply of the base (adapter=None) or of base+adapter; closing the iterator stops it.
+
+        Generation runs in time slices under the engine's FairLock: while a request with less left to generate
+        waits for the model (or one that has waited ``MAX_WAIT_SECONDS``), a slice ends after ``SLICE_SECONDS``
+        and that request runs, so one long reply never holds up the short ones, nor they it for long. Each slice re-enters its own adapter and carries on from the key/value cache of the last
+        (the prompt is read in pieces of ``PREFILL_SLICE`` tokens the same way); the sampling generator's state
+        travels with the request, so a seed gives the same reply however the slices fell.
+        ``prompt_ids``: the prompt already encoded (``encode``). ``counted``: told the prompt's and the
+        reply's token counts as they grow (``prompt_tokens``, ``completion_tokens``: a server's Reply).
         """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        stop_event = self.stop_event
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return stop_event.is_set()
-
-        from .render import _render
-
-        with self.lock:
-            stop_event.clear()
-            self.current_owner = owner
+        lock, cancelled = self.lock, threading.Event()
+        with lock:
+            ids = prompt_ids if prompt_ids is not None else self.encode(messages, adapter)
             tok = self.tokenizer
-            text = _render(tok, self.conversation(messages, adapter), generation_prompt=True)  # fallback for bases
-            enc = tok(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-            streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
-            ctx = self._adapter_context(adapter)
-            errors: list[BaseException] = []
+            device = self.model.device
+            sliced = adapter not in self.solo  # peft's prompt-learning models keep their own cache: one slice
+        if counted is not None:
+            counted.prompt_tokens = len(ids)
+        budget = int(settings.max_new_tokens)
+        kwargs = {**settings.generate_kwargs(), "pad_token_id": tok.pad_token_id}
+        eos = set(_as_list(self.model.generation_config.eos_token_id)) | {tok.eos_token_id} - {None}
 
-            def work():
-                try:
-                    torch.manual_seed(settings.seed)
-                    with ctx, torch.inference_mode():
-                        self.model.generate(**enc, streamer=streamer, pad_token_id=tok.pad_token_id,
-                                            stopping_criteria=StoppingCriteriaList([_Stop()]),
-                                            **settings.generate_kwargs())
-                except BaseException as exc:  # surfaced to the caller below
-                    errors.append(exc)
-                    streamer.end()
+        class SliceStreamer(TextIteratorStreamer):
+            """Text as it is generated; a slice's end only means the next ``put`` is that slice's prompt."""
 
-            thread = threading.Thread(target=work, daemon=True)
-            thread.start()
-            reply = ""
+            def end(self):
+                self.next_tokens_are_prompt = True
+
+            def finish(self):
+                super().end()
+
+        streamer = SliceStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT)
+
+        class Slice(StoppingCriteria):
+            """Ends a slice when the client went, or when it has had its time and a request that should go
+            first waits (a shorter one, or one that waited long)."""
+            started, work = 0.0, 0
+
+            def __call__(self, input_ids, scores, **kw):
+                return cancelled.is_set() or (time.monotonic() - self.started > SLICE_SECONDS
+                                              and lock.should_yield(self.work))
+
+        ends = Slice()
+        errors: list[BaseException] = []
+
+        def work():
             try:
-                for piece in streamer:
-                    reply += piece
-                    yield reply
+                x = torch.tensor([ids], device=device)
+                cache, generated = None, 0
+                state = _rng_state(settings.seed)
+                with torch.inference_mode():
+                    if sliced:   # read the prompt in pieces, all but its last token, into the cache
+                        for start in range(0, x.size(1) - 1, PREFILL_SLICE):
+                            with lock(x.size(1) - start + budget), self._adapter_context(adapter):
+                                if cancelled.is_set():
+                                    return
+                                piece = x[:, start:min(start + PREFILL_SLICE, x.size(1) - 1)]
+                                cache = self.model(input_ids=piece, cache=cache, use_cache=True).cache
+                    while generated < budget and not cancelled.is_set():
+                        with lock(budget - generated), self._adapter_context(adapter):
+                            ends.started, ends.work = time.monotonic(), budget - generated
+                            _set_rng_state(state)
+                            out = self.model.generate(
+                                input_ids=x, attention_mask=torch.ones_like(x), cache=cache,
+                                streamer=streamer, stopping_criteria=StoppingCriteriaList([ends]),
+                                return_dict_in_generate=True,
+                                **_remaining(kwargs, budget, generated))
+                            state = _rng_state()
+                        new = out.sequences.size(1) - x.size(1)
+                        generated += new
+                        if counted is not None:
+                            counted.completion_tokens = generated
+                        x, cache = out.sequences, out.cache if sliced else None
+                        if not sliced or new == 0 or int(x[0, -1]) in eos:
+                            break
+            except BaseException as exc:  # surfaced to the caller below
+                errors.append(exc)
             finally:
-                stop_event.set()
-                thread.join()
-                self.current_owner = None
-            if errors:
-                raise errors[0]
+                streamer.finish()
+
+        thread = threading.Thread(target=work, daemon=True, name="generate")
+        thread.start()
+        reply = ""
+        try:
+            for piece in streamer:
+                reply += piece
+                yield reply
+        finally:
+            cancelled.set()
+            thread.join()
+        if errors:
+            raise errors[0]
 
     def reply(self, messages: list[dict], adapter: str | None, settings: GenerationSettings | None = None) -> str:
         out = ""
@@ -302,15 +461,6 @@ class ChatEngine:
                                 for t, (lp, rank) in entry.items()})
             return entries, tok.decode(out[0, x.size(1):], skip_special_tokens=True)
 
-    def stop(self, owner: str | None = None) -> None:
-        """Stop the reply being generated; with ``owner``, only if it is that session's."""
-        self.stops[owner] = time.time()
-        if owner is None or self.current_owner in (None, owner):
-            self.stop_event.set()
-
-    def stopped_since(self, owner: str | None, since: float) -> bool:
-        return self.stops.get(owner, 0.0) >= since
-
 
 KEEP = ("keep", "")
 
@@ -334,20 +484,6 @@ def trained_system_prompt(folder: str | Path) -> tuple[str, str]:
     spec = job.spec if job is not None and job.kind == "train" else {}
     mode = spec.get("system_prompt_mode", "keep")
     return (mode, spec.get("system_prompt", "")) if mode in ("keep", "replace", "omit") else KEEP
-
-
-_engine: ChatEngine | None = None
-
-
-def get_engine() -> ChatEngine:
-    global _engine
-    if _engine is None:
-        _engine = ChatEngine()
-    return _engine
-
-
-def settings_dict(s: GenerationSettings) -> dict:
-    return asdict(s)
 
 
 # ---- side-by-side comparison ------------------------------------------------------------------------

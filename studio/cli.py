@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -16,6 +17,43 @@ from pathlib import Path
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+# ---- argument types: a bad value is argparse's one-line error (exit 2), never a traceback --------------
+
+WHOLE = re.compile(r"[+-]?[0-9]{1,30}")
+
+
+def port_arg(text: str) -> int:
+    if not WHOLE.fullmatch(text.strip()) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got '{text[:40]}'")
+    return int(text)
+
+
+def any_port_arg(text: str) -> int:
+    return 0 if text.strip() == "0" else port_arg(text)
+
+
+def temperature_arg(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more (0 = greedy), got '{text[:40]}'")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    from .limits import SEED_RANGE
+
+    low, high = SEED_RANGE
+    value = int(text) if WHOLE.fullmatch(text.strip()) else None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, got '{text[:40]}'")
+    return value
 
 
 # ---- serve / worker -----------------------------------------------------------------------------
@@ -69,10 +107,10 @@ def cmd_serve(args) -> int:
         gr.set_static_paths([STATIC])
         demo = build_ui()
         demo.queue(default_concurrency_limit=8)
-        print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (data in {settings.home})", flush=True)
-        demo.launch(server_name=args.host, server_port=args.port, auth=login, show_error=False,
-                    quiet=True, footer_links=["api"], max_file_size=settings.upload_limit_bytes,
-                    **launch_kwargs())
+        port = settings.ui_port if args.port is None else args.port
+        print(f"Fine-Tune Studio: http://{args.host}:{port}  (data in {settings.home})", flush=True)
+        demo.launch(server_name=args.host, server_port=port, auth=login, show_error=False,
+                    quiet=True, footer_links=["api"], **launch_kwargs())
     except KeyboardInterrupt:
         pass
     finally:
@@ -222,7 +260,7 @@ def cmd_dataset_check(args) -> int:
     from . import library
     from .datasets import DatasetError
 
-    from .datasets.stats import parse_fill, token_stats, tokenizer_for
+    from .datasets.stats import parse_fill, token_stats, tokenizer_for, tool_stats, tools_sentence
     from .spec import BUNDLED_MODEL
 
     args.base_model = args.base_model or BUNDLED_MODEL
@@ -238,9 +276,11 @@ def cmd_dataset_check(args) -> int:
     if tokens.get("truncated_share", 0) > 0.05:
         warnings.append(f"{tokens['truncated_share']:.0%} of the trained tokens are past max length "
                         f"{args.max_length} and would be cut ({tokens['overlong_rows']} rows)")
+    tools = tool_stats(data.rows, data.kind, tokenizer)
     report = {"format": data.format, "kind": data.kind, "rows": len(data.rows),
               **{k: tokens.get(k) for k in ("trained_tokens", "masked_tokens", "truncated_tokens", "overlong_rows")},
-              "warnings": warnings, "dropped": data.dropped, "stats": data.stats(), "mapping": data.mapping}
+              "tools": tools, "warnings": warnings, "dropped": data.dropped, "stats": data.stats(),
+              "mapping": data.mapping}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -248,6 +288,8 @@ def cmd_dataset_check(args) -> int:
         if tokens:
             print(f"tokens: {tokens['trained_tokens']} trained, {tokens['masked_tokens']} masked, "
                   f"{tokens['truncated_tokens']} cut at max length {args.max_length}")
+        if tools:
+            print(tools_sentence(tools))
         for line in warnings:
             print(f"warning: {line}")
         for reason in data.dropped[:20]:
@@ -688,6 +730,7 @@ def _cell(value) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+DROP_HELP = "leave out rows that cannot be read (each named in the report) instead of refusing the file"
 FILL_HELP = ("fill the rows' template blank NAME ({{NAME}}, <NAME> or a bare NAME) with VALUE as they are read "
              "(repeat for each blank; the file is kept as it is)")
 
@@ -698,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="start the web UI and one worker")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")))
+    s.add_argument("--port", type=port_arg, default=None, help="default: STUDIO_PORT, else 7860")
     s.add_argument("--auth", default=None, help=argparse.SUPPRESS)  # refused with a pointer to --auth-file
     s.add_argument("--auth-file", default=None, metavar="PATH",
                    help="require a login checked against this file of password hashes (or STUDIO_AUTH_FILE); "
@@ -725,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("infer", help="start an OpenAI-compatible inference server (/v1/chat/completions) "
                                        "whose models are the base models, runs, checkpoints and imports")
     inf.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    inf.add_argument("--port", type=int, default=8000)
+    inf.add_argument("--port", type=any_port_arg, default=8000, help="default 8000; 0: a free one")
     inf.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
                      help="transformers + peft (default), or vLLM with --enable-lora on a GPU host where it is installed")
     inf.add_argument("--base-model", default=None, metavar="MODEL",
@@ -745,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check")
     c.add_argument("path")
     c.add_argument("--format", default=None)
-    c.add_argument("--drop-bad", action="store_true")
+    c.add_argument("--drop-bad-rows", "--drop-bad", dest="drop_bad", action="store_true", help=DROP_HELP)
     c.add_argument("--json", action="store_true")
     c.add_argument("--base-model", default=None, help="count tokens with this model's tokenizer and template "
                                                       "(default: the bundled model)")
@@ -757,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("path")
     a.add_argument("--name", default=None)
     a.add_argument("--format", default=None)
-    a.add_argument("--drop-bad", action="store_true")
+    a.add_argument("--drop-bad-rows", "--drop-bad", dest="drop_bad", action="store_true", help=DROP_HELP)
     a.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE",
                    help=FILL_HELP)
     a.set_defaults(func=cmd_dataset_add)
@@ -789,8 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--compare", action="store_true", help="print the base model's reply first")
     ch.add_argument("--system", default="", help="system prompt")
     ch.add_argument("--max-new-tokens", type=int, default=128)
-    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--temperature", type=temperature_arg, default=0.0, help="0 = greedy")
+    ch.add_argument("--seed", type=seed_arg, default=0, help="a 64-bit whole number")
     ch.set_defaults(func=cmd_chat)
     x = sub.add_parser("export", help="merge an adapter into its base and/or write a GGUF + Ollama Modelfile")
     x.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")

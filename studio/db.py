@@ -417,15 +417,18 @@ def _register(model, facts: dict) -> Any:
         return row
 
 
-def _touch(model, row_id: str, **fields: Any) -> None:
+def _touch(model, row_id: str, **fields: Any) -> bool:
+    """Refresh a beating process's row; False when there is none (removed, or a restored database lacks it)."""
     with session() as s:
         row = s.get(model, row_id)
-        if row is not None:
-            row.seen_at = now()
-            for k, v in fields.items():
-                setattr(row, k, v)
-            s.add(row)
-            s.commit()
+        if row is None:
+            return False
+        row.seen_at = now()
+        for k, v in fields.items():
+            setattr(row, k, v)
+        s.add(row)
+        s.commit()
+        return True
 
 
 def _remove(model, row_id: str) -> None:
@@ -446,8 +449,8 @@ def register_worker(**facts: Any) -> WorkerRecord:
     return _register(WorkerRecord, facts)
 
 
-def touch_worker(worker_id: str) -> None:
-    _touch(WorkerRecord, worker_id)
+def touch_worker(worker_id: str) -> bool:
+    return _touch(WorkerRecord, worker_id)
 
 
 def remove_worker(worker_id: str) -> None:
@@ -465,8 +468,8 @@ def register_inference_server(**facts: Any) -> InferenceServerRecord:
     return _register(InferenceServerRecord, facts)
 
 
-def touch_inference_server(server_id: str, loaded_bases: list[dict] | None = None) -> None:
-    _touch(InferenceServerRecord, server_id, **({} if loaded_bases is None else {"loaded_bases": loaded_bases}))
+def touch_inference_server(server_id: str, loaded_bases: list[dict] | None = None) -> bool:
+    return _touch(InferenceServerRecord, server_id, **({} if loaded_bases is None else {"loaded_bases": loaded_bases}))
 
 
 def remove_inference_server(server_id: str) -> None:

@@ -61,18 +61,63 @@ def golden_prompts_for(spec, eval_rows: list[dict]) -> list[str]:
     return out
 
 
+GOLDEN_BATCH = 8  # prompts per generate call: a cancel is seen between batches (and between the tokens of one)
+CHARS_PER_TOKEN = 16  # a prompt is cut to max length x this many characters before it is tokenised
+
+
+def fit_prompts(tokenizer, prompts: list[str], max_length: int | None, max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
+                system: tuple[str, str] = ("keep", "")) -> list[str]:
+    """``prompts`` cut at the end so each, asked as a single user turn under ``system`` (its chat template and
+    system prompt included), leaves room for ``max_new_tokens`` within ``max_length`` tokens: the run's max length
+    bounds what answering a prompt holds in memory, however long the prompt. Prompts that fit are returned whole;
+    without a ``max_length``, prompts are cut to GOLDEN_PROMPT_CHARS characters."""
+    from .limits import GOLDEN_PROMPT_CHARS
+    from .render import _render, default_system_prompt, with_system_prompt
+
+    if max_length is None:
+        return [p[:GOLDEN_PROMPT_CHARS] for p in prompts]
+    default = default_system_prompt(tokenizer)
+    budget = max(1, max_length - max_new_tokens)
+
+    def length(content: str) -> int:
+        text = _render(tokenizer, with_system_prompt([{"role": "user", "content": content}], *system, default),
+                       generation_prompt=True)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    out = []
+    for prompt in prompts:
+        prompt = prompt[:max_length * CHARS_PER_TOKEN]
+        over = length(prompt) - budget
+        if over > 0:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            keep = len(ids) - over
+            while keep > 1:  # a cut can merge tokens at its edge differently: measure again
+                prompt = tokenizer.decode(ids[:keep])
+                if (over := length(prompt) - budget) <= 0:
+                    break
+                keep -= over
+            if keep <= 1:
+                prompt = tokenizer.decode(ids[:1])
+        out.append(prompt)
+    return out
+
+
 def answer_golden(model, tokenizer, prompts: list[str], max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
-                  disable_adapter: bool = False, system: tuple[str, str] = ("keep", "")) -> list[str]:
-    """Greedy replies of ``model`` (the training model is fine) to single-turn prompts, in one left-padded batch.
+                  disable_adapter: bool = False, system: tuple[str, str] = ("keep", ""), stop=None) -> list[str]:
+    """Greedy replies of ``model`` (the training model is fine) to single-turn prompts, in left-padded batches of
+    GOLDEN_BATCH prompts of similar lengths (``fit_prompts`` cuts them to a run's max length).
 
     Runs in eval mode under ``torch.inference_mode`` and restores every module's train/eval flag after,
     so training resumes exactly as it was. ``disable_adapter``: answer as the base (peft models only).
     ``system``: the run's (system_prompt_mode, system_prompt), so the prompts are asked as the Chat tab asks them.
+    ``stop``: a ``studio.cancel.Watch``, read between batches and between generated tokens; when it says stop,
+    ``Stopped`` is raised and no reply is returned.
     """
     import contextlib
 
     import torch
 
+    from .generation import stopping_criteria
     from .render import _render, default_system_prompt, with_system_prompt
 
     if not prompts:
@@ -84,6 +129,10 @@ def answer_golden(model, tokenizer, prompts: list[str], max_new_tokens: int = GO
     default = default_system_prompt(tokenizer)
     texts = [_render(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
                      generation_prompt=True) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    replies = [""] * len(texts)
+    criteria = stopping_criteria(stop) if stop is not None else None
+    what = "the golden prompts" + (" (as the base)" if disable_adapter else "")
     side = getattr(tokenizer, "padding_side", "right")
     threads = torch.get_num_threads()
     model.eval()
@@ -91,11 +140,20 @@ def answer_golden(model, tokenizer, prompts: list[str], max_new_tokens: int = GO
         if device.type == "cpu":  # decoding a few rows is many tiny ops: with a busy core, OpenMP's barriers
             torch.set_num_threads(1)  # between threads cost more than the work (10x slower on 2 shared cores)
         tokenizer.padding_side = "left"
-        enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(device)
         with ctx, torch.inference_mode():
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                 use_cache=True)
-        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, enc["input_ids"].shape[1]:]]
+            for start in range(0, len(order), GOLDEN_BATCH):
+                if stop is not None:
+                    stop.check(what)
+                rows = order[start:start + GOLDEN_BATCH]
+                enc = tokenizer([texts[i] for i in rows], add_special_tokens=False, return_tensors="pt",
+                                padding=True).to(device)
+                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                     use_cache=True, **({"stopping_criteria": criteria} if criteria else {}))
+                if criteria is not None and criteria[0].fired:  # stopped between tokens: the cut replies go
+                    stop.check(what)
+                for i, ids in zip(rows, out[:, enc["input_ids"].shape[1]:]):
+                    replies[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return replies
     finally:
         torch.set_num_threads(threads)
         tokenizer.padding_side = side
@@ -193,14 +251,20 @@ class _GoldenPromptsCallbackMixin:
     the start and the end stay within GOLDEN_BUDGET of the run's projected training time (a round's cost is
     measured: the last one's seconds); otherwise at every checkpoint. A failure is
     logged and never stops training. ``skip`` (e.g. the worker's shutdown flag) makes a stopping worker save
-    without spending time on answers.
+    without spending time on answers. A cancel (or ``skip``) during a round stops it between tokens and raises
+    ``studio.cancel.Stopped`` out of training, so the run ends cancelled without the rest of the round (in a
+    multi-device run the round just stops: the ranks stop together at the next step's end). Each prompt is cut to
+    ``max_length`` tokens with its reply (default: the trainer's max length, else the run's stored one).
     """
 
     def __init__(self, job_id: str, prompts: list[str], tokenizer, max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
                  output_dir: str | Path | None = None, skip=None, automatic: bool = False,
-                 system: tuple[str, str] = ("keep", ""), base: str | None = None, answer=None):
+                 system: tuple[str, str] = ("keep", ""), base: str | None = None, answer=None,
+                 max_length: int | None = None):
+        from .cancel import Watch
+
         self.job_id = job_id
-        # the training method's own way to answer, (model, tokenizer, prompts, disable_adapter) -> (replies,
+        # the training method's own way to answer, (model, tokenizer, prompts, disable_adapter, stop) -> (replies,
         # extra JSON fields); GRPO samples a few completions per prompt and scores them. None: greedy replies
         self.answer = answer
         self.system = system  # the run's system prompt choice: the adapter is asked as it was trained
@@ -208,59 +272,89 @@ class _GoldenPromptsCallbackMixin:
         self.prompts = list(prompts)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.max_length = max_length
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.skip = skip or (lambda: False)
+        self.watch = Watch(job_id, self.skip)
         self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.answered_step: int | None = None
         self.automatic = automatic
         self.began: float | None = None   # when training began (after the base's answers)
         self.spent = 0.0                  # seconds of the rounds answered since
         self.last_round: float | None = None
+        self._fitted: dict[tuple, list[str]] = {}
 
     def _folder(self) -> Path:
         return self.output_dir if self.output_dir is not None else golden_dir(self.job_id)
 
-    def _answer(self, model, step: int | str, **extra) -> None:
+    def _prompts_for(self, args, system: tuple[str, str]) -> list[str]:
+        """The prompts as generation reads them: cut to the run's max length (``fit_prompts``), once per system."""
+        if system not in self._fitted:
+            length = self.max_length or getattr(args, "max_length", None) or self._stored_max_length()
+            self._fitted[system] = fit_prompts(self.tokenizer, self.prompts, length, self.max_new_tokens, system)
+        return self._fitted[system]
+
+    def _stored_max_length(self) -> int | None:
+        from . import db
+
+        job = db.get_job(self.job_id)
+        value = (job.spec or {}).get("max_length") if job is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _answer(self, model, step: int | str, args=None, **extra) -> None:
+        from .cancel import Stopped
+
         if not self.is_main or not self.prompts or model is None or self.skip():
             return
         started = time.perf_counter()
+        what = "the golden prompts" + (" (as the base)" if step == "base" else f" at step {step}")
         try:
+            self.watch.check(what)  # cancelled since the last step: no round
+            log.info("job %s: answering %d golden prompts at step %s", self.job_id, len(self.prompts), step)
             more = {}
             if self.answer is not None:
-                replies, more = self.answer(model, self.tokenizer, self.prompts, disable_adapter=step == "base")
+                replies, more = self.answer(model, self.tokenizer, self._prompts_for(args, ("keep", "")),
+                                            disable_adapter=step == "base", stop=self.watch)
             elif step == "base":  # the base as the Chat tab shows it: its template's own system prompt
-                replies = self._base_replies(model)
+                replies = self._base_replies(model, self._prompts_for(args, ("keep", "")))
             else:
-                replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens, system=self.system)
+                replies = answer_golden(model, self.tokenizer, self._prompts_for(args, self.system),
+                                        self.max_new_tokens, system=self.system, stop=self.watch)
             seconds = time.perf_counter() - started
             self.last_round = seconds
             if step != "base":
                 self.spent += seconds
             write_golden(self._folder(), step, self.prompts, replies, seconds=round(seconds, 3), **more, **extra)
             log.info("timing golden-prompts %.3f s at step %s", seconds, step)
+        except Stopped as exc:  # out of training (workers/fit.py ends the run); the round's answers are not kept
+            if self.world_size == 1:
+                raise
+            log.warning("job %s: %s; the round's answers are not kept", self.job_id, exc)
         except Exception:  # noqa: BLE001 - golden answers are a view on training, never a reason to stop it
             log.warning("job %s: answering the golden prompts at step %s failed", self.job_id, step, exc_info=True)
 
-    def _base_replies(self, model) -> list[str]:
+    def _base_replies(self, model, prompts: list[str]) -> list[str]:
         """The base's answers, from the cache when this base already answered these prompts."""
-        cache = base_cache_path(self.base, self.prompts, self.max_new_tokens) if self.base else None
+        cache = base_cache_path(self.base, prompts, self.max_new_tokens) if self.base else None
         if cache is not None and cache.exists():
             try:
                 return json.loads(cache.read_text())["replies"]
             except (OSError, ValueError, KeyError):
                 pass
-        replies = answer_golden(model, self.tokenizer, self.prompts, self.max_new_tokens, disable_adapter=True)
+        replies = answer_golden(model, self.tokenizer, prompts, self.max_new_tokens, disable_adapter=True,
+                                stop=self.watch)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps({"base": self.base, "prompts": self.prompts, "replies": replies},
+            tmp.write_text(json.dumps({"base": self.base, "prompts": prompts, "replies": replies},
                                       ensure_ascii=False))
             os.replace(tmp, cache)
         return replies
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.is_main and self.prompts and not (self._folder() / "base.json").exists():
-            self._answer(model, "base")
+            self._answer(model, "base", args)
         self.began = time.perf_counter()
 
     def affordable(self, step: int, max_steps: int, now: float | None = None) -> bool:
@@ -276,7 +370,7 @@ class _GoldenPromptsCallbackMixin:
         if self.automatic and (state.global_step not in golden_save_steps(state.max_steps, args.save_steps)
                                or not self.affordable(state.global_step, state.max_steps)):
             return
-        self._answer(model, state.global_step)
+        self._answer(model, state.global_step, args)
         self.answered_step = state.global_step
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -290,7 +384,7 @@ class _GoldenPromptsCallbackMixin:
                 return
             except (OSError, ValueError, KeyError):
                 pass
-        self._answer(model, state.global_step, final=True, best_model_loaded=best_loaded)
+        self._answer(model, state.global_step, args, final=True, best_model_loaded=best_loaded)
 
 
 def __getattr__(name: str):

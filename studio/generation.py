@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass
@@ -12,12 +13,32 @@ class GenerationSettings:
     top_k: int = 50
     repetition_penalty: float = 1.1
     seed: int = 0
+    min_new_tokens: int = 0           # vLLM's min_tokens: the end of turn is held back until this many
 
     def generate_kwargs(self) -> dict:
         kw = {"max_new_tokens": int(self.max_new_tokens), "repetition_penalty": float(self.repetition_penalty)}
+        if self.min_new_tokens > 0:
+            kw["min_new_tokens"] = int(self.min_new_tokens)
         if self.temperature > 0:
             kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p),
                       top_k=int(self.top_k))
         else:
             kw.update(do_sample=False)
         return kw
+
+
+def stopping_criteria(stop: Callable[[], bool]):
+    """A transformers ``StoppingCriteriaList`` that ends every row of a ``generate`` call once ``stop()`` says so,
+    asked after each generated token (a ``studio.cancel.Watch`` reads the database at most twice a second). Its
+    one criterion's ``fired`` says whether it ended the call, so the caller can drop the cut replies."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Stop(StoppingCriteria):
+        fired = False
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.fired = self.fired or bool(stop())
+            return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Stop()])

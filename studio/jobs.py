@@ -112,7 +112,9 @@ def enqueue(job_id: str, resume: bool = False) -> str:
 
 
 def cancel(job_id: str) -> db.Job:
-    """Queued: revoked and cancelled at once. Running: stops at the end of the current step."""
+    """Queued: revoked and cancelled at once. Running: stops at the end of the current step, or between the batches
+    (and generated tokens) of a long loop between steps (studio.cancel). A completed run whose forgetting check is
+    still answering: the check stops the same way and is recorded as skipped; the run stays completed."""
     from workers.queue import huey
 
     job = db.get_job(job_id)
@@ -122,9 +124,14 @@ def cancel(job_id: str) -> db.Job:
         if job.task_id:
             huey.revoke_by_id(job.task_id)
         return transition(job.id, "cancelled", "cancelled while queued", finished_at=time.time())
-    if job.status == "running":
+    if job.status == "running" or checking(job):
         return db.update_job(job.id, cancel_requested=True)
     return job
+
+
+def checking(job: db.Job) -> bool:
+    """Whether the worker is still answering the run's forgetting check (the run itself is complete)."""
+    return job.status == "completed" and (job.summary.get("forgetting") or {}).get("state") == "checking"
 
 
 def cancel_group(group_id: str) -> list[db.Job]:

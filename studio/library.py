@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import db
 from .datasets import DatasetError, LoadedDataset, content_hash, load_file
-from .settings import check_name, get_settings
+from .settings import check_name, get_settings, shown_mib
 
 
 def _safe_filename(filename: str) -> str:
@@ -38,8 +38,8 @@ def inspect(path: str | os.PathLike, *, filename: str | None = None, format: str
         raise DatasetError(f"the file '{filename or path.name}' does not exist")
     size = path.stat().st_size
     if size > settings.upload_limit_bytes:
-        raise DatasetError(f"the file is {size / 1e6:.1f} MB, over the upload limit of "
-                           f"{settings.upload_limit_bytes / 1e6:.0f} MB (STUDIO_UPLOAD_LIMIT_MB)")
+        raise DatasetError(f"the file is {shown_mib(size)}, over the upload limit of {settings.upload_limit_text} "
+                           "(STUDIO_UPLOAD_LIMIT_MB)")
     if filename and Path(filename).suffix.lower() != path.suffix.lower():
         # gradio keeps the original name; make sure the extension the reader sees is the user's
         tmp = settings.tmp_dir / f"inspect-{content_hash(path)[:16]}-{_safe_filename(filename)}"

@@ -3,7 +3,9 @@
 A row that records a pid (a running job, a registered worker) also records the process's start time, so
 a pid the kernel has handed to another process, or a process that exited but whose parent has not
 reaped it yet (a zombie), reads as dead. On this host the process table is proof enough either way;
-a process on another host can only be judged by its heartbeat.
+a process on another host can only be judged by its heartbeat. A running job is judged by its heartbeat on
+this host too (studio.lifecycle): where the database may have moved (a restored backup, a copied file) a live
+pid is no proof that the process still works for the row.
 """
 from __future__ import annotations
 
@@ -66,6 +68,11 @@ def gone(host: str | None, pid: int | None, started: int | None, beat_at: float 
     either way; elsewhere only a stale beat can tell."""
     if host == socket.gethostname() and pid:
         return None if pid_alive(pid, started) else "its worker process is gone"
+    return stale(beat_at, stale_seconds, now)
+
+
+def stale(beat_at: float | None, stale_seconds: float, now: float) -> str | None:
+    """Why a beat is too old, or None (None too when no beat was ever recorded: nothing to judge by)."""
     if beat_at is not None and now - beat_at > stale_seconds:
         return f"no heartbeat for {now - beat_at:.0f} s"
     return None

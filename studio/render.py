@@ -270,6 +270,19 @@ def encode_text(tokenizer, text: str, max_length: int | None = None) -> tuple[li
     return ids, [1] * len(ids)
 
 
+def encode_segments(tokenizer, segments: list[dict], max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Template-free text (axolotl's ``segments``): each segment tokenised as written, with no special tokens
+    added, and trained (mask 1) where its ``train`` flag is set; truncated to ``max_length``."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for segment, piece in zip(segments, _batch_ids(tokenizer, [s["text"] for s in segments])):
+        ids += piece
+        mask += [int(bool(segment["train"]))] * len(piece)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask
+
+
 def pack_text(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Documents for continued pre-training: each tokenised with the tokenizer's special tokens and eos,
     concatenated, and cut into ``max_length`` blocks, so every token of every document is trained."""
@@ -318,8 +331,11 @@ def token_lengths(tokenizer, rows: list[dict], kind: str) -> list[int]:
     if kind == "text":
         eos = tokenizer.eos_token_id
         out = []
-        for ids in _batch_ids(tokenizer, [r["text"] for r in rows], special=True):
-            out.append(len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0))
+        for row, ids in zip(rows, _batch_ids(tokenizer, [r["text"] for r in rows], special=True)):
+            if row.get("segments"):
+                out.append(len(encode_segments(tokenizer, row["segments"])[0]))
+            else:
+                out.append(len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0))
         return out
     if kind == "chat":
         return [len(ids) for ids in _batch_ids(tokenizer, [_rendered(tokenizer, r["messages"], r) for r in rows])]

@@ -31,6 +31,20 @@ class Settings:
     memory_limit_gb: float | None = None  # STUDIO_MEMORY_LIMIT_GB: the most memory a training step may use
     replay_ahead: bool = True             # STUDIO_REPLAY_AHEAD=off: a starting worker does not make the bundled
                                           # model's general-replay answers before any run (runs make their own)
+    ui_port: int = 7860                   # STUDIO_PORT: `studio serve`'s port when --port is not given
+    infer_host: str = "127.0.0.1"         # STUDIO_INFER_HOST: the address a worker's inference server binds
+    infer_port: int = 0                   # STUDIO_INFER_PORT: its port (0: a free one, registered)
+    infer_advertise: str | None = None    # STUDIO_INFER_ADVERTISE: the host name or address other machines reach
+                                          # it by, put in the URL it registers (default: the bind address, or
+                                          # this machine's name for a wildcard bind)
+    infer_memory_gb: float | None = None  # STUDIO_INFER_MEMORY_GB: what an inference server's bases may hold
+    heartbeat_stale_seconds: float = 120.0  # STUDIO_HEARTBEAT_STALE: a job's beat older than this from another
+                                            # machine means its worker is gone
+
+    @property
+    def upload_limit_text(self) -> str:
+        """The upload limit as it is set: in MiB (STUDIO_UPLOAD_LIMIT_MB)."""
+        return shown_mib(self.upload_limit_bytes)
 
     @property
     def datasets_dir(self) -> Path:
@@ -91,16 +105,87 @@ def _parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def _parse_memory_limit(value: str | None) -> float | None:
+MIB = 1 << 20
+UPLOAD_LIMIT_MB = 1024              # STUDIO_UPLOAD_LIMIT_MB's default
+UPLOAD_LIMIT_MB_MOST = 1 << 20      # 1 TiB: larger than any file a browser uploads, small enough for any JSON
+GIGABYTES_MOST = 1_000_000          # a memory size in GB beyond any machine (STUDIO_*_GB)
+STALE_MOST = 7 * 24 * 3600          # STUDIO_HEARTBEAT_STALE: a week
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def shown_mib(n_bytes: int) -> str:
+    """A size in MiB, the unit STUDIO_UPLOAD_LIMIT_MB is read in: '100 MiB', '0.5 MiB'."""
+    mib = n_bytes / MIB
+    return f"{mib:.0f} MiB" if mib.is_integer() else f"{mib:.1f} MiB"
+
+
+def whole_number(env, name: str, default: int, what: str, low: int, high: int) -> int:
+    """The whole number in ``name`` (its default when unset or empty), from ``low`` to ``high``; anything else
+    is a ValueError naming it: '<name> must be <what>, got '<value>''."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value) if value.lstrip("+-").isdigit() else None
+    except ValueError:  # more digits than Python converts
+        number = None
+    if number is None or not low <= number <= high:
+        raise ValueError(f"{name} must be {what}, got '{value[:40]}'")
+    return number
+
+
+def positive_number(env, name: str, default: float | None, what: str, high: float) -> float | None:
+    """The number in ``name`` (its default when unset or empty), greater than 0 and at most ``high``; anything
+    else (a word, nan, inf, 0, a negative) is a ValueError naming it: '<name> must be <what>, got '<value>''."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number <= high):
+        raise ValueError(f"{name} must be {what}, got '{value[:40]}'")
+    return number
+
+
+GIGABYTES = f"a number of gigabytes greater than 0 (at most {GIGABYTES_MOST:,})"
+
+
+def infer_memory_gb(env: dict[str, str] | None = None) -> float | None:
+    """``STUDIO_INFER_MEMORY_GB``: the memory an inference server's loaded bases may hold, None when unset."""
+    return positive_number(os.environ if env is None else env, "STUDIO_INFER_MEMORY_GB", None, GIGABYTES,
+                           GIGABYTES_MOST)
+
+
+def infer_memory_bytes(env: dict[str, str] | None = None) -> int | None:
+    """``STUDIO_INFER_MEMORY_GB`` in bytes (workers.inference.engine's budget), None when unset."""
+    gb = infer_memory_gb(env)
+    return None if gb is None else int(gb * 1e9)
+
+
+def infer_advertise(env: dict[str, str] | None = None) -> str | None:
+    """``STUDIO_INFER_ADVERTISE``: the host name or IP address other machines reach this machine's inference
+    server by (what its registered URL names), None when unset."""
+    import ipaddress
+
+    value = (os.environ if env is None else env).get("STUDIO_INFER_ADVERTISE", "").strip()
     if not value:
         return None
     try:
-        gb = float(value)
+        ipaddress.ip_address(value.strip("[]"))
+        return value.strip("[]")
     except ValueError:
-        gb = math.nan
-    if not math.isfinite(gb) or gb <= 0:
-        raise ValueError(f"STUDIO_MEMORY_LIMIT_GB must be a number of gigabytes greater than 0, got '{value[:40]}'")
-    return gb
+        if HOST_NAME.match(value) and not value.replace(".", "").isdigit():
+            return value
+    raise ValueError("STUDIO_INFER_ADVERTISE must be a host name or an IP address other machines reach this one "
+                     f"by (no scheme, port or path), got '{value[:40]}'")
+
+
+def _port(env, name: str, default: int, low: int) -> int:
+    what = "a port number from 1 to 65535" if low else "a port number from 1 to 65535, or 0 for a free one"
+    return whole_number(env, name, default, what, low, 65535)
 
 
 # A deployment's on/off environment switches and their defaults. Each is read where it is used (``switch``) and
@@ -131,7 +216,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     home = Path(env.get("STUDIO_HOME", "studio-data")).expanduser().resolve()
     database_url = env.get("STUDIO_DATABASE_URL") or f"sqlite:///{home / 'studio.db'}"
     queue_url = env.get("STUDIO_QUEUE_URL") or f"sqlite:///{home / 'queue.db'}"
-    limit = int(env.get("STUDIO_UPLOAD_LIMIT_MB", "1024")) * 1024 * 1024
+    limit = whole_number(env, "STUDIO_UPLOAD_LIMIT_MB", UPLOAD_LIMIT_MB,
+                         f"a whole number of MiB greater than 0 (at most {UPLOAD_LIMIT_MB_MOST})", 1,
+                         UPLOAD_LIMIT_MB_MOST) * MIB
     # converted base models may live outside the data directory, shared by several homes
     models_dir = Path(env.get("STUDIO_MODELS_DIR") or home / "models").expanduser().resolve()
     switches = {name: switch(name, env) for name in SWITCHES}
@@ -144,8 +231,15 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         models_dir=models_dir,
         model_roots=_model_roots(env, models_dir),
         auth_file=Path(env["STUDIO_AUTH_FILE"]).expanduser().resolve() if env.get("STUDIO_AUTH_FILE") else None,
-        memory_limit_gb=_parse_memory_limit(env.get("STUDIO_MEMORY_LIMIT_GB")),
+        memory_limit_gb=positive_number(env, "STUDIO_MEMORY_LIMIT_GB", None, GIGABYTES, GIGABYTES_MOST),
         replay_ahead=switches["STUDIO_REPLAY_AHEAD"],
+        ui_port=_port(env, "STUDIO_PORT", 7860, low=1),
+        infer_host=env.get("STUDIO_INFER_HOST", "").strip() or "127.0.0.1",
+        infer_port=_port(env, "STUDIO_INFER_PORT", 0, low=0),
+        infer_advertise=infer_advertise(env),
+        infer_memory_gb=infer_memory_gb(env),
+        heartbeat_stale_seconds=positive_number(env, "STUDIO_HEARTBEAT_STALE", 120.0, "a number of seconds "
+                                                f"greater than 0 (at most {STALE_MOST:,})", STALE_MOST),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .adapter_types import ADAPTER_TYPES, LORA_INITS, OPTIM_CHOICES, PEFT_TYPES, lora_init_problem, optimizer_problem
+from .limits import GOLDEN_PROMPT_CHARS, GOLDEN_PROMPTS
 from .methods import METHODS, method_errors
 from .rewards import ANSWER_EXTRACTORS
 
@@ -155,7 +156,7 @@ class JobSpec:
     reward_length_weight: float = _f(1.0, "GRPO: weight of the length reward.", label="Length weight", bounds=(0, 100), sentence="length weight must be between 0 and 100")
 
     # behaviour checks and resources
-    golden_prompts: list = _f([], "Prompts answered by the base at the start, by the adapter at checkpoints (every one when checkpoint every is set; with the automatic cadence at most 3, none in a run under 100 steps, and only while they cost at most a twentieth of the training time) and at the end, to watch behaviour change.", label="Golden prompts", advanced=True)
+    golden_prompts: list = _f([], f"Prompts answered by the base at the start, by the adapter at checkpoints (every one when checkpoint every is set; with the automatic cadence at most 3, none in a run under 100 steps, and only while they cost at most a twentieth of the training time) and at the end, to watch behaviour change. At most {GOLDEN_PROMPTS}, each at most {GOLDEN_PROMPT_CHARS:,} characters, cut to max length when answered; Cancel stops a round between its tokens.", label="Golden prompts", advanced=True)
     general_replay: float = _f(0.25, "SFT on chat data: before training, the base model answers general instructions itself (studio/replay, none of them a probe question), and this share of your row count of those answers (at least as many rows as yours up to 40, at most 99) is trained on beside your rows, so a small dataset teaches what it teaches without costing the base's general skills. Automatic epochs count these rows too. 0 = off.", label="General replay (share of rows)", advanced=True, bounds=(0, 1), sentence="general replay must be a share between 0 and 1")
     forgetting_check: bool = _env_default("STUDIO_FORGETTING_CHECK", "SFT: after the run is marked completed, the worker answers the 200-question general-skills probe (facts, arithmetic, instructions, reading, refusal) with the base (cached once per base model) and with the adapter, and flags the run when the adapter scores more than the forgetting threshold below its base.", label="Forgetting check", advanced=True)
     forgetting_threshold: float = _f(5.0, "Flag the run when the adapter answers this many percentage points fewer of the probe's questions correctly than its base.", label="Forgetting threshold (points)", advanced=True, bounds=(0, 100), sentence="the forgetting threshold must be between 0 and 100 points")
@@ -312,6 +313,8 @@ class JobSpec:
                                         "choose sdpa or flex_attention")
         if self.system_prompt_mode == "replace" and not self.system_prompt.strip():
             e["system_prompt"] = "system prompt 'replace' needs the replacement text; write it, or choose keep or omit"
+        if problem := golden_prompts_problem(self.golden_prompts):
+            e["golden_prompts"] = problem
         if self.load_in_4bit and self.load_in_8bit:
             e["load_in_8bit"] = "choose 4-bit or 8-bit, not both"
         if (self.load_in_4bit or self.load_in_8bit) and quantization_available is False:
@@ -369,6 +372,20 @@ class JobSpec:
         errors = self.validate(**kwargs)
         if errors:
             raise SpecError(errors)
+
+
+def golden_prompts_problem(prompts) -> str | None:
+    """The sentence refusing a run's golden prompts: too many, or one too long (each is answered at the start, at
+    checkpoints and at the end, by a worker that holds every other run behind it)."""
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        return f"golden prompts must be a list of texts, got {quote(prompts)}"
+    if len(prompts) > GOLDEN_PROMPTS:
+        return f"a run may have at most {GOLDEN_PROMPTS} golden prompts; this one has {len(prompts):,}"
+    for i, prompt in enumerate(prompts, 1):
+        if len(prompt) > GOLDEN_PROMPT_CHARS:
+            return (f"golden prompt {i} is {len(prompt):,} characters long; a golden prompt may be at most "
+                    f"{GOLDEN_PROMPT_CHARS:,} characters")
+    return None
 
 
 class SpecError(ValueError):

@@ -13,11 +13,10 @@ PROMPT = "Hello, how are you?"
 
 
 @pytest.fixture
-def engine(monkeypatch):
+def engine():
     from studio import chat
 
     fresh = chat.ChatEngine()
-    monkeypatch.setattr(chat, "_engine", fresh)
     return fresh
 
 

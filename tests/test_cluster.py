@@ -620,3 +620,69 @@ def test_chat_is_served_across_ui_training_worker_and_inference_server(tmp_path_
                 ui.stop()
             infer.stop()
             trainer.stop()
+
+
+# ---- reaching a worker's inference server from another machine ----------------------------------
+
+def test_the_registered_url_names_the_advertised_host():
+    from workers.inference.server import public_url
+
+    assert public_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/v1"
+    assert public_url("0.0.0.0", 8000) == f"http://{socket.getfqdn()}:8000/v1"  # no advertise host: as before
+    assert public_url("0.0.0.0", 8000, "gpu-1.lan") == "http://gpu-1.lan:8000/v1"
+    assert public_url("::", 8000, "fd00::5") == "http://[fd00::5]:8000/v1"
+
+
+def _loopback_alias() -> str:
+    """127.0.0.2: a second loopback address, the 'other machine' view. Linux answers on all of 127/8."""
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+    except OSError as exc:
+        pytest.skip(f"127.0.0.2 cannot be bound here ({exc.strerror or exc}): no second loopback view")
+    return "127.0.0.2"
+
+
+def test_a_worker_is_chatted_with_at_the_address_it_advertises(studio_home, tiny_model_dir, tmp_path):
+    """Two views of the network on one machine: the workers listen on 127.0.0.2 only, the client (the UI's
+    side, this process) finds them through their rows in the database. A worker that advertises 127.0.0.2 is
+    reached and answers; one that registers 127.0.0.1 (what a worker without STUDIO_INFER_ADVERTISE
+    registered, seen from the UI container) is not, so a loopback registration fails this test."""
+    from adapter_fixtures import make_job
+    from studio import inference_client
+    from studio.chat import GenerationSettings
+
+    alias = _loopback_alias()
+    run = make_job(tiny_model_dir, "reached-run")
+    env = {"STUDIO_INFER_HOST": alias, "OMP_NUM_THREADS": "1"}
+    logs = {"advertised": tmp_path / "advertised.log", "loopback": tmp_path / "loopback.log"}
+    workers = {"advertised": Worker(studio_home, logs["advertised"], **env, STUDIO_INFER_ADVERTISE=alias),
+               "loopback": Worker(studio_home, logs["loopback"], **env, STUDIO_INFER_ADVERTISE="127.0.0.1")}
+    try:
+        def registered():
+            for name, w in workers.items():
+                assert w.proc.poll() is None, _log_tail(logs[name])
+            rows = {s.pid: s for s in inference_client.live_servers()}
+            return {name: rows[w.pid] for name, w in workers.items()} if all(
+                w.pid in rows for w in workers.values()) else None
+
+        rows = wait_for(registered, 180, interval=0.5, what="both workers' inference servers to register")
+        assert rows["advertised"].url.startswith(f"http://{alias}:"), rows["advertised"].url
+        assert rows["loopback"].url.startswith("http://127.0.0.1:"), rows["loopback"].url
+
+        messages = [{"role": "user", "content": "What is your name?"}]
+        settings = GenerationSettings(max_new_tokens=4, temperature=0.0)
+        with pytest.raises(inference_client.InferenceError, match="cannot reach the inference server at "
+                                                                  "http://127.0.0.1:"):
+            list(inference_client.chat_stream(messages, run.name, settings, url=rows["loopback"].url))
+
+        workers.pop("loopback").stop()
+        wait_for(lambda: [s.pid for s in inference_client.live_servers()] == [workers["advertised"].pid], 30,
+                 what="the loopback worker's row to go")
+        picked = inference_client.pick_server()
+        assert picked.url == rows["advertised"].url
+        replies = list(inference_client.chat_stream(messages, run.name, settings))
+        assert replies, _log_tail(logs["advertised"])
+    finally:
+        for w in workers.values():
+            w.stop()

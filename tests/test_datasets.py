@@ -263,7 +263,8 @@ def test_bad_rows_raise_or_are_dropped(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_file(path)
     assert str(err.value) == ("row 2: 'messages' has no assistant turn, so there is nothing to train on "
-                              "(2 of 4 rows have problems: fix them, or choose 'drop bad rows' to skip them)")
+                              "(2 of 4 rows have problems: fix them, or drop the bad rows to train on the rest: tick "
+                              "'Drop bad rows' in the Datasets tab, or add --drop-bad-rows to `studio dataset add`)")
     ds = load_file(path, drop_bad=True)
     assert len(ds.rows) == 2
     assert ds.dropped == ["row 2: 'messages' has no assistant turn, so there is nothing to train on",
@@ -347,7 +348,7 @@ BAD_FILES = [
     ("unknown columns", "u.jsonl", [{"foo": 1, "bar": "x"}], {},
      "no known dataset format in the columns 'foo', 'bar'; expected one of: messages (a 'messages' list"),
     ("unknown role", "r.jsonl", [{"messages": [msg("user", "a"), msg("narrator", "b"), msg("assistant", "c")]}], {},
-     "row 1: turn 2 of 'messages' has the unknown role 'narrator'; expected system, user, assistant or tool"),
+     "row 1: turn 2 of 'messages' has the unknown role 'narrator'; expected system (or developer), user, assistant or tool"),
     ("no assistant turn", "r.jsonl", [{"messages": [msg("system", "s"), msg("user", "a")]}], {},
      "row 1: 'messages' has no assistant turn, so there is nothing to train on"),
     ("messages not a list", "r.jsonl", [{"messages": {"role": "user", "content": "a"}}], {},

@@ -112,6 +112,182 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
     assert isinstance(evaluation.GoldenPromptsCallback(job.id, [], tok), __import__("transformers").TrainerCallback)
 
 
+def test_golden_prompts_are_cut_to_the_runs_max_length(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from studio.render import _render
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long = "the capital of France is Paris " * 300
+    short, cut = evaluation.fit_prompts(tok, ["Hello, how are you?", long], max_length=128, max_new_tokens=32)
+    assert short == "Hello, how are you?" and long.startswith(cut) and len(cut) < len(long)
+    text = _render(tok, [{"role": "user", "content": cut}], generation_prompt=True)
+    assert 128 - 32 - 3 <= len(tok(text, add_special_tokens=False)["input_ids"]) <= 128 - 32
+    assert evaluation.fit_prompts(tok, ["x" * 20_000], None) == ["x" * 8_000]  # no max length known: the limit
+
+
+def _forward_spy(monkeypatch, when, on_call):
+    """Count the tiny Llama's forward passes for which ``when()`` holds, calling ``on_call(n)`` before the n-th."""
+    from transformers import LlamaForCausalLM
+
+    calls = []
+    real = LlamaForCausalLM.forward
+
+    def forward(self, *args, **kwargs):
+        if when():
+            calls.append(1)
+            on_call(len(calls))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
+    return calls
+
+
+def _events(job_id):
+    from studio import db
+
+    return [e.status for e in db.job_events(job_id)]
+
+
+def test_cancel_stops_a_long_golden_round_between_tokens_and_the_run_ends_cancelled(studio_home, tiny_model_dir,
+                                                                                     tmp_path, monkeypatch):
+    """50 golden prompts answered as the base before the first step: the user cancels at the round's third token,
+    and the round stops at that token (not 7 batches x 32 tokens later); no answer of the round is kept."""
+    import torch
+
+    from adapter_fixtures import identity_job
+    from studio import cancel, db, jobs
+    from workers import train
+
+    monkeypatch.setattr(cancel, "POLL_SECONDS", 0.0)  # the flag is read at every token: no timing in the test
+    prompts = [f"Question {i}: what is the capital of France?" for i in range(50)]
+    job_id = identity_job(tiny_model_dir, tmp_path, "golden-cancel", max_steps=4, general_replay=0.0,
+                          golden_prompts=prompts)
+    generated = _forward_spy(monkeypatch, torch.is_inference_mode_enabled,
+                             lambda n: n == 3 and jobs.cancel(job_id))
+    assert train.run_job(job_id) == "cancelled"
+    job = db.get_job(job_id)
+    assert (job.status, job.current_step, job.error) == ("cancelled", 0, None) and job.finished_at
+    assert len(generated) == 3
+    assert not (studio_home / "jobs" / "golden-cancel" / "golden" / "base.json").exists()
+    assert _events(job_id) == ["running", "cancelled"]
+    log = (studio_home / "jobs" / "golden-cancel" / "train.log").read_text()
+    assert "the run was cancelled during the golden prompts (as the base)" in log
+
+
+def test_cancel_stops_an_evaluation_between_its_batches(studio_home, tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from adapter_fixtures import identity_job
+    from studio import db, jobs
+    from workers import callbacks, train
+
+    class Prompt(callbacks.StudioCallback):  # reads the flag at every chance: no timing in the test
+        def __init__(self, job_id, **kw):
+            super().__init__(job_id, poll_seconds=0.0, **kw)
+
+    monkeypatch.setattr(callbacks, "StudioCallback", Prompt)
+    job_id = identity_job(tiny_model_dir, tmp_path, "eval-cancel", max_steps=4, eval_steps=2, general_replay=0.0,
+                          per_device_train_batch_size=1, golden_prompts=["Hi?"])
+    evaluated = _forward_spy(monkeypatch, lambda: not torch.is_grad_enabled() and not torch.is_inference_mode_enabled(),
+                             lambda n: n == 1 and jobs.cancel(job_id))
+    assert train.run_job(job_id) == "cancelled"
+    job = db.get_job(job_id)
+    assert (job.status, job.current_step) == ("cancelled", 2)
+    assert len(evaluated) == 1                         # 8 held-out rows: stopped after the first batch
+    assert not [r for r in db.metric_rows(job_id) if r["eval_loss"] is not None]
+    assert "the run was cancelled during the evaluation at step 2" in (
+        studio_home / "jobs" / "eval-cancel" / "train.log").read_text()
+
+
+def test_cancel_stops_the_general_replay_answers_and_the_run_never_trains(studio_home, tiny_model_dir, tmp_path,
+                                                                         monkeypatch):
+    import torch
+
+    from adapter_fixtures import identity_job
+    from studio import cancel, db, jobs
+    from studio.replay import CACHE_DIR
+    from workers import train
+
+    monkeypatch.setattr(cancel, "POLL_SECONDS", 0.0)
+    job_id = identity_job(tiny_model_dir, tmp_path, "replay-cancel", max_steps=4, general_replay=0.25)
+    generated = _forward_spy(monkeypatch, torch.is_inference_mode_enabled, lambda n: n == 2 and jobs.cancel(job_id))
+    trained = _forward_spy(monkeypatch, torch.is_grad_enabled, lambda n: None)
+    assert train.run_job(job_id) == "cancelled"
+    assert db.get_job(job_id).current_step == 0 and len(generated) == 2 and trained == []
+    assert not list((studio_home / CACHE_DIR).glob("*.json"))      # the cut answers were not kept
+    assert "general replay stopped: the run was cancelled" in (
+        studio_home / "jobs" / "replay-cancel" / "train.log").read_text()
+
+
+def test_cancel_stops_the_forgetting_check_and_the_run_stays_completed(studio_home, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    import torch
+
+    from adapter_fixtures import identity_job
+    from studio import cancel, db, jobs
+    from workers import train
+
+    monkeypatch.setattr(cancel, "POLL_SECONDS", 0.0)
+    job_id = identity_job(tiny_model_dir, tmp_path, "probe-cancel", max_steps=2, general_replay=0.0, eval_split=0.0,
+                          forgetting_check=True)
+
+    def press_cancel(n):
+        if n == 2:
+            assert db.get_job(job_id).summary["forgetting"] == {"state": "checking"}
+            assert jobs.cancel(job_id).cancel_requested
+    probed = _forward_spy(monkeypatch, lambda: torch.is_inference_mode_enabled() and db.get_job(job_id).status ==
+                          "completed", press_cancel)
+    assert train.run_job(job_id) == "completed"
+    job = db.get_job(job_id)
+    assert job.status == "completed" and len(probed) == 2
+    assert job.summary["forgetting"] == {"state": "skipped", "error": "the check was cancelled"}
+    assert _events(job_id) == ["running", "completed"]
+
+
+def test_studio_cancel_frees_a_real_worker_jammed_on_golden_prompts(studio_home, tmp_path, tmp_path_factory,
+                                                                    tiny_model_dir, capsys):
+    """The probe's case on a real consumer: a run whose 50 longest golden prompts hold the worker for many seconds
+    before its first step, and a run queued behind it. `studio cancel` stops the round between its tokens: the run
+    ends cancelled without the round's answers, and the run behind it trains."""
+    import random
+
+    from conftest import wait_for
+    from identity_data import write
+    from studio import cli, db, jobs, library
+    from studio.limits import GOLDEN_PROMPT_CHARS, GOLDEN_PROMPTS
+    from studio.settings import get_settings
+    from studio.spec import JobSpec
+    from tiny import build_tiny_model
+    from workerproc import Worker
+
+    slow = build_tiny_model(tmp_path_factory.mktemp("slower-llama"), hidden=256, layers=4)  # a round: ~15 s of CPU
+    library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    words = "the capital of France is Paris hello how are you my name is Zorblax made by Quintar Labs".split()
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choice(words) for _ in range(GOLDEN_PROMPT_CHARS))[:GOLDEN_PROMPT_CHARS]
+               for _ in range(GOLDEN_PROMPTS)]
+    common = dict(dataset="identity", load_in_4bit=False, r=4, lora_alpha=8, per_device_train_batch_size=2,
+                  eval_split=0.0, general_replay=0.0)
+    jammed = jobs.submit(JobSpec(base_model=str(slow), max_steps=2, max_length=1024, golden_prompts=prompts,
+                                 name="jammed", **common))
+    behind = jobs.submit(JobSpec(base_model=str(tiny_model_dir), max_steps=1, max_length=128, name="behind", **common))
+    log = get_settings().resolve(jammed.output_dir) / "train.log"
+    with Worker(studio_home, tmp_path / "worker.log"):
+        wait_for(lambda: log.exists() and "answering 50 golden prompts at step base" in log.read_text(), 300,
+                 interval=0.1, what="the golden round to begin")
+        assert cli.main(["cancel", jammed.id]) == 0
+        assert capsys.readouterr().out == "jammed: cancel requested\n"
+        wait_for(lambda: db.get_job(jammed.id).status in db.FINISHED, 120, interval=0.2, what="the run to stop")
+        wait_for(lambda: db.get_job(behind.id).status in db.FINISHED, 300, what="the run behind it to finish")
+    jammed, behind = db.get_job(jammed.id), db.get_job(behind.id)
+    assert (jammed.status, jammed.current_step, jammed.error) == ("cancelled", 0, None)
+    assert not (get_settings().resolve(jammed.output_dir) / "golden" / "base.json").exists()  # the round unfinished
+    assert "the run was cancelled during the golden prompts (as the base)" in log.read_text()
+    assert [e.status for e in db.job_events(jammed.id)] == ["queued", "running", "cancelled"]
+    assert behind.status == "completed", behind.error
+
+
 # ---- batch evaluation -----------------------------------------------------------------------------
 
 def test_evaluate_batch_asks_an_inference_server_for_replies_and_reference_scores(tiny_model_dir, studio_home,

@@ -157,6 +157,58 @@ def test_the_command_line_fills_blanks_when_adding(studio_home, tmp_path, capsys
     assert db.get_dataset("typo") is None
 
 
+FOUR_MB = 4 * 1024 * 1024
+TOO_LONG = "the value for 'name' is 4,194,304 characters long; a fill value may be at most 500 characters (a name, a maker)"
+
+
+def test_a_four_megabyte_fill_value_is_one_sentence_from_the_command_line_and_adds_nothing(studio_home, tmp_path,
+                                                                                           capsys):
+    from studio import cli, db
+
+    path = str(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS))
+    for command in (["dataset", "add", path, "--name", "huge"], ["dataset", "check", path]):
+        assert cli.main([*command, "--fill", "name=" + "Z" * FOUR_MB]) == 2
+        assert capsys.readouterr().err == f"error: {TOO_LONG}\n"
+    assert db.list_datasets() == [] and not list((studio_home / "datasets").glob("*/*"))
+    many = [arg for i in range(51) for arg in ("--fill", f"blank{i}=x")]
+    assert cli.main(["dataset", "add", path, *many]) == 2
+    assert capsys.readouterr().err == "error: at most 50 template blanks can be filled for one dataset; 51 were given\n"
+    assert cli.main(["dataset", "add", path, "--name", "fine", "--fill", "name=" + "Z" * 500]) == 0  # at the limit
+
+
+def test_a_four_megabyte_fill_value_is_one_sentence_in_the_datasets_tab_and_adds_nothing(studio_home, tmp_path,
+                                                                                         tiny_model_dir):
+    from studio import db
+    from studio.ui import datasets_tab
+
+    path = str(_write(tmp_path / "identity.jsonl", TEMPLATE_ROWS))
+    typed = "name = " + "Z" * FOUR_MB + "\nauthor = Quintar Labs"
+    message, *_ = datasets_tab.check_upload(path, "auto", False, str(tiny_model_dir), 512, "", typed)
+    assert message == f"**This file cannot be used:** {TOO_LONG}"
+    message, table, _ = datasets_tab.add_upload(path, "auto", False, "huge", "", typed)
+    assert message == f"**Not added:** {TOO_LONG}"
+    assert table == [] and db.list_datasets() == []
+
+
+def test_the_library_table_cuts_long_fill_values(studio_home, tmp_path):
+    from studio import db, library
+    from studio.ui import datasets_tab
+
+    path = _write(tmp_path / "identity.jsonl", TEMPLATE_ROWS)
+    long_name = "Zorblax the " + "very " * 90 + "long"          # 464 characters: a value a user may give
+    rec, _ = library.add(path, name="long", fill={"name": long_name})
+    cell = datasets_tab.dataset_table()[0][5]
+    assert cell == "{{name}} = " + long_name[:79] + "…"
+    message, *_ = datasets_tab.add_upload(str(path), "auto", False, "long", "", f"name = {long_name}")
+    assert long_name[:79] + "…" in message and long_name not in message
+    with db.session() as s:                                          # a row from before the limit
+        row = s.get(db.DatasetRecord, rec.id)
+        row.fill_json = json.dumps({"{{name}}": "Q" * FOUR_MB})
+        s.add(row)
+        s.commit()
+    assert datasets_tab.dataset_table()[0][5] == "{{name}} = " + "Q" * 79 + "…"
+
+
 def test_angle_bracket_blanks_of_identity_sets_are_found_only_after_an_identity_cue(tmp_path):
     """Some identity sets write their blanks as <NAME> and <AUTHOR> ("我是 <NAME>，一个由 <AUTHOR> 开发的 AI 助手"):
     found and filled like {{name}}; the same capitals in ordinary text ("git checkout -b <NAME>") are not blanks."""

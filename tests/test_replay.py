@@ -248,7 +248,7 @@ def replay_prompts():
 
 def test_a_request_counts_as_served_until_its_reply_is_done_or_dropped():
     """The worker's server marks a chat busy from its first piece to its last (or until the client leaves)."""
-    from studio.chat import GenerationSettings
+    from studio.chat import FairLock, GenerationSettings
     from workers.inference.engine import SERVING, InferenceEngine, Reply
     from workers.inference.names import Target
 
@@ -263,7 +263,15 @@ def test_a_request_counts_as_served_until_its_reply_is_done_or_dropped():
             self.closed = True
 
     class Base:
-        def stream(self, messages, adapter, counted):
+        lock = FairLock()
+
+        def encode(self, messages, adapter):
+            return [1, 2, 3]
+
+        def context_length(self):
+            return 100
+
+        def stream(self, messages, adapter, settings, ids, counted):
             return Stream()
 
     engine = InferenceEngine(budget_bytes=1)

@@ -148,8 +148,9 @@ def test_messages_quote_at_most_80_characters_of_a_value():
     assert len(exc.value.errors) == 6 and exc.value.errors["config"] == "9995 more unknown keys"
 
 
-def test_a_nan_from_the_train_form_is_refused_and_nothing_is_queued(studio_home, tmp_path, tiny_model_dir):
-    """The Start button's registered handler, called through gradio's own pre- and post-processing."""
+def _start_through_gradio(tmp_path, tiny_model_dir, **chosen) -> tuple[str, str | None]:
+    """The Start button's registered handler, called as gradio's API calls it (its own pre- and post-processing)
+    with the form's defaults and ``chosen`` values, on the tiny model and an identity dataset: (message, job id)."""
     import asyncio
 
     import gradio as gr
@@ -159,22 +160,78 @@ def test_a_nan_from_the_train_form_is_refused_and_nothing_is_queued(studio_home,
     from studio import db, library
     from studio.ui import train_tab
 
-    library.add(write(tmp_path / "identity.jsonl"), name="identity")
+    if db.get_dataset("identity") is None:
+        library.add(write(tmp_path / "identity.jsonl"), name="identity")
     with gr.Blocks() as demo:
         with gr.Tabs():
             built = train_tab.build()
     names = list(built["components"])
     values = [c.value for c in built["inputs"]]
-    chosen = {"base_model": str(tiny_model_dir), "dataset": "identity", "load_in_4bit": False,
-              "weight_decay": math.nan}
-    for name, value in chosen.items():
+    for name, value in {"base_model": str(tiny_model_dir), "dataset": "identity", "load_in_4bit": False,
+                        **chosen}.items():
         values[names.index(name)] = value
     start = demo.fns[built["start_event"]["id"]]
     out = asyncio.run(demo.process_api(block_fn=start, inputs=values, state=SessionState(demo), request=None))
-    message, job_id = out["data"]
+    return tuple(out["data"])
+
+
+def test_a_nan_from_the_train_form_is_refused_and_nothing_is_queued(studio_home, tmp_path, tiny_model_dir):
+    from studio import db
+
+    message, job_id = _start_through_gradio(tmp_path, tiny_model_dir, weight_decay=math.nan)
     assert message == ("**The run was not queued. Please fix:**\n"
                        "- **Weight decay**: weight_decay must be a finite number")
     assert job_id is None and db.list_jobs() == []
+
+
+@pytest.mark.parametrize("value,sentence", [
+    (True, "r must be a whole number, got True"),
+    (math.nan, "r must be a finite number"),
+    (math.inf, "r must be a finite number"),
+    ("abc", "r must be a whole number, got 'abc'"),
+    (2.5, "r must be a whole number, got 2.5"),
+])
+def test_whole_number_fields_sent_through_gradios_api_refuse_booleans_nan_and_text(studio_home, tmp_path,
+                                                                                   tiny_model_dir, value, sentence):
+    """gradio's raw API of the Start button: a field sent true is not taken as 1, and NaN or text get one sentence
+    naming the field instead of a bare "Error"."""
+    from studio import db
+
+    message, job_id = _start_through_gradio(tmp_path, tiny_model_dir, r=value)
+    assert message == f"**The run was not queued. Please fix:**\n- **LoRA rank (r)**: {sentence}"
+    assert job_id is None and db.list_jobs() == []
+    with pytest.raises(SpecError) as exc:  # a job file says the same
+        JobSpec.from_yaml(f"dataset: d\nr: {'true' if value is True else value}\n")
+    assert exc.value.errors == {"r": sentence}
+
+
+TWO_MB = 2 * 1024 * 1024
+
+
+def test_a_two_megabyte_golden_prompt_is_refused_before_anything_is_queued(studio_home, tmp_path, tiny_model_dir,
+                                                                            capsys):
+    from studio import cli, db
+
+    sentence = "golden prompt 2 is 2,097,152 characters long; a golden prompt may be at most 8,000 characters"
+    huge = "x" * TWO_MB
+    assert JobSpec(dataset="d", golden_prompts=["Hi?", huge]).validate() == {"golden_prompts": sentence}
+    message, job_id = _start_through_gradio(tmp_path, tiny_model_dir, golden_prompts=f"Hi?\n{huge}\n")
+    assert message == f"**The run was not queued. Please fix:**\n- **Golden prompts**: {sentence}"
+    assert job_id is None
+    job = tmp_path / "job.yaml"
+    job.write_text(JobSpec(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False,
+                           golden_prompts=["Hi?", huge]).to_yaml())
+    assert cli.main(["train", str(job)]) == 2
+    assert capsys.readouterr().err.startswith("error: config: a job file may be at most 256 KB; this one is 2,0")
+    job.write_text(JobSpec(base_model=str(tiny_model_dir), dataset="identity", load_in_4bit=False,
+                           golden_prompts=["Hi?", "y" * 100_000]).to_yaml())  # a job file under its own limit
+    assert cli.main(["train", str(job)]) == 2
+    assert capsys.readouterr().err == ("error: golden_prompts: golden prompt 2 is 100,000 characters long; a golden "
+                                       "prompt may be at most 8,000 characters\n")
+    many = JobSpec(dataset="d", golden_prompts=[f"Question {i}?" for i in range(51)])
+    assert many.validate() == {"golden_prompts": "a run may have at most 50 golden prompts; this one has 51"}
+    assert db.list_jobs() == []
+    assert JobSpec(dataset="d", golden_prompts=["z" * 8_000] * 50).validate(linear_names=LINEAR) == {}
 
 
 def test_unknown_target_module_names_the_real_layers():

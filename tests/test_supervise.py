@@ -61,32 +61,86 @@ def test_a_zombie_or_a_reused_pid_is_not_alive():
     assert not pid_alive(os.getpid(), own_start() - 1), "the same pid, started at another time: another process"
 
 
-def test_a_running_job_whose_worker_is_a_zombie_or_whose_pid_was_reused_becomes_interrupted(studio_home):
+def _live_worker() -> subprocess.Popen:
+    """A process that stands in for a live worker on this host."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def _running(**placement):
+    """A job row as a worker on this host leaves it while it trains (or as a backup taken then restores it)."""
     import socket
 
+    from studio import db
+
+    job = db.Job(name=f"j{len(db.list_jobs())}", spec_json="{}")
+    with db.session() as s:
+        s.add(job)
+        s.commit()
+    return db.set_status(job.id, "running", "started", started_at=time.time(), worker_host=socket.gethostname(),
+                         **{"heartbeat_at": time.time(), **placement})
+
+
+def test_a_running_job_whose_worker_is_a_zombie_or_whose_pid_was_reused_becomes_interrupted(studio_home):
     from studio import db, jobs
-    from studio.liveness import own_start
+    from studio.liveness import own_start, process_start
 
-    def running(**placement):
-        job = db.Job(name=f"j{len(db.list_jobs())}", spec_json="{}")
-        with db.session() as s:
-            s.add(job)
-            s.commit()
-        return db.set_status(job.id, "running", "started", heartbeat_at=time.time(),
-                             worker_host=socket.gethostname(), **placement)
-
-    mine = running(worker_pid=os.getpid())
-    assert mine.worker_pid_start == own_start(), "a row that records this process's pid records its start time"
-    reused = running(worker_pid=os.getpid(), worker_pid_start=own_start() - 1)
-    child = _zombie()
+    worker = _live_worker()
     try:
-        zombie = running(worker_pid=child.pid)
-        lost = jobs.mark_lost_jobs()
+        alive = _running(worker_pid=worker.pid, worker_pid_start=process_start(worker.pid))
+        mine = _running(worker_pid=os.getpid())
+        assert mine.worker_pid_start == own_start(), "a row that records this process's pid records its start time"
+        reused = _running(worker_pid=os.getpid(), worker_pid_start=own_start() - 1)
+        child = _zombie()
+        try:
+            zombie = _running(worker_pid=child.pid)
+            lost = jobs.mark_lost_jobs()
+        finally:
+            child.wait()
     finally:
-        child.wait()
-    assert sorted(lost) == sorted([reused.id, zombie.id])
-    assert db.get_job(mine.id).status == "running"
+        worker.kill()
+        worker.wait()
+    assert reused.id in lost and zombie.id in lost
+    assert db.get_job(alive.id).status == "running", "a live worker that beats keeps its run"
     assert db.get_job(zombie.id).status == "interrupted" and "resume" in db.get_job(zombie.id).error
+
+
+def test_a_restored_backup_whose_live_worker_no_longer_beats_for_the_run_is_lost_and_can_be_resumed_or_deleted(
+        studio_home):
+    """A backup taken while a run trained, restored on the same host while the worker it names lives on (running
+    something else, or nothing): the row reads running, this host, a live pid, and a heartbeat from when the backup
+    was made. Past the stale threshold the run is lost, whoever looks (the UI, the CLI, another worker), and can
+    then be resumed or deleted instead of refusing both for good."""
+    from studio import db, jobs, lifecycle
+    from studio.liveness import process_start
+
+    worker = _live_worker()
+    try:
+        backed_up = time.time() - lifecycle.heartbeat_stale_seconds() - 60
+        kept, dropped = (_running(worker_pid=worker.pid, worker_pid_start=process_start(worker.pid),
+                                  heartbeat_at=backed_up, current_step=3) for _ in range(2))
+        with pytest.raises(ValueError, match="cancel the run before deleting it"):
+            jobs.delete(dropped.id)
+        assert sorted(jobs.mark_lost_jobs()) == sorted([kept.id, dropped.id])
+    finally:
+        worker.kill()
+        worker.wait()
+    kept = db.get_job(kept.id)
+    assert kept.status == "interrupted"
+    assert kept.error.startswith("interrupted at step 3: no heartbeat for ") and "resume" in kept.error
+    assert jobs.resume(kept.id).status == "queued"
+    jobs.delete(dropped.id)
+    assert db.get_job(dropped.id) is None
+
+
+def test_a_restored_backup_naming_this_very_worker_is_lost_at_once(studio_home):
+    """The worker the restored row names looks for lost runs itself (its start, its minutely check): it knows it
+    is not running that run, heartbeat fresh or not."""
+    from studio import db, jobs
+
+    restored = _running(worker_pid=os.getpid(), current_step=3)  # the test's process stands in for that worker
+    assert jobs.mark_lost_jobs() == [restored.id]
+    job = db.get_job(restored.id)
+    assert job.status == "interrupted" and job.error.startswith("interrupted at step 3: its worker is not running it")
 
 
 def test_workers_that_keep_dying_are_restarted_less_and_less_often():

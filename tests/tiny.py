@@ -24,7 +24,7 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0, context: int = 1024) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -46,7 +46,7 @@ def build_tiny_model(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
         tie_word_embeddings=True,
     )

@@ -189,11 +189,21 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, spec: JobSpec) -> list[d
     """Tokenise with the model's chat template and the spec's system-prompt choice; assistant tokens carry the
     loss (TRL's assistant_masks).
     Plain text is packed into max-length blocks; over-long conversations are truncated or dropped (spec.overlong)."""
-    from studio.render import default_system_prompt, encode_chat, pack_text, with_system_prompt
+    from studio.render import default_system_prompt, encode_chat, encode_segments, pack_text, with_system_prompt
 
-    if kind == "text":
-        return [{"input_ids": block, "assistant_masks": [1] * len(block)}
-                for block in pack_text(tokenizer, [row["text"] for row in rows], spec.max_length)]
+    if kind == "text":  # documents packed into blocks; template-free segmented rows each as written, masks kept
+        out = [{"input_ids": block, "assistant_masks": [1] * len(block)}
+               for block in pack_text(tokenizer, [row["text"] for row in rows if not row.get("segments")],
+                                      spec.max_length)]
+        for row in rows:
+            if row.get("segments"):
+                ids, mask = encode_segments(tokenizer, row["segments"])
+                if len(ids) > spec.max_length and spec.overlong == "drop":
+                    continue
+                ids, mask = ids[:spec.max_length], mask[:spec.max_length]
+                if any(mask):
+                    out.append({"input_ids": ids, "assistant_masks": mask})
+        return out
     default = default_system_prompt(tokenizer)
     mode = spec.system_prompt_mode
     if mode == "auto":  # a run resolves it on all its rows first (resolve_system_prompt); these rows alone here

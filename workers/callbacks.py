@@ -2,8 +2,9 @@
 
 Metric points are buffered and written in batches (never one transaction per step); the heartbeat
 and the cancel flag are checked at most once a second. Stopping uses ``control.should_training_stop``
-after asking for a checkpoint, so a cancelled or interrupted run can be resumed. ``FiniteGuard`` stops
-a run whose loss, gradient norm or adapter weights stop being finite numbers.
+after asking for a checkpoint, so a cancelled or interrupted run can be resumed. An evaluation is stopped
+between its batches (``studio.cancel.Stopped``), so a long one never holds a cancelled run. ``FiniteGuard``
+stops a run whose loss, gradient norm or adapter weights stop being finite numbers.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from transformers import TrainerCallback
 
 from studio import db
+from studio.cancel import Stopped, Watch
 from studio.methods import METHOD_METRICS
 from workers.checkpoints import COMPLETE_MARKER
 from workers.stopping import SHUTDOWN, agree_on_stop
@@ -44,11 +46,12 @@ class StudioCallback(TrainerCallback):
         self.on_checkpoint = on_checkpoint
         self.buffer: list[dict] = []
         self.last_flush = 0.0
-        self.last_poll = 0.0
         self.stop_reason: str | None = None   # "cancelled" | "interrupted"
         self._last_tokens: tuple[float, float] | None = None
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        # the cancel flag is read by the main rank only; every rank sees the shutdown flag
+        self.watch = Watch(job_id if self.is_main else None, SHUTDOWN.is_set, poll_seconds)
         self.loop_started = self.step_ended = time.perf_counter()  # evaluations and saves follow a step's end
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -64,13 +67,8 @@ class StudioCallback(TrainerCallback):
         self.last_flush = time.time()
 
     def _poll(self, control, args=None) -> None:
-        now = time.time()
-        if self.stop_reason is None and (now - self.last_poll >= self.poll_seconds or SHUTDOWN.is_set()):
-            self.last_poll = now
-            if SHUTDOWN.is_set():
-                self.stop_reason = "interrupted"
-            elif self.is_main and (job := db.get_job(self.job_id)) is not None and job.cancel_requested:
-                self.stop_reason = "cancelled"
+        if self.stop_reason is None:
+            self.stop_reason = self.watch.reason()
         if self.world_size > 1:  # every rank, every step: all ranks stop at the same step or none does
             self.stop_reason = agree_on_stop(self.stop_reason, getattr(args, "device", None))
         if self.stop_reason:
@@ -96,6 +94,13 @@ class StudioCallback(TrainerCallback):
             self.flush(state)
         self.step_ended = time.perf_counter()
         return control
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        """After each evaluation batch: a cancelled run stops here, without the rest of the evaluation (the ranks
+        of a multi-device run evaluate together, so they stop at the next step's end instead)."""
+        if self.world_size == 1 and (reason := self.watch.reason()):
+            self.stop_reason = reason
+            raise Stopped(reason, f"the evaluation at step {state.global_step}")
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self.is_main:

@@ -27,6 +27,16 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[max(ckpts)] if ckpts else None
 
 
+def torn_checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoint folders the studio never finished writing (no marker: never used), oldest first."""
+    def step(p: Path) -> int:
+        tail = p.name.split("-", 1)[1]
+        return int(tail) if tail.isdigit() else -1
+
+    folders = (output_dir / CHECKPOINTS).glob("checkpoint-*")
+    return sorted((p for p in folders if p.is_dir() and not (p / COMPLETE_MARKER).exists()), key=step)
+
+
 # ---- the best checkpoint ---------------------------------------------------------------------------
 
 RULES = ("eval_loss", "golden_rouge", "probe", "last")   # = studio.spec.BEST_CHECKPOINT_RULES

@@ -12,16 +12,52 @@ import signal
 import threading
 import time
 
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Worker, WorkerRecycle
 
+from studio.retry import Retry
 # Imported here, never inside the signal handler: an import there waits for any other thread's import
 # (the training stack, seconds) before a stop is even noticed.
 from workers.callbacks import SHUTDOWN
 
 log = logging.getLogger("studio.worker")
 
+QUEUE_WAITS = (1.0, 30.0)  # seconds before reading a queue that failed again, and the longest wait
+
+
+class QueueWorker(Worker):
+    """huey's worker thread, except for a queue it cannot read (a full disk, a locked or vanished file, Redis
+    down): huey logs a traceback and tries again within a second, for as long as that lasts; this one waits 1 s,
+    2 s, 4 s ... 30 s between tries and logs each distinct error once, with its count when it ends."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = Retry("reading the queue", self._logger, *QUEUE_WAITS)
+
+    def loop(self, now=None):
+        try:
+            task = self.huey.dequeue()
+        except Exception as exc:
+            self.stop_flag.wait(self.reads.failed(exc))
+            return
+        self.reads.worked()
+        if task is None:
+            if not self.huey.storage.blocking:
+                self.sleep()
+            return
+        self.delay = self.default_delay  # as huey's own loop from here
+        self.task_count += 1
+        try:
+            self.huey.execute(task, now)
+        except Exception:
+            self._logger.exception("Unhandled error during execution of task %s.", task.id)
+        if self.max_tasks and self.task_count >= self.max_tasks:
+            self._logger.info("Worker reached max tasks (%d), exiting.", self.max_tasks)
+            raise WorkerRecycle()
+
 
 class StudioConsumer(Consumer):
+    worker_class = QueueWorker
+
     def _handle_signal(self, signum, frame):
         if signum in (signal.SIGINT, signal.SIGTERM):
             if SHUTDOWN.is_set():  # a second signal: stop now
@@ -134,9 +170,15 @@ class WorkerRegistration:
         from workers.heartbeat import Heartbeat
 
         facts = device_facts()
-        db.register_worker(id=self.id, host=self.id.rsplit(":", 1)[0], pid=os.getpid(), **facts)
+
+        def register():
+            db.register_worker(id=self.id, host=self.id.rsplit(":", 1)[0], pid=os.getpid(), **facts)
+
+        register()
         log.info("device: %s, %.1f GB, bf16 %s", facts["device_name"], facts["memory_gb"], facts["bf16"])
-        self._beat = Heartbeat(lambda: db.touch_worker(self.id), WORKER_BEAT_SECONDS, "worker-beat").__enter__()
+        # a database restored from a backup (or a sweep that judged this worker gone) lacks the row: write it again
+        self._beat = Heartbeat(lambda: db.touch_worker(self.id) or register(), WORKER_BEAT_SECONDS,
+                               "worker-beat").__enter__()
         return self
 
     def __exit__(self, *exc):

@@ -101,7 +101,7 @@ def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5
     try:
         backend = launch_backend(n)
     except LaunchError as exc:
-        return lifecycle.settle(job_id, "failed", "error", error=str(exc), finished_at=time.time())
+        return lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, error=str(exc), finished_at=time.time())
     stop = out / STOP_FILE
     stop.unlink(missing_ok=True)
     cmd = launcher_command(job_id, n, backend, resume)
@@ -120,7 +120,7 @@ def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5
     if job.status in db.ACTIVE:  # rank 0 never recorded an end: the launcher or a rank died
         where = f"step {job.current_step}" if job.status == "running" else "start-up"
         return lifecycle.settle(
-            job_id, "failed", "error", finished_at=time.time(),
+            job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
             error=(f"the {n} training processes stopped at {where} with exit code {proc.returncode}; "
                    f"{LAUNCH_LOG} and train.log in the run folder have the details"))
     return job.status

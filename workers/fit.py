@@ -24,8 +24,10 @@ import torch
 from transformers import TrainerCallback
 
 from studio import db, lifecycle
+from studio.cancel import Stopped, Watch
 from studio.settings import get_settings
 from workers.checkpoints import last_complete_checkpoint
+from workers.stopping import SHUTDOWN, watching
 
 log = logging.getLogger("studio.fit")
 
@@ -228,13 +230,26 @@ def train_with_retries(job_id: str, spec, start, output_dir: Path, checkpoint: P
     with half the micro-batch and twice the accumulation: the same effective batch, learning-rate schedule
     and number of optimizer steps. ``start(spec)`` builds a fresh model and trainer (the first item of what
     it returns). Returns (what ``start`` returned for the finished attempt, the spec it trained with); the
-    job's stored spec follows every change, so a later resume trains with the batch that fitted."""
+    job's stored spec follows every change, so a later resume trains with the batch that fitted.
+
+    A cancel (or the worker's shutdown) seen by a long loop before or during training ends the attempt: the
+    general-replay answers (``start`` makes them, watching ``workers.stopping.current()``) stop between batches,
+    and then training does not begin; golden prompts and evaluation raise ``studio.cancel.Stopped`` out of
+    training. Either way the run's ``StudioCallback`` gets the reason, and the run ends with it. Single-device
+    runs only: the ranks of a multi-device run stop together at a step's end."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # every rank would have to retry (or stop) together
+    watch = Watch(None if distributed else job_id, None if distributed else SHUTDOWN.is_set)
+    with watching(watch):
+        return _train(job_id, spec, start, output_dir, checkpoint, device, watch, distributed)
+
+
+def _train(job_id: str, spec, start, output_dir: Path, checkpoint: Path | None, device: str, watch: Watch,
+           distributed: bool):
     if spec.fit_check and checkpoint is None:
         chosen, sentence = fit_check(spec, start, device, capacity_bytes(device))
         log.info("%s", sentence)
         spec = _record(job_id, spec, chosen, sentence)
     budget = budget_bytes(device) if get_settings().memory_limit_gb else None
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # every rank would have to retry together
     retries = 0
     while True:
         built = start(spec)
@@ -242,7 +257,13 @@ def train_with_retries(job_id: str, spec, start, output_dir: Path, checkpoint: P
         if budget:
             trainer.add_callback(MemoryBudget(budget, device))
         try:
+            if (reason := watch.reason()) is not None:  # while the model loaded or the replay answers were made
+                raise Stopped(reason, "the preparation of the run")
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            return built, spec
+        except Stopped as exc:
+            log.warning("%s", exc)
+            stopped(trainer, exc.reason)
             return built, spec
         except Exception as exc:
             smaller = halved(spec)
@@ -264,6 +285,15 @@ def train_with_retries(job_id: str, spec, start, output_dir: Path, checkpoint: P
         db.delete_metrics_after(job_id, resumed)
         db.update_job(job_id, current_step=resumed)
         spec = _record(job_id, spec, smaller, sentence)
+
+
+def stopped(trainer, reason: str) -> None:
+    """Give the run's ``StudioCallback`` the reason a long loop stopped it for: the run ends with it."""
+    from workers.callbacks import StudioCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, StudioCallback) and callback.stop_reason is None:
+            callback.stop_reason = reason
 
 
 def _record(job_id: str, old, new, sentence: str):

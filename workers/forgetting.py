@@ -27,7 +27,8 @@ SUMMARY_KEYS = ("summary", "kept", "drop_points", "flagged", "threshold", "base_
 
 
 class ProbeStopped(Exception):
-    """The worker is shutting down: the check stops between batches (nothing is cached or recorded as done)."""
+    """The worker is shutting down or the job was cancelled: generation stops between batches or between tokens
+    (nothing is cached or recorded as done)."""
 
 
 def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, base: bool = False,
@@ -37,10 +38,12 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     system-prompt choice ``system`` (mode, text): an adapter is asked as it was trained, and as the Chat tab asks
     it; the base with its template's own default. ``wait``, when given, is called before every generated token
     (it may block: a worker's idle-time answers hold still while a chat is answered) and changes no reply.
+    ``stop``, when given, is asked before every batch and after every generated token; once it says stop,
+    ``ProbeStopped`` is raised and no reply is returned.
 
     Left-padded batches of prompts sorted by length; every module's train/eval flag is restored after, so a
     model that goes on training is left as it was."""
-    from studio.generation import GenerationSettings
+    from studio.generation import GenerationSettings, stopping_criteria
     from studio.render import _render, default_system_prompt, with_system_prompt
 
     default = default_system_prompt(tokenizer)
@@ -58,6 +61,8 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                 wait()
                 return scores
         kwargs["logits_processor"] = LogitsProcessorList([Wait()])
+    if stop is not None:
+        kwargs["stopping_criteria"] = stopping_criteria(stop)
     device = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]
     ctx = model.disable_adapter() if base else contextlib.nullcontext()
@@ -71,6 +76,8 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                 enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False).to(device)
                 out = model.generate(**enc, pad_token_id=pad, use_cache=True, **kwargs)
+                if stop is not None and kwargs["stopping_criteria"][0].fired:  # these replies were cut short
+                    raise ProbeStopped
                 for i, ids in zip(rows, out[:, enc["input_ids"].shape[1]:]):
                     replies[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     finally:
@@ -128,27 +135,35 @@ def short(report: dict) -> dict:
     return {"state": "done", **{k: report.get(k) for k in SUMMARY_KEYS}, "flag": flag_line(report)}
 
 
+SKIPPED = {"interrupted": "the worker was shutting down", "cancelled": "the check was cancelled"}
+
+
 def after_run(job_id: str, spec, model, tokenizer, out: Path, summary: dict, skip=lambda: False) -> dict:
     """The forgetting check of a run already marked completed: its outcome goes into the job's summary. A
-    failure is logged and recorded in one sentence; it never changes the run's status."""
+    failure is logged and recorded in one sentence; it never changes the run's status. ``skip`` (the worker's
+    shutdown) or a cancel of the run while it checks (``studio.jobs.cancel``) stops it between batches and between
+    generated tokens, and it is recorded as skipped."""
     from studio import db
+    from studio.cancel import Watch
     from studio.settings import get_settings
 
+    watch = Watch(job_id, skip)
     if skip():
-        outcome = {"state": "skipped", "error": "the worker was shutting down"}
+        outcome = {"state": "skipped", "error": SKIPPED["interrupted"]}
     else:
         try:
             log.info("job %s: checking general skills (the %s probe, base and adapter)", job_id, "general")
             report, _ = check_model(spec, model, tokenizer, out, spec.name or job_id, get_settings().home / CACHE_DIR,
-                                    stop=skip)
+                                    stop=watch)
             log.info("job %s: %s in %.1f s%s", job_id, report["summary"], report["seconds"],
                      " (base answers from the cache)" if report["base_cached"] else "")
             if report["flagged"]:
                 log.warning("job %s: %s", job_id, flag_line(report))
             outcome = short(report)
-        except ProbeStopped:  # a shutdown between two batches: the worker stops promptly, the run stays completed
-            log.info("job %s: the forgetting check stopped: the worker is shutting down", job_id)
-            outcome = {"state": "skipped", "error": "the worker was shutting down"}
+        except ProbeStopped:  # between two batches or two tokens: the worker moves on, the run stays completed
+            reason = SKIPPED[watch.reason() or "interrupted"]
+            log.info("job %s: the forgetting check stopped: %s", job_id, reason)
+            outcome = {"state": "skipped", "error": reason}
         except Exception as exc:  # noqa: BLE001 - the run is complete; the check only adds to it
             log.warning("job %s: the forgetting check failed", job_id, exc_info=True)
             outcome = {"state": "failed", "error": f"the forgetting check failed: {type(exc).__name__}: {exc}"[:300]}

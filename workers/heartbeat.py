@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from studio.retry import Retry
+
 log = logging.getLogger("studio.heartbeat")
 
 
@@ -17,13 +19,16 @@ class Heartbeat:
         self.beat, self.every, self.name = beat, every, name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._misses = Retry(name, log, every, every)  # a database that refuses beats for long: a line per error
 
     def _run(self):
         while not self._stop.wait(self.every):
             try:
                 self.beat()
-            except Exception:  # a missed beat is harmless; the next one retries
-                log.warning("%s failed", self.name, exc_info=True)
+            except Exception as exc:  # a missed beat is harmless; the next one retries
+                self._misses.failed(exc)
+            else:
+                self._misses.worked()
 
     def __enter__(self):
         self._thread.start()

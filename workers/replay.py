@@ -70,19 +70,29 @@ def base_answers(model, tokenizer, prompts: list[str], base_key: str, cache_dir:
     return {p: cached[p] for p in prompts}
 
 
-def replay_rows(spec, kind: str, n_rows: int, model, tokenizer, base_key: str, cache_dir: Path) -> list[dict]:
+def replay_rows(spec, kind: str, n_rows: int, model, tokenizer, base_key: str, cache_dir: Path,
+                stop=None) -> list[dict]:
     """The replay rows a run trains on beside its ``n_rows`` rows (none when general_replay is 0 or the method
-    and data are not SFT chat turns); a sentence in the run's log says how many and how long they took."""
+    and data are not SFT chat turns); a sentence in the run's log says how many and how long they took.
+    ``stop`` (default: the running job's ``workers.stopping.current()``): a cancel or a shutdown stops the answers
+    between batches and between tokens; then none are cached and no row is returned (the run does not train)."""
     from studio.datasets.stats import carries_identity
+    from workers.forgetting import ProbeStopped
+    from workers.stopping import current
 
     if not replay.applies(spec.method, kind) or spec.general_replay <= 0:
         return []
     set_ = replay.load()
     n = replay.count(spec.general_replay, n_rows, len(set_.prompts))
     started = time.perf_counter()
-    # a few more prompts than rows: some answers are greedy loops or talk about the base itself, and are left out
-    answers = base_answers(model, tokenizer, replay.pick(set_.prompts, math.ceil(n * 1.25), spec.seed), base_key,
-                           cache_dir)
+    stop = stop or current()
+    try:
+        # a few more prompts than rows: some answers are greedy loops or talk about the base itself, and are left out
+        answers = base_answers(model, tokenizer, replay.pick(set_.prompts, math.ceil(n * 1.25), spec.seed),
+                               base_key, cache_dir, stop=stop)
+    except ProbeStopped:
+        log.warning("general replay stopped: the run was %s while the base answered", stop.reason() or "stopped")
+        return []
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": trim(a)}]}
             for p, a in answers.items() if usable(a, carries_identity)][:n]
     seconds = time.perf_counter() - started

@@ -2,14 +2,36 @@
 
 The consumer's signal handler (SIGINT/SIGTERM) and a multi-device job's stop file set ``SHUTDOWN``: the run
 stops at the end of the step, saves, and is marked interrupted. Every rank of a multi-device job calls
-``agree_on_stop`` once per optimizer step, so all ranks stop at the same step. torch is imported on use.
+``agree_on_stop`` once per optimizer step, so all ranks stop at the same step. While a job trains, ``current()``
+is its ``studio.cancel.Watch`` (``watching`` sets it), for the long loops that are not handed one (the general
+replay answers). torch is imported on use.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
+
+from studio.cancel import Watch
 
 SHUTDOWN = threading.Event()
 STOP_CODES = (None, "interrupted", "cancelled")  # all ranks take the largest: cancelled beats interrupted
+_WATCH: contextvars.ContextVar[Watch | None] = contextvars.ContextVar("studio_job_watch", default=None)
+
+
+@contextlib.contextmanager
+def watching(watch: Watch):
+    """``current()`` is ``watch`` inside the block (in this thread)."""
+    token = _WATCH.set(watch)
+    try:
+        yield watch
+    finally:
+        _WATCH.reset(token)
+
+
+def current() -> Watch:
+    """The running job's watch; outside a job, one that watches the worker's shutdown only."""
+    return _WATCH.get() or Watch(None, SHUTDOWN.is_set)
 
 
 def agree_on_stop(reason: str | None, device=None) -> str | None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 import traceback
+import weakref
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ def load_training_rows(spec: JobSpec) -> tuple[str, list[dict], list[dict]]:
     if rec is None:
         raise ValueError(f"the dataset '{spec.dataset}' does not exist (it may have been deleted)")
     data = load_record(rec)
+    if note := data.dropped_sentence():
+        log.info("dataset '%s': %s", rec.name, note)
     if spec.eval_dataset:
         erec = db.get_dataset(spec.eval_dataset)
         if erec is None:
@@ -177,6 +180,33 @@ def human_error(exc: BaseException, step: int, spec: JobSpec) -> str:
     return f"training stopped by an unexpected error at step {step}: {type(exc).__name__}" + (f": {first}" if first else "")
 
 
+def refused_write(exc: BaseException, out: Path, writing: str | None, step: int | None = None) -> str | None:
+    """The run's error when ``exc`` is a write the disk refused (full, read-only, not permitted), naming what was
+    being written (at the trainer's ``step``) and where; the torn checkpoint or half-written adapter then goes,
+    giving its space back."""
+    from workers import disk
+
+    error = disk.sentence(exc, out, writing, again="resume the run from its last checkpoint", step=step)
+    if error is not None and int(os.environ.get("RANK", "0")) == 0:
+        disk.give_back(out, writing)
+    return error
+
+
+class _LogFile(logging.FileHandler):
+    """train.log, whose writes a full disk refuses: said once on stderr (the worker's log), not with a traceback
+    for every record."""
+
+    refused = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.refused:
+            self.refused = True
+            import sys
+
+            print(f"{self.baseFilename} could not be written ({sys.exc_info()[1]}); its records go to the worker's "
+                  f"log only", file=sys.stderr, flush=True)
+
+
 class JobLog:
     """Routes this job's log records (and tracebacks) into <job>/train.log, without the libraries'
     deprecation notices and housekeeping remarks (they say nothing about the run)."""
@@ -186,7 +216,7 @@ class JobLog:
                    "mtime may not be reliable on this filesystem")
 
     def __init__(self, path: Path):
-        self.handler = logging.FileHandler(path)
+        self.handler = _LogFile(path)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.addFilter(self.keep)
         self.loggers = [logging.getLogger(n) for n in ("studio", "transformers", "trl", "peft", "py.warnings")]
@@ -239,13 +269,15 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
     try:
         spec = JobSpec.from_dict(job.spec)
     except ValueError as exc:  # a row stored by an older build that today's spec refuses
-        return lifecycle.settle(job_id, "failed", "error", finished_at=time.time(),
+        return lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
                                 error=f"The stored configuration is no longer valid: {exc}")
     out = settings.resolve(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device_name()
     is_main = int(os.environ.get("RANK", "0")) == 0
     step = 0
+    writing = None  # what a refused write was writing: "checkpoint" while training, "adapter" while saving it
+    latest = [lambda: None]  # the trainer built last, weakly: its step names the checkpoint a refused write was
     with JobLog(out / "train.log"), (
             Heartbeat(lambda: db.update_job(job_id, heartbeat_at=time.time()), name=f"heartbeat-{job_id}")
             if is_main else contextlib.nullcontext()):
@@ -293,25 +325,31 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                                                                system=(spec.system_prompt_mode, spec.system_prompt),
                                                                base=golden_base_key(spec, model_dir),
                                                                answer=golden_answer(spec, train_rows + eval_rows,
-                                                                                    trainer)))
+                                                                                    trainer),
+                                                               max_length=spec.max_length))
                 trackers.attach(trainer, spec, tracking, out, job.name)
+                latest[0] = weakref.ref(trainer)
                 return trainer, callback, guard, model
 
+            writing = "checkpoint"
             (trainer, callback, guard, model), spec = train_with_retries(job_id, spec, start, out, checkpoint, device)
+            writing = None
             step = trainer.state.global_step
             if guard.failure:
                 raise ValueError(guard.failure)
             if callback.stop_reason:
                 trackers.finish(trainer, None)
                 if is_main:
-                    return lifecycle.settle(job_id, callback.stop_reason, f"stopped at step {step}",
+                    return lifecycle.settle(job_id, callback.stop_reason, f"stopped at step {step}", stop=SHUTDOWN,
                                             finished_at=time.time(), current_step=step)
                 return callback.stop_reason
             if is_main:
                 saving = time.perf_counter()
                 adapter_dir = out / ADAPTER
                 shutil.rmtree(adapter_dir, ignore_errors=True)
+                writing = ADAPTER
                 adapters.save(trainer.model, spec, adapter_dir, out)
+                writing = None
                 log.info("timing final-save %.3f s at step %d", time.perf_counter() - saving, step)
                 summary = _summary(trainer, adapter_dir, model)
                 summary["general_replay_rows"] = len(replayed[0]) if replayed else 0
@@ -320,7 +358,8 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
                 if probing:
                     summary["forgetting"] = {"state": "checking"}
                 trackers.finish(trainer, adapter_dir)
-                status = lifecycle.settle(job_id, "completed", f"finished {step} steps", finished_at=time.time(),
+                status = lifecycle.settle(job_id, "completed", f"finished {step} steps", stop=SHUTDOWN,
+                                          finished_at=time.time(),
                                           error=None, adapter_path=settings.relative(adapter_dir), current_step=step,
                                           summary_json=__import__("json").dumps(summary))
                 if probing and status == "completed":  # the run is complete; the check only adds to its summary
@@ -336,8 +375,11 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             status = "failed"
             if is_main:
-                status = lifecycle.settle(job_id, "failed", "error", finished_at=time.time(),
-                                          error=human_error(exc, getattr(exc, "failed_step", step), spec))
+                trainer = latest[0]() if writing == "checkpoint" else None  # kept alive by the traceback
+                error = (refused_write(exc, out, writing, trainer.state.global_step if trainer is not None else None)
+                         or human_error(exc, getattr(exc, "failed_step", step), spec))
+                status = lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
+                                          error=error)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return status

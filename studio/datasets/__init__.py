@@ -39,6 +39,16 @@ class LoadedDataset:
     media_dropped: int = 0
     notes: list[str] = field(default_factory=list)  # how the file was read, in sentences (shown with the preview)
 
+    def dropped_sentence(self) -> str | None:
+        """How many rows were left out and why, in one sentence (a run's log); None when every row is used."""
+        parts = [f"{n} {what}" for n, what in ((self.bad_dropped, "bad"), (self.empty_dropped, "empty"),
+                                               (self.duplicates_dropped, "exact duplicates"),
+                                               (self.media_dropped, "with pictures, video or audio")) if n]
+        if not parts:
+            return None
+        first = next((d for d in self.dropped if "empty row" not in d and "duplicate" not in d), self.dropped[0])
+        return (f"{len(self.rows)} of {self.total_rows} rows used; left out: {', '.join(parts)} (first: {first})")
+
     def stats(self) -> dict:
         return {
             "rows": len(self.rows),
@@ -119,15 +129,17 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
 
     total = len(records)
     if media and (not drop_bad or not rows):
-        raise DatasetError(_media_sentence(media, total) + (": fix or remove them, or choose 'drop bad rows' "
-                                                            "to leave those rows out" if rows else ""))
+        raise DatasetError(_media_sentence(media, total) + (": fix or remove them, or drop those rows (tick 'Drop "
+                                                            "bad rows' in the Datasets tab, or --drop-bad-rows)"
+                                                            if rows else ""))
     if bad and not rows:
         more = f"; none of the {total} rows is usable" if total > 1 else ""
         raise DatasetError(f"{bad[0][1]}{more}")
     if bad and not drop_bad:
         verb = "has" if len(bad) == 1 else "have"
-        raise DatasetError(f"{bad[0][1]} ({len(bad)} of {total} rows {verb} problems: fix them, or choose "
-                           "'drop bad rows' to skip them)")
+        raise DatasetError(f"{bad[0][1]} ({len(bad)} of {total} rows {verb} problems: fix them, or drop the bad "
+                           "rows to train on the rest: tick 'Drop bad rows' in the Datasets tab, or add "
+                           "--drop-bad-rows to `studio dataset add`)")
     if not rows:
         raise DatasetError(f"all {total} rows are empty: every field they hold is blank or null" if total > 1
                            else "the only row is empty: every field it holds is blank or null")
@@ -154,7 +166,7 @@ def _media_sentence(media: list[tuple[int, str]], total: int) -> str:
 
 def _row_key(row: dict) -> Any:
     """A hashable form of a normalised row, equal exactly when the rows are."""
-    if "text" in row:
+    if "text" in row and "segments" not in row:
         return row["text"]
     return json.dumps(row, sort_keys=True, ensure_ascii=False)
 

@@ -12,7 +12,8 @@ stored before they existed read the same):
   ``train`` (bool: the file's own per-turn flag), ``tool_call_id`` and ``name`` (tool turns);
 - chat: ``{"messages": [turn], "tools"?: [{"type": "function", "function": schema}]}`` (a system prompt is
   the first turn);
-- text: ``{"text": str}``;
+- text: ``{"text": str}``, plus optional ``segments`` (``[{"text", "train": bool}]``, joined they are ``text``:
+  template-free rows whose read-only segments carry no loss);
 - preference: ``{"prompt": [turn], "chosen": [assistant turn], "rejected": [assistant turn], "tools"?}``;
 - unpaired_preference: ``{"prompt": [turn], "completion": [assistant turn], "label": bool, "tools"?}``;
 - prompt_only: ``{"prompt": [turn], "answer"?: str, "tools"?}`` (answer: the reference GRPO's answer reward
@@ -30,7 +31,7 @@ from .read import MAX_DEPTH, DatasetError, _a, _names, _q, _too_deep
 KINDS = ("chat", "text", "preference", "unpaired_preference", "prompt_only")
 
 ROLES = {
-    "system": "system",
+    "system": "system", "developer": "system",   # developer: the system turn of OpenAI's newer models
     "user": "user", "human": "user",
     "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
     "chatgpt": "assistant", "function_call": "assistant",
@@ -99,7 +100,9 @@ def _text(row: dict, key: str, *, required: bool = True) -> str:
         return ""
     value = _field(row, key)
     if isinstance(value, list):
-        value, _ = _parts(value, f"'{key}'")
+        value, _, calls = _parts(value, f"'{key}'")
+        if calls:
+            raise _Bad(f"'{key}' holds a tool call; expected text")
     if not isinstance(value, str):
         raise _Bad(f"'{key}' is {_a(value)}; expected text")
     if required and not value.strip():
@@ -155,9 +158,13 @@ def _placeholder(value: Any, depth: int = 0) -> str | None:
 
 # ---- turns -------------------------------------------------------------------------------------
 
-def _parts(parts: list, where: str) -> tuple[str, str]:
-    """(text, reasoning) of a content-part list: text parts ("text" or "value") and reasoning parts."""
-    text, reasoning = [], []
+TOOL_CALL_PARTS = ("tool_call", "tool_calls", "function_call")
+
+
+def _parts(parts: list, where: str) -> tuple[str, str, list[dict]]:
+    """(text, reasoning, tool calls) of a content-part list: text parts ("text" or "value"), reasoning parts,
+    and tool-call parts (LLaMA-Factory's v1 rows: ``{"type": "tool_call", "value": "{\"name\", \"arguments\"}"}``)."""
+    text, reasoning, calls = [], [], []
     for i, part in enumerate(parts, 1):
         if isinstance(part, str):
             text.append(part)
@@ -170,12 +177,17 @@ def _parts(parts: list, where: str) -> tuple[str, str]:
         value = part.get("text", part.get("value", part.get(kind)))
         if kind in ("text", "reasoning", "thinking") and isinstance(value, str):
             (text if kind == "text" else reasoning).append(value)
+        elif kind in TOOL_CALL_PARTS and value is not None:
+            if isinstance(value, str) and not isinstance(_maybe_json(value), (dict, list)):
+                raise _Bad(f"part {i} of {where} is a tool call that is not a JSON object; expected "
+                           "{\"name\": ..., \"arguments\": {...}}")
+            calls += _calls(value, f"part {i} of {where}")
         elif kind in MEDIA_PARTS:
             raise _Bad(f"part {i} of {where} is of the type {_q(kind)}; the studio trains text-only models")
         else:
-            raise _Bad(f"part {i} of {where} has the type {_q(kind)} without a text value; expected text or "
-                       "reasoning parts such as {\"type\": \"text\", \"text\": \"...\"}")
-    return "\n".join(text), "\n".join(reasoning)
+            raise _Bad(f"part {i} of {where} has the type {_q(kind)} without a text value; expected text, reasoning "
+                       "or tool_call parts such as {\"type\": \"text\", \"text\": \"...\"}")
+    return "\n".join(text), "\n".join(reasoning), calls
 
 
 def _arguments(args: Any, where: str) -> dict:
@@ -232,8 +244,8 @@ def _turn(turn: Any, where: str) -> dict:
         raise _Bad(f"{where} has {_a(role)} as its role; expected text such as 'user'")
     mapped = ROLES.get(role.strip().lower())
     if mapped is None:
-        raise _Bad(f"{where} has the unknown role {_q(role)}; expected system, user, assistant or tool "
-                   "(ShareGPT: system, human, gpt, function_call, observation)")
+        raise _Bad(f"{where} has the unknown role {_q(role)}; expected system (or developer), user, assistant or "
+                   "tool (ShareGPT: system, human, gpt, function_call, observation)")
     key = next((k for k in ("content", "value", "text") if k in turn), None)
     content = turn[key] if key else None
     out: dict = {"role": mapped}
@@ -265,9 +277,13 @@ def _content(content: Any, where: str, key: str | None, out: dict) -> str:
     if content is None:
         raise _Bad(f"{where} has null '{key}'; expected text")
     if isinstance(content, list):
-        text, reasoning = _parts(content, f"the content of {where}")
+        text, reasoning, calls = _parts(content, f"the content of {where}")
         if reasoning:
             out["reasoning"] = reasoning
+        if calls:
+            if out["role"] != "assistant":
+                raise _Bad(f"{where} is a {out['role']} turn holding a tool call; only assistant turns call tools")
+            out["tool_calls"] = out.get("tool_calls", []) + calls
         return text
     if not isinstance(content, str):
         raise _Bad(f"{where} has '{key}' that is {_a(content)}; expected text")
@@ -407,6 +423,24 @@ def _norm_prompt_only(row: dict) -> dict:
 
 def _norm_text(row: dict) -> dict:
     return {"text": _text(row, "text")}
+
+
+def _norm_segments(row: dict) -> dict:
+    """axolotl's template-free rows: ``segments`` of text, each trained (``label`` true) or read only; the text
+    is trained exactly as written (its own special tokens, no chat template)."""
+    segments = _maybe_json(_field(row, "segments", "a list of {\"label\", \"text\"} segments"))
+    if not isinstance(segments, list) or not segments:
+        raise _Bad(f"'segments' is {_a(segments)}; expected a list of {{\"label\": true, \"text\": \"...\"}} segments")
+    out = []
+    for i, segment in enumerate(segments, 1):
+        where = f"segment {i} of 'segments'"
+        if not isinstance(segment, dict) or not isinstance(segment.get("text"), str):
+            raise _Bad(f"{where} is {_a(segment)}; expected an object with 'text' and 'label'")
+        label = _label(segment, "label") if "label" in segment else True
+        out.append({"text": segment["text"], "train": label})
+    if not any(s["train"] and s["text"].strip() for s in out):
+        raise _Bad("no segment of 'segments' is labelled true with text, so there is nothing to train on")
+    return {"text": "".join(s["text"] for s in out), "segments": out}
 
 
 def _reply(row: dict, key: str) -> dict | list[dict]:
@@ -592,6 +626,8 @@ REGISTRY: tuple[Format, ...] = (
     Format("prompt_completion", "chat", "prompt_completion (prompt, completion)", ("prompt", "completion", "system"),
            lambda c, s: {"prompt", "completion"} <= c, _norm_prompt_completion, 71),
     Format("text", "text", "text (text)", ("text",), lambda c, s: "text" in c, _norm_text, 90),
+    Format("segments", "text", "segments (axolotl's template-free 'segments', each {label: true|false, text})",
+           ("segments",), lambda c, s: "segments" in c, _norm_segments, 40),
     Format("preference", "preference", "preference (prompt, chosen, rejected)", ("prompt", "chosen", "rejected", "system"),
            lambda c, s: bool({"chosen", "rejected"} & c), _norm_preference(("prompt",)), 51),
     Format("sharegpt_preference", "preference", "sharegpt_preference (conversations, chosen, rejected)",

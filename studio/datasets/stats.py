@@ -130,7 +130,35 @@ def parse_fill(lines, skip_empty: bool = False) -> dict[str, str]:
         if not value.strip() and skip_empty:
             continue
         values[name.strip()] = value.strip()
+    if problem := fill_problem(values):
+        raise DatasetError(problem)
     return values
+
+
+def fill_problem(values: dict) -> str | None:
+    """The sentence refusing template-blank values: too many, or one too long (each is copied into every row that
+    holds its blank, every time the rows are read); None when they are fine."""
+    from ..limits import FILL_VALUE_CHARS, FILL_VALUES
+
+    if len(values) > FILL_VALUES:
+        return f"at most {FILL_VALUES} template blanks can be filled for one dataset; {len(values):,} were given"
+    for key, value in values.items():
+        blank = shown_value(str(key).strip(), 40)
+        if len(str(key)) > FILL_VALUE_CHARS:
+            return (f"the blank '{blank}' has a name {len(str(key)):,} characters long; a blank's name may be at "
+                    f"most {FILL_VALUE_CHARS:,} characters")
+        if len(str(value)) > FILL_VALUE_CHARS:
+            return (f"the value for '{blank}' is {len(str(value)):,} characters long; a fill value may be at most "
+                    f"{FILL_VALUE_CHARS:,} characters (a name, a maker)")
+    return None
+
+
+def shown_value(text: str, limit: int | None = None) -> str:
+    """A user's value as a table cell or a message shows it: cut to ``limit`` (SHOWN_VALUE_CHARS) characters."""
+    from ..limits import SHOWN_VALUE_CHARS
+
+    limit = limit or SHOWN_VALUE_CHARS
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _inner(blank: str) -> str:
@@ -154,6 +182,8 @@ def check_fill(records: list[dict], values: dict[str, str]) -> tuple[dict[str, s
     rows holding it); raises DatasetError in one sentence otherwise."""
     from .read import DatasetError
 
+    if problem := fill_problem(values):  # before any row is read for blanks
+        raise DatasetError(problem)
     found = placeholders(records)
     resolved: dict[str, str] = {}
     for key, value in values.items():
@@ -187,7 +217,7 @@ def fill_placeholders(value, values: dict[str, str]):
 
 def fill_note(counts: dict[str, int], values: dict[str, str]) -> str:
     """The sentence a dataset whose blanks were filled when it was added gets beside its preview."""
-    listed = ", ".join(f"{blank} -> {values[blank]!r} ({_rows(n)})" for blank, n in counts.items())
+    listed = ", ".join(f"{blank} -> {shown_value(values[blank])!r} ({_rows(n)})" for blank, n in counts.items())
     return f"template blanks filled in as you asked: {listed}; the file itself is kept as uploaded"
 
 
@@ -203,7 +233,15 @@ def token_stats(tokenizer, rows: list[dict], kind: str, max_length: int) -> dict
 
     trained = masked = truncated = overlong = 0
     if kind == "text":
-        trained = sum(len(b) for b in render.pack_text(tokenizer, [r["text"] for r in rows], max_length))
+        trained = sum(len(b) for b in render.pack_text(tokenizer, [r["text"] for r in rows if not r.get("segments")],
+                                                        max_length))
+        for r in rows:
+            if r.get("segments"):
+                _, mask = render.encode_segments(tokenizer, r["segments"])
+                kept = mask[:max_length]
+                trained, masked = trained + sum(kept), masked + len(kept) - sum(kept)
+                truncated += sum(mask[max_length:])
+                overlong += len(mask) > max_length
     elif kind == "prompt_only":
         masked = sum(len(render.encode_chat(tokenizer, r["prompt"], None, r.get("tools"), prompt_only=True)[0])
                      for r in rows)
@@ -238,3 +276,49 @@ def tokenizer_for(base_model: str):
 
     model_dir = cached_dir(base_model)
     return None if model_dir is None else _tokenizer(str(model_dir))
+
+
+def _conversation(row: dict, kind: str) -> list[dict]:
+    """The turns a row's tool schemas go with: the conversation, or the prompt and (first) reply."""
+    if kind == "chat":
+        return row["messages"]
+    return row.get("prompt", []) + row.get("chosen", row.get("completion", []))
+
+
+def tool_stats(rows: list[dict], kind: str, tokenizer=None, token_rows: int | None = None) -> dict | None:
+    """What the rows' tool schemas are: how many rows carry them, the distinct tool names, how many rows call a
+    tool, and (with a tokenizer) the tokens the schemas add to a row as this chat template renders them, counted
+    over the first ``token_rows`` rows with tools (all by default). None when no row carries schemas."""
+    from .. import render
+
+    with_tools = [r for r in rows if r.get("tools")]
+    if not with_tools:
+        return None
+    names = sorted({t["function"]["name"] for r in with_tools for t in r["tools"]})
+    calling = sum(any(t.get("tool_calls") for t in _conversation(r, kind)) for r in rows)
+    out = {"rows": len(with_tools), "names": names, "distinct_names": len(names), "rows_calling_tools": calling,
+           "schema_tokens": None, "schema_tokens_per_row": None}
+    if tokenizer is not None:
+        counted = with_tools[:token_rows] if token_rows else with_tools
+        added = 0
+        for r in counted:
+            turns = _conversation(r, kind)
+            added += (len(tokenizer(render._rendered(tokenizer, turns, r), add_special_tokens=False)["input_ids"])
+                      - len(tokenizer(render._rendered(tokenizer, turns, {}), add_special_tokens=False)["input_ids"]))
+        per_row = added / len(counted)
+        out["schema_tokens"] = added if len(counted) == len(with_tools) else round(per_row * len(with_tools))
+        out["schema_tokens_per_row"] = round(per_row, 1)
+    return out
+
+
+def tools_sentence(tools: dict | None) -> str | None:
+    """The tool report in one sentence (the preview, `studio dataset check`)."""
+    if not tools:
+        return None
+    shown = ", ".join(tools["names"][:8]) + (f" and {tools['distinct_names'] - 8} more" if tools["distinct_names"] > 8 else "")
+    text = (f"tool schemas: {tools['rows']} rows carry them ({tools['distinct_names']} distinct "
+            f"tool{'s' if tools['distinct_names'] != 1 else ''}: {shown}); {tools['rows_calling_tools']} rows call a tool")
+    if tools["schema_tokens"] is not None:
+        text += (f"; the schemas add about {tools['schema_tokens_per_row']:,.0f} tokens to a row "
+                 f"({tools['schema_tokens']:,} in all)")
+    return text

@@ -65,7 +65,15 @@ def build_ui() -> gr.Blocks:
 
 
 def launch_kwargs() -> dict:
+    """What every launch of the UI passes to ``demo.launch`` besides host, port and login: the look, the
+    folders it may serve, the upload limit and the guard that refuses uploads from other sites' pages."""
+    from starlette.middleware import Middleware
+
+    from ..settings import get_settings
     from .downloads import downloads_dir
+    from .uploads import SameOriginUploads, page_script
 
     return {"css_paths": [STATIC / "studio.css"], "favicon_path": STATIC / "favicon.svg",
-            "theme": gr.themes.Soft(primary_hue="indigo"), "allowed_paths": [str(STATIC), str(downloads_dir())]}
+            "theme": gr.themes.Soft(primary_hue="indigo"), "allowed_paths": [str(STATIC), str(downloads_dir())],
+            "max_file_size": get_settings().upload_limit_bytes, "js": page_script(),
+            "app_kwargs": {"middleware": [Middleware(SameOriginUploads)]}}

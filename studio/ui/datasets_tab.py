@@ -8,7 +8,9 @@ import gradio as gr
 
 from .. import db, library
 from ..datasets import FORMATS, DatasetError, sft_rows, token_stats
-from ..datasets.stats import carries_identity, parse_fill, placeholders, tokenizer_for
+from ..datasets.stats import (carries_identity, parse_fill, placeholders, shown_value, tokenizer_for, tool_stats,
+                              tools_sentence)
+from ..limits import FILL_VALUE_CHARS
 from ..settings import UnsafePath
 from ..spec import BUNDLED_MODEL
 
@@ -18,8 +20,14 @@ LOSS_WARNING = 0.05  # share of trained tokens cut by max length above which the
 
 
 def dataset_table() -> list[list]:
-    return [[d.name, d.format, d.kind, d.rows, d.filename, "; ".join(f"{k} = {v}" for k, v in d.fill.items()),
-             d.sha256[:10]] for d in db.list_datasets()]
+    return [[d.name, d.format, d.kind, d.rows, d.filename, filled_text(d.fill), d.sha256[:10]]
+            for d in db.list_datasets()]
+
+
+def filled_text(fill: dict, sep: str = "; ") -> str:
+    """The blanks a dataset fills, as its table cell and the Add message show them: each cut to SHOWN_VALUE_CHARS
+    characters (the table goes whole to every browser that opens the tab)."""
+    return sep.join(f"{shown_value(k)} = {shown_value(v)}" for k, v in fill.items())
 
 
 def dataset_names() -> list[str]:
@@ -56,7 +64,11 @@ def template_preview(loaded, base_model: str, max_length: int):
     from ..charts import length_histogram
 
     sample = loaded.rows[:STATS_ROWS]
-    if loaded.kind == "text":
+    if loaded.kind == "text" and loaded.rows[0].get("segments"):
+        segments = [(seg["text"], "trained" if seg["train"] else None) for seg in loaded.rows[0]["segments"]]
+        notes = ["template-free segments: each is trained as written (no chat template, no special tokens added); "
+                 "segments labelled false are read but carry no loss"]
+    elif loaded.kind == "text":
         blocks = render.pack_text(tok, [loaded.rows[0]["text"]], max_length)
         segments = [(tok.decode(blocks[0], skip_special_tokens=False)[:2000], "trained")]
         notes = [f"plain text is packed into {max_length}-token blocks: the first document alone makes "
@@ -149,7 +161,11 @@ def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: fl
     except Exception as exc:  # the preview is a help, never a blocker
         segments, hist, notes, tokens = None, None, [], {}
         stats_md += f"\n\n(template preview unavailable: {exc})"
-    stats_md += "".join(f"\n\n- {note}" for note in loaded.notes + notes)
+    try:
+        tools = tools_sentence(tool_stats(loaded.rows, loaded.kind, tokenizer_for(base_model), token_rows=STATS_ROWS))
+    except Exception:  # the preview is a help: without a tokenizer the schemas are still counted
+        tools = tools_sentence(tool_stats(loaded.rows, loaded.kind))
+    stats_md += "".join(f"\n\n- {note}" for note in loaded.notes + notes + [tools] if note)
     stats_md += tokens_markdown(tokens, max_length, len(loaded.rows) > STATS_ROWS)
     if loaded.mapping:
         msg += " · columns mapped: " + ", ".join(f"{k} → {v}" for k, v in loaded.mapping.items())
@@ -170,7 +186,7 @@ def add_upload(file, fmt: str, drop_bad: bool, name: str, mapping: str = "", fil
     except (DatasetError, UnsafePath) as exc:
         return f"**Not added:** {exc}", dataset_table(), gr.update()
     what = "Added" if created else "Already in the library (same content)"
-    filled = ", ".join(f"{k} = {v}" for k, v in rec.fill.items())
+    filled = filled_text(rec.fill, ", ")
     return (f"{what}: **{rec.name}**, {rec.rows} rows ({rec.format})" + (f", blanks filled: {filled}." if filled
                                                                           else "."), dataset_table(),
             gr.update(choices=dataset_names(), value=rec.name))
@@ -203,7 +219,8 @@ def build() -> dict:
                                           "differ (question = instruction, answer = output, ...)")
                 fill = gr.Textbox(label="Fill template blanks", lines=2, elem_id="dataset-fill", visible=False,
                                   info="the file's blanks ({{name}}, <NAME>), one per line: write your value after "
-                                       "'=' (your assistant's name, its maker); the file is kept as uploaded")
+                                       f"'=' (your assistant's name, its maker; at most {FILL_VALUE_CHARS} "
+                                       "characters); the file is kept as uploaded")
                 name = gr.Textbox(label="Name (optional)", placeholder="derived from the file name",
                                   elem_id="dataset-name")
                 add_btn = gr.Button("Add to library", variant="primary", elem_id="dataset-add")

@@ -63,10 +63,8 @@ def make_component(name: str, meta: dict, visible: bool = True) -> gr.components
         return gr.Checkbox(value=default, **common)
     if choices:
         return gr.Dropdown(choices=list(choices), value=default, **common)
-    if isinstance(default, int):
-        return gr.Number(value=default, precision=0, **common)
-    if isinstance(default, float):
-        return gr.Number(value=default, **common)
+    if isinstance(default, (int, float)):  # no precision=0 for whole numbers: gradio's rounding takes true as 1
+        return gr.Number(value=default, **common)  # and fails on NaN or text with a bare "Error"; JobSpec names them
     if isinstance(default, list):
         return gr.Textbox(value="\n".join(default), lines=3, **{**common, "info": info + " One per line."})
     return gr.Textbox(value=default, **common)

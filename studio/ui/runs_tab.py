@@ -211,8 +211,11 @@ def do_cancel(job_id):
         job = jobs.cancel(job_id)
     except KeyError:
         return "This run no longer exists."
-    return ("Cancel requested: the run stops at the end of the current step and keeps its last checkpoint."
-            if job.status == "running" else f"Run is {job.status}.")
+    if job.status == "running":
+        return "Cancel requested: the run stops at the end of the current step and keeps its last checkpoint."
+    if job.cancel_requested and jobs.checking(job):
+        return "Cancel requested: the forgetting check stops and is recorded as skipped; the run stays completed."
+    return f"Run is {job.status}."
 
 
 def do_resume(job_id):

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from studio.chat import ChatEngine, GenerationSettings, base_key
@@ -29,7 +29,9 @@ def memory_budget_bytes(env: dict[str, str] | None = None) -> int:
     """``STUDIO_INFER_MEMORY_GB``, else half of the GPU's (or, on a CPU, the machine's) memory."""
     env = os.environ if env is None else env
     if env.get("STUDIO_INFER_MEMORY_GB"):
-        return int(float(env["STUDIO_INFER_MEMORY_GB"]) * 1e9)
+        from studio.settings import infer_memory_bytes  # one sentence for a value that is not a size
+
+        return infer_memory_bytes(env)
     from workers.arguments import device_facts
 
     return int(device_facts()["memory_gb"] * 1e9 * DEFAULT_BUDGET_SHARE)
@@ -78,6 +80,7 @@ class Reply:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
 
 
 class InferenceEngine:
@@ -135,17 +138,29 @@ class InferenceEngine:
         return engine, target.adapter.key
 
     # -- generation -----------------------------------------------------------------------------------
+    def admit(self, target: Target, messages: list[dict], settings: GenerationSettings) -> "Admitted":
+        """The request made ready to generate: its base loaded, its prompt encoded and measured against the
+        model's context, and its reply's budget cut to what the context has left. PromptTooLong otherwise."""
+        engine, adapter = self.prepare(target)
+        with engine.lock:
+            ids, context = engine.encode(messages, adapter), engine.context_length()
+        if len(ids) >= context:
+            raise PromptTooLong(len(ids), context)
+        budget = min(int(settings.max_new_tokens), context - len(ids))
+        return Admitted(engine, adapter, ids, replace(settings, max_new_tokens=budget))
+
     def generate(self, target: Target, messages: list[dict], settings: GenerationSettings,
-                 stops: list[str] | None = None, reply: Reply | None = None) -> Iterator[str]:
+                 stops: list[str] | None = None, reply: Reply | None = None,
+                 admitted: "Admitted | None" = None) -> Iterator[str]:
         """Yield the reply of ``target`` in pieces; ``reply`` receives the finish reason and token counts.
-        Closing the iterator stops generation."""
+        Closing the iterator stops generation. ``admitted``: the request already admitted (``admit``)."""
         reply = reply if reply is not None else Reply()
         with SERVING:
-            engine, adapter = self.prepare(target)
+            admitted = admitted or self.admit(target, messages, settings)
+            settings = admitted.settings
             stops = [s for s in (stops or []) if s]
-            counted = Counted(settings)
-            sent, full, hit = "", "", False
-            stream = engine.stream(messages, adapter, counted)
+            sent, full, hit, ended = "", "", False, False
+            stream = admitted.engine.stream(messages, admitted.adapter, settings, admitted.ids, reply)
             try:
                 for full in stream:
                     safe, hit = held_back(full, stops)
@@ -154,49 +169,49 @@ class InferenceEngine:
                         sent = safe
                     if hit:
                         break
+                ended = True
             finally:
                 stream.close()   # stops generation when the caller stopped listening or a stop sequence came
+                if not ended:
+                    log.info("inference: the client left; generation stopped after %d tokens", reply.completion_tokens)
             if not hit and len(full) > len(sent):  # a held-back tail that never became a stop sequence
                 yield full[len(sent):]
                 sent = full
-        reply.text, reply.prompt_tokens, reply.completion_tokens = sent, counted.prompt, counted.generated
-        reply.finish_reason = "length" if not hit and counted.generated >= settings.max_new_tokens else "stop"
-
+        reply.text = sent
+        reply.finish_reason = "length" if not hit and reply.completion_tokens >= settings.max_new_tokens else "stop"
 
     def score(self, target: Target, messages: list[dict], add_generation_prompt: bool, continue_final_message: bool,
               top: int | None, settings: GenerationSettings, reply: Reply) -> list[dict | None] | None:
         """vLLM's ``prompt_logprobs`` of the conversation as rendered (``top`` None: not asked for), and one
-        generated token in ``reply`` (ChatEngine.score)."""
+        generated token in ``reply`` (ChatEngine.score). PromptTooLong when it does not fit the context."""
         with SERVING:
             engine, adapter = self.prepare(target)
+            with engine.lock:
+                measured, context = len(engine.encode(messages, adapter)), engine.context_length()
+            if measured >= context:
+                raise PromptTooLong(measured, context)
             entries, text = engine.score(messages, adapter, add_generation_prompt, continue_final_message, top or 0,
                                          settings)
         reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason = text, len(entries), 1, "length"
         return entries if top is not None else None
 
 
-class Counted:
-    """Generation settings that also count the tokens of the prompt and of the reply: a logits processor
-    is called once for each token generated."""
+class PromptTooLong(ValueError):
+    """The messages hold more tokens than the model's context."""
 
-    def __init__(self, settings: GenerationSettings):
-        self.settings, self.prompt, self.generated = settings, 0, 0
+    def __init__(self, tokens: int, context: int):
+        super().__init__(f"This model's maximum context length is {context:,} tokens, and the messages hold "
+                         f"{tokens:,} tokens: shorten the messages.")
+        self.tokens, self.context = tokens, context
 
-    def __getattr__(self, name):
-        return getattr(self.settings, name)
 
-    def generate_kwargs(self) -> dict:
-        from transformers import LogitsProcessor, LogitsProcessorList
-
-        counted = self
-
-        class Count(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                counted.prompt = counted.prompt or input_ids.shape[1]
-                counted.generated += 1
-                return scores
-
-        return {**self.settings.generate_kwargs(), "logits_processor": LogitsProcessorList([Count()])}
+@dataclass
+class Admitted:
+    """A request ready to generate (InferenceEngine.admit)."""
+    engine: ChatEngine
+    adapter: str | None
+    ids: list[int]
+    settings: GenerationSettings
 
 
 def footprint(engine: ChatEngine) -> int:

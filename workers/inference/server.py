@@ -18,13 +18,15 @@ import threading
 import time
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from studio import limits
+
 from . import protocol
-from .engine import InferenceEngine, Reply
+from .engine import InferenceEngine, PromptTooLong, Reply
 from .names import UnknownModel, model_cards, resolve_target
 from .protocol import APIError, ChatCompletionRequest
 
@@ -36,11 +38,65 @@ DEFAULT_PORT = 8000             # `studio infer`; a worker's server takes STUDIO
 router = APIRouter()
 
 
-def check_key(request: Request) -> None:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), request.app.state.key.encode()):
-        raise APIError(401, "Incorrect API key provided: use the key in STUDIO_API_KEY or in the data "
-                            "directory's api_key file.", code="invalid_api_key")
+def key_matches(headers: dict[bytes, bytes], key: str) -> bool:
+    scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+class Gate:
+    """Every ``/v1`` request passes here before its body is read: the key first (401), then the body's size
+    (413 past ``limits.REQUEST_BODY_BYTES``, counted as it arrives, so a huge body is never read in full),
+    then the number of requests in flight (429 past ``limits.REQUESTS_IN_FLIGHT``). A pure ASGI middleware:
+    FastAPI reads and parses a body before it runs a route's dependencies."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if not key_matches(headers, self.key):
+            return await _refuse(send, APIError(401, "Incorrect API key provided: use the key in STUDIO_API_KEY or "
+                                                     "in the data directory's api_key file.", code="invalid_api_key"))
+        too_big = APIError(413, f"The request body is over {limits.REQUEST_BODY_BYTES // (1024 * 1024)} MiB: send "
+                                f"fewer or shorter messages.", code="request_too_large")
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > limits.REQUEST_BODY_BYTES:
+            return await _refuse(send, too_big)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > limits.REQUEST_BODY_BYTES:
+                return await _refuse(send, too_big)
+            if not message.get("more_body"):
+                break
+        if self.in_flight >= limits.REQUESTS_IN_FLIGHT:
+            return await _refuse(send, APIError(
+                429, f"This server is answering {self.in_flight} requests already, its most: try again shortly.",
+                type="rate_limit_error", code="too_many_requests"))
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()   # then the client's disconnect, when it goes
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.in_flight -= 1
+
+
+async def _refuse(send, error: APIError) -> None:
+    await JSONResponse(error.body(), status_code=error.status)({"type": "http"}, None, send)
 
 
 @router.get("/health")
@@ -48,7 +104,7 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/v1/models", dependencies=[Depends(check_key)])
+@router.get("/v1/models")
 async def list_models(request: Request) -> dict:
     cards = await anyio.to_thread.run_sync(model_cards)
     served = getattr(request.app.state.engine, "served", None)  # a vLLM engine serves one base
@@ -57,7 +113,7 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [c.as_dict() for c in cards]}
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+@router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine: InferenceEngine = request.app.state.engine
     try:
@@ -79,23 +135,35 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             scored = await anyio.to_thread.run_sync(
                 engine.score, target, messages, body.add_generation_prompt, body.continue_final_message,
                 body.prompt_logprobs, body.settings(), reply)
+        except PromptTooLong as exc:
+            raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
         except Exception as exc:
             log.exception("scoring failed")
             raise APIError(500, f"scoring failed: {exc}", type="server_error") from None
         return protocol.completion(protocol.completion_id(), body.model, reply.text, reply.finish_reason,
                                    reply.prompt_tokens, reply.completion_tokens, scored)
-    pieces = engine.generate(target, messages, body.settings(), body.stops(), reply)
+    try:  # the prompt is measured against the model's context before any reply is promised
+        admitted = await anyio.to_thread.run_sync(engine.admit, target, messages, body.settings())
+    except PromptTooLong as exc:
+        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
+    pieces = engine.generate(target, messages, admitted.settings, body.stops(), reply, admitted)
     cid = protocol.completion_id()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(events(pieces, reply, cid, body.model, include_usage),
                                  media_type="text/event-stream")
-    try:
-        text = await anyio.to_thread.run_sync(lambda: "".join(pieces))
+    done, text = object(), []
+    try:  # piece by piece, so a client that goes away stops the generation here too
+        while (piece := await anyio.to_thread.run_sync(next, pieces, done)) is not done:
+            text.append(piece)
+            if await request.is_disconnected():
+                break
     except Exception as exc:
         log.exception("generation failed")
         raise APIError(500, f"generation failed: {exc}", type="server_error") from None
-    return protocol.completion(cid, body.model, text, reply.finish_reason, reply.prompt_tokens,
+    finally:
+        await anyio.to_thread.run_sync(pieces.close)
+    return protocol.completion(cid, body.model, "".join(text), reply.finish_reason, reply.prompt_tokens,
                                reply.completion_tokens)
 
 
@@ -142,8 +210,9 @@ async def _http_error(_request, exc: HTTPException) -> JSONResponse:
 
 def build_app(engine: InferenceEngine, key: str) -> FastAPI:
     app = FastAPI(title="Fine-Tune Studio inference", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.key = engine, key
+    app.state.engine = engine
     app.include_router(router)
+    app.add_middleware(Gate, key=key)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http_error)
@@ -170,9 +239,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def public_url(host: str, port: int) -> str:
-    """The OpenAI base URL clients use: a wildcard bind is reached by this host's name."""
-    shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+def public_url(host: str, port: int, advertise: str | None = None) -> str:
+    """The OpenAI base URL clients use, the one registered: ``advertise`` (STUDIO_INFER_ADVERTISE: the name or
+    address other machines reach this one by) when given, else the bound address, or this host's name for a
+    wildcard bind."""
+    shown = advertise or (socket.getfqdn() if host in ("0.0.0.0", "::", "") else host)
     shown = f"[{shown}]" if ":" in shown else shown
     return f"http://{shown}:{port}/v1"
 
@@ -181,13 +252,14 @@ class InferenceServer:
     """uvicorn on a thread, registered in the database while it runs (``with InferenceServer(...)``)."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = 0, engine: InferenceEngine | None = None,
-                 key: str | None = None):
+                 key: str | None = None, advertise: str | None = None):
+        """``advertise``: the host name or address put in the registered URL (default STUDIO_INFER_ADVERTISE)."""
         import uvicorn
 
-        from studio.settings import api_key
+        from studio.settings import api_key, infer_advertise
 
         self.sock = bind(host, port)
-        self.url = public_url(host, self.sock.getsockname()[1])
+        self.url = public_url(host, self.sock.getsockname()[1], advertise or infer_advertise())
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self.engine = engine or InferenceEngine(on_change=self._record)
         config = uvicorn.Config(build_app(self.engine, key or api_key()), log_config=None, access_log=False,
@@ -233,10 +305,29 @@ class InferenceServer:
 
 
 def beside_worker() -> InferenceServer:
-    """The server a worker starts beside its queue consumer: ``STUDIO_INFER_HOST`` (default loopback),
-    ``STUDIO_INFER_PORT`` (default: a free port, registered so clients find it)."""
-    return InferenceServer(os.environ.get("STUDIO_INFER_HOST", DEFAULT_HOST),
-                           int(os.environ.get("STUDIO_INFER_PORT", "0")))
+    """The server a worker starts beside its queue consumer: bound to ``STUDIO_INFER_HOST`` (default loopback)
+    on ``STUDIO_INFER_PORT`` (default: a free port), registered as ``STUDIO_INFER_ADVERTISE`` (default: the
+    bound address, or this machine's name for a wildcard bind) so clients on other machines find it."""
+    from studio.settings import get_settings
+
+    settings = get_settings()
+    server = InferenceServer(settings.infer_host, settings.infer_port, advertise=settings.infer_advertise)
+    if _loopback(server.url) and not settings.database_url.startswith("sqlite"):
+        log.warning("the inference server registered %s, which only this machine reaches: for a UI or clients on "
+                    "other machines set STUDIO_INFER_HOST=0.0.0.0 and STUDIO_INFER_ADVERTISE to this machine's name "
+                    "or address (docs/cluster.md)", server.url)
+    return server
+
+
+def _loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, engine=None) -> None:

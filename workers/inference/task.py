@@ -18,6 +18,7 @@ import time
 
 from studio import db, lifecycle
 from studio.settings import get_settings
+from workers.stopping import SHUTDOWN
 
 log = logging.getLogger("studio.task")
 
@@ -66,20 +67,30 @@ def run_task(job_id: str) -> str:
         with Heartbeat(lambda: db.update_job(job_id, heartbeat_at=time.time()), name=f"heartbeat-{job_id}"):
             result = RUNNERS[job.kind](job, params, progress)
     except TaskCancelled as exc:
-        return lifecycle.settle(job_id, "cancelled", f"cancelled before: {exc}", finished_at=time.time(),
-                                progress_message=f"cancelled before: {exc}")
+        return lifecycle.settle(job_id, "cancelled", f"cancelled before: {exc}", stop=SHUTDOWN,
+                                finished_at=time.time(), progress_message=f"cancelled before: {exc}")
     except Exception as exc:  # noqa: BLE001 - the task fails with one sentence; the traceback goes to the log
         log.exception("task %s (%s) failed", job_id, job.kind)
-        return lifecycle.settle(job_id, "failed", "error", finished_at=time.time(), error=_sentence(exc),
-                                progress_message="failed")
+        return lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
+                                error=_failure(job, exc), progress_message="failed")
     total = progress.total or 0
-    return lifecycle.settle(job_id, "completed", "done", finished_at=time.time(), summary_json=json.dumps(result),
-                            current_step=total, total_steps=total, progress_message="done")
+    return lifecycle.settle(job_id, "completed", "done", stop=SHUTDOWN, finished_at=time.time(),
+                            summary_json=json.dumps(result), current_step=total, total_steps=total,
+                            progress_message="done")
 
 
 def _sentence(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:500]
+
+
+def _failure(job: db.Job, exc: Exception) -> str:
+    """A write the disk refused, with its reason and folder (workers/disk.py); any other failure in one line."""
+    from workers import disk
+
+    settings = get_settings()
+    folder = settings.resolve(job.output_dir) if job.output_dir else settings.exports_dir
+    return disk.sentence(exc, folder, f"the {job.kind} output", again="start it again") or _sentence(exc)
 
 
 # ---- one runner per kind -------------------------------------------------------------------------

@@ -59,10 +59,10 @@ def golden(spec, rows: list[dict], trainer):
     args = trainer.args
     n = min(spec.num_generations, GOLDEN_SAMPLES)
 
-    def answer(model, tokenizer, prompts: list[str], disable_adapter: bool = False):
+    def answer(model, tokenizer, prompts: list[str], disable_adapter: bool = False, stop=None):
         samples = []
         for prompt, (texts, ids) in zip(prompts, sample(model, tokenizer, prompts, n, spec.max_completion_length,
-                                                         args, disable_adapter)):
+                                                         args, disable_adapter, stop)):
             scores = [0.0] * n
             for func, weight in zip(funcs, weights):
                 values = func(prompts=[prompt] * n, completions=texts, completion_ids=ids,
@@ -75,14 +75,20 @@ def golden(spec, rows: list[dict], trainer):
     return answer
 
 
-def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, args, disable_adapter: bool = False):
+def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, args, disable_adapter: bool = False,
+           stop=None):
     """(completion texts, completion token ids) of ``n`` samples per single-turn prompt, drawn with the
-    config's temperature, top-p and top-k; every module's train/eval flag is restored after."""
+    config's temperature, top-p and top-k; every module's train/eval flag is restored after. ``stop``: a
+    ``studio.cancel.Watch``, read before each prompt and between generated tokens (``Stopped`` when it says stop)."""
     import contextlib
 
     import torch
 
+    from studio.generation import stopping_criteria
     from studio.render import _render
+
+    what = "the golden prompts" + (" (as the base)" if disable_adapter else "")
+    criteria = {"stopping_criteria": stopping_criteria(stop)} if stop is not None else {}
 
     modes = [(m, m.training) for m in model.modules()]
     device = next(model.parameters()).device
@@ -93,11 +99,16 @@ def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, ar
     try:
         with ctx, torch.inference_mode():
             for prompt in prompts:
+                if stop is not None:
+                    stop.check(what)
                 text = _render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
                 ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
                 generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None,
-                                           num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad)
+                                           num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                           **criteria)
+                if criteria and criteria["stopping_criteria"][0].fired:  # cut short: not kept
+                    stop.check(what)
                 completions = [_until_eos(row.tolist(), tokenizer.eos_token_id, pad)
                                for row in generated[:, ids.shape[1]:]]
                 out.append(([tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions],
