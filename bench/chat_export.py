@@ -1,5 +1,6 @@
 """Chat and export figures on the bundled SmolLM2: adapter attach and switch times, time to first token of
-the base vs an adapter, generation speed, merge and GGUF (F16, Q8_0) export times, sizes and drift.
+the base vs an adapter, generation speed, merge and GGUF (F16, Q8_0, Q4_K_M through llama.cpp's converter) export
+times, sizes and drift checked in llama.cpp.
 
     .venv/bin/python bench/chat_export.py [--no-export]
 
@@ -114,13 +115,15 @@ def main() -> int:
     merged = tmp / "merged"
     r = export.merge_adapter(base_dir, adapters["A"], merged)
     print(f"\nmerge: {r['seconds']:.1f} s, {r['bytes'] / 1e6:.1f} MB (float32 safetensors + tokenizer)")
-    for quant in ("f16", "q8_0"):
+    from studio.export import drift_sentence
+
+    for quant in ("f16", "q8_0", "q4_k_m"):
         out = tmp / f"merged-{quant}.gguf"
         w = export.write_gguf(merged, out, quant)
-        d = export.drift_check(merged, out, PROMPTS, max_new_tokens=32)
+        in_llama_cpp = export.check_in_llama_cpp(out, PROMPTS, max_new_tokens=32)
+        d = export.drift_check(merged, in_llama_cpp, PROMPTS, max_new_tokens=32)
         print(f"GGUF {quant}: written in {w['seconds']:.1f} s, {w['bytes'] / 1e6:.1f} MB; drift check {d['seconds']:.0f} s: "
-              f"{d['identical_replies']}/{d['prompts']} identical greedy replies, max |logit diff| "
-              f"{d['max_abs_logit_diff']:.3f}, mean {d['mean_abs_logit_diff']:.4f}", flush=True)
+              f"{drift_sentence({'quant': quant, **d})} Mean |logit diff| {d['mean_abs_logit_diff']:.4f}.", flush=True)
     return 0
 
 

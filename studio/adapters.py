@@ -343,6 +343,7 @@ def model_card(job: db.Job, ref: AdapterRef | None = None) -> str:
     if ref is not None and ref.using:
         lines += [f"Weights: {ref.using}.", ""]
     lines += evaluation_card_lines(job)
+    lines += gguf_card_lines(ref)
     lines += ["## Dataset", ""]
     for role, name in (("training", spec.dataset), ("evaluation", spec.eval_dataset)):
         if not name:
@@ -404,6 +405,22 @@ def evaluation_card_lines(job: db.Job) -> list[str]:
     if judged:
         out += ["## Pairwise judging", "", *[f"- {line}" for line in judged], ""]
     return out
+
+
+def gguf_card_lines(ref: AdapterRef | None) -> list[str]:
+    """The model card's GGUF section: each stored export's drift check in llama.cpp (drift-<quant>.json)."""
+    from .export import drift_sentence
+
+    try:
+        reports = read_drift(ref.ref) if ref is not None else []
+    except (ValueError, OSError):  # AdapterError, UnsafePath: no export folder to read
+        reports = []
+    if not reports:
+        return []
+    return ["## GGUF exports", "",
+            "Each GGUF (written by llama.cpp's convert_hf_to_gguf.py) answered the golden prompts greedily in "
+            "llama.cpp with its own chat template, beside the merged model in transformers:", "",
+            *[f"- `{r.get('gguf', '?')}`: {drift_sentence(r)}" for r in reports], ""]
 
 
 def _imported_card(ref: AdapterRef) -> str:

@@ -11,27 +11,20 @@ import json
 import struct
 from pathlib import Path
 
+from . import families
+from .families import family_of
 from .spec import BUNDLED_MODEL
 
-__all__ = ["BUNDLED_MODEL", "ARCHITECTURES", "LLAMA_FAMILY", "LLAMA_LINEAR_NAMES", "linear_layer_names",
-           "read_local_config", "config_for", "lookup", "linear_layers_from_safetensors"]
+__all__ = ["BUNDLED_MODEL", "ARCHITECTURES", "LLAMA_LINEAR_NAMES", "linear_layer_names", "read_local_config",
+           "config_for", "lookup", "linear_layers_from_safetensors"]
 
-# model_type values whose decoder layers use the Llama projection names
-LLAMA_FAMILY = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
-                          "granite", "cohere", "phi3_small", "smollm3", "ministral"})
-LLAMA_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# the projection names of a Llama decoder layer (most families; studio.families says which)
+LLAMA_LINEAR_NAMES = tuple(layer.name for layer in families.LLAMA_LAYERS)
+_config = families.shape
 
-
-def _config(model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
-            num_key_value_heads, tie_word_embeddings, max_position_embeddings, head_dim=None, **extra) -> dict:
-    return {"model_type": model_type, "vocab_size": vocab_size, "hidden_size": hidden_size,
-            "intermediate_size": intermediate_size, "num_hidden_layers": num_hidden_layers,
-            "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
-            "head_dim": head_dim or hidden_size // num_attention_heads,
-            "tie_word_embeddings": tie_word_embeddings, "max_position_embeddings": max_position_embeddings, **extra}
-
-
-# Values as published in each repository's config.json (head_dim = hidden_size / heads where the file omits it).
+# Values as published in each repository's config.json (head_dim = hidden_size / heads where the file omits it):
+# these base checkpoints for the published memory figures (tests/test_memory.py, docs/memory.md), then every
+# checkpoint of the family table (studio.families), which the Train tab lists.
 ARCHITECTURES: dict[str, dict] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": _config("llama", 49152, 576, 1536, 30, 9, 3, True, 8192),
     "Qwen/Qwen2.5-0.5B": _config("qwen2", 151936, 896, 4864, 24, 14, 2, True, 32768),
@@ -46,17 +39,20 @@ ARCHITECTURES: dict[str, dict] = {
     "huggyllama/llama-30b": _config("llama", 32000, 6656, 17920, 60, 52, 52, False, 2048),
     "huggyllama/llama-65b": _config("llama", 32000, 8192, 22016, 80, 64, 64, False, 2048),
 }
+for _family, _model in families.published_models():
+    ARCHITECTURES.setdefault(_model.hub_id, _model.config)
 ARCHITECTURES[BUNDLED_MODEL] = ARCHITECTURES["HuggingFaceTB/SmolLM2-135M-Instruct"]
 
 
 def linear_layer_names(config: dict) -> list[str]:
-    """Names of the linear layers inside one decoder layer (what LoRA can target), lm_head excluded.
+    """Names of the linear layers inside one decoder layer (what LoRA can target), lm_head excluded, as the
+    model's family row gives them: fused ones included (Phi-3's qkv_proj and gate_up_proj).
 
-    Known for the Llama family (Llama, Mistral, Qwen2, Gemma, ...); an empty list for other architectures,
-    whose names ``linear_layers_from_safetensors`` reads from the weights instead.
+    An empty list for an architecture the table does not know; ``linear_layers_from_safetensors`` reads its
+    names from the weights instead.
     """
-    model_type = str((config or {}).get("model_type", "")).lower()
-    return list(LLAMA_LINEAR_NAMES) if model_type in LLAMA_FAMILY else []
+    family = family_of(config or {})
+    return family.linear_names if family is not None else []
 
 
 def read_local_config(path) -> dict | None:

@@ -543,8 +543,7 @@ def cmd_export(args) -> int:
         print(f"wrote {g['path']} ({human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and {result['modelfile']}")
         if "drift" in result:
             d = result["drift"]
-            print(f"drift: {d['identical_replies']}/{d['prompts']} identical greedy replies, "
-                  f"max |logit diff| {d['max_abs_logit_diff']:.4f}")
+            print(export.drift_sentence(d))
     return 0
 
 
@@ -839,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")
     x.add_argument("--merge", metavar="OUT", default=None, help="write the merged model to this new folder")
     x.add_argument("--gguf", metavar="OUT", default=None, help="a .gguf file, or a folder for <name>-<quant>.gguf")
-    x.add_argument("--quant", default="q8_0", choices=["q8_0", "f16", "f32"])
+    x.add_argument("--quant", default="q8_0", choices=["q8_0", "q4_k_m", "f16", "f32"])
     x.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the merged weights")
     x.add_argument("--no-drift-check", action="store_true", help="skip loading the GGUF back to compare")

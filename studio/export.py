@@ -1,10 +1,11 @@
 """The torch-free side of export: the choices, the Ollama Modelfile, serving snippets, atomic file moves.
 
     write_modelfile(gguf, "Modelfile", ...)  Ollama Modelfile: FROM, TEMPLATE, PARAMETERs, stops
+    drift_sentence(report)                   a drift report (drift-<quant>.json) in one sentence
     serving_snippets(base, adapter, name)    vLLM, peft, Ollama and llama.cpp commands
 
-The model work (merge, GGUF writing, the drift check) runs on a worker as a queued task:
-workers/inference/export.py. Every writer goes through a temporary path and a rename, so a failure
+The model work (merge, GGUF through llama.cpp's converter, the drift check in llama.cpp) runs on a worker
+as a queued task: workers/inference/export.py. Every writer goes through a temporary path and a rename, so a failure
 leaves nothing half-written.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
-GGUF_QUANTS = ("f16", "q8_0", "f32")
+GGUF_QUANTS = ("f16", "q8_0", "q4_k_m", "f32")  # q4_k_m: llama.cpp's quantizer, from an f16 conversion
 
 # generation settings as the studio names them (transformers' names) -> Ollama's PARAMETER names
 OLLAMA_PARAMETERS = {
@@ -45,7 +46,8 @@ def write_modelfile(gguf_file: str | Path, out_path: str | Path, chat_template: 
     """An Ollama Modelfile next to (or pointing at) the GGUF: FROM, TEMPLATE, SYSTEM, PARAMETERs, stops.
 
     ChatML templates (<|im_start|> ... <|im_end|>) are translated to Ollama's Go template; for any
-    other template TEMPLATE is left out and Ollama falls back to the GGUF's own chat template.
+    other family's template TEMPLATE is left out, and the Modelfile says so: Ollama then derives it from the
+    chat template the converter stored in the GGUF (tokenizer.chat_template), the one the drift check ran.
     """
     gguf_file, out_path = Path(gguf_file), Path(out_path)
     source = os.path.relpath(gguf_file.resolve(), out_path.resolve().parent)
@@ -64,7 +66,8 @@ def write_modelfile(gguf_file: str | Path, out_path: str | Path, chat_template: 
         lines.append("")
         stops += [CHATML_START, CHATML_END]
     elif chat_template:
-        lines += ["# chat template not ChatML: Ollama uses the template stored in the GGUF", ""]
+        lines += ["# No TEMPLATE here: Ollama derives it from the chat template stored in the GGUF",
+                  "# (tokenizer.chat_template), the model's own, which the export's drift check answered with.", ""]
     for key, value in (generation or {}).items():
         if key in OLLAMA_PARAMETERS and value is not None:
             lines.append(f"PARAMETER {OLLAMA_PARAMETERS[key]} {_number(value)}")
@@ -76,6 +79,26 @@ def write_modelfile(gguf_file: str | Path, out_path: str | Path, chat_template: 
     tmp.write_text("\n".join(lines).rstrip() + "\n")
     os.replace(tmp, out_path)
     return out_path
+
+
+def drift_sentence(report: dict) -> str:
+    """``Drift check (q8_0) in llama.cpp: 2/3 identical greedy replies (67%); first difference: prompt 3, token
+    12, merged ' the' vs GGUF ' a'.`` Reports written before the check ran in llama.cpp say what they compared."""
+    quant, prompts, same = report.get("quant", "?"), report.get("prompts", 0), report.get("identical_replies", 0)
+    where = "llama.cpp" if report.get("runtime") else "transformers (GGUF loaded back)"
+    text = f"Drift check ({quant}) in {where}: {same}/{prompts} identical greedy replies"
+    if prompts:
+        text += f" ({same / prompts:.0%})"
+    first = report.get("first_difference")
+    if first:
+        shown = lambda side: json.dumps(side["text"], ensure_ascii=False) if side else "(stopped)"  # noqa: E731
+        text += (f"; first difference: prompt {first['prompt']}, token {first['position'] + 1}, "
+                 f"merged {shown(first.get('merged'))} vs GGUF {shown(first.get('gguf'))}")
+    elif "first_difference" in report and prompts:
+        text += "; no token differs"
+    if report.get("max_abs_logit_diff") is not None:
+        text += f"; max |logit diff| {report['max_abs_logit_diff']:.4f}"
+    return text + "."
 
 
 def _default_system_prompt(chat_template: str) -> str | None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .families import LLAMA_LAYERS, Linear, family_of
 from .methods import METHODS
 from .spec import MLP_NAMES
 
@@ -80,10 +81,11 @@ TERMS = ("base weights", "quantization constants", "LoRA weights", "LoRA gradien
 DEQUANT_TERM = "dequantised weight cache"  # only present when the speed lever is on (workers/speed.py)
 GENERATION_TERM = "generation KV cache"    # only for methods that sample completions (GRPO)
 
-# the tensor that feeds each Llama projection: q, k and v read the same normed hidden states
+# the tensor that feeds each projection: q, k and v read the same normed hidden states (fused: qkv_proj reads
+# them once), gate and up the same MLP input
 INPUT_OF = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
-            "o_proj": "attention output", "gate_proj": "mlp input", "up_proj": "mlp input",
-            "down_proj": "mlp hidden"}
+            "qkv_proj": "attention input", "o_proj": "attention output", "gate_proj": "mlp input",
+            "up_proj": "mlp input", "gate_up_proj": "mlp input", "down_proj": "mlp hidden"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class ModelShape:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    layout: tuple[Linear, ...] = LLAMA_LAYERS  # the decoder layer's linear layers (studio.families), fused or not
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelShape":
@@ -112,13 +115,15 @@ class ModelShape:
                              "the memory estimate covers Llama-style decoder models")
         heads = int(c["num_attention_heads"])
         attention_bias = bool(c.get("attention_bias", False))
+        family = family_of(config) or family_of(c)
         return cls(vocab=int(c["vocab_size"]), hidden=int(c["hidden_size"]),
                    intermediate=int(c["intermediate_size"]), layers=int(c["num_hidden_layers"]), heads=heads,
                    kv_heads=int(c.get("num_key_value_heads") or heads),
                    head_dim=int(c.get("head_dim") or int(c["hidden_size"]) // heads),
                    tied=bool(c.get("tie_word_embeddings", False)),
                    qkv_bias=attention_bias or c.get("model_type") == "qwen2",  # Qwen2 always has q/k/v biases
-                   o_bias=attention_bias, mlp_bias=bool(c.get("mlp_bias", False)))
+                   o_bias=attention_bias, mlp_bias=bool(c.get("mlp_bias", False)),
+                   layout=family.linear_layers if family is not None else LLAMA_LAYERS)
 
     @property
     def q_dim(self) -> int:
@@ -129,10 +134,12 @@ class ModelShape:
         return self.kv_heads * self.head_dim
 
     def linears(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each linear layer in one decoder layer."""
+        """(in_features, out_features) of each linear layer in one decoder layer; a fused layer (Phi-3's
+        qkv_proj) reads its parts' shared input and writes their outputs side by side."""
         h, i = self.hidden, self.intermediate
-        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
-                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        role = {"q": (h, self.q_dim), "k": (h, self.kv_dim), "v": (h, self.kv_dim), "o": (self.q_dim, h),
+                "gate": (h, i), "up": (h, i), "down": (i, h)}
+        return {layer.name: (role[layer.parts[0]][0], sum(role[p][1] for p in layer.parts)) for layer in self.layout}
 
     def linear_weights(self) -> int:
         """Elements of every decoder layer's linear weights: what bitsandbytes quantises."""

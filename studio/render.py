@@ -6,6 +6,11 @@ its content and its end-of-turn token. The full text is tokenised once and every
 those characters is trained on. Templates whose prefixes do not line up (some rewrite earlier turns)
 fall back to finding each reply in the rendered text.
 
+Two template quirks are handled for every rendering (training, preview, chat, evaluation): a template without a
+system role (Gemma 2 raises on one; early Phi-3-mini templates drop its text) gets the system text at the start of
+the first user turn, and a template with a thinking switch (Qwen3's ``enable_thinking``) renders a conversation
+with thinking on when it holds reasoning and off otherwise, as the template writes it for replies without any.
+
 No torch or transformers at import time: callers hand in a tokenizer.
 """
 from __future__ import annotations
@@ -82,6 +87,51 @@ def template_messages(tokenizer, messages: list[dict], tools: list[dict] | None 
 
 
 _MARK = "\x00studio-system\x00"
+_SYSTEM_ROLE: dict[str, bool] = {}  # chat template -> whether it renders a system turn
+
+
+def system_role(tokenizer) -> bool:
+    """Whether the chat template renders a system turn: False where it refuses one (Gemma 2 raises) or drops its
+    text (early Phi-3-mini templates). Found by rendering a marked system turn before one user turn, once per
+    template."""
+    template = _template(tokenizer)
+    if template not in _SYSTEM_ROLE:
+        user = [{"role": "user", "content": "hi"}]
+        bare = _apply_or_none(tokenizer, user)
+        marked = _apply_or_none(tokenizer, [{"role": "system", "content": _MARK}] + user)
+        if len(_SYSTEM_ROLE) > 64:
+            _SYSTEM_ROLE.clear()
+        # a template that refuses a lone user turn as well says nothing about system turns
+        _SYSTEM_ROLE[template] = bare is None or (marked is not None and _MARK in marked)
+    return _SYSTEM_ROLE[template]
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """The turns for a template without a system role: the system text opens the first user turn, followed by a
+    blank line ("SYSTEM\n\nUSER"); before an assistant turn it becomes a user turn of its own. An empty system
+    turn is dropped."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0], messages[1:]
+    text = system.get("content") or ""
+    if not text.strip():
+        return rest
+    if rest and rest[0]["role"] == "user":
+        return [{**rest[0], "content": f"{text}\n\n{rest[0]['content']}"}] + rest[1:]
+    return [{"role": "user", "content": text}] + rest
+
+
+def thinking_switch(tokenizer) -> bool:
+    """Whether the chat template takes ``enable_thinking`` (Qwen3, SmolLM3)."""
+    return "enable_thinking" in _template(tokenizer)
+
+
+def thinking_on(messages: list[dict]) -> bool:
+    """The thinking switch for a conversation: on when an assistant turn holds reasoning, else off (the
+    template then writes what it writes for a reply without thinking, e.g. Qwen3's empty think block)."""
+    return any(m["role"] == "assistant" and (m.get("reasoning_content") or m.get("reasoning")
+                                             or "<think>" in str(m.get("content") or ""))
+               for m in messages)
 
 
 def default_system_prompt(tokenizer) -> str | None:
@@ -141,27 +191,74 @@ def template_notes(tokenizer, rows: list[dict]) -> list[str]:
         notes.append("reasoning: rendered by the chat template's reasoning_content" if supports(
             tokenizer, "reasoning_content") else "reasoning: this chat template has no place for it, so it is "
                                                  "written as <think>...</think> before the reply, and trained on")
+    if not system_role(tokenizer):
+        notes.append("system prompt: this chat template has no system role, so a system turn (the row's own or the "
+                     "Train tab's replacement) is written at the start of the first user turn, followed by a blank "
+                     "line, and not trained on, in training and in chat alike")
+    if note := thinking_note(tokenizer, turns):
+        notes.append(note)
     if any(t.get("train") is False for t in turns):
         notes.append("turns the file marks not to train (loss_weight / weight / train = 0) are not highlighted "
                      "and carry no loss")
     return notes
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None) -> str:
+def thinking_note(tokenizer, turns: list[dict]) -> str | None:
+    """One sentence on what a template with a thinking switch does with these turns (None: it has none)."""
+    if not thinking_switch(tokenizer):
+        return None
+    user = [{"role": "user", "content": "hi"}]
+    on = _apply_or_none(tokenizer, user, True, thinking=True)
+    off = _apply_or_none(tokenizer, user, True, thinking=False)
+    writes = (f"the template writes {json.dumps(off[len(on):])} before each reply, as part of the prompt (not "
+              "trained on)" if on is not None and off is not None and off.startswith(on) and len(off) > len(on)
+              else "the template renders them as it does without thinking")
+    note = (f"thinking: this chat template has a thinking switch (enable_thinking); rows without reasoning are "
+            f"rendered with it off, so {writes}, and chat asks the model the same way")
+    if any(t.get("reasoning") for t in turns):
+        note += "; rows with reasoning are rendered with it on, and their reasoning is trained"
+    return note
+
+
+def _apply(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None,
+           thinking: bool | None = None) -> str:
+    """The template's own rendering of ``messages``, as they are."""
     extra = {} if getattr(tokenizer, "chat_template", None) else {"chat_template": FALLBACK_CHAT_TEMPLATE}
     if tools:
         extra["tools"] = tools
+    if thinking is not None and thinking_switch(tokenizer):
+        extra["enable_thinking"] = thinking
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **extra)
     if not isinstance(text, str):  # some versions wrap a single rendering in a list
         text = text[0]
     return text
 
 
+def _apply_or_none(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None,
+                   thinking: bool | None = None) -> str | None:
+    try:
+        return _apply(tokenizer, messages, generation_prompt, tools, thinking)
+    except Exception:
+        return None
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None,
+            thinking: bool | None = None) -> str:
+    """The conversation as the studio renders it with this template: a system turn folded into the first user
+    turn where the template has no system role, and the thinking switch (where the template has one) set by
+    ``thinking``, by default on exactly when the conversation holds reasoning."""
+    if not system_role(tokenizer):
+        messages = fold_system(messages)
+    if thinking is None:
+        thinking = thinking_on(messages)
+    return _apply(tokenizer, messages, generation_prompt, tools, thinking)
+
+
 def _render_or_none(tokenizer, messages: list[dict], generation_prompt: bool = False,
-                    tools: list | None = None) -> str | None:
+                    tools: list | None = None, thinking: bool | None = None) -> str | None:
     """A partial rendering, or None where the template refuses it (an empty or unusual prefix)."""
     try:
-        return _render(tokenizer, messages, generation_prompt, tools)
+        return _render(tokenizer, messages, generation_prompt, tools, thinking)
     except Exception:
         return None
 
@@ -185,8 +282,9 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
     flags = [m["role"] == "assistant" and m.get("train", True) for m in messages]
     messages, tools = template_messages(tokenizer, messages, tools)
     flags = [False] * (len(messages) - len(flags)) + flags  # the tool schemas may have become a system turn
+    thinking = thinking_on(messages)  # one switch for the conversation and every prefix of it
     try:
-        full = _render(tokenizer, messages, generation_prompt, tools)
+        full = _render(tokenizer, messages, generation_prompt, tools, thinking)
     except Exception as exc:  # jinja raises its own types; the message is what matters
         raise RenderError(f"the model's chat template refused this conversation: {exc}") from None
     spans: list[tuple[int, int]] = []
@@ -194,8 +292,8 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
     for i, message in enumerate(messages):
         if not flags[i]:
             continue
-        before = _render_or_none(tokenizer, messages[:i], True, tools)
-        after = _render_or_none(tokenizer, messages[: i + 1], False, tools)
+        before = _render_or_none(tokenizer, messages[:i], True, tools, thinking)
+        after = _render_or_none(tokenizer, messages[: i + 1], False, tools, thinking)
         after = after or ""
         if (before is not None and cursor <= len(before) <= len(after)
                 and full.startswith(before) and full.startswith(after)):

@@ -40,6 +40,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf_model_dir(tmp_path_factory) -> Path:
+    """The tiny random Llama with the bundled SmolLM2's tokenizer, for tests that convert to GGUF: llama.cpp's
+    converter refuses a pre-tokenizer it does not know, such as the tiny model's own. Weights drawn wide
+    (initializer_range 0.5), so greedy argmax is not a coin toss that f16 rounding flips."""
+    from browser import ensure_bundled_model
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gguf-llama"), tokenizer_dir=ensure_bundled_model(),
+                            initializer_range=0.5)
+
+
 @pytest.fixture
 def studio_home(tmp_path, monkeypatch) -> Path:
     """An isolated STUDIO_HOME per test: real SQLite files, nothing shared between tests."""

@@ -195,12 +195,12 @@ def test_merged_export_matches_base_plus_adapter(tiny_model_dir, studio_home, tm
     assert "already exists" in capsys.readouterr().err
 
 
-def test_gguf_export_writes_modelfile_drift_and_snippets(tiny_model_dir, studio_home):
+def test_gguf_export_writes_modelfile_drift_and_snippets(tiny_gguf_model_dir, studio_home):
     from studio import adapters
     from studio.settings import get_settings
     from workers.inference import export
 
-    job = make_job(tiny_model_dir, "to-gguf", seed=1, golden_prompts=["Hello, how are you?"])
+    job = make_job(tiny_gguf_model_dir, "to-gguf", seed=1, golden_prompts=["Hello, how are you?"])
     result = export.export_gguf(job.id, quant="f16")
     folder = get_settings().exports_dir / "to-gguf-gguf"
     assert result["merge"]["bytes"] > 0  # merged on the way
@@ -209,6 +209,8 @@ def test_gguf_export_writes_modelfile_drift_and_snippets(tiny_model_dir, studio_
     drift = json.loads((folder / "drift-f16.json").read_text())
     assert drift["prompts"] == 1 and drift["quant"] == "f16" and drift["max_abs_logit_diff"] < 0.1
     assert adapters.read_drift(job.id) == [drift] == [result["drift"]]
+    card = adapters.model_card(job)  # the drift check in llama.cpp, on the model card
+    assert "## GGUF exports" in card and "- `to-gguf-f16.gguf`: Drift check (f16) in llama.cpp: " in card
     snippets = adapters.snippets(job.id, result["gguf"]["path"])
     assert "ollama create to-gguf" in snippets["ollama"]
     assert f"to-gguf={job.adapter_path}" in snippets["vllm"]  # relative to the data directory

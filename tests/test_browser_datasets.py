@@ -39,6 +39,8 @@ def test_tool_file_preview_follows_the_train_tab_model(tmp_path, tiny_model_dir)
             stats, mask = page.locator("#dataset-stats"), page.locator("#dataset-mask")
             expect(stats).to_contain_text(f"Preview for {model}")
             expect(stats).to_contain_text("tool schemas: passed to the chat template's tools")
+            expect(stats).to_contain_text("tool schemas in the rows: 1 row carries them (1 distinct tool: get_weather); "
+                                          "1 row calls a tool; the schemas add about")
             expect(mask).to_contain_text("<tools>")
             expect(mask).to_contain_text('"description": "Current weather of a city"')
             expect(mask).to_contain_text('<tool_call>')

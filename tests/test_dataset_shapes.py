@@ -133,7 +133,7 @@ def test_dataset_check_json_reports_the_tool_schemas(tmp_path, tiny_model_dir):
     # the schemas' own tokens: a row with two schemas costs more than a row with one
     plain = subprocess.run([sys.executable, "-m", "studio.cli", "dataset", "check", path, "--base-model",
                             str(tiny_model_dir)], cwd=ROOT, capture_output=True, text=True)
-    assert "tool schemas: 9 rows carry them (2 distinct tools: get_time, get_weather); 6 rows call a tool" in plain.stdout
+    assert "tool schemas in the rows: 9 rows carry them (2 distinct tools: get_time, get_weather); 6 rows call a tool" in plain.stdout
 
 
 def test_rows_without_tools_report_none(tmp_path):
@@ -149,7 +149,7 @@ def test_the_preview_shows_the_tool_schemas(tmp_path, tiny_model_dir, studio_hom
 
     path = jsonl(tmp_path, "glaive_toolcall.jsonl", glaive_like(6))
     out = check_upload(path, "auto", False, str(tiny_model_dir), 512)
-    assert "tool schemas: 6 rows carry them (2 distinct tools: get_time, get_weather); 4 rows call a tool" in out[2]
+    assert "tool schemas in the rows: 6 rows carry them (2 distinct tools: get_time, get_weather); 4 rows call a tool" in out[2]
     assert "the schemas add about" in out[2]
 
 

@@ -12,6 +12,7 @@ from studio.memory import Estimate, estimate, estimate_for_spec
 from studio.spec import JobSpec
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FUSED = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def est(model: str, **kw) -> Estimate:
@@ -268,8 +269,8 @@ def test_table_values():
         (576, 1536, 30, 9, 3, 49152, True)
     assert ARCHITECTURES["meta-llama/Meta-Llama-3-70B"]["num_key_value_heads"] == 8
     assert ARCHITECTURES["Qwen/Qwen2.5-7B"]["head_dim"] == 128
-    for config in ARCHITECTURES.values():
-        assert linear_layer_names(config) == ALL
+    for config in ARCHITECTURES.values():  # Llama projection names, except the fused Phi-3 layout
+        assert linear_layer_names(config) == (FUSED if config["model_type"] == "phi3" else ALL)
 
 
 def test_local_folder_config_comes_first(tiny_model_dir, tmp_path):
@@ -288,6 +289,42 @@ def test_local_folder_config_comes_first(tiny_model_dir, tmp_path):
 def test_linear_layer_names_for_unknown_architectures_is_empty():
     assert linear_layer_names({"model_type": "gpt2"}) == []
     assert linear_layer_names({"model_type": "mistral"}) == ALL
+
+
+def test_fused_layers_count_as_their_parts():
+    """Phi-3's qkv_proj is q, k and v side by side, gate_up_proj gate and up: the same weights, adapters on fewer,
+    wider layers."""
+    phi3 = config_for("microsoft/Phi-3-mini-4k-instruct")
+    shape = memory.ModelShape.from_config(phi3)
+    assert shape.linears() == {"qkv_proj": (3072, 3 * 3072), "o_proj": (3072, 3072),
+                               "gate_up_proj": (3072, 2 * 8192), "down_proj": (8192, 3072)}
+    unfused = memory.ModelShape.from_config({**phi3, "model_type": "llama"})
+    assert shape.linear_weights() == unfused.linear_weights()
+    fused = estimate(phi3, bits=16, r=8, target_modules=["all-linear"], batch_size=1, seq_len=256,
+                     gradient_checkpointing=False)
+    split = estimate({**phi3, "model_type": "llama"}, bits=16, r=8, target_modules=["all-linear"], batch_size=1,
+                     seq_len=256, gradient_checkpointing=False)
+    assert fused.total_params - fused.trainable_params == split.total_params - split.trainable_params
+    # LoRA on qkv_proj: r x (3072 + 9216) per layer, against r x 3 x (3072 + 3072) on q, k and v apart
+    assert fused.trainable_params == 32 * 8 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072))
+    assert fused.trainable_params < split.trainable_params
+    assert estimate(phi3, bits=4, r=8, target_modules=["qkv_proj", "gate_up_proj"], batch_size=1, seq_len=256,
+                    gradient_checkpointing=True).total_gb > 0
+    with pytest.raises(ValueError, match="no linear layer named 'q_proj'; it has qkv_proj, o_proj, gate_up_proj"):
+        estimate(phi3, bits=4, r=8, target_modules=["q_proj"], batch_size=1, seq_len=256, gradient_checkpointing=True)
+
+
+def test_every_listed_model_has_an_estimate_that_counts_its_published_parameters():
+    """The shapes transcribed into the table reproduce each model card's parameter count (within 1.5%; an
+    image-text checkpoint's vision tower is left out, and said so)."""
+    from studio.families import published_models
+
+    for family, model in published_models():
+        config = config_for(model.hub_id)
+        e = estimate_for_spec(JobSpec(dataset="d", base_model=model.hub_id), config)
+        base = (e.total_params - e.trainable_params) / 1e9
+        assert base == pytest.approx(model.params - model.extra_params, rel=0.015), model.hub_id
+        assert 0 < e.total_gb < 80 and e.trainable_params > 0, model.hub_id
 
 
 def test_safetensors_header_of_the_tiny_model(tiny_model_dir):

@@ -151,8 +151,177 @@ def test_module_does_not_import_torch():
 def test_template_refusal_is_one_sentence(tok):
     from studio.render import RenderError
 
-    strict = with_template(tok, "{% for m in messages %}{% if m['role'] == 'system' %}"
-                                "{{ raise_exception('System role not supported') }}{% endif %}"
+    # (a template refusing the system role no longer refuses: the system text is folded into the first user turn)
+    strict = with_template(tok, "{% for m in messages %}{% if m['role'] == 'tool' %}"
+                                "{{ raise_exception('Tool role not supported') }}{% endif %}"
                                 "{{ m['content'] }}{% endfor %}")
-    with pytest.raises(RenderError, match="chat template refused this conversation: System role not supported"):
-        encode_chat(strict, TWO_TURNS)
+    with pytest.raises(RenderError, match="chat template refused this conversation: Tool role not supported"):
+        encode_chat(strict, TWO_TURNS[1:3] + [{"role": "tool", "content": "sunny"}])
+
+
+# ---- templates without a system role (Gemma) -----------------------------------------------------------------
+
+# Gemma 2's template: no system role (it raises), roles must alternate, the assistant is "model"
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# early Phi-3-mini: a system turn renders without error, and without its text
+DROPS_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>\n' + m['content'] + '<|end|>\n' }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|assistant|>\n' + m['content'] + '<|end|>\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def untrained_text(tok, ids, mask) -> str:
+    return tok.decode([i for i, m in zip(ids, mask) if not m], skip_special_tokens=False)
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user_turn(tok):
+    from studio.render import system_role
+
+    gemma = with_template(tok, GEMMA)
+    assert system_role(tok) and not system_role(gemma)
+    ids, mask = encode_chat(gemma, TWO_TURNS)
+    text = gemma.decode(ids, skip_special_tokens=False)
+    assert "<start_of_turn>user\nBe brief.\n\nHello, how are you?<end_of_turn>" in text
+    assert text.count("Be brief.") == 1 and "<start_of_turn>system" not in text
+    # the system text is part of the prompt: masked, like the user turn it opens
+    assert trained_text(gemma, ids, mask) == "I am fine, thank you.<end_of_turn>My name is Zorblax.<end_of_turn>"
+    assert "Be brief.\n\nHello, how are you?" in untrained_text(gemma, ids, mask)
+    # the same conversation without the system turn renders as the template always did
+    bare, _ = encode_chat(gemma, TWO_TURNS[1:])
+    assert gemma.decode(bare, skip_special_tokens=False) == gemma.apply_chat_template(TWO_TURNS[1:], tokenize=False)
+
+
+def test_folding_covers_every_system_prompt_choice_and_chat(tok):
+    from studio.render import _render, fold_system, with_system_prompt
+
+    gemma = with_template(tok, GEMMA)
+    user = [{"role": "user", "content": "Who are you?"}]
+    # replace: the Train tab's system prompt opens the user turn; in chat (generation prompt) as in training
+    replaced = _render(gemma, with_system_prompt(user, "replace", "Talk like a pirate."), generation_prompt=True)
+    assert replaced.endswith("<start_of_turn>user\nTalk like a pirate.\n\nWho are you?<end_of_turn>\n"
+                             "<start_of_turn>model\n")
+    # omit / an empty system turn: nothing is folded
+    assert fold_system([{"role": "system", "content": ""}] + user) == user
+    blank = [{"role": "system", "content": "  "}] + user
+    assert _render(gemma, blank) == gemma.apply_chat_template(user, tokenize=False)
+    # a conversation that opens with the assistant: the system text becomes a user turn of its own
+    assert fold_system([{"role": "system", "content": "S"}, {"role": "assistant", "content": "Hi"}]) == [
+        {"role": "user", "content": "S"}, {"role": "assistant", "content": "Hi"}]
+    # a template that silently drops the system text is detected the same way
+    drops = with_template(tok, DROPS_SYSTEM)
+    ids, mask = encode_chat(drops, TWO_TURNS[:3])
+    assert "<|user|>\nBe brief.\n\nHello, how are you?<|end|>" in drops.decode(ids, skip_special_tokens=False)
+    assert "Be brief." not in trained_text(drops, ids, mask)
+
+
+def test_the_preview_says_the_system_prompt_is_folded(tok):
+    from studio.render import template_notes
+
+    rows = [{"messages": TWO_TURNS}]
+    notes = template_notes(with_template(tok, GEMMA), rows)
+    folded = [n for n in notes if n.startswith("system prompt:")]
+    assert len(folded) == 1 and "no system role" in folded[0] and "first user turn" in folded[0]
+    assert not any(n.startswith("system prompt:") for n in template_notes(tok, rows))
+
+
+def test_the_dataset_preview_of_a_gemma_style_model_folds_and_says_so(tiny_model_dir, tmp_path, studio_home):
+    import json
+    import shutil
+
+    from studio import library
+    from studio.ui.datasets_tab import template_preview
+
+    folder = tmp_path / "gemma-style"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": GEMMA}))
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": TWO_TURNS[:3]}) + "\n")
+    loaded = library.inspect(data, filename=data.name)
+    segments, _, notes, _ = template_preview(loaded, str(folder), 256)
+    assert any("no system role" in n for n in notes), notes
+    untrained = "".join(text for text, label in segments if label is None)
+    assert "Be brief.\n\nHello, how are you?" in untrained
+    assert "".join(text for text, label in segments if label) == "I am fine, thank you.<end_of_turn>"
+
+
+# ---- Qwen3's thinking switch --------------------------------------------------------------------------------
+
+# Qwen3's template, tools left out: reasoning in reasoning_content (or <think> in the content), dropped from turns
+# before the last user turn; the last reply always carries a think block; enable_thinking=false ends the
+# generation prompt in an empty one
+QWEN3 = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if ns.multi_step_tool and message.role == 'user' %}{%- set ns.multi_step_tool = false %}"
+    "{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}{%- set content = message.content %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}"
+    "{%- elif message.role == 'assistant' %}{%- set reasoning_content = '' %}"
+    "{%- if message.reasoning_content is string %}{%- set reasoning_content = message.reasoning_content %}"
+    "{%- elif '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index %}"
+    "{%- if loop.last or (not loop.last and reasoning_content) %}"
+    "{{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n'"
+    " + content.lstrip('\n') }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + content }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+
+def test_qwen3_rows_without_reasoning_train_with_thinking_off(tok):
+    from studio.render import _render
+
+    qwen3 = with_template(tok, QWEN3)
+    ids, mask = encode_chat(qwen3, TWO_TURNS)
+    text = qwen3.decode(ids, skip_special_tokens=False)
+    assert text == qwen3.apply_chat_template(TWO_TURNS, tokenize=False, enable_thinking=False)
+    assert text.endswith(f"<|im_start|>assistant\n{EMPTY_THINK}My name is Zorblax.<|im_end|>\n")
+    # the empty think block is the template's prompt for a reply without thinking: masked, not learned
+    assert trained_text(qwen3, ids, mask) == "I am fine, thank you.<|im_end|>My name is Zorblax.<|im_end|>"
+    assert EMPTY_THINK in untrained_text(qwen3, ids, mask)
+    # chat asks the same way: the generation prompt ends in the empty think block
+    assert _render(qwen3, TWO_TURNS[:4], generation_prompt=True).endswith(f"<|im_start|>assistant\n{EMPTY_THINK}")
+
+
+def test_qwen3_rows_with_reasoning_train_it_with_thinking_on(tok):
+    qwen3 = with_template(tok, QWEN3)
+    row = [{"role": "user", "content": "What is 2+2?"},
+           {"role": "assistant", "content": "4", "reasoning": "Two plus two is four."}]
+    ids, mask = encode_chat(qwen3, row)
+    assert trained_text(qwen3, ids, mask) == "<think>\nTwo plus two is four.\n</think>\n\n4<|im_end|>"
+    # (the last newline is the template's, after the end-of-turn token)
+    assert untrained_text(qwen3, ids, mask) == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n\n"
+
+
+def test_the_preview_says_what_the_thinking_switch_does(tok):
+    from studio.render import template_notes
+
+    qwen3 = with_template(tok, QWEN3)
+    notes = [n for n in template_notes(qwen3, [{"messages": TWO_TURNS}]) if n.startswith("thinking:")]
+    assert len(notes) == 1 and "enable_thinking" in notes[0] and "off" in notes[0]
+    assert '"<think>\\n\\n</think>\\n\\n"' in notes[0] and "not trained on" in notes[0]
+    reasoning = [{"messages": [{"role": "user", "content": "Q"},
+                               {"role": "assistant", "content": "A", "reasoning": "R"}]}]
+    assert any("reasoning is trained" in n for n in template_notes(qwen3, reasoning))
+    assert not any(n.startswith("thinking:") for n in template_notes(tok, [{"messages": TWO_TURNS}]))

@@ -212,22 +212,23 @@ def test_cancel_while_running_stops_before_the_next_step_and_leaves_nothing(tiny
     assert not exports.exists() or list(exports.iterdir()) == []  # no merge, no GGUF, no partial folder
 
 
-def test_gguf_and_evaluation_tasks_write_their_results(tiny_model_dir, studio_home, tmp_path):
+def test_gguf_and_evaluation_tasks_write_their_results(tiny_gguf_model_dir, studio_home, tmp_path):
     from studio import db, jobs
     from studio.settings import get_settings
     from studio.ui import adapters_tab
     from workers.inference.task import run_task
 
-    run = make_job(tiny_model_dir, "exportee", seed=1, golden_prompts=["Hello, how are you?", "What is 2+2?"])
+    run = make_job(tiny_gguf_model_dir, "exportee", seed=1, golden_prompts=["Hello, how are you?", "What is 2+2?"])
     gguf = jobs.submit_task("gguf", "gguf exportee", {"ref": run.id, "quant": "q8_0", "drift": True}, queue=False)
     assert run_task(gguf.id) == "completed", db.get_job(gguf.id).error
     gguf = db.get_job(gguf.id)
     folder = get_settings().exports_dir / "exportee-gguf"
     stored = json.loads((folder / "drift-q8_0.json").read_text())
     assert stored == gguf.summary["drift"] and stored["prompts"] == 2 and stored["gguf"] == "exportee-q8_0.gguf"
-    assert {"identical_replies", "max_abs_logit_diff", "mean_abs_logit_diff", "checked_at"} <= set(stored)
+    assert {"identical_replies", "identical_share", "first_difference", "max_abs_logit_diff", "mean_abs_logit_diff",
+            "checked_at"} <= set(stored) and stored["runtime"].startswith("llama.cpp")
     assert gguf.summary["gguf"]["bytes"] == (folder / "exportee-q8_0.gguf").stat().st_size
-    assert gguf.current_step == gguf.total_steps == 5 + 2 + 4  # merge, GGUF, drift (two loads, two prompts)
+    assert gguf.current_step == gguf.total_steps == 5 + 1 + 4  # merge, convert, drift (llama.cpp, load, two prompts)
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     shown = adapters_tab.export_result(gguf)
     assert "Merged into" in shown and "exportee-q8_0.gguf" in shown and "Drift check (q8_0)" in shown
@@ -241,7 +242,7 @@ def test_gguf_and_evaluation_tasks_write_their_results(tiny_model_dir, studio_ho
     assert (by_cli.status, by_cli.spec["gguf_out"], by_cli.summary["gguf"]["path"]) == ("completed", str(out), str(out))
 
     _dataset(tmp_path)
-    note, task_id, _, _ = adapters_tab.on_evaluate(str(tiny_model_dir), [run.id], "dataset:held-out", 3, 8)
+    note, task_id, _, _ = adapters_tab.on_evaluate(str(tiny_gguf_model_dir), [run.id], "dataset:held-out", 3, 8)
     assert "3 rows on 2 models" in note
     from inferproc import infer_process
 
@@ -306,7 +307,7 @@ def test_cancel_works_for_queued_and_running_tasks_on_a_real_worker(tiny_model_d
 
 @pytest.mark.browser
 def test_merge_export_and_evaluation_from_the_ui_run_on_the_worker_and_the_ui_stays_torch_free(
-        tiny_model_dir, studio_home, tmp_path):
+        tiny_gguf_model_dir, studio_home, tmp_path):
     """The Adapters tab in a real browser queues a merge, a GGUF export and a batch evaluation; `studio serve`'s
     worker runs them while the UI keeps answering, and the UI process never maps torch."""
     from browser import SHARED_MODELS, Server, open_page, open_tab, pick_first_containing, require_browser, \
@@ -320,7 +321,7 @@ def test_merge_export_and_evaluation_from_the_ui_run_on_the_worker_and_the_ui_st
 
     expect.set_options(timeout=120_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    make_job(tiny_model_dir, "exportee", seed=1)
+    make_job(tiny_gguf_model_dir, "exportee", seed=1)
     _dataset(tmp_path)
     server = Server(studio_home, ARTIFACTS / "tasks-server.log", STUDIO_MODELS_DIR=str(SHARED_MODELS))
     answered_while_running = []

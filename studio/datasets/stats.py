@@ -316,8 +316,10 @@ def tools_sentence(tools: dict | None) -> str | None:
     if not tools:
         return None
     shown = ", ".join(tools["names"][:8]) + (f" and {tools['distinct_names'] - 8} more" if tools["distinct_names"] > 8 else "")
-    text = (f"tool schemas: {tools['rows']} rows carry them ({tools['distinct_names']} distinct "
-            f"tool{'s' if tools['distinct_names'] != 1 else ''}: {shown}); {tools['rows_calling_tools']} rows call a tool")
+    carry = "1 row carries them" if tools["rows"] == 1 else f"{tools['rows']:,} rows carry them"
+    call = "1 row calls a tool" if tools["rows_calling_tools"] == 1 else f"{tools['rows_calling_tools']:,} rows call a tool"
+    text = (f"tool schemas in the rows: {carry} ({tools['distinct_names']} distinct "
+            f"tool{'s' if tools['distinct_names'] != 1 else ''}: {shown}); {call}")
     if tools["schema_tokens"] is not None:
         text += (f"; the schemas add about {tools['schema_tokens_per_row']:,.0f} tokens to a row "
                  f"({tools['schema_tokens']:,} in all)")

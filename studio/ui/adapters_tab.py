@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import adapters, db, jobs
+from ..export import drift_sentence
 from ..chat import AUTO_BASE
 from ..models import shown_model, shown_path
 from . import downloads
@@ -127,8 +128,7 @@ def task_result(job: db.Job) -> str:
         g = result["gguf"]
         line = f"{adapters.human_bytes(g['bytes'])} GGUF ({job.spec.get('quant', '?')})"
         if d := result.get("drift"):
-            line += (f"; drift: {d['identical_replies']}/{d['prompts']} identical replies, "
-                     f"max |logit diff| {d['max_abs_logit_diff']:.4f}")
+            line += f"; {drift_sentence(d)}"
         return line
     metrics = result.get("metrics", {})
     losses = ", ".join(f"{m} loss {metrics[m]['eval_loss']:.3f}" if metrics[m].get("eval_loss") is not None
@@ -184,13 +184,12 @@ def _snippet_values(ref, gguf_file=None) -> list:
 
 
 def drift_markdown(report: dict) -> str:
-    lines = [f"**Drift check ({report.get('quant', '?')})**: {report['identical_replies']}/{report['prompts']} "
-             f"identical greedy replies, {report['identical_prompt_tokens']}/{report['prompts']} identical prompt "
-             f"tokenisations, max |logit diff| {report['max_abs_logit_diff']:.4f}, mean "
-             f"{report['mean_abs_logit_diff']:.5f} ({report['seconds']:.1f} s)."]
+    head, _, rest = drift_sentence(report).partition(": ")
+    lines = [f"**{head}**: {rest[:-1]}; {report['identical_prompt_tokens']}/{report['prompts']} identical prompt "
+             f"tokenisations, mean |logit diff| {report['mean_abs_logit_diff']:.5f} ({report['seconds']:.1f} s)."]
     for hf, gguf in report.get("replies", [])[:3]:
         mark = "same" if hf == gguf else "differs"
-        lines.append(f"- {mark}: HF `{hf[:80]!s}` · GGUF `{gguf[:80]!s}`")
+        lines.append(f"- {mark}: merged `{hf[:80]!s}` · GGUF `{gguf[:80]!s}`")
     return "\n".join(lines)
 
 
@@ -430,8 +429,8 @@ def build() -> dict:
         with gr.Accordion("Export: merge, GGUF, serving", open=True) as export_acc:
             with gr.Row():
                 dtype = gr.Radio(["float32", "bfloat16", "float16"], value="float32", label="Merged weights dtype")
-                quant = gr.Radio(["q8_0", "f16"], value="q8_0", label="GGUF type")
-                drift = gr.Checkbox(True, label="Check drift after the GGUF export (load it back and compare)")
+                quant = gr.Radio(["q8_0", "q4_k_m", "f16"], value="q8_0", label="GGUF type")
+                drift = gr.Checkbox(True, label="Check drift after the GGUF export (answer in llama.cpp and compare)")
             with gr.Row():
                 merge_btn = gr.Button("Merge into the base", elem_id="adapters-merge")
                 gguf_btn = gr.Button("Export GGUF + Ollama Modelfile", elem_id="adapters-gguf")

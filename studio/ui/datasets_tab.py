@@ -204,8 +204,9 @@ def delete_selected(name: str):
 
 def build() -> dict:
     with gr.Tab("Datasets", id="datasets"):
-        gr.Markdown("Upload chat (`messages` with tools, tool calls and reasoning; ShareGPT), instruction (alpaca), "
-                    "prompt/completion, plain text, preference (TRL, OpenAI, Anthropic HH) or unpaired preference "
+        gr.Markdown("Upload chat (`messages` with tools, tool calls and reasoning; ShareGPT; LLaMA-Factory v1), "
+                    "instruction (alpaca), prompt/completion, plain text, template-free `segments` (axolotl), "
+                    "preference (TRL, OpenAI, Anthropic HH) or unpaired preference "
                     "(KTO) data as JSON, JSONL, CSV, TSV, Parquet or TXT (optionally gzip-compressed). The preview "
                     "uses the base model and max length chosen in the Train tab.")
         with gr.Row():

@@ -6,12 +6,26 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import charts, db, jobs, sweep
-from ..models import ModelError, linear_layer_names
+from .. import charts, db, families, jobs, sweep
+from ..models import ModelError, is_bundled, linear_layer_names
 from ..methods import METHOD_FIELDS, method_errors
 from ..spec import BUNDLED_MODEL, JobSpec, SpecError, field_help
 from . import downloads, form
 from .datasets_tab import dataset_names
+
+
+def base_model_choices() -> list[tuple[str, str]]:
+    """(label, value) of each model the Base model list offers: the bundled model, then every published model of
+    the family table (studio.families), family by family, e.g. "Qwen2.5-0.5B-Instruct · Qwen2.5 · 0.5B ·
+    Apache-2.0". Any other hub id or local folder can still be typed in."""
+    choices = []
+    for family, model in families.published_models():
+        if is_bundled(model.hub_id):
+            choices.insert(0, (f"{families.model_label(family, model)} · bundled", BUNDLED_MODEL))
+        else:
+            choices.append((families.model_label(family, model), model.hub_id))
+    return choices
+
 
 def module_choices(base_model: str) -> list[str]:
     try:
@@ -43,6 +57,9 @@ def estimate_markdown(spec: JobSpec) -> str:
         from ..jobs import estimate_for_workers
 
         est, where, warnings = estimate_for_workers(spec, config)
+        listed = families.published(spec.base_model) if d is None else None
+        if listed is not None and listed[1].note:  # what the table's shape leaves out, e.g. a vision tower
+            where += f" · {listed[1].note}"
     except Exception as exc:  # an estimate must never block the form
         return f"Memory estimate unavailable: {exc}"
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
@@ -281,9 +298,9 @@ def build() -> dict:
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
-                    comps["base_model"] = gr.Dropdown([BUNDLED_MODEL], value=BUNDLED_MODEL, allow_custom_value=True,
-                                                      label="Base model", info=meta["base_model"]["help"],
-                                                      elem_id="spec-base_model")
+                    comps["base_model"] = gr.Dropdown(base_model_choices(), value=BUNDLED_MODEL,
+                                                      allow_custom_value=True, label="Base model",
+                                                      info=meta["base_model"]["help"], elem_id="spec-base_model")
                     comps["dataset"] = gr.Dropdown(dataset_names(), label="Dataset", info=meta["dataset"]["help"],
                                                    elem_id="spec-dataset")
                 modules = module_choices(BUNDLED_MODEL)

@@ -107,18 +107,18 @@ def _gguf(job: db.Job, params: dict, progress: Progress) -> dict:
 
     from studio.adapters import _drift_prompts, _export_paths, _merge_is_current, resolve
 
-    from .export import GGUF_STEPS, MERGE_STEPS, drift_steps, export_gguf
+    from .export import MERGE_STEPS, export_gguf, gguf_steps
 
     ref = resolve(params["ref"])
     merged_out = params.get("merged_out")
+    quant = params.get("quant", "q8_0")
     drift = bool(params.get("drift", True))
     prompts = _drift_prompts(ref) if drift else []
     needs_merge = merged_out is not None or not _merge_is_current(_export_paths(ref)[0], ref.folder)
-    progress.total = MERGE_STEPS * needs_merge + GGUF_STEPS + (drift_steps(prompts) if drift else 0)
-    result = export_gguf(ref.ref, quant=params.get("quant", "q8_0"), drift=drift, prompts=prompts or None,
-                         gguf_out=params.get("gguf_out"), merged_out=Path(merged_out) if merged_out else None,
-                         dtype=params.get("dtype", "float32"), progress=progress)
-    return result
+    progress.total = MERGE_STEPS * needs_merge + gguf_steps(quant, drift, prompts)
+    return export_gguf(ref.ref, quant=quant, drift=drift, prompts=prompts or None,
+                       gguf_out=params.get("gguf_out"), merged_out=Path(merged_out) if merged_out else None,
+                       dtype=params.get("dtype", "float32"), progress=progress)
 
 
 def _evaluate(job: db.Job, params: dict, progress: Progress) -> dict:

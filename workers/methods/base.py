@@ -39,8 +39,19 @@ def preference_config(config_cls, spec, output_dir: Path, n_train: int, has_eval
                       **common_args(spec, output_dir, n_train, has_eval, device))
 
 
+def for_template(tokenizer, rows: list[dict]) -> list[dict]:
+    """Rows TRL renders with the chat template itself, as the studio renders them: for a template without a system
+    role (Gemma 2) a system turn opens the first user turn of the prompt (studio.render.fold_system)."""
+    from studio.render import fold_system, system_role
+
+    if system_role(tokenizer):
+        return rows
+    return [{**row, "prompt": fold_system(row["prompt"])} if isinstance(row.get("prompt"), list) else row
+            for row in rows]
+
+
 def preference_trainer(trainer_cls, args, model, tokenizer, train_rows: list[dict], eval_rows: list[dict], callbacks):
     """A TRL preference trainer on the rows as they are (TRL tokenises prompt and replies itself)."""
-    train_ds, eval_ds = datasets(train_rows, eval_rows)
+    train_ds, eval_ds = datasets(for_template(tokenizer, train_rows), for_template(tokenizer, eval_rows))
     return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                        processing_class=tokenizer, callbacks=callbacks)
