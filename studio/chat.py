@@ -12,7 +12,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -67,9 +66,6 @@ class FairLock:
         with self._cond:
             now = time.monotonic()
             return any(w[0] <= work or now - w[2] >= MAX_WAIT_SECONDS for w in self._waiting)
-
-    def waiting(self) -> int:
-        return len(self._waiting)
 
     def __call__(self, work: int):
         """``with lock(work):`` acquires it for a holder with ``work`` left."""

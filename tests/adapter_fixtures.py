@@ -71,6 +71,17 @@ def make_checkpoint(job, base_dir: Path, step: int, seed: int = 7, complete: boo
     return folder
 
 
+def queued_job(spec, name: str) -> str:
+    """A job row for ``spec``, queued as the form leaves it, its output under jobs/<name>; returns its id."""
+    from studio import db
+
+    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
+    with db.session() as s:
+        s.add(job)
+        s.commit()
+    return job.id
+
+
 def identity_job(base_dir: Path, tmp_path: Path, name: str, **spec_values) -> str:
     """A queued run (its id) of the 40-row identity set, added to the library on first use, on the tiny model with
     small LoRA and short rows; ``spec_values`` set or override any field. Output under jobs/<name>."""
@@ -82,9 +93,4 @@ def identity_job(base_dir: Path, tmp_path: Path, name: str, **spec_values) -> st
         library.add(write(tmp_path / "identity.jsonl"), name="identity")
     values = dict(base_model=str(base_dir), dataset="identity", load_in_4bit=False, r=4, lora_alpha=8,
                   per_device_train_batch_size=2, max_length=128, eval_split=0.2, name=name)
-    spec = JobSpec(**{**values, **spec_values})
-    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
-    with db.session() as s:
-        s.add(job)
-        s.commit()
-    return job.id
+    return queued_job(JobSpec(**{**values, **spec_values}), name)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from adapter_fixtures import queued_job
 from families_fixtures import FAMILIES, build_family_model
 
 openai = pytest.importorskip("openai")
@@ -39,12 +40,9 @@ def _train(studio_home, tmp_path, base, name: str, method: str = "sft", rows=Non
     spec = JobSpec(base_model=str(base), dataset=name, method=method, load_in_4bit=False, r=4, lora_alpha=8,
                    lora_dropout=0.0, eval_split=0.0, max_length=96, max_steps=3, per_device_train_batch_size=4,
                    learning_rate=1e-3, general_replay=0.0, forgetting_check=False, **kw)
-    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
-    with db.session() as s:
-        s.add(job)
-        s.commit()
-    assert train.run_job(job.id) == "completed", db.get_job(job.id).error
-    return db.get_job(job.id)
+    job_id = queued_job(spec, name)
+    assert train.run_job(job_id) == "completed", db.get_job(job_id).error
+    return db.get_job(job_id)
 
 
 def _safetensors(path):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from adapter_fixtures import make_job
+from adapter_fixtures import make_job, queued_job
 
 # (check spec, replies that must pass, replies that must fail), written by hand
 CASES = [
@@ -243,13 +243,9 @@ def _train(studio_home, path, name: str, **spec_values):
     from workers import train
 
     library.add(path, name=name)
-    spec = JobSpec(base_model=BUNDLED_MODEL, dataset=name, name=name, **spec_values)
-    job = db.Job(name=name, spec_json=spec.to_json(), output_dir=f"jobs/{name}")
-    with db.session() as s:
-        s.add(job)
-        s.commit()
-    assert train.run_job(job.id) == "completed", db.get_job(job.id).error
-    return db.get_job(job.id)
+    job_id = queued_job(JobSpec(base_model=BUNDLED_MODEL, dataset=name, name=name, **spec_values), name)
+    assert train.run_job(job_id) == "completed", db.get_job(job_id).error
+    return db.get_job(job_id)
 
 
 @pytest.mark.slow

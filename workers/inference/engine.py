@@ -142,10 +142,7 @@ class InferenceEngine:
         """The request made ready to generate: its base loaded, its prompt encoded and measured against the
         model's context, and its reply's budget cut to what the context has left. PromptTooLong otherwise."""
         engine, adapter = self.prepare(target)
-        with engine.lock:
-            ids, context = engine.encode(messages, adapter), engine.context_length()
-        if len(ids) >= context:
-            raise PromptTooLong(len(ids), context)
+        ids, context = measure(engine, adapter, messages)
         budget = min(int(settings.max_new_tokens), context - len(ids))
         return Admitted(engine, adapter, ids, replace(settings, max_new_tokens=budget))
 
@@ -186,14 +183,20 @@ class InferenceEngine:
         generated token in ``reply`` (ChatEngine.score). PromptTooLong when it does not fit the context."""
         with SERVING:
             engine, adapter = self.prepare(target)
-            with engine.lock:
-                measured, context = len(engine.encode(messages, adapter)), engine.context_length()
-            if measured >= context:
-                raise PromptTooLong(measured, context)
+            measure(engine, adapter, messages)
             entries, text = engine.score(messages, adapter, add_generation_prompt, continue_final_message, top or 0,
                                          settings)
         reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason = text, len(entries), 1, "length"
         return entries if top is not None else None
+
+
+def measure(engine: ChatEngine, adapter: str | None, messages: list[dict]) -> tuple[list[int], int]:
+    """The prompt's token ids and the model's context; PromptTooLong when the prompt leaves no room for a reply."""
+    with engine.lock:
+        ids, context = engine.encode(messages, adapter), engine.context_length()
+    if len(ids) >= context:
+        raise PromptTooLong(len(ids), context)
+    return ids, context
 
 
 class PromptTooLong(ValueError):
