@@ -4,15 +4,45 @@ from __future__ import annotations
 import os
 
 
-def device_label(world_size: int | None = None) -> str:
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def rank() -> int:
+    """This process's rank in a distributed run (RANK, set by the launcher); 0 alone."""
+    return _int("RANK", 0)
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (LOCAL_RANK); 0 alone."""
+    return _int("LOCAL_RANK", 0)
+
+
+def world_size() -> int:
+    """How many processes train together (WORLD_SIZE); 1 alone."""
+    return _int("WORLD_SIZE", 1)
+
+
+def is_main() -> bool:
+    """Whether this process is the one that writes (rank 0)."""
+    return rank() == 0
+
+
+def device_label(world: int | None = None) -> str:
     """What the Runs table shows as the job's device: 'cpu', 'cuda:1 (NVIDIA H100 80GB HBM3)',
     'cuda:0,1 (2 x NVIDIA H100 80GB HBM3, DDP)'. Physical ids, read through CUDA_VISIBLE_DEVICES."""
     import torch
 
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = world or world_size()
     if not torch.cuda.is_available():
         return "cpu" if world == 1 else f"cpu ({world} processes, DDP)"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = local_rank()
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     used = list(range(local, local + 1)) if world == 1 else list(range(world))
     ids = [visible[i] if i < len(visible) else str(i) for i in used]
