@@ -10,7 +10,7 @@ from studio.ui import build_ui  # noqa: F401  (importable for tests and tooling)
 
 
 def main() -> int:
-    from studio.cli import main as cli_main
+    from workers.cli import main as cli_main  # the whole command line; its commands import the workers on use
 
     return cli_main(["serve", *sys.argv[1:]])
 

@@ -65,8 +65,9 @@ def main() -> int:
     import torch
 
     from workers.inference import export
-    from studio.chat import ChatEngine, GenerationSettings
-    from studio.models import ensure_bundled
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import ChatEngine
+    from workers.bundled import ensure_bundled
 
     base_dir = ensure_bundled()
     tmp = Path(tempfile.mkdtemp(prefix="chat-bench-"))

@@ -58,7 +58,7 @@ def main() -> None:
     import openai
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "studio.cli", "infer", "--port", str(port)], cwd=ROOT,
+    server = subprocess.Popen([sys.executable, "-m", "workers.cli", "infer", "--port", str(port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -7,7 +7,8 @@ evaluations, checkpoints, golden prompts, final save and the rest; then the whol
 steady-state tokens/s of bench/train_speed.py's studio path on the same spec and rows, measured afterwards in
 this process (the target is at least 80%); then the adapter's answers to 10 held-out paraphrased identity
 questions (the target: the name or the maker in at least 9) and to general questions, beside the base's,
-asked as the Chat tab asks them (studio.chat.ChatEngine, with the run's system-prompt choice).
+asked as the Chat tab asks them (workers/inference/chat_engine.py's ChatEngine, with the run's system-prompt
+choice).
 
     python bench/first_run.py [--rows 0] [--name Zorblax --author "Quintar Labs"] [--max-steps 0] [--speed-steps 30]
                               [--cold] [--data FILE [--fill BLANK=VALUE ...]]
@@ -91,20 +92,20 @@ def steady_tokens_per_second(spec_dict: dict, steps: int, out: Path) -> float:
     from bench import train_speed
     from studio import library
     from studio.datasets import sft_rows
-    from studio.models import resolve_model
     from studio.spec import JobSpec
+    from workers.bundled import model_folder
 
     spec = JobSpec(**{**spec_dict, "max_steps": steps, "eval_split": 0.0})
     data = library.load(spec.dataset)
     chat = [{"messages": r["messages"]} for r in sft_rows(data.kind, data.rows)[0]]
-    return train_speed.run_one("studio", resolve_model(spec.base_model), spec, chat, chat[:2], out)["real_tps"]
+    return train_speed.run_one("studio", model_folder(spec.base_model), spec, chat, chat[:2], out)["real_tps"]
 
 
 def what_it_learned(job, name: str, author: str) -> dict:
     """The adapter's and the base's greedy replies to the held-out paraphrases and the general questions, through
     the Chat tab's engine (the run's system-prompt choice applied to the adapter)."""
     from studio import adapters
-    from studio.chat import ChatEngine
+    from workers.inference.chat_engine import ChatEngine
 
     ref = adapters.resolve(job.id)
     engine = ChatEngine()
@@ -156,7 +157,7 @@ def main() -> None:
     (home / "job.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
 
     worker_log = open(home / "worker.log", "ab")
-    worker = subprocess.Popen([sys.executable, "-m", "studio.cli", "worker", "--no-infer", "--parent", str(os.getpid()),
+    worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--no-infer", "--parent", str(os.getpid()),
                                *["--no-prepare"] * args.cold],
                               cwd=ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

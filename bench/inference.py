@@ -5,7 +5,8 @@ token, tokens/s, adapter switch time, and memory per loaded base.
 
 A throwaway data directory gets two imported LoRA adapters (bench/chat_export.py's: r=16, all linear
 layers); a real `studio infer` process serves them on a free loopback port, read by the official
-`openai` client with streaming; the in-process figures come from studio.chat's ChatEngine in this process.
+`openai` client with streaming; the in-process figures come from workers/inference/chat_engine.py's ChatEngine
+in this process.
 Greedy replies, the same prompt and settings on both paths.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def rss_mb(pid: int) -> float:
 
 def in_process(engine, adapter, max_tokens: int) -> tuple[float, float, int]:
     """(seconds to the first text, seconds in all, tokens generated) for one greedy reply."""
-    from studio.chat import GenerationSettings
+    from studio.generation import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=max_tokens, temperature=0.0, repetition_penalty=1.0)
     t0, first, reply = time.perf_counter(), None, ""
@@ -80,8 +81,8 @@ def main() -> int:
     from chat_export import make_adapter
 
     from studio import adapters
-    from studio.chat import ChatEngine
-    from studio.models import ensure_bundled
+    from workers.inference.chat_engine import ChatEngine
+    from workers.bundled import ensure_bundled
 
     base_dir = ensure_bundled()
     tmp = Path(os.environ["STUDIO_HOME"]).parent
@@ -93,7 +94,7 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "studio.cli", "infer", "--port", str(port)], cwd=ROOT,
+    server = subprocess.Popen([sys.executable, "-m", "workers.cli", "infer", "--port", str(port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=os.environ["STUDIO_API_KEY"],

@@ -303,7 +303,7 @@ def measure_method(model_dir: str, method: str, steps: int, threads: int = 1, sp
     from transformers import TrainerCallback
 
     from workers import train
-    from workers.methods import METHODS, grpo
+    from workers.methods import TRAINERS, grpo
 
     torch.set_num_threads(threads)
     spec = spec or method_spec(Path(model_dir), method, steps)
@@ -313,7 +313,7 @@ def measure_method(model_dir: str, method: str, steps: int, threads: int = 1, sp
     gc.collect()
     baseline = _rss_kib("VmRSS") * 1024
     model, tokenizer = train.load_model_for_training(spec, Path(model_dir), "cpu")
-    kind, rows = METHODS[method].prepare(spec, *method_rows(method, 2 * steps * 2))
+    kind, rows = TRAINERS[method].prepare(spec, *method_rows(method, 2 * steps * 2))
     trainer = train.build_trainer(spec, kind, model, tokenizer, rows, [], Path(tempfile.mkdtemp()), TrainerCallback(),
                                   "cpu")
     gc.collect()

@@ -49,12 +49,12 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.models import resolve_model
     from studio.probe import load_probe
     from studio.probe.runner import run_probe
+    from workers.bundled import model_folder
     from workers.forgetting import generate_replies, model_generate
 
-    folder = resolve_model("SmolLM2-135M-Instruct")
+    folder = model_folder("SmolLM2-135M-Instruct")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
                            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))

@@ -79,7 +79,7 @@ def random_model(name: str, tokenizer_dir: Path, out_root: Path, dtype: torch.dt
 
 def bench_model(name: str, tokenizer: Path | None, out: Path) -> Path:
     """--model: the bundled SmolLM2, a random-initialised Llama of RANDOM_CONFIGS (bf16 on a GPU), or a folder."""
-    from studio.models import ensure_bundled
+    from workers.bundled import ensure_bundled
 
     if name == "bundled":
         return ensure_bundled()

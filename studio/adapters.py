@@ -732,14 +732,28 @@ def read_adapter_config(path: Path) -> dict:
     return config
 
 
+_DECODER_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.\d+\.")  # a module inside a numbered decoder layer
+
+
+def base_weight_shapes(base_model: str) -> dict[str, tuple]:
+    """The base model's 2-D weights, module name -> (out_features, in_features), read without torch: the
+    safetensors headers of its folder, or, for the bundled model before a worker has converted it, its GGUF's
+    tensor table. Raises ModelError."""
+    from .models import bundled_weight_shapes, cached_dir, is_bundled, resolve_model
+
+    if is_bundled(base_model) and cached_dir(base_model) is None:
+        return bundled_weight_shapes()
+    return {k[: -len(".weight")]: tuple(v["shape"]) for k, v in _headers(resolve_model(base_model)).items()
+            if k.endswith(".weight") and len(v["shape"]) == 2}
+
+
 def check_adapter(folder: str | Path, base_model: str) -> dict:
     """Check a LoRA adapter against a base model by shapes alone (safetensors headers, no torch).
 
     Every lora_A must be (r, in_features) and every lora_B (out_features, r) of a linear layer the base
     really has; the config's target modules must be layers of the base. Returns what was found.
     """
-    from . import catalog
-    from .models import ModelError, resolve_model
+    from .models import ModelError
 
     folder = Path(folder)
     config = read_adapter_config(folder / "adapter_config.json")
@@ -747,12 +761,10 @@ def check_adapter(folder: str | Path, base_model: str) -> dict:
         raise AdapterError(f"only LoRA adapters are supported; this one is {config['peft_type'][:40]}")
     tensors = read_safetensors_header(folder / "adapter_model.safetensors")
     try:
-        base_dir = resolve_model(base_model)
+        base_shapes = base_weight_shapes(base_model)
     except ModelError as exc:
         raise AdapterError(f"cannot read the base model: {exc}") from None
-    leaves = catalog.linear_layers_from_safetensors(base_dir)
-    base_shapes = {k[: -len(".weight")]: tuple(v["shape"]) for k, v in _headers(base_dir).items()
-                   if k.endswith(".weight") and len(v["shape"]) == 2}
+    leaves = {m.rsplit(".", 1)[-1] for m in base_shapes if _DECODER_LAYER.search(m)}
     if not leaves:
         raise AdapterError(f"cannot read the linear layers of {base_model} (no safetensors weights)")
     ranks: dict[str, dict[str, tuple]] = {}

@@ -1,5 +1,9 @@
 """`studio` command line: the same code paths as the UI.
 
+This module holds the commands that need no model (serve, auth, backup, dataset, train, jobs, cancel, resume,
+estimate, chat, sweep) and the parser; workers/cli.py adds the ones that run models on this machine (worker, infer,
+export, evaluate) and is the ``studio`` console script. ``python -m studio.cli`` has this module's commands only.
+
 Exit codes: 0 success, 2 bad input (the one-sentence reason on stderr), 1 anything else.
 """
 from __future__ import annotations
@@ -12,9 +16,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 
-def _fail(message: str, code: int = 2) -> int:
+def fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -56,7 +61,7 @@ def seed_arg(text: str) -> int:
     return value
 
 
-# ---- serve / worker -----------------------------------------------------------------------------
+# ---- serve: the UI, and a worker beside it ------------------------------------------------------
 
 AUTH_ON_COMMAND_LINE = ("--auth is refused because every local user can read a command line (`ps`): store the "
                         "password with `studio auth add USER --file PATH` and start with "
@@ -81,22 +86,22 @@ def _login(auth_file: str | None, settings):
 
 def cmd_serve(args) -> int:
     if args.auth:
-        return _fail(AUTH_ON_COMMAND_LINE)
-    from .settings import get_settings, reset_settings
+        return fail(AUTH_ON_COMMAND_LINE)
+    from .settings import child_env, get_settings, reset_settings
 
     reset_settings()
     try:
         settings = get_settings()
         login = _login(args.auth_file, settings)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     from . import db
     from .liveness import Supervisor
 
     supervisor = None
     if not args.no_worker:
-        argv = [sys.executable, "-m", "studio.cli", "worker", "--parent", str(os.getpid())]
-        env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+        argv = [sys.executable, "-m", "workers.cli", "worker", "--parent", str(os.getpid())]
+        env = child_env(drop=AUTH_VARS)
         supervisor = Supervisor(argv, env, _worker_exited, grace=WORKER_STOP_GRACE).start()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the UI and the worker as Ctrl-C does
     try:
@@ -141,57 +146,6 @@ def _worker_exited(pid: int, code: int) -> None:
     jobs.live_workers()
 
 
-def cmd_worker(args) -> int:
-    import contextlib
-
-    from workers.consumer import run_worker
-
-    if args.parent:
-        from .liveness import watch_parent
-
-        watch_parent(args.parent)
-    with contextlib.ExitStack() as beside:
-        if not args.no_infer:
-            from workers.inference.server import BindError, beside_worker
-
-            try:
-                beside.enter_context(beside_worker())
-            except BindError as exc:
-                return _fail(f"cannot start the inference server ({exc}): set STUDIO_INFER_PORT to a free port "
-                             "or start the worker with --no-infer")
-        run_worker(gpus=args.gpus, prepare=not args.no_prepare)
-    return 0
-
-
-def cmd_infer(args) -> int:
-    from workers.inference.server import BindError, serve_forever
-
-    engine = None
-    if args.engine == "vllm":
-        from workers.inference.vllm_engine import VLLMEngine
-
-        from .spec import BUNDLED_MODEL
-
-        base = args.base_model or BUNDLED_MODEL
-        if args.vllm_url:  # a vLLM server started elsewhere (with --enable-lora and runtime LoRA updating)
-            engine = VLLMEngine(base, args.vllm_url, os.environ.get("VLLM_API_KEY"), args.max_lora_rank)
-        else:
-            try:
-                engine = VLLMEngine.start(base, args.max_lora_rank)
-            except RuntimeError as exc:
-                return _fail(str(exc))
-    elif args.vllm_url or args.base_model:
-        return _fail("--base-model and --vllm-url go with --engine vllm")
-    try:
-        serve_forever(args.host, args.port, engine)
-    except BindError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another --port")
-    finally:
-        if engine is not None:
-            engine.stop()
-    return 0
-
-
 def pg_dump_advice(url: str) -> str:
     """The one sentence `studio backup` answers for a server database: the pg_dump line for its URL
     (libpq's form: no SQLAlchemy driver suffix, no password)."""
@@ -210,14 +164,14 @@ def cmd_backup(args) -> int:
     try:
         url = get_settings().database_url
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if not url.startswith("sqlite"):
-        return _fail(pg_dump_advice(url))
+        return fail(pg_dump_advice(url))
     target = Path(args.path).expanduser()
     if target.exists():
-        return _fail(f"'{target}' already exists; give the name of a new file")
+        return fail(f"'{target}' already exists; give the name of a new file")
     if not target.parent.is_dir():
-        return _fail(f"the folder '{target.parent}' does not exist")
+        return fail(f"the folder '{target.parent}' does not exist")
     source = db.backup(target)
     print(f"backed up {source} to {target}")
     return 0
@@ -238,18 +192,19 @@ def _read_password() -> str | None:
 
 def cmd_auth_add(args) -> int:
     from . import auth
+    from .settings import load_settings
 
-    path = args.file or os.environ.get("STUDIO_AUTH_FILE")
+    path = args.file or load_settings().auth_file
     if not path:
-        return _fail("give the auth file with --file PATH (or set STUDIO_AUTH_FILE)")
+        return fail("give the auth file with --file PATH (or set STUDIO_AUTH_FILE)")
     try:
         user = auth.check_user(args.user)
         password = _read_password()
         if password is None:
-            return _fail("the two passwords differ; nothing was written")
+            return fail("the two passwords differ; nothing was written")
         new = auth.set_password(Path(path).expanduser(), user, password)
     except auth.AuthFileError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"{'added' if new else 'changed the password of'} {user} in {path}")
     return 0
 
@@ -268,7 +223,7 @@ def cmd_dataset_check(args) -> int:
         data = library.inspect(Path(args.path), format=args.format, drop_bad=args.drop_bad,
                                fill=parse_fill(args.fill))
     except DatasetError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     tokenizer = tokenizer_for(args.base_model)
     tokens = token_stats(tokenizer, data.rows, data.kind, args.max_length) if tokenizer is not None else {}
     warnings = list(data.notes) + ([] if tokenizer is not None else
@@ -308,7 +263,7 @@ def cmd_dataset_add(args) -> int:
         rec, created = library.add(Path(args.path), name=args.name, format=args.format, drop_bad=args.drop_bad,
                                    fill=parse_fill(args.fill), notes=notes)
     except (DatasetError, UnsafePath) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"{'added' if created else 'already present'}: {rec.name} ({rec.format}, {rec.rows} rows)")
     for note in notes:
         print(f"note: {note}")
@@ -339,9 +294,9 @@ def cmd_train(args) -> int:
         spec = _load_spec(args.config)
         job = jobs.submit(spec)
     except SpecError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except FileNotFoundError:
-        return _fail(f"the file '{args.config}' does not exist")
+        return fail(f"the file '{args.config}' does not exist")
     print(f"queued {job.name} ({job.id})")
     return follow(job.id) if args.follow else 0
 
@@ -386,7 +341,7 @@ def cmd_cancel(args) -> int:
     try:
         job = jobs.cancel(args.job)
     except KeyError:
-        return _fail(f"there is no job '{args.job}'")
+        return fail(f"there is no job '{args.job}'")
     print(f"{job.name}: {'cancel requested' if job.status == 'running' else job.status}")
     return 0
 
@@ -396,11 +351,11 @@ def cmd_resume(args) -> int:
 
     job = db.get_job(args.job)
     if job is None:
-        return _fail(f"there is no job '{args.job}'")
+        return fail(f"there is no job '{args.job}'")
     try:
         job = jobs.resume(job.id)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"queued {job.name} to resume")
     return follow(job.id) if args.follow else 0
 
@@ -413,9 +368,9 @@ def cmd_estimate(args) -> int:
     try:
         spec = _load_spec(args.config)
     except SpecError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except FileNotFoundError:
-        return _fail(f"the file '{args.config}' does not exist")
+        return fail(f"the file '{args.config}' does not exist")
     try:
         linear = linear_layer_names(spec.base_model)
     except ModelError:
@@ -423,12 +378,12 @@ def cmd_estimate(args) -> int:
     errors = spec.validate(linear_names=linear)  # what `studio train` refuses, except that an estimate needs no data
     errors.pop("dataset", None)
     if errors:
-        return _fail(str(SpecError(errors)))
+        return fail(str(SpecError(errors)))
     d = cached_dir(spec.base_model)
     config = catalog.config_for(spec.base_model, str(d) if d else None)
     if config is None:
-        return _fail(f"no configuration is known for '{spec.base_model}': give a local model folder or a model "
-                     f"from the table ({', '.join(sorted(catalog.ARCHITECTURES)[:6])}, …)")
+        return fail(f"no configuration is known for '{spec.base_model}': give a local model folder or a model "
+                    f"from the table ({', '.join(sorted(catalog.ARCHITECTURES)[:6])}, …)")
     warnings: list[str] = []
     if args.device == "workers":
         from .jobs import estimate_for_workers
@@ -463,9 +418,9 @@ def cmd_chat(args) -> int:
     try:
         ref = resolve(args.run)
     except (AdapterError, UnsafePath) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if not (args.prompt or "").strip():
-        return _fail("give a prompt with --prompt")
+        return fail("give a prompt with --prompt")
     settings = GenerationSettings(max_new_tokens=getattr(args, "max_new_tokens", 128),
                                   temperature=getattr(args, "temperature", 0.0), seed=getattr(args, "seed", 0))
     messages = ([{"role": "system", "content": args.system}] if getattr(args, "system", "") else []) + [
@@ -474,7 +429,7 @@ def cmd_chat(args) -> int:
     try:
         url = inference_client.pick_server(base).url
     except inference_client.InferenceError:
-        return _fail(NO_SERVER, 1)
+        return fail(NO_SERVER, 1)
     if ref.using:
         print(f"{ref.name}: using {ref.using}", file=sys.stderr, flush=True)
     try:
@@ -484,7 +439,7 @@ def cmd_chat(args) -> int:
             print(f"--- {ref.name}", flush=True)
         _print_stream(inference_client.chat_stream(messages, served_name(ref), settings, url=url))
     except inference_client.InferenceError as exc:
-        return _fail(f"cannot chat with {ref.name}: {exc}", 1)
+        return fail(f"cannot chat with {ref.name}: {exc}", 1)
     return 0
 
 
@@ -496,188 +451,11 @@ def _print_stream(stream) -> None:
     print(flush=True)
 
 
-def cmd_export(args) -> int:
-    """`studio export RUN --merge OUT` and/or `--gguf OUT [--quant q8_0]`: the Adapters tab's merge or GGUF
-    task, run inline here. OUT is a path on this machine chosen by whoever runs the command (a worker may
-    run on another host, or none at all); the task's row still goes through the job lifecycle, so the UI
-    shows it and `studio cancel ID` stops it between steps. A --gguf OUT ending in .gguf names the file,
-    otherwise it is a folder; without --merge the GGUF is built from a merge under <home>/exports/."""
-    from . import db, export, jobs
-    from .adapters import AdapterError, _mergeable, human_bytes, resolve
-    from .models import ModelError
-    from .settings import UnsafePath
-
-    if not args.merge and not args.gguf:
-        return _fail("say what to export: --merge OUT and/or --gguf OUT")
-    quant = (args.quant or "q8_0").lower()
-    if quant not in export.GGUF_QUANTS:
-        return _fail(f"--quant must be one of {', '.join(export.GGUF_QUANTS)}")
-    try:
-        ref = _mergeable(resolve(args.run))
-    except (AdapterError, UnsafePath, ModelError) as exc:
-        return _fail(str(exc))
-    if args.merge and Path(args.merge).exists():
-        return _fail(f"{args.merge} already exists")
-    if ref.using:
-        print(f"{ref.name}: using {ref.using}", file=sys.stderr, flush=True)
-    if args.gguf:
-        params = {"ref": ref.ref, "quant": quant, "drift": not args.no_drift_check,
-                  "dtype": args.dtype or "float32", "gguf_out": str(Path(args.gguf).resolve()),
-                  "merged_out": str(Path(args.merge).resolve()) if args.merge else None}
-        job = jobs.submit_task("gguf", f"gguf {ref.name} {quant}", params, queue=False)
-    else:
-        params = {"ref": ref.ref, "dtype": args.dtype or "float32", "out": str(Path(args.merge).resolve())}
-        job = jobs.submit_task("merge", f"merge {ref.name}", params, queue=False)
-    from workers.inference.task import run_task
-
-    status = run_task(job.id)
-    job = db.get_job(job.id)
-    if status != "completed":
-        return _fail(f"the {job.kind} task {job.id} is {status}" + (f": {job.error}" if job.error else ""), 1)
-    result = job.summary
-    merged = result if job.kind == "merge" else result.get("merge")
-    if merged:
-        print(f"merged into {merged['path']} ({human_bytes(merged['bytes'])}, {merged['seconds']:.1f} s)")
-    if job.kind == "gguf":
-        g = result["gguf"]
-        print(f"wrote {g['path']} ({human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and {result['modelfile']}")
-        if "drift" in result:
-            d = result["drift"]
-            print(export.drift_sentence(d))
-    return 0
-
-
-# ---- evaluate -------------------------------------------------------------------------------------
-
-def cmd_evaluate(args) -> int:
-    """`studio evaluate RUN --probe general` or `--judge URL --against base|RUN`."""
-    from .adapters import AdapterError, resolve
-    from .settings import UnsafePath
-
-    if bool(args.probe) == bool(args.judge):
-        return _fail("say how to evaluate: --probe general, or --judge URL --against base|RUN")
-    try:
-        ref = resolve(args.run)
-    except (AdapterError, UnsafePath) as exc:
-        return _fail(str(exc))
-    return _evaluate_probe(ref, args) if args.probe else _evaluate_judge(ref, args)
-
-
-def _evaluate_probe(ref, args) -> int:
-    from .models import ModelError
-    from .probe import ProbeError, load_probe
-    from .probe.forgetting import check_adapter
-
-    try:
-        load_probe(args.probe)
-    except ProbeError as exc:
-        return _fail(str(exc))
-    print(f"answering the {args.probe} probe with {ref.name} and its base ({ref.base_model})…", flush=True)
-    try:
-        report, path = check_adapter(ref, args.probe)
-    except (ModelError, FileNotFoundError, OSError) as exc:
-        return _fail(f"cannot load {ref.name}: {exc}", 1)
-    from .probe.runner import flag_line
-
-    flag = f"  FLAGGED: {flag_line(report)}" if report["flagged"] else ""
-    print(report["summary"] + flag)
-    for name, tally in report["by_category"].items():
-        print(f"  {name}: base {tally['base']}/{tally['total']}, adapter {tally['adapter']}/{tally['total']}")
-    changed = sum(q["changed"] for q in report["questions"])
-    print(f"{changed} questions changed; every reply side by side in {path}")
-    return 0
-
-
-def _read_text(path: str, what: str) -> str:
+def read_text(path: str, what: str) -> str:
     try:
         return Path(path).expanduser().read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         raise ValueError(f"cannot read the {what} file '{path}' (give a UTF-8 text file)") from None
-
-
-def _judge_prompts(ref, args) -> list[str]:
-    """The prompts to judge on: --prompts FILE (one a line, or JSONL rows), else the run's eval split."""
-    from .evaluation import _prompt_of
-
-    if args.prompts:
-        path = Path(args.prompts).expanduser()
-        lines = [line.strip() for line in _read_text(args.prompts, "prompts").splitlines() if line.strip()]
-        if path.suffix.lower() == ".jsonl":
-            try:
-                prompts = [_prompt_of(json.loads(line)) for line in lines]
-            except (ValueError, AttributeError, TypeError):
-                raise ValueError(f"'{path}' is not JSONL with a prompt or messages on each line") from None
-            if None in prompts:
-                raise ValueError(f"line {prompts.index(None) + 1} of '{path}' holds no user prompt")
-        else:
-            prompts = lines
-    elif ref.kind == "imported":
-        raise ValueError(f"{ref.name} is an imported adapter with no eval split: give --prompts FILE")
-    else:
-        from . import db
-        from .spec import JobSpec
-        from workers.train import load_training_rows
-
-        _, _, eval_rows = load_training_rows(JobSpec.from_dict(db.get_job(ref.job_id).spec))
-        prompts = [p for p in map(_prompt_of, eval_rows) if p]
-        if not prompts:
-            raise ValueError(f"the run {ref.name} has no eval split to judge on: give --prompts FILE")
-    if not prompts:
-        raise ValueError("the prompts file holds no prompt")
-    return prompts[: args.limit]
-
-
-def _evaluate_judge(ref, args) -> int:
-    import re
-
-    from . import judge
-    from .adapters import AdapterError, resolve, same_base
-    from .chat import ChatEngine, GenerationSettings
-    from .models import ModelError
-    from .probe.forgetting import result_folder
-    from .settings import UnsafePath
-
-    if args.limit < 1 or args.max_new_tokens < 1:
-        return _fail("--limit and --max-new-tokens must be at least 1")
-    against = None
-    try:
-        if args.against != "base":
-            against = resolve(args.against)
-            if not same_base(against.base_model, ref.base_model):
-                return _fail(f"{against.name} was trained on {against.base_model} and {ref.name} on "
-                             f"{ref.base_model}: judge adapters of the same base")
-        rubric = judge.check_rubric(_read_text(args.rubric, "rubric")) if args.rubric else judge.DEFAULT_RUBRIC
-        prompts = _judge_prompts(ref, args)
-        client = judge.JudgeClient(args.judge, args.judge_key or os.environ.get("STUDIO_JUDGE_KEY"),
-                                   args.judge_model)
-    except (AdapterError, UnsafePath, judge.JudgeError, ValueError) as exc:
-        return _fail(str(exc))
-    opponent = "base" if against is None else against.name
-    print(f"generating {len(prompts)} replies each for {ref.name} and {opponent}…", flush=True)
-    engine = ChatEngine()
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    conversations = [[{"role": "user", "content": p}] for p in prompts]
-    try:
-        engine.ensure_base(ref.base_model)
-        for r in filter(None, (ref, against)):
-            engine.ensure_adapter(r.key, r.folder)
-    except (ModelError, FileNotFoundError, OSError) as exc:
-        return _fail(f"cannot load the models: {exc}", 1)
-    candidates = engine.generate_batch(conversations, ref.key, settings)
-    opponents = engine.generate_batch(conversations, against.key if against else None, settings)
-    print(f"asking the judge ({client.model}) about {len(prompts)} pairs, both orders…", flush=True)
-    try:
-        pairs = judge.judge_all(client.ask, prompts, candidates, opponents, rubric)
-    except judge.JudgeError as exc:
-        return _fail(str(exc), 1)
-    finally:
-        client.close()
-    result = judge.report(pairs, ref.name, opponent, f"{client.model} at {client.url}", rubric)
-    stem = "vs-" + ("base" if against is None else re.sub(r"[^A-Za-z0-9._-]+", "-", against.ref))
-    json_path, csv_path = judge.write(result, result_folder(ref, judge.JUDGE_FOLDER), stem)
-    print(judge.summary_line(result))
-    print(f"judged pairs: {json_path} and {csv_path}")
-    return 0
 
 
 def cmd_sweep(args) -> int:
@@ -685,12 +463,12 @@ def cmd_sweep(args) -> int:
     from . import jobs, sweep
 
     if sum(map(bool, (args.file, args.leaderboard, args.cancel))) != 1:
-        return _fail("give a sweep file, or --leaderboard GROUP, or --cancel GROUP")
+        return fail("give a sweep file, or --leaderboard GROUP, or --cancel GROUP")
     if args.leaderboard:
         try:
             swept, rows = sweep.leaderboard(args.leaderboard)
         except KeyError:
-            return _fail(f"there is no sweep '{args.leaderboard}'")
+            return fail(f"there is no sweep '{args.leaderboard}'")
         columns = ["rank", "run", "status", *swept, *SWEEP_COLUMNS]
         print("\t".join(columns))
         for row in rows:
@@ -700,12 +478,12 @@ def cmd_sweep(args) -> int:
         try:
             members = jobs.cancel_group(args.cancel)
         except KeyError:
-            return _fail(f"there is no sweep '{args.cancel}'")
+            return fail(f"there is no sweep '{args.cancel}'")
         for job in members:
             print(f"{job.name}: {'cancel requested' if job.status == 'running' else job.status}")
         return 0
     try:
-        plan = sweep.parse(_read_text(args.file, "sweep"), Path(args.file).stem)
+        plan = sweep.parse(read_text(args.file, "sweep"), Path(args.file).stem)
         for spec in plan.members:
             print(f"{spec.name}\t" + ", ".join(f"{k}={sweep._text(getattr(spec, k))}" for k in plan.fields))
         if args.dry_run:
@@ -713,7 +491,7 @@ def cmd_sweep(args) -> int:
             return 0
         queued = sweep.queue(plan)
     except (ValueError, sweep.SweepError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"queued {len(queued)} runs in sweep {plan.name}")
     return 0
 
@@ -734,7 +512,9 @@ FILL_HELP = ("fill the rows' template blank NAME ({{NAME}}, <NAME> or a bare NAM
              "(repeat for each blank; the file is kept as it is)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*extensions: Callable[[Any], None]) -> argparse.ArgumentParser:
+    """This module's commands, then each extension's: ``extension(sub)`` adds its own to the subcommands
+    (workers.cli.add_commands: worker, infer, export, evaluate)."""
     p = argparse.ArgumentParser(prog="studio", description="Fine-Tune Studio")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -754,29 +534,6 @@ def build_parser() -> argparse.ArgumentParser:
     aa.add_argument("user")
     aa.add_argument("--file", default=None, metavar="PATH", help="the auth file (default: STUDIO_AUTH_FILE)")
     aa.set_defaults(func=cmd_auth_add)
-
-    w = sub.add_parser("worker", help="start one queue consumer")
-    w.add_argument("--gpus", default=None, help="pin to devices, e.g. 0,1")
-    w.add_argument("--no-prepare", action="store_true", help="do not convert the bundled model at start")
-    w.add_argument("--parent", type=int, default=None, metavar="PID",
-                   help="stop (gracefully) when this process exits; `studio serve` starts its worker so")
-    w.add_argument("--no-infer", action="store_true",
-                   help="do not start the OpenAI-compatible inference server beside the consumer")
-    w.set_defaults(func=cmd_worker)
-
-    inf = sub.add_parser("infer", help="start an OpenAI-compatible inference server (/v1/chat/completions) "
-                                       "whose models are the base models, runs, checkpoints and imports")
-    inf.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    inf.add_argument("--port", type=any_port_arg, default=8000, help="default 8000; 0: a free one")
-    inf.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
-                     help="transformers + peft (default), or vLLM with --enable-lora on a GPU host where it is installed")
-    inf.add_argument("--base-model", default=None, metavar="MODEL",
-                     help="with --engine vllm: the one base vLLM serves (default: the bundled model)")
-    inf.add_argument("--max-lora-rank", type=int, default=64, help="with --engine vllm: the largest LoRA rank it loads")
-    inf.add_argument("--vllm-url", default=None, metavar="URL",
-                     help="with --engine vllm: forward to this running vLLM server (an OpenAI base URL ending in /v1; "
-                          "its key in VLLM_API_KEY) instead of starting one")
-    inf.set_defaults(func=cmd_infer)
 
     b = sub.add_parser("backup", help="copy the SQLite database to a new file while the studio runs")
     b.add_argument("path", help="the new file, e.g. studio-backup.db")
@@ -834,33 +591,6 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temperature", type=temperature_arg, default=0.0, help="0 = greedy")
     ch.add_argument("--seed", type=seed_arg, default=0, help="a 64-bit whole number")
     ch.set_defaults(func=cmd_chat)
-    x = sub.add_parser("export", help="merge an adapter into its base and/or write a GGUF + Ollama Modelfile")
-    x.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")
-    x.add_argument("--merge", metavar="OUT", default=None, help="write the merged model to this new folder")
-    x.add_argument("--gguf", metavar="OUT", default=None, help="a .gguf file, or a folder for <name>-<quant>.gguf")
-    x.add_argument("--quant", default="q8_0", choices=["q8_0", "q4_k_m", "f16", "f32"])
-    x.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the merged weights")
-    x.add_argument("--no-drift-check", action="store_true", help="skip loading the GGUF back to compare")
-    x.set_defaults(func=cmd_export)
-    ev = sub.add_parser("evaluate", help="check a run for forgetting (--probe general) or have a model judge it "
-                                         "against the base or another run (--judge URL --against base|RUN)")
-    ev.add_argument("run", help="run name or id, RUN_ID/checkpoint-N, or imported/NAME")
-    ev.add_argument("--probe", default=None, metavar="NAME", help="answer a general-skills probe (general) with "
-                                                                  "the run and its base, and compare")
-    ev.add_argument("--judge", default=None, metavar="URL",
-                    help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    ev.add_argument("--judge-key", default=None, metavar="KEY", help="the judge's API key (or STUDIO_JUDGE_KEY)")
-    ev.add_argument("--judge-model", default=None, metavar="NAME", help="the judge's model (default: the first "
-                                                                        "the endpoint lists)")
-    ev.add_argument("--against", default="base", help="base, or another run of the same base (default: base)")
-    ev.add_argument("--prompts", default=None, metavar="FILE",
-                    help="prompts to judge on, one a line (or JSONL rows); default: the run's eval split")
-    ev.add_argument("--rubric", default=None, metavar="FILE",
-                    help="the judge's instructions, with {question}, {answer_a} and {answer_b}")
-    ev.add_argument("--limit", type=int, default=50, help="judge at most this many prompts (default 50)")
-    ev.add_argument("--max-new-tokens", type=int, default=128, help="reply length of the models judged")
-    ev.set_defaults(func=cmd_evaluate)
     sw = sub.add_parser("sweep", help="queue a grid or random sample of runs from a sweep YAML as one group; "
                                       "show its leaderboard or cancel it")
     sw.add_argument("file", nargs="?", help="a sweep YAML: base, and grid or random + samples")
@@ -868,17 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--leaderboard", metavar="GROUP", help="the sweep's runs, best eval loss first")
     sw.add_argument("--cancel", metavar="GROUP", help="cancel every queued or running run of the sweep")
     sw.set_defaults(func=cmd_sweep)
+    for extension in extensions:
+        extension(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command; ``parser``: build_parser()'s, extended (workers.cli.main passes the whole one)."""
+    args = (parser or build_parser()).parse_args(argv)
     from .settings import load_settings
 
     try:
         load_settings()   # every command reads them: a bad value is one sentence before anything starts
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return args.func(args)
 
 

@@ -1,29 +1,27 @@
 """Watching behaviour, not only loss: golden prompts during training, batch evaluation after it.
 
-Golden prompts (``GoldenPromptsCallback``) are answered greedily by the training model itself at every
-checkpoint and at the end, and once by the base at the start; the replies go to JSON files in the job's
-folder (``golden/base.json``, ``golden/step-N.json``) that ``read_golden`` reads back.
+Golden prompts are answered greedily by the training model itself at every checkpoint and at the end, and once
+by the base at the start (workers/golden.py: ``answer_golden`` and ``GoldenPromptsCallback``); the replies go to
+JSON files in the job's folder (``golden/base.json``, ``golden/step-N.json``) that ``write_golden`` writes and
+``read_golden`` reads back. Here: which prompts (``golden_prompts_for``, ``fit_prompts``), when
+(``golden_save_steps``), where (``golden_dir``, ``base_cache_path``) and the table the UI shows.
 
 Batch evaluation runs held-out conversations (``eval_rows`` picks them) through the base and up to three
 adapters as a queued task on a worker (workers/inference/evaluation.py): replies, teacher-forced eval
 loss and perplexity on the reference replies, and the text metrics here (exact match,
 contains-reference, ROUGE-L F1). ``metrics_table`` and ``to_csv`` show the result.
 
-No torch at import time; ``GoldenPromptsCallback`` (a transformers TrainerCallback) is built on first
-access, so the UI can import this module for ``read_golden`` without the training stack.
+No torch: ``fit_prompts`` only calls the tokenizer it is handed.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import logging
 import os
 import re
 import time
 from pathlib import Path
-
-log = logging.getLogger("studio.evaluation")
 
 GOLDEN_DIR = "golden"
 GOLDEN_FROM_EVAL = 3          # prompts taken from the eval split when the spec names none
@@ -61,7 +59,6 @@ def golden_prompts_for(spec, eval_rows: list[dict]) -> list[str]:
     return out
 
 
-GOLDEN_BATCH = 8  # prompts per generate call: a cancel is seen between batches (and between the tokens of one)
 CHARS_PER_TOKEN = 16  # a prompt is cut to max length x this many characters before it is tokenised
 
 
@@ -100,65 +97,6 @@ def fit_prompts(tokenizer, prompts: list[str], max_length: int | None, max_new_t
                 prompt = tokenizer.decode(ids[:1])
         out.append(prompt)
     return out
-
-
-def answer_golden(model, tokenizer, prompts: list[str], max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
-                  disable_adapter: bool = False, system: tuple[str, str] = ("keep", ""), stop=None) -> list[str]:
-    """Greedy replies of ``model`` (the training model is fine) to single-turn prompts, in left-padded batches of
-    GOLDEN_BATCH prompts of similar lengths (``fit_prompts`` cuts them to a run's max length).
-
-    Runs in eval mode under ``torch.inference_mode`` and restores every module's train/eval flag after,
-    so training resumes exactly as it was. ``disable_adapter``: answer as the base (peft models only).
-    ``system``: the run's (system_prompt_mode, system_prompt), so the prompts are asked as the Chat tab asks them.
-    ``stop``: a ``studio.cancel.Watch``, read between batches and between generated tokens; when it says stop,
-    ``Stopped`` is raised and no reply is returned.
-    """
-    import contextlib
-
-    import torch
-
-    from .generation import stopping_criteria
-    from .render import _render, default_system_prompt, with_system_prompt
-
-    if not prompts:
-        return []
-    modes = [(m, m.training) for m in model.modules()]
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ctx = model.disable_adapter() if disable_adapter and hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    default = default_system_prompt(tokenizer)
-    texts = [_render(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
-                     generation_prompt=True) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    replies = [""] * len(texts)
-    criteria = stopping_criteria(stop) if stop is not None else None
-    what = "the golden prompts" + (" (as the base)" if disable_adapter else "")
-    side = getattr(tokenizer, "padding_side", "right")
-    threads = torch.get_num_threads()
-    model.eval()
-    try:
-        if device.type == "cpu":  # decoding a few rows is many tiny ops: with a busy core, OpenMP's barriers
-            torch.set_num_threads(1)  # between threads cost more than the work (10x slower on 2 shared cores)
-        tokenizer.padding_side = "left"
-        with ctx, torch.inference_mode():
-            for start in range(0, len(order), GOLDEN_BATCH):
-                if stop is not None:
-                    stop.check(what)
-                rows = order[start:start + GOLDEN_BATCH]
-                enc = tokenizer([texts[i] for i in rows], add_special_tokens=False, return_tensors="pt",
-                                padding=True).to(device)
-                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                     use_cache=True, **({"stopping_criteria": criteria} if criteria else {}))
-                if criteria is not None and criteria[0].fired:  # stopped between tokens: the cut replies go
-                    stop.check(what)
-                for i, ids in zip(rows, out[:, enc["input_ids"].shape[1]:]):
-                    replies[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        return replies
-    finally:
-        torch.set_num_threads(threads)
-        tokenizer.padding_side = side
-        for module, training in modes:
-            module.training = training
 
 
 GOLDEN_CACHE = "cache/golden"  # under STUDIO_HOME: the base's answers, computed once per base and prompts
@@ -242,161 +180,6 @@ def golden_save_steps(total_steps: int, save_steps: int, rounds: int = GOLDEN_RO
     if len(saves) <= rounds:
         return set(saves)
     return {saves[(i + 1) * len(saves) // rounds - 1] for i in range(rounds)}
-
-
-class _GoldenPromptsCallbackMixin:
-    """Answers golden prompts at train begin (base, once), at checkpoints and at the end (rank 0 only).
-
-    ``automatic``: only at the checkpoints ``golden_save_steps`` picks, and only while the rounds answered between
-    the start and the end stay within GOLDEN_BUDGET of the run's projected training time (a round's cost is
-    measured: the last one's seconds); otherwise at every checkpoint. A failure is
-    logged and never stops training. ``skip`` (e.g. the worker's shutdown flag) makes a stopping worker save
-    without spending time on answers. A cancel (or ``skip``) during a round stops it between tokens and raises
-    ``studio.cancel.Stopped`` out of training, so the run ends cancelled without the rest of the round (in a
-    multi-device run the round just stops: the ranks stop together at the next step's end). Each prompt is cut to
-    ``max_length`` tokens with its reply (default: the trainer's max length, else the run's stored one).
-    """
-
-    def __init__(self, job_id: str, prompts: list[str], tokenizer, max_new_tokens: int = GOLDEN_MAX_NEW_TOKENS,
-                 output_dir: str | Path | None = None, skip=None, automatic: bool = False,
-                 system: tuple[str, str] = ("keep", ""), base: str | None = None, answer=None,
-                 max_length: int | None = None):
-        from .cancel import Watch
-
-        self.job_id = job_id
-        # the training method's own way to answer, (model, tokenizer, prompts, disable_adapter, stop) -> (replies,
-        # extra JSON fields); GRPO samples a few completions per prompt and scores them. None: greedy replies
-        self.answer = answer
-        self.system = system  # the run's system prompt choice: the adapter is asked as it was trained
-        self.base = base      # the base model's folder or id: its answers are cached under that name
-        self.prompts = list(prompts)
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.max_length = max_length
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.skip = skip or (lambda: False)
-        self.watch = Watch(job_id, self.skip)
-        self.is_main = int(os.environ.get("RANK", "0")) == 0
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.answered_step: int | None = None
-        self.automatic = automatic
-        self.began: float | None = None   # when training began (after the base's answers)
-        self.spent = 0.0                  # seconds of the rounds answered since
-        self.last_round: float | None = None
-        self._fitted: dict[tuple, list[str]] = {}
-
-    def _folder(self) -> Path:
-        return self.output_dir if self.output_dir is not None else golden_dir(self.job_id)
-
-    def _prompts_for(self, args, system: tuple[str, str]) -> list[str]:
-        """The prompts as generation reads them: cut to the run's max length (``fit_prompts``), once per system."""
-        if system not in self._fitted:
-            length = self.max_length or getattr(args, "max_length", None) or self._stored_max_length()
-            self._fitted[system] = fit_prompts(self.tokenizer, self.prompts, length, self.max_new_tokens, system)
-        return self._fitted[system]
-
-    def _stored_max_length(self) -> int | None:
-        from . import db
-
-        job = db.get_job(self.job_id)
-        value = (job.spec or {}).get("max_length") if job is not None else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    def _answer(self, model, step: int | str, args=None, **extra) -> None:
-        from .cancel import Stopped
-
-        if not self.is_main or not self.prompts or model is None or self.skip():
-            return
-        started = time.perf_counter()
-        what = "the golden prompts" + (" (as the base)" if step == "base" else f" at step {step}")
-        try:
-            self.watch.check(what)  # cancelled since the last step: no round
-            log.info("job %s: answering %d golden prompts at step %s", self.job_id, len(self.prompts), step)
-            more = {}
-            if self.answer is not None:
-                replies, more = self.answer(model, self.tokenizer, self._prompts_for(args, ("keep", "")),
-                                            disable_adapter=step == "base", stop=self.watch)
-            elif step == "base":  # the base as the Chat tab shows it: its template's own system prompt
-                replies = self._base_replies(model, self._prompts_for(args, ("keep", "")))
-            else:
-                replies = answer_golden(model, self.tokenizer, self._prompts_for(args, self.system),
-                                        self.max_new_tokens, system=self.system, stop=self.watch)
-            seconds = time.perf_counter() - started
-            self.last_round = seconds
-            if step != "base":
-                self.spent += seconds
-            write_golden(self._folder(), step, self.prompts, replies, seconds=round(seconds, 3), **more, **extra)
-            log.info("timing golden-prompts %.3f s at step %s", seconds, step)
-        except Stopped as exc:  # out of training (workers/fit.py ends the run); the round's answers are not kept
-            if self.world_size == 1:
-                raise
-            log.warning("job %s: %s; the round's answers are not kept", self.job_id, exc)
-        except Exception:  # noqa: BLE001 - golden answers are a view on training, never a reason to stop it
-            log.warning("job %s: answering the golden prompts at step %s failed", self.job_id, step, exc_info=True)
-
-    def _base_replies(self, model, prompts: list[str]) -> list[str]:
-        """The base's answers, from the cache when this base already answered these prompts."""
-        cache = base_cache_path(self.base, prompts, self.max_new_tokens) if self.base else None
-        if cache is not None and cache.exists():
-            try:
-                return json.loads(cache.read_text())["replies"]
-            except (OSError, ValueError, KeyError):
-                pass
-        replies = answer_golden(model, self.tokenizer, prompts, self.max_new_tokens, disable_adapter=True,
-                                stop=self.watch)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps({"base": self.base, "prompts": prompts, "replies": replies},
-                                      ensure_ascii=False))
-            os.replace(tmp, cache)
-        return replies
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.is_main and self.prompts and not (self._folder() / "base.json").exists():
-            self._answer(model, "base", args)
-        self.began = time.perf_counter()
-
-    def affordable(self, step: int, max_steps: int, now: float | None = None) -> bool:
-        """Whether one more round at ``step`` keeps the rounds within GOLDEN_BUDGET of the projected training time
-        (the final round is always answered; so is the first one when nothing has been measured yet)."""
-        if self.began is None or self.last_round is None or step <= 0:
-            return True
-        training = max(0.0, (time.perf_counter() if now is None else now) - self.began - self.spent)
-        projected = training / step * max_steps
-        return self.spent + self.last_round <= GOLDEN_BUDGET * projected
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        if self.automatic and (state.global_step not in golden_save_steps(state.max_steps, args.save_steps)
-                               or not self.affordable(state.global_step, state.max_steps)):
-            return
-        self._answer(model, state.global_step, args)
-        self.answered_step = state.global_step
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        best_loaded = bool(getattr(args, "load_best_model_at_end", False))
-        path = self._folder() / f"step-{state.global_step}.json"
-        if self.answered_step == state.global_step and not best_loaded and path.exists():
-            try:  # the last save already answered with these very weights: mark it final
-                data = json.loads(path.read_text())
-                write_golden(self._folder(), state.global_step, self.prompts, [r["reply"] for r in data["replies"]],
-                             **{k: v for k, v in data.items() if k not in ("step", "replies", "time")}, final=True)
-                return
-            except (OSError, ValueError, KeyError):
-                pass
-        self._answer(model, state.global_step, args, final=True, best_model_loaded=best_loaded)
-
-
-def __getattr__(name: str):
-    """``GoldenPromptsCallback``: the mixin on transformers' TrainerCallback, created on first use."""
-    if name == "GoldenPromptsCallback":
-        from transformers import TrainerCallback
-
-        cls = type("GoldenPromptsCallback", (_GoldenPromptsCallbackMixin, TrainerCallback),
-                   {"__module__": __name__, "__doc__": _GoldenPromptsCallbackMixin.__doc__})
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- text metrics -------------------------------------------------------------------------------

@@ -171,7 +171,9 @@ FAMILIES: tuple[Family, ...] = (
         gguf="gemma2", licence=GEMMA,
         template="<start_of_turn>user / <start_of_turn>model turns ending in <end_of_turn>; no system role: the "
                  "template raises on one, so the studio writes it at the start of the first user turn",
-        merge="attention and final logits are soft-capped (kept in the config); embeddings tied",
+        merge="attention and final logits are soft-capped (kept in the config); embeddings tied; llama.cpp's "
+              "converter reads the SentencePiece tokenizer.model and which added tokens are special from "
+              "tokenizer_config.json, both carried into the merged folder",
         models=(
             Published("google/gemma-2-2b-it", "2B", 2.61, GEMMA,
                       shape("gemma2", 256000, 2304, 9216, 26, 8, 4, True, 8192, head_dim=256)),
@@ -199,7 +201,9 @@ FAMILIES: tuple[Family, ...] = (
         template="<|system|>, <|user|>, <|assistant|> turns ending in <|end|> (phi-4: <|im_start|>role<|im_sep|> "
                  "... <|im_end|>); early revisions of Phi-3-mini's template drop the system turn",
         merge="q, k and v are one fused qkv_proj and gate and up one gate_up_proj: LoRA trains and merges them "
-              "as one matrix each",
+              "as one matrix each; llama.cpp right-strips Phi-3's special tokens (as its tokenizer does) only in a "
+              "GGUF named phi3, so a Phi-3-mini export's name gets ' (Phi-3)', and a GPT-2-vocabulary one (phi-4) "
+              "loses the word, which would make llama.cpp look up tokens it lacks",
         models=(
             Published("microsoft/Phi-3-mini-4k-instruct", "3.8B", 3.82, MIT,
                       shape("phi3", 32064, 3072, 8192, 32, 32, 32, False, 4096)),

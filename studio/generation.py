@@ -1,8 +1,9 @@
-"""How a reply is generated: the settings the Chat tab, the CLI, the inference client and server share."""
+"""How a reply is generated: the settings the Chat tab, the CLI, the inference client and server share.
+
+Pure data; the generating itself is the workers' (workers/inference/chat_engine.py, workers/inference/replies.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass
@@ -26,19 +27,3 @@ class GenerationSettings:
             kw.update(do_sample=False)
         return kw
 
-
-def stopping_criteria(stop: Callable[[], bool]):
-    """A transformers ``StoppingCriteriaList`` that ends every row of a ``generate`` call once ``stop()`` says so,
-    asked after each generated token (a ``studio.cancel.Watch`` reads the database at most twice a second). Its
-    one criterion's ``fired`` says whether it ended the call, so the caller can drop the cut replies."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class Stop(StoppingCriteria):
-        fired = False
-
-        def __call__(self, input_ids, scores, **kwargs):
-            self.fired = self.fired or bool(stop())
-            return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([Stop()])

@@ -1,9 +1,10 @@
 """Find a running inference server and talk to it: the torch-free side of workers/inference.
 
 Servers register in the ``inference_servers`` table (URL, device, loaded bases). ``chat_stream`` reads
-an OpenAI chat-completions stream (server-sent events) with httpx and yields the growing reply, the
-same shape ``studio.chat.ChatEngine.stream`` yields, so a caller can switch from in-process generation
-to the endpoint without change.
+an OpenAI chat-completions stream (server-sent events) with httpx and yields the growing reply (the whole text
+so far, not the new piece); ``score`` asks for vLLM's ``prompt_logprobs`` of a conversation and ``reply_nll``
+sums its last reply's. The Chat tab (studio.chat.compare), `studio chat` and batch evaluation
+(workers/inference/evaluation.py) talk to models only through here.
 """
 from __future__ import annotations
 

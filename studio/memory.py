@@ -37,7 +37,8 @@ import math
 from dataclasses import dataclass, field
 
 from .families import LLAMA_LAYERS, Linear, family_of
-from .methods import METHODS
+from .adapter_types import ADAPTER_TYPES, OPTIMIZERS, AdapterMemory
+from .methods import METHOD_INFO
 from .spec import MLP_NAMES
 
 GIB = 2**30
@@ -189,9 +190,61 @@ def resolve_targets(shape: ModelShape, target_modules: list[str]) -> list[str]:
     return resolved
 
 
-def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, compute_bytes: int,
-                           adapter_bytes: int, lora_dropout: float, device: str, use_dora: bool = False,
-                           bits: int = 16, peft_type: str = "lora") -> float:
+@dataclass(frozen=True)
+class AdapterSettings:
+    """The spec's adapter settings that the adapter types' memory terms read (studio.adapter_types.AdapterMemory)."""
+
+    targets: tuple[str, ...]    # resolved target modules (lm_head included when targeted)
+    feedforward: tuple[str, ...] = ()  # the targets that are feed-forward (MLP) layers: IA3 scales their input
+    r: int = 16
+    use_dora: bool = False
+    lora_dropout: float = 0.05
+    num_virtual_tokens: int = 20
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Bytes per element of the tensors a training step keeps."""
+
+    compute: int                # the compute dtype: activations, and weights bitsandbytes leaves unquantised
+    adapter: int                # the adapters' dtype (and their gradients')
+    device: str
+
+    @property
+    def lora(self) -> int:
+        """The dtype lora_A / lora_B run in: autocast's or the adapter's."""
+        return min(self.adapter, self.compute)
+
+    @property
+    def cast(self) -> bool:
+        """peft casts a layer's input to the adapter dtype first."""
+        return self.adapter != self.compute
+
+    @property
+    def mask(self) -> int:
+        """One element of a dropout mask: fused CUDA dropout keeps a bool, on CPU the mask has the input's dtype."""
+        return CUDA_MASK_BYTES if self.device == "cuda" else (self.adapter if self.cast else self.compute)
+
+
+class KeptInputs:
+    """The inputs one decoder layer already keeps for backward, by what they are (INPUT_OF): a layer that reads
+    one of them keeps no copy of its own. SDPA returns its output laid out (batch, seq, heads, head_dim), so
+    o_proj reads the very tensor SDPA keeps."""
+
+    def __init__(self):
+        self.kept: set[str] = {"attention output"}
+
+    def claim(self, name: str) -> bool:
+        """True the first time the input of layer ``name`` is kept (the caller counts it), False after."""
+        what = INPUT_OF.get(name, name)
+        if what in self.kept:
+            return False
+        self.kept.add(what)
+        return True
+
+
+def layer_activation_bytes(shape: ModelShape, adapter: AdapterMemory, a: AdapterSettings, w: Widths,
+                           bits: int = 16) -> float:
     """Bytes one decoder layer keeps for the backward pass, per token, with frozen base weights.
 
     After "Reducing Activation Recomputation in Large Transformer Models" (Korthikanti et al. 2022), adapted
@@ -200,82 +253,26 @@ def layer_activation_bytes(shape: ModelShape, targets: list[str], r: int, *, com
       attention   SDPA keeps q, k, v (GQA: k and v at kv width) and its output,
                   plus an fp32 log-sum-exp per head; no s x s term                  cb(2 q_dim + 2 kv_dim) + 4 heads
       mlp         SiLU input, SiLU output and the up projection                     3 cb i
-      adapters    per targeted layer: the input of lora_A (own copy after dropout,
-                  shared by q/k/v and by gate/up when there is no dropout and no
-                  dtype cast), the dropout mask, and lora_A's output (r)
-      DoRA        the base and LoRA outputs, kept for the magnitude's gradient      2 cb out per layer
+      adapters    what the adapter type keeps (its AdapterMemory.layer_bytes): for LoRA per targeted layer
+                  the input of lora_A (own copy after dropout, shared by q/k/v and by gate/up when there is
+                  no dropout and no dtype cast), the dropout mask, and lora_A's output (r); with DoRA the
+                  base and LoRA outputs, kept for the magnitude's gradient (2 cb out per layer)
       8-bit       bitsandbytes' int8 matmul keeps its input even for frozen weights  cb per distinct input
                   (MatMul8bitLt on GPU, MatMul8bitFp's ctx.A on CPU)
     Verified tensor by tensor with torch.autograd.graph.saved_tensors_hooks (docs/memory.md).
-    IA3 keeps, per targeted layer, the input of a feed-forward (MLP) layer, whose input it scales (shared like
-    lora_A's, or its own copy when cast to the adapter dtype), or the output of any other layer, which it
-    scales. Prompt and prefix tuning add nothing to a layer (pass no ``targets``).
     """
-    h, i, cb = shape.hidden, shape.intermediate, compute_bytes
-    layer = shape.linears()
+    h, i, cb = shape.hidden, shape.intermediate, w.compute
     norms = 2 * (NORM_BYTES * h + FP32)  # and the fp32 1/rms of each token
     attention = cb * (2 * shape.q_dim + 2 * shape.kv_dim) + LSE_BYTES * shape.heads
     mlp = 3 * cb * i
-
-    lora_bytes = min(adapter_bytes, compute_bytes)  # dtype lora_A/lora_B run in (autocast or the adapter's)
-    cast = adapter_bytes != compute_bytes           # peft casts the input to the adapter dtype first
-    mask_bytes = CUDA_MASK_BYTES if device == "cuda" else (adapter_bytes if cast else compute_bytes)
-    adapters = 0.0
-    # SDPA returns its output laid out (batch, seq, heads, head_dim), so o_proj reads the very tensor SDPA keeps
-    shared_inputs: set[str] = {"attention output"}
-    for name in targets:
-        if name not in layer:
-            continue
-        fan_in, fan_out = layer[name]
-        if peft_type == "ia3":
-            if name not in MLP_NAMES:
-                adapters += fan_out * cb
-            elif cast:
-                adapters += fan_in * adapter_bytes
-            elif INPUT_OF.get(name, name) not in shared_inputs:
-                adapters += fan_in * cb
-                shared_inputs.add(INPUT_OF.get(name, name))
-            continue
-        if lora_dropout > 0 or cast:  # lora_A keeps its own copy: dropped out, or cast to the adapter dtype
-            adapters += fan_in * (lora_bytes + (mask_bytes if lora_dropout > 0 else 0))
-        elif INPUT_OF.get(name, name) not in shared_inputs:  # lora_A keeps the layer's input itself
-            adapters += fan_in * lora_bytes
-            shared_inputs.add(INPUT_OF.get(name, name))
-        adapters += r * lora_bytes
-        if use_dora:
-            adapters += 2 * fan_out * cb
+    kept = KeptInputs()
+    adapters = adapter.layer_bytes(shape, a, w, kept)
     int8_inputs = 0
     if bits == 8:
-        for name, (fan_in, _) in layer.items():
-            if INPUT_OF.get(name, name) not in shared_inputs:
+        for name, (fan_in, _) in shape.linears().items():
+            if kept.claim(name):
                 int8_inputs += fan_in * cb
-                shared_inputs.add(INPUT_OF.get(name, name))
     return norms + attention + mlp + adapters + int8_inputs
-
-
-def adapter_tensors(shape: ModelShape, peft_type: str, targets: list[str], r: int, use_dora: bool = False,
-                    num_virtual_tokens: int = 20) -> list[int]:
-    """Elements of each trainable tensor the adapter type adds (peft's parameters, one entry per tensor).
-
-    lora            per targeted layer lora_A (r x in) and lora_B (out x r), with DoRA a magnitude (out)
-    ia3             per targeted layer one vector: in for feed-forward (MLP) layers, out for the others
-    prompt_tuning   one embedding of num_virtual_tokens x hidden
-    prefix_tuning   one embedding of num_virtual_tokens x (layers x 2 x KV width): a key and a value per layer
-    """
-    layer = dict(shape.linears(), lm_head=(shape.hidden, shape.vocab))
-    if peft_type == "prompt_tuning":
-        return [num_virtual_tokens * shape.hidden]
-    if peft_type == "prefix_tuning":
-        return [num_virtual_tokens * shape.layers * 2 * shape.kv_dim]
-    out: list[int] = []
-    for name in targets:
-        fan_in, fan_out = layer[name]
-        if peft_type == "ia3":
-            per_layer = [fan_in if name in MLP_NAMES else fan_out]
-        else:
-            per_layer = [r * fan_in, fan_out * r] + [fan_out] * use_dora
-        out += per_layer * (1 if name == "lm_head" else shape.layers)
-    return out
 
 
 def optimizer_state_bytes(tensors: list[int], optim: str) -> float:
@@ -283,8 +280,6 @@ def optimizer_state_bytes(tensors: list[int], optim: str) -> float:
     optimizer: 8-bit states with one fp32 absmax per block of 256 and a 256-entry fp32 code book per state,
     except for tensors under 4096 elements, which bitsandbytes keeps in 32-bit; 32-bit optimizers keep fp32.
     Paged states count as on the device: paging only moves them to the host when the device runs short."""
-    from .adapter_types import OPTIMIZERS
-
     total = 0.0
     for n in tensors:
         if OPTIMIZERS[optim].state_bytes == 1 and n >= BNB_MIN_8BIT_SIZE:
@@ -309,7 +304,8 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     default). ``optimizer_bytes``: dtype of the two AdamW states; default the adapters' (torch AdamW), 4 for
     bitsandbytes' 32-bit (paged) AdamW. ``dequant_cache``: 4-bit weights also held dequantised in the
     compute dtype (the CPU speed lever), an extra term after the others. ``peft_type``: the adapter type
-    (lora, ia3, prompt_tuning, prefix_tuning; ``num_virtual_tokens`` for the last two). ``optim``: the
+    (studio.adapter_types.ADAPTER_TYPES, whose ``memory`` adds its terms; ``num_virtual_tokens`` for prompt and
+    prefix tuning). ``optim``: the
     optimizer (studio.adapter_types.OPTIMIZERS), whose states ``optimizer_state_bytes`` counts.
     """
     if bits not in (4, 8, 16, 32):
@@ -318,10 +314,13 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
     s = ModelShape.from_config(config)
     targets = resolve_targets(s, target_modules)
-    layer = s.linears()
     if adapter_bytes is None:
         adapter_bytes = 2 if bits in (4, 8) else FP32
-    tokens = batch_size * seq_len
+    adapter = ADAPTER_TYPES[peft_type].memory
+    a = AdapterSettings(tuple(targets), tuple(t for t in targets if t in MLP_NAMES), r, use_dora, lora_dropout,
+                        num_virtual_tokens)
+    w = Widths(compute_bytes, adapter_bytes, device)
+    tokens = batch_size * (seq_len + adapter.virtual_tokens(a))  # virtual tokens run through every layer
 
     # ---- parameters -------------------------------------------------------------------------------
     linear_weights = s.linear_weights()
@@ -329,16 +328,8 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
     lm_head = 0 if s.tied else s.vocab * s.hidden
     norms_and_biases = s.layers * (2 * s.hidden + s.biases_per_layer()) + s.hidden
     base_params = linear_weights + embeddings + lm_head + norms_and_biases
-
-    lora_per_layer = sum(r * (layer[n][0] + layer[n][1]) + (layer[n][1] if use_dora else 0)
-                         for n in targets if n in layer)
-    lora_head = r * (s.hidden + s.vocab) + (s.vocab if use_dora else 0) if "lm_head" in targets else 0
-    if peft_type != "lora":  # the LoRA-only terms below (autocast copies, adapter activations) vanish
-        lora_per_layer = lora_head = 0
-    tensors = adapter_tensors(s, peft_type, targets, r, use_dora, num_virtual_tokens)
+    tensors = adapter.tensors(s, a)
     trainable = sum(tensors)
-    if peft_type == "prompt_tuning":  # the virtual tokens run through every layer in front of each sequence
-        tokens = batch_size * (seq_len + num_virtual_tokens)
 
     # ---- weights ----------------------------------------------------------------------------------
     unquantised = embeddings + lm_head + norms_and_biases
@@ -352,42 +343,38 @@ def estimate(config: dict, *, bits: int, r: int, target_modules: list[str], batc
         blocks = linear_weights / QUANT_BLOCK
         quant_constants = (blocks * 1 + blocks / DOUBLE_QUANT_BLOCK * FP32) if double_quant else blocks * FP32
     elif bits == 8:
-        quant_constants = s.layers * sum(fo for _, fo in layer.values()) * FP32  # one fp32 scale per row
+        quant_constants = s.layers * sum(fo for _, fo in s.linears().values()) * FP32  # one fp32 scale per row
     else:
         quant_constants = 0
 
-    lora_bytes = min(adapter_bytes, compute_bytes)
     # under autocast, fp32 adapters are cast to the compute dtype for each matmul; the copies live until
     # backward (with checkpointing only those of the layer being recomputed)
+    per_layer_copied, head_copied = adapter.autocast_elements(s, a)
     copied_layers = 1 if gradient_checkpointing else s.layers
-    autocast_copies = (copied_layers * lora_per_layer + lora_head) * lora_bytes if adapter_bytes > compute_bytes else 0
+    autocast_copies = ((copied_layers * per_layer_copied + head_copied) * w.lora if adapter_bytes > compute_bytes
+                       else 0)
     lora_weights = trainable * adapter_bytes + autocast_copies
     lora_gradients = trainable * adapter_bytes
     optimizer_states = (2 * trainable * (optimizer_bytes or adapter_bytes) if optim == "adamw_torch"
                         else optimizer_state_bytes(tensors, optim))
 
     # ---- activations ------------------------------------------------------------------------------
-    per_layer = layer_activation_bytes(s, targets if peft_type in ("lora", "ia3") else [], r,
-                                       compute_bytes=compute_bytes, adapter_bytes=adapter_bytes,
-                                       lora_dropout=lora_dropout, device=device, use_dora=use_dora, bits=bits,
-                                       peft_type=peft_type)
+    per_layer = layer_activation_bytes(s, adapter, a, w, bits)
     final_norm = NORM_BYTES * s.hidden + FP32
     if gradient_checkpointing:
         # each layer's input is kept; in the backward pass one layer at a time is recomputed in full
         per_token = s.layers * s.hidden * compute_bytes + per_layer + final_norm
     else:
         per_token = s.layers * per_layer + final_norm
-    if lora_head:
-        per_token += s.hidden * compute_bytes * 2 + r * compute_bytes
+    if head := adapter.head_bytes(s, a, w):
+        per_token += head
     activations = tokens * per_token
-    if peft_type == "prefix_tuning":  # each layer's trained keys and values, expanded to the batch, kept by SDPA
-        activations += batch_size * trainable * (adapter_bytes + compute_bytes)
+    if per_sequence := adapter.sequence_bytes(s, a, w, trainable):
+        activations += batch_size * per_sequence
     weight_copy = bits in (4, 8) or bits // 8 != adapter_bytes or adapter_bytes != compute_bytes
-    if use_dora and lora_dropout > 0 and weight_copy:
-        # DoRA recomputes the base output from the dropped-out input with a dequantised / dtype-cast copy of
-        # the weight, and that copy is kept for backward: one per targeted layer (of one layer when checkpointed)
-        copies_per_layer = sum(layer[n][0] * layer[n][1] for n in targets if n in layer) * lora_bytes
-        activations += (1 if gradient_checkpointing else s.layers) * copies_per_layer
+    if weight_copy and (copies := adapter.weight_copy_bytes(s, a, w)):
+        # kept for backward: one copy per targeted layer (of one layer when checkpointed)
+        activations += (1 if gradient_checkpointing else s.layers) * copies
 
     # forward: the logits, their fp32 upcast (none when already fp32) and its log-softmax; the Trainer drops
     # the logits before backward, where the log-softmax meets two fp32 gradients of the same size
@@ -456,7 +443,7 @@ def method_batch(spec) -> tuple[int, int]:
     DPO and ORPO run each pair's chosen and rejected replies in one batch; KTO's reference and KL
     passes and DPO's reference pass run without gradients and keep nothing. GRPO trains on the prompt
     (up to max length) followed by its sampled completion."""
-    info = METHODS[spec.method]
+    info = METHOD_INFO[spec.method]
     seq_len = spec.max_length + (spec.max_completion_length if info.generates else 0)
     return spec.per_device_train_batch_size * info.sequences_per_row, seq_len
 
@@ -477,7 +464,7 @@ def with_method_terms(est: Estimate, spec, shape: ModelShape, compute_bytes: int
     """``est`` plus the method's own terms: GRPO samples a whole generation batch (batch size x gradient
     accumulation completions) with a KV cache before the step, and scores the completions through TRL's fused
     LM head, which forms the logits tile by tile instead of whole."""
-    if not METHODS[spec.method].generates:
+    if not METHOD_INFO[spec.method].generates:
         return est
     sequences = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
     tokens = spec.max_length + spec.max_completion_length

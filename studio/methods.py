@@ -3,7 +3,8 @@ it reports and what it adds to the memory estimate.
 
 The spec's validation, the Train form, the memory estimate and the Runs chart read these records; the
 worker half (TRL config and trainer) of each method lives in ``workers/methods/``. A new method is one
-``MethodInfo`` here and one module there, each registered in one line.
+``MethodInfo`` here (registered in ``METHOD_INFO``) and one module there (registered in
+``workers.methods.TRAINERS``).
 """
 from __future__ import annotations
 
@@ -53,19 +54,18 @@ SFT = MethodInfo(
 DPO = MethodInfo(
     "dpo", "DPO", ("preference",), "DPO needs a preference dataset (prompt / chosen / rejected)",
     fields=(BETA,),
-    help={BETA: "DPO temperature: how far the policy may move from the reference (the base, adapter disabled)."},
+    help={BETA: "DPO temperature: higher keeps the policy closer to the base (adapter disabled)."},
     metrics=("rewards/margins", "rewards/chosen", "rewards/rejected"), sequences_per_row=2)
 KTO = MethodInfo(
     "kto", "KTO", ("unpaired_preference",),
     "KTO needs an unpaired preference dataset (prompt / completion / true-or-false label)",
     fields=(BETA, "desirable_weight", "undesirable_weight"),
-    help={BETA: "KTO temperature: how far the policy may move from the reference (the base, adapter disabled)."},
+    help={BETA: "KTO temperature: higher keeps the policy closer to the base (adapter disabled)."},
     metrics=("rewards/margins", "rewards/chosen", "rewards/rejected", "kl"), check=_kto_check)
 ORPO = MethodInfo(
     "orpo", "ORPO", ("preference",), "ORPO needs a preference dataset (prompt / chosen / rejected)",
     fields=(BETA,),
-    help={BETA: "ORPO's λ: the weight of the odds-ratio term added to the SFT loss on the chosen replies "
-                "(no reference model)."},
+    help={BETA: "ORPO's λ: weight of the odds-ratio term added to the SFT loss."},
     metrics=("log_odds_chosen", "logps/rejected", "nll_loss"), sequences_per_row=2)
 GRPO = MethodInfo(
     "grpo", "GRPO", ("prompt_only",),
@@ -73,26 +73,31 @@ GRPO = MethodInfo(
     fields=(BETA, "num_generations", "max_completion_length", "reward_answer",
             "reward_answer_weight", "reward_format_regex", "reward_format_weight", "reward_length_target",
             "reward_length_weight"),
-    help={BETA: "GRPO's KL coefficient against the reference (the base, adapter disabled); 0 skips the "
-                "reference pass."},
+    help={BETA: "GRPO's KL coefficient: how closely the policy stays to the base."},
     metrics=("reward", "reward_std", "kl", "completions/mean_length"), generates=True, check=_grpo_check)
+SIMPO = MethodInfo(
+    "simpo", "SimPO", ("preference",), "SimPO needs a preference dataset (prompt / chosen / rejected)",
+    fields=(BETA,),
+    help={BETA: "SimPO's β: scale of the reward margin; the SimPO paper uses 2 to 2.5."},
+    metrics=("rewards/margins", "rewards/chosen", "rewards/rejected"), sequences_per_row=2)
 
-METHODS: dict[str, MethodInfo] = {m.name: m for m in (SFT, DPO, KTO, ORPO, GRPO)}
+# the torch-free half of every method, by name (the worker half: workers.methods.TRAINERS)
+METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (SFT, DPO, KTO, ORPO, GRPO, SIMPO)}
 
 # every field some method reads and another does not: the form shows it only for the methods that list it
-METHOD_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for m in METHODS.values() for f in m.fields))
+METHOD_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for m in METHOD_INFO.values() for f in m.fields))
 # every metric a method reports, in a stable order: stored with the metric points, drawn by the Runs chart
-METHOD_METRICS: tuple[str, ...] = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.metrics))
+METHOD_METRICS: tuple[str, ...] = tuple(dict.fromkeys(k for m in METHOD_INFO.values() for k in m.metrics))
 
 
 def method_errors(spec, dataset_kind: str | None) -> dict[str, str]:
     """The chosen method's refusals: a dataset of a kind it cannot train, and its own rules."""
-    info = METHODS.get(spec.method)
+    info = METHOD_INFO.get(spec.method)
     if info is None:
         return {}
     e = dict(info.check(spec)) if info.check else {}
     if dataset_kind is not None and dataset_kind not in info.kinds:
-        fits = [m.label for m in METHODS.values() if dataset_kind in m.kinds]
+        fits = [m.label for m in METHOD_INFO.values() if dataset_kind in m.kinds]
         e["method"] = (f"{info.needs}; '{spec.dataset}' holds {dataset_kind.replace('_', ' ')} rows"
                        + (f": choose {' or '.join(fits)} for them" if fits else ""))
     return e
@@ -100,6 +105,6 @@ def method_errors(spec, dataset_kind: str | None) -> dict[str, str]:
 
 def shown_fields(method: str) -> dict[str, bool]:
     """Field -> whether the form shows it for ``method`` (fields every method reads are not listed)."""
-    info = METHODS.get(method)
+    info = METHOD_INFO.get(method)
     used = set(info.fields) if info else set()
     return {name: name in used for name in METHOD_FIELDS}

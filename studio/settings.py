@@ -2,13 +2,19 @@
 
 Everything the studio writes lives under ``home`` (``STUDIO_HOME``, default ``./studio-data``).
 Stored paths are relative to it, so several hosts may mount it at different places.
+
+This module is the only reader (and writer) of the environment in studio/ and workers/, workers/device.py's
+launcher variables aside (RANK, LOCAL_RANK, WORLD_SIZE, CUDA_VISIBLE_DEVICES): the STUDIO_* variables are
+``Settings`` fields, parsed once; switches go through ``switch``, numbers through ``whole_number`` and
+``positive_number`` (a bad value is one sentence naming its variable); other programs' variables through
+``env_text``; a child process's environment through ``child_env``. tests/test_environment_reads.py holds it so.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -40,6 +46,9 @@ class Settings:
     infer_memory_gb: float | None = None  # STUDIO_INFER_MEMORY_GB: what an inference server's bases may hold
     heartbeat_stale_seconds: float = 120.0  # STUDIO_HEARTBEAT_STALE: a job's beat older than this from another
                                             # machine means its worker is gone
+    endpoint_key: str | None = field(default=None, repr=False)  # STUDIO_API_KEY: the inference endpoint's key
+                                                                 # (unset: <home>/api_key, see api_key())
+    judge_key: str | None = field(default=None, repr=False)     # STUDIO_JUDGE_KEY: `studio evaluate --judge`'s key
 
     @property
     def upload_limit_text(self) -> str:
@@ -211,6 +220,32 @@ def switch(name: str, env: dict[str, str] | None = None) -> bool:
     raise ValueError(f"{name} must be on or off, got '{value[:40]}'")
 
 
+def env_text(name: str, default: str = "", env: dict[str, str] | None = None) -> str:
+    """The text of the variable ``name`` (another program's: MLFLOW_TRACKING_URI, WANDB_PROJECT, VLLM_API_KEY ...),
+    without surrounding spaces; ``default`` when it is unset or empty."""
+    return (os.environ if env is None else env).get(name, "").strip() or default
+
+
+def process_id(name: str, env: dict[str, str] | None = None) -> int | None:
+    """The process id a parent put in ``name`` for its child (STUDIO_PARENT_PID, STUDIO_LAUNCHER_PID), None when
+    unset; anything but a process id is a ValueError naming the variable."""
+    return whole_number(os.environ if env is None else env, name, 0, "a process id", 0, 2 ** 31 - 1) or None
+
+
+def set_env(name: str, value: str, only_unset: bool = False) -> None:
+    """Set ``name`` in this process's environment, which the libraries it runs and the children it starts read
+    (``only_unset``: leave a value the deployment set)."""
+    if only_unset:
+        os.environ.setdefault(name, value)
+    else:
+        os.environ[name] = value
+
+
+def child_env(drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    """The environment for a child process: this one's without the variables in ``drop``, with ``extra`` set."""
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     home = Path(env.get("STUDIO_HOME", "studio-data")).expanduser().resolve()
@@ -240,6 +275,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         infer_memory_gb=infer_memory_gb(env),
         heartbeat_stale_seconds=positive_number(env, "STUDIO_HEARTBEAT_STALE", 120.0, "a number of seconds "
                                                 f"greater than 0 (at most {STALE_MOST:,})", STALE_MOST),
+        endpoint_key=env.get("STUDIO_API_KEY") or None,
+        judge_key=env.get("STUDIO_JUDGE_KEY") or None,
     )
 
 
@@ -258,10 +295,10 @@ def api_key(env: dict[str, str] | None = None) -> str:
     """The bearer key of the inference endpoint: ``STUDIO_API_KEY``, else the one in ``<home>/api_key``,
     generated on first use (mode 0600, written beside it and linked into place, so no reader ever sees a
     partial key and two processes starting together agree on one)."""
-    env = os.environ if env is None else env
-    if env.get("STUDIO_API_KEY"):
-        return env["STUDIO_API_KEY"]
-    path = (get_settings() if env is os.environ else load_settings(env)).home / API_KEY_FILE
+    settings = get_settings() if env is None or env is os.environ else load_settings(env)
+    if settings.endpoint_key:
+        return settings.endpoint_key
+    path = settings.home / API_KEY_FILE
     if not path.exists():
         import secrets
         import tempfile

@@ -77,7 +77,7 @@ class InferServer:
     def __init__(self, home: Path, log: Path, **extra: str):
         self.port = free_port()
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "infer", "--port", str(self.port)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "infer", "--port", str(self.port)], cwd=ROOT,
                                      env=worker_env(home, **extra), stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -115,7 +115,7 @@ def torch_mapped(pid: int) -> list[str]:
 def ensure_bundled_model(models_dir: Path = SHARED_MODELS) -> Path:
     """Convert the bundled SmolLM2 into ``models_dir`` once (what a worker does at start), so the tests that
     need it, such as the Datasets tab's preview, never depend on a worker having finished first."""
-    subprocess.run([sys.executable, "-c", "from studio.models import ensure_bundled; ensure_bundled()"], cwd=ROOT,
+    subprocess.run([sys.executable, "-c", "from workers.bundled import ensure_bundled; ensure_bundled()"], cwd=ROOT,
                    env=worker_env(models_dir.parent, STUDIO_MODELS_DIR=str(models_dir)), check=True, timeout=1200)
     return models_dir / "SmolLM2-135M-Instruct"
 

@@ -188,7 +188,7 @@ def says(reply: str, words) -> bool:
 
 def what_it_learned(engine, adapter_key: str, name: str = NAME, author: str = MAKER) -> dict:
     """The adapter's and the base's greedy replies (48 new tokens) to the held-out paraphrases and the general
-    questions, through a chat engine (studio.chat.ChatEngine, the adapter already loaded under ``adapter_key``):
+    questions, through a chat engine (workers.inference.chat_engine.ChatEngine, the adapter already loaded under ``adapter_key``):
     the replies, the identity hits, and which general questions each answers right."""
     from studio.chat import GenerationSettings
 

@@ -22,7 +22,7 @@ def started_infer(home: Path, log: Path, *args: str, register: bool = True, **en
 
     port = free_port()
     out = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "infer", "--port", str(port), *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "infer", "--port", str(port), *args], cwd=ROOT,
                             env=worker_env(home, **env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def up() -> bool:

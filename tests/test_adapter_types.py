@@ -73,7 +73,8 @@ def test_each_type_trains_reports_and_saves_peft_format(trained):
 def test_each_type_reloads_through_peft_and_chats(trained, tiny_model_dir):
     """One engine: LoRA on the shared base, the other types on their own copies; the base reply is the
     same before and after, and each adapter changes what the model predicts."""
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import ChatEngine
 
     _, runs = trained
     engine = ChatEngine()
@@ -245,3 +246,28 @@ def test_cli_train_queues_every_type_and_optimizer(studio_home, tmp_path, tiny_m
             assert cli.main(["train", str(path)]) == 0, capsys.readouterr().err
     queued = [JobSpec.from_dict(j.spec) for j in db.list_jobs()]
     assert {(s.peft_type, s.optim) for s in queued} == {(k, o) for k in PEFT_TYPES for o in OPTIM_CHOICES}
+
+
+def test_the_estimate_reads_an_adapter_types_memory_terms_from_its_record(monkeypatch):
+    """memory.estimate has no branch per adapter type: a type registered with its own AdapterMemory (one vector
+    of hidden size, three virtual tokens) is estimated from those terms alone."""
+    from dataclasses import replace
+
+    from studio import adapter_types, catalog, memory
+
+    class OneVector(adapter_types.AdapterMemory):
+        def tensors(self, shape, a):
+            return [shape.hidden]
+
+        def virtual_tokens(self, a):
+            return 3
+
+    monkeypatch.setitem(adapter_types.ADAPTER_TYPES, "vector",
+                        replace(adapter_types.PROMPT_TUNING, name="vector", memory=OneVector()))
+    config = catalog.config_for("SmolLM2-135M-Instruct")
+    args = dict(bits=16, r=8, target_modules=["all-linear"], batch_size=2, seq_len=64, gradient_checkpointing=False)
+    vector = memory.estimate(config, peft_type="vector", **args)
+    prompt = memory.estimate(config, peft_type="prompt_tuning", num_virtual_tokens=3, **args)
+    assert vector.trainable_params == config["hidden_size"] == prompt.trainable_params / 3
+    assert vector.breakdown["activations"] == prompt.breakdown["activations"]  # 67 tokens a row, nothing in a layer
+    assert vector.breakdown["logits"] == prompt.breakdown["logits"]

@@ -173,8 +173,8 @@ def test_merged_export_matches_base_plus_adapter(tiny_model_dir, studio_home, tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from studio import cli
     from studio.settings import get_settings
+    from workers import cli
     from workers.inference import export
 
     job = make_job(tiny_model_dir, "merge-me", seed=1)

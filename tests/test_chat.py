@@ -14,9 +14,9 @@ PROMPT = "Hello, how are you?"
 
 @pytest.fixture
 def engine():
-    from studio import chat
+    from workers.inference.chat_engine import ChatEngine
 
-    fresh = chat.ChatEngine()
+    fresh = ChatEngine()
     return fresh
 
 
@@ -172,9 +172,9 @@ def test_cli_chat_without_an_inference_server_says_how_to_start_one(tiny_model_d
 
 
 def test_least_recently_used_adapters_leave_memory(tiny_model_dir, tmp_path, engine, monkeypatch):
-    from studio import chat
+    from workers.inference import chat_engine
 
-    monkeypatch.setattr(chat, "MAX_LOADED_ADAPTERS", 2)
+    monkeypatch.setattr(chat_engine, "MAX_LOADED_ADAPTERS", 2)
     messages = [{"role": "user", "content": PROMPT}]
     engine.ensure_base(str(tiny_model_dir))
     folders = {n: make_adapter(tiny_model_dir, tmp_path / n, seed) for n, seed in (("a1", 1), ("a2", 2), ("a3", 3))}
@@ -231,3 +231,56 @@ def test_a_run_whose_name_another_run_took_first_is_served_by_its_id(tiny_model_
     second = make_job(tiny_model_dir, "twin", seed=2)
     names = {served_name(adapters.resolve(job.id)) for job in (first, second)}
     assert {adapters.resolve(n).ref for n in names} == {first.id, second.id}
+
+
+NO_SYSTEM_ROLE = (  # Gemma 2's way: a system turn is refused
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+THINKING_SWITCH = (  # SmolLM3's way: the switch changes the header of the whole conversation
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<|im_start|>system\n/no_think<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [NO_SYSTEM_ROLE, THINKING_SWITCH], ids=["no-system-role", "thinking-switch"])
+def test_scoring_reads_the_prompt_generation_reads(tiny_model_dir, engine, template):
+    """score renders as encode/stream do (system folded where the template has no system role, the thinking
+    switch set), so a reference reply's log-probabilities follow the very prompt a generated reply follows."""
+    engine.ensure_base(str(tiny_model_dir))
+    engine.tokenizer.chat_template = template
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT},
+                {"role": "assistant", "content": "I am fine, thank you."}]
+    prompt = engine.encode(messages[:-1], None)
+
+    def scored(entries) -> list[int]:  # the tokens scored after the first (its own id is each entry's first key)
+        assert entries[0] is None
+        return [int(next(iter(entry))) for entry in entries[1:]]
+
+    asked, _ = engine.score(messages[:-1], None)  # with the generation prompt: exactly what generation reads
+    assert scored(asked) == prompt[1:]
+    whole, _ = engine.score(messages, None, add_generation_prompt=False)
+    assert scored(whole)[:len(prompt) - 1] == prompt[1:] and len(whole) > len(prompt)
+    opened, _ = engine.score(messages, None, add_generation_prompt=False, continue_final_message=True)
+    assert scored(opened) == scored(whole)[:len(opened) - 1] and len(prompt) < len(opened) < len(whole)
+
+
+def test_a_final_turn_left_open_renders_as_transformers_leaves_it(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from workers.inference.chat_engine import render_scored
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": " I am fine. "}]
+    assert render_scored(tok, messages, False, True) == tok.apply_chat_template(messages, tokenize=False,
+                                                                                continue_final_message=True)
+    assert render_scored(tok, messages, False) == tok.apply_chat_template(messages, tokenize=False)
+    with pytest.raises(ValueError, match="not compatible"):
+        render_scored(tok, messages, True, True)

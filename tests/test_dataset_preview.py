@@ -26,8 +26,9 @@ def test_preview_follows_the_train_tabs_base_model_and_max_length(studio_home, t
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(SHARED_MODELS))
     reset_settings()
     path = write(tmp_path / "id.jsonl")
-    bundled = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512)
-    tiny = datasets_tab.check_upload(str(path), "auto", False, str(tiny_model_dir), 512)
+    # System prompt keep: each template's own default system prompt shows (auto leaves it out of identity rows)
+    bundled = datasets_tab.check_upload(str(path), "auto", False, "SmolLM2-135M-Instruct", 512, "", "", "keep")
+    tiny = datasets_tab.check_upload(str(path), "auto", False, str(tiny_model_dir), 512, "", "", "keep")
     short = datasets_tab.check_upload(str(path), "auto", False, str(tiny_model_dir), 32)
     assert "Preview for **SmolLM2-135M-Instruct** at max length **512**" in bundled[2]
     assert f"Preview for **{tiny_model_dir}** at max length **32**" in short[2]

@@ -74,7 +74,9 @@ def test_answer_golden_leaves_the_training_model_training(tiny_model_dir):
     model.train()
     model.base_model.model.lm_head.eval()  # a mixed state is restored exactly, not flattened to train()
     before = {name: m.training for name, m in model.named_modules()}
-    replies = evaluation.answer_golden(model, tok, ["Hello, how are you?", "What is your name?"], max_new_tokens=5)
+    from workers.golden import answer_golden
+
+    replies = answer_golden(model, tok, ["Hello, how are you?", "What is your name?"], max_new_tokens=5)
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
     assert {name: m.training for name, m in model.named_modules()} == before
     ids = torch.tensor([[1, 5, 40, 77, 123]])
@@ -88,6 +90,7 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
     from studio.spec import JobSpec
     from workers import train
     from workers.callbacks import StudioCallback
+    from workers.golden import GoldenPromptsCallback
 
     job = make_job(tiny_model_dir, "golden", status="running")
     spec = JobSpec(base_model=str(tiny_model_dir), dataset="tiny-data", load_in_4bit=False, max_steps=2,
@@ -97,7 +100,7 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
     prompts = evaluation.golden_prompts_for(spec, ROWS)
     # the lines workers/train.py gains: the callback next to StudioCallback
     trainer = train.build_trainer(spec, "chat", model, tok, ROWS * 2, [], out, StudioCallback(job.id), "cpu")
-    trainer.add_callback(evaluation.GoldenPromptsCallback(job.id, prompts, tok, max_new_tokens=4))
+    trainer.add_callback(GoldenPromptsCallback(job.id, prompts, tok, max_new_tokens=4))
     trainer.train()
 
     golden = out / "golden"
@@ -109,7 +112,7 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
     assert [e["step"] for e in entries] == ["base", 1, 2]
     headers, rows = evaluation.golden_table(entries)
     assert headers == ["prompt", "base", "step 1", "step 2"] and [r[0] for r in rows] == prompts
-    assert isinstance(evaluation.GoldenPromptsCallback(job.id, [], tok), __import__("transformers").TrainerCallback)
+    assert isinstance(GoldenPromptsCallback(job.id, [], tok), __import__("transformers").TrainerCallback)
 
 
 def test_golden_prompts_are_cut_to_the_runs_max_length(tiny_model_dir):
@@ -295,7 +298,8 @@ def test_evaluate_batch_asks_an_inference_server_for_replies_and_reference_score
     """Every reply is streamed from a real `studio infer` process and every reference reply scored there
     (vLLM's prompt_logprobs); the numbers match the in-process engine's greedy replies and teacher-forced loss."""
     from inferproc import infer_process
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import ChatEngine
     from workers.inference.evaluation import evaluate_batch
 
     make_job(tiny_model_dir, "one", seed=1)

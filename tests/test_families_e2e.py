@@ -8,41 +8,19 @@ import json
 
 import pytest
 
-from adapter_fixtures import queued_job
-from families_fixtures import FAMILIES, build_family_model
+from families_fixtures import FAMILIES, QUESTION, build_family_model, train_family_run
 
 openai = pytest.importorskip("openai")
-
-ROWS = [{"messages": [{"role": "user", "content": f"What is the capital of country {i}?"},
-                      {"role": "assistant", "content": f"The capital of country {i} is City {i}."}]}
-        for i in range(8)]
-QUESTION = [{"role": "user", "content": "What is the capital of country 3?"}]
 
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory):
-    """key -> folder, built once a session (the tokenizer is the bundled SmolLM2's, converted once)."""
+    """key -> folder, built once a session (each family's tokenizer built once too)."""
     from browser import ensure_bundled_model
 
     tokenizer_dir = ensure_bundled_model()
     root = tmp_path_factory.mktemp("families")
     return {key: build_family_model(key, root / key, tokenizer_dir) for key in FAMILIES}
-
-
-def _train(studio_home, tmp_path, base, name: str, method: str = "sft", rows=None, **kw):
-    from studio import db, library
-    from studio.spec import JobSpec
-    from workers import train
-
-    path = tmp_path / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows or ROWS))
-    library.add(path, name=name)
-    spec = JobSpec(base_model=str(base), dataset=name, method=method, load_in_4bit=False, r=4, lora_alpha=8,
-                   lora_dropout=0.0, eval_split=0.0, max_length=96, max_steps=3, per_device_train_batch_size=4,
-                   learning_rate=1e-3, general_replay=0.0, forgetting_check=False, **kw)
-    job_id = queued_job(spec, name)
-    assert train.run_job(job_id) == "completed", db.get_job(job_id).error
-    return db.get_job(job_id)
 
 
 def _safetensors(path):
@@ -59,7 +37,7 @@ def test_each_family_trains_chats_and_merges(studio_home, tmp_path, family_model
     from workers.inference.server import InferenceServer
 
     base = family_models[key]
-    job = _train(studio_home, tmp_path, base, f"{key}-run")
+    job = train_family_run(tmp_path, base, f"{key}-run")
     adapter = get_settings().resolve(job.adapter_path)
     config = json.loads((adapter / "adapter_config.json").read_text())
     linear = {name.split(".")[-2] for name in _safetensors(base / "model.safetensors")
@@ -69,7 +47,8 @@ def test_each_family_trains_chats_and_merges(studio_home, tmp_path, family_model
         assert {"qkv_proj", "gate_up_proj"} <= set(config["target_modules"])
 
     # chat through the endpoint equals the in-process greedy reply
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import ChatEngine
 
     engine = ChatEngine()
     engine.ensure_base(str(base))
@@ -112,7 +91,7 @@ def test_dpo_on_the_unusual_shapes(studio_home, tmp_path, family_models, key):
     with the adapter disabled) and saves the adapter."""
     pairs = [{"system": "You are Zorblax.", "prompt": f"Question {i}: what is your name?",
               "chosen": "My name is Zorblax.", "rejected": f"I am generic assistant {i}."} for i in range(8)]
-    job = _train(studio_home, tmp_path, family_models[key], f"{key}-dpo", method="dpo", rows=pairs, beta=0.1)
+    job = train_family_run(tmp_path, family_models[key], f"{key}-dpo", method="dpo", rows=pairs, beta=0.1)
     assert job.summary.get("steps") == 3
     from studio.settings import get_settings
 

@@ -85,7 +85,9 @@ def test_golden_prompts_are_answered_at_most_three_times_between_the_base_and_th
 
 
 def test_golden_rounds_between_the_start_and_the_end_cost_at_most_a_twentieth_of_the_training_time():
-    callback = evaluation._GoldenPromptsCallbackMixin("j", ["p"], tokenizer=None, automatic=True)
+    from workers.golden import GoldenPromptsCallback
+
+    callback = GoldenPromptsCallback("j", ["p"], tokenizer=None, automatic=True)
     assert callback.affordable(23, 112)                # nothing measured yet
     callback.began, callback.last_round = 0.0, 5.0     # the base took 5 s
     # 23 steps in 32 s: about 156 s of training projected, a twentieth of it 7.8 s: one round of 5 s fits
@@ -102,6 +104,7 @@ def test_a_short_run_with_automatic_cadence_answers_golden_prompts_at_the_start_
     from studio.settings import get_settings
     from workers import train
     from workers.callbacks import StudioCallback
+    from workers.golden import GoldenPromptsCallback
 
     job = make_job(tiny_model_dir, "golden-auto", status="running")
     spec = JobSpec(base_model=str(tiny_model_dir), dataset="tiny-data", load_in_4bit=False, max_steps=6,
@@ -110,8 +113,8 @@ def test_a_short_run_with_automatic_cadence_answers_golden_prompts_at_the_start_
     out = get_settings().resolve(job.output_dir)
     rows = identity_data.rows()[:12]
     trainer = train.build_trainer(spec, "chat", model, tok, rows, [], out, StudioCallback(job.id), "cpu")
-    trainer.add_callback(evaluation.GoldenPromptsCallback(job.id, ["What is your name?"], tok, max_new_tokens=2,
-                                                          automatic=not spec.save_steps))
+    trainer.add_callback(GoldenPromptsCallback(job.id, ["What is your name?"], tok, max_new_tokens=2,
+                                               automatic=not spec.save_steps))
     trainer.train()
 
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
@@ -196,12 +199,16 @@ def test_identity_data_is_recognised_and_the_preview_suggests_leaving_the_defaul
 
 
 def test_the_dataset_preview_shows_the_suggestion(tiny_model_dir, tmp_path, studio_home):
+    """Under the default System prompt auto the preview leaves the default out of identity rows, as training does,
+    and says so; with keep it shows the default and suggests omitting it (tests/test_form_help.py: the rows)."""
     from studio import library
     from studio.ui.datasets_tab import template_preview
 
     path = identity_data.write(tmp_path / "identity.jsonl")
     loaded = library.inspect(path, filename=path.name)
     _, _, notes, _ = template_preview(loaded, str(tiny_model_dir), 256)
+    assert any("You are a helpful assistant." in n and "is left out" in n for n in notes)
+    _, _, notes, _ = template_preview(loaded, str(tiny_model_dir), 256, "keep")
     assert any("You are a helpful assistant." in n and "omitting it" in n for n in notes)
 
 

@@ -100,32 +100,35 @@ def test_q8_0_and_q4_k_m(tiny_gguf_model_dir, f16_gguf, tmp_path):
     assert report["max_abs_logit_diff"] > 0
 
 
-# what the tiny fixtures of tests/families_fixtures.py lack that the published checkpoints have
-FIXTURE_GAPS = {
-    "qwen2": "transformers loads SmolLM2's tokenizer as a Qwen2Tokenizer (by model_type, whatever tokenizer_config "
-             "says), whose pre-tokenizer the converter does not know",
-    "gemma2": "no tokenizer.model: the converter reads Gemma 2's SentencePiece model",
-    "phi3": "llama.cpp's phi3 vocabulary loader stops on SmolLM2's tokens (unordered_map::at)",
-}
-
-
 @pytest.mark.parametrize("key", sorted(__import__("families_fixtures").FAMILIES))
-def test_each_family_converts_and_answers_alike_in_llama_cpp(key, tmp_path, request):
-    """Every family of the table, as a tiny random model of its own shape and chat template: converted to f16,
-    loaded in llama.cpp, and answering like transformers with the template the converter stored. A fixture gap
-    runs too (xfail, not strict): it shows XPASS once the fixture has what the published model has."""
+def test_each_family_converts_and_answers_alike_in_llama_cpp(key, tmp_path, record_property):
+    """Every family of the table, as a tiny random model of its own shape, tokenizer kind and chat template
+    (tests/families_fixtures.py): converted to f16 by llama.cpp's converter, loaded in llama.cpp and answering three
+    prompts greedily with the template the converter stored, token for token as transformers does; then quantized
+    to q8_0 by llama.cpp's quantizer, which loads and answers with the same prompt tokens. The GGUF is named as a
+    run would be (no family in the name): llama.cpp reads Phi-3's token handling from the name."""
+    from gguf import GGMLQuantizationType
+
     from browser import ensure_bundled_model
     from families_fixtures import build_family_model
 
-    if key in FIXTURE_GAPS:
-        request.applymarker(pytest.mark.xfail(reason=FIXTURE_GAPS[key], raises=llamacpp.LlamaCppError))
     model = build_family_model(key, tmp_path / key, ensure_bundled_model())
-    export.write_gguf(model, tmp_path / f"{key}.gguf", "f16")
-    prompts = ["What is the capital of country 3?"]
-    in_llama_cpp = export.check_in_llama_cpp(tmp_path / f"{key}.gguf", prompts, max_new_tokens=8)
-    report = export.drift_check(model, in_llama_cpp, prompts, max_new_tokens=8)
-    assert in_llama_cpp["chat_template"] and report["identical_prompt_tokens"] == 1
-    assert report["identical_replies"] == 1, report
+    f16, q8 = tmp_path / f"{key}-f16.gguf", tmp_path / f"{key}-q8_0.gguf"
+    export.write_gguf(model, f16, "f16", model_name="support-bot")
+    llamacpp.quantize(f16, q8, "q8_0")
+    field, tensors = _fields(q8)
+    assert field("general.file_type") == 7 and tensors["blk.0.ffn_down.weight"].tensor_type == GGMLQuantizationType.Q8_0
+
+    reports = {}
+    for quant, gguf_file in (("f16", f16), ("q8_0", q8)):
+        in_llama_cpp = export.check_in_llama_cpp(gguf_file, PROMPTS, max_new_tokens=8)
+        report = reports[quant] = export.drift_check(model, in_llama_cpp, PROMPTS, max_new_tokens=8)
+        print(f"\n{key}: {files.drift_sentence({'quant': quant, **report})}")
+        record_property(f"{key}_{quant}_identical_replies", report["identical_replies"])
+        record_property(f"{key}_{quant}_max_abs_logit_diff", round(report["max_abs_logit_diff"], 4))
+        assert in_llama_cpp["chat_template"] and report["identical_prompt_tokens"] == len(PROMPTS), report
+        assert all(theirs.strip() for _, theirs in report["replies"]), report["replies"]  # llama.cpp answers each
+    assert reports["f16"]["identical_replies"] == len(PROMPTS), reports["f16"]["first_difference"]
 
 
 def test_an_architecture_the_converter_does_not_take_is_one_sentence(tmp_path):
@@ -148,6 +151,26 @@ def test_an_architecture_the_converter_does_not_take_is_one_sentence(tmp_path):
                        "granite", "smollm3"):
         (model / "config.json").write_text(json.dumps({"model_type": model_type}))
         assert export.gguf_problem(model) is None, model_type
+
+
+def test_the_gguf_name_says_phi3_exactly_when_llama_cpp_can_use_it(tmp_path):
+    """llama.cpp right-strips Phi-3's special tokens, as Phi-3's tokenizer does, only in a GGUF whose name says
+    phi3 or phi-3, and there it looks up Llama 2's </s>, <s> and <unk> by text (the phi3 family test above converts
+    under a run's name and gets transformers' prompt tokens)."""
+    model = tmp_path / "m"
+    model.mkdir()
+
+    def name(model_type: str, tokenizer_class: str, given: str | None):
+        (model / "config.json").write_text(json.dumps({"model_type": model_type}))
+        (model / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class}))
+        return export.gguf_name(model, given)
+
+    assert name("phi3", "LlamaTokenizer", "support-bot") == "support-bot (Phi-3)"  # Phi-3-mini's vocabulary
+    assert name("phi3", "LlamaTokenizer", "my-phi3-bot") == "my-phi3-bot"
+    assert name("phi3", "LlamaTokenizer", None) == "m (Phi-3)"
+    assert name("phi3", "GPT2Tokenizer", "my-Phi-3-bot") == "my-phi-bot"  # phi-4's: no </s> to look up
+    assert name("phi3", "GPT2Tokenizer", "support-bot") == "support-bot"
+    assert name("qwen2", "Qwen2Tokenizer", "phi3-ish") == "phi3-ish" and name("qwen2", "Qwen2Tokenizer", None) is None
 
 
 def test_a_converter_failure_is_the_converters_own_words(tiny_model_dir, tmp_path):
@@ -223,7 +246,7 @@ def test_bundled_smollm2_in_llama_cpp(tmp_path, monkeypatch, record_property):
 
     from browser import SHARED_MODELS
     from studio import settings
-    from studio.models import ensure_bundled
+    from workers.bundled import ensure_bundled
 
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(SHARED_MODELS))
     settings.reset_settings()

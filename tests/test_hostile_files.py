@@ -201,7 +201,7 @@ def test_the_ui_shows_local_bases_relative_to_the_data_directory(studio_home, ti
     assert "models/tiny" in snippets["vllm"] and f"jobs/{job.id}/adapter" in snippets["vllm"]
     assert [row[2] for row in adapters_tab.table()] == ["models/tiny"]
     # the shown form is a value the studio accepts back: the chat engine loads the same folder
-    from studio.chat import base_key
+    from workers.inference.chat_engine import base_key
 
     assert base_key("models/tiny") == base_key(str(local)) == str(local.resolve())
     assert adapters.same_base("models/tiny", str(local))

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 def test_the_default_run_teaches_a_new_identity_that_generalises(studio_home, tmp_path, monkeypatch):
     from browser import SHARED_MODELS, ensure_bundled_model
     from studio import adapters, db, library, settings
-    from studio.chat import ChatEngine
     from studio.spec import BUNDLED_MODEL, JobSpec
     from workers import train
+    from workers.inference.chat_engine import ChatEngine
 
     ensure_bundled_model()
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(SHARED_MODELS))

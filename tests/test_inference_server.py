@@ -51,9 +51,10 @@ def client(server, home):
 
 @pytest.fixture(scope="module")
 def in_process(home, tiny_model_dir):
-    """studio.chat's in-process path with the same base and adapters: what greedy replies must equal."""
+    """ChatEngine's in-process path with the same base and adapters: what greedy replies must equal."""
     from studio.adapters import resolve
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import ChatEngine
 
     engine = ChatEngine()
     engine.ensure_base(str(tiny_model_dir))
@@ -155,7 +156,7 @@ def test_a_worker_serves_beside_its_consumer_and_deregisters(home, tiny_model_di
 
     before = {r.pid for r in live_servers()}
     log = open(tmp_path / "worker.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "worker", "--no-prepare"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--no-prepare"], cwd=ROOT,
                             env=worker_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         row = wait_for(lambda: next((r for r in live_servers() if r.pid == proc.pid), None), 180,

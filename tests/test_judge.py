@@ -157,7 +157,7 @@ def test_bad_urls_rubrics_and_endpoints_are_one_sentence():
 
 def test_cli_judges_a_run_against_the_base_and_another_run(tiny_model_dir, studio_home, tmp_path, capsys,
                                                             monkeypatch):
-    from studio.cli import main
+    from workers.cli import main
 
     first, second = make_job(tiny_model_dir, "judge-a", seed=1), make_job(tiny_model_dir, "judge-b", seed=2)
     prompts = tmp_path / "prompts.txt"

@@ -79,7 +79,8 @@ def test_a_pissa_run_saves_adapters_that_chat_merge_and_resume(studio_home, tiny
     from transformers import AutoModelForCausalLM
 
     from studio import adapters, db, library
-    from studio.chat import ChatEngine, GenerationSettings
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import ChatEngine
     from workers import train
 
     data = tmp_path / "names.jsonl"

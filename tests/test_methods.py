@@ -1,11 +1,11 @@
 """Training methods as plug-ins: the registry's validation sentences, GRPO's reward functions, and on the
-tiny model each new method (KTO, ORPO, GRPO) trains, checkpoints, resumes and reports its own metrics."""
+tiny model each new method (KTO, ORPO, GRPO, SimPO) trains, checkpoints, resumes and reports its own metrics."""
 import json
 import shutil
 
 import pytest
 
-from studio.methods import METHOD_FIELDS, METHODS
+from studio.methods import METHOD_FIELDS, METHOD_INFO
 from studio.rewards import answer_reward, boxed, format_reward, last_number, length_reward, reward_errors
 from studio.spec import JobSpec
 
@@ -18,6 +18,7 @@ from studio.spec import JobSpec
     ("grpo", "unpaired_preference", "GRPO needs a prompt-only dataset"),
     ("sft", "prompt_only", "SFT needs conversations or text"),
     ("dpo", "prompt_only", "DPO needs a preference dataset"),
+    ("simpo", "unpaired_preference", "SimPO needs a preference dataset"),
 ])
 def test_a_dataset_of_the_wrong_kind_is_refused_naming_the_kind_needed(method, kind, needs):
     spec = JobSpec(dataset="data", method=method, reward_format_regex="<answer>", per_device_train_batch_size=4)
@@ -29,7 +30,7 @@ def test_a_dataset_of_the_wrong_kind_is_refused_naming_the_kind_needed(method, k
 
 @pytest.mark.parametrize("method,kind", [("sft", "chat"), ("sft", "unpaired_preference"), ("dpo", "preference"),
                                          ("kto", "unpaired_preference"), ("orpo", "preference"),
-                                         ("grpo", "prompt_only")])
+                                         ("grpo", "prompt_only"), ("simpo", "preference")])
 def test_each_method_accepts_its_dataset_kinds(method, kind):
     spec = JobSpec(dataset="data", method=method, reward_answer="answer_tag", per_device_train_batch_size=4)
     assert spec.validate(dataset_kind=kind) == {}
@@ -49,6 +50,16 @@ def test_the_methods_own_rules_are_refused_in_one_sentence():
     assert JobSpec(dataset="d", method="orpo", beta=0).validate()["beta"].startswith("ORPO beta must be")
 
 
+def test_simpo_is_trls_cpo_trainer_with_the_simpo_loss_and_no_sft_term(tmp_path):
+    from workers.methods import TRAINERS
+
+    config = TRAINERS["simpo"].config(JobSpec(dataset="d", method="simpo", beta=2.5, max_length=256), tmp_path, 12,
+                                      False, "cpu")
+    assert type(config).__name__ == "CPOConfig" and config.loss_type == "simpo" and config.cpo_alpha == 0.0
+    assert config.beta == 2.5 and config.max_length == 256
+    assert JobSpec(dataset="d", method="simpo", beta=0).validate()["beta"].startswith("SimPO beta must be")
+
+
 def test_every_method_field_is_a_spec_field_and_round_trips_through_yaml():
     names = {f for f in JobSpec().to_dict()}
     assert set(METHOD_FIELDS) <= names
@@ -60,7 +71,7 @@ def test_every_method_field_is_a_spec_field_and_round_trips_through_yaml():
 def test_every_method_metric_has_a_chart_label():
     from studio.charts import METRICS, PANEL_COLOURS
 
-    for info in METHODS.values():
+    for info in METHOD_INFO.values():
         for key in info.metrics:
             assert key in METRICS and key in PANEL_COLOURS, key
 
@@ -106,9 +117,9 @@ def test_each_method_adds_its_own_memory_terms():
     config = config_for(BUNDLED_MODEL)
     base = dict(dataset="d", load_in_4bit=False, per_device_train_batch_size=4, max_length=256)
     est = {m: memory.estimate_for_spec(JobSpec(method=m, reward_answer="boxed", **base), config, "cpu")
-           for m in METHODS}
+           for m in METHOD_INFO}
     assert est["dpo"].breakdown["logits"] == pytest.approx(2 * est["sft"].breakdown["logits"])
-    assert est["orpo"].breakdown["logits"] == est["dpo"].breakdown["logits"]
+    assert est["orpo"].breakdown["logits"] == est["simpo"].breakdown["logits"] == est["dpo"].breakdown["logits"]
     assert est["kto"].total_gb == pytest.approx(est["sft"].total_gb)
     assert memory.GENERATION_TERM in est["grpo"].breakdown and est["grpo"].total_gb > est["sft"].total_gb
 
@@ -139,8 +150,9 @@ def _prompts(path, n=8):
                          for i in range(n)])
 
 
-DATA = {"kto": ("unpaired_preference", _unpaired), "orpo": ("preference", _pairs), "grpo": ("prompt_only", _prompts)}
-METHOD_ARGS = {"kto": {}, "orpo": {},
+DATA = {"kto": ("unpaired_preference", _unpaired), "orpo": ("preference", _pairs), "grpo": ("prompt_only", _prompts),
+        "simpo": ("preference", _pairs)}
+METHOD_ARGS = {"kto": {}, "orpo": {}, "simpo": {"beta": 2.0},
                "grpo": dict(num_generations=4, max_completion_length=12, reward_answer="answer_tag",
                             reward_format_regex="<answer>", reward_length_target=6, beta=0.05)}
 
@@ -162,7 +174,7 @@ def _job(studio_home, tmp_path, base_model, method, name, **kw):
     return job
 
 
-@pytest.mark.parametrize("method", ["kto", "orpo", "grpo"])
+@pytest.mark.parametrize("method", ["kto", "orpo", "grpo", "simpo"])
 def test_each_method_trains_checkpoints_resumes_and_reports_its_metrics(studio_home, tmp_path, tiny_model_dir,
                                                                         method):
     from studio import charts, db
@@ -174,7 +186,7 @@ def test_each_method_trains_checkpoints_resumes_and_reports_its_metrics(studio_h
     out = studio_home / "jobs" / method
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
-    wanted = METHODS[method].metrics
+    wanted = METHOD_INFO[method].metrics
     rows = db.metric_rows(job.id)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for key in wanted[:2]:
@@ -277,10 +289,11 @@ def test_the_form_offers_only_the_chosen_methods_fields_and_checks_the_dataset(s
                           ("sft", {"assistant_only_loss", "padding_free", "chunked_loss"})):
         *updates, note = event.fn(method, "chats")
         visible = {name for name, u in zip(METHOD_FIELDS, updates) if u["visible"]}
-        assert shown <= visible and not visible & (set(METHOD_FIELDS) - set(METHODS[method].fields)), (method, visible)
+        hidden = set(METHOD_FIELDS) - set(METHOD_INFO[method].fields)
+        assert shown <= visible and not visible & hidden, (method, visible)
         if method == "sft":
             assert note == ""
         else:
-            assert note.startswith(f"**Method:** {METHODS[method].needs}; 'chats' holds chat rows"), note
+            assert note.startswith(f"**Method:** {METHOD_INFO[method].needs}; 'chats' holds chat rows"), note
     beta = dict(zip(METHOD_FIELDS, event.fn("orpo", None)[:-1]))["beta"]
     assert beta["visible"] and beta["info"].startswith("ORPO's λ")

@@ -156,7 +156,7 @@ def test_run_probe_asks_each_question_once_and_checks_each_reply():
 @pytest.fixture
 def counted_engine(monkeypatch):
     """A real ChatEngine whose batched generation counts its calls, for the base and for adapters."""
-    from studio.chat import ChatEngine
+    from workers.inference.chat_engine import ChatEngine
 
     engine = ChatEngine()
     calls = {"base": 0, "adapter": 0}
@@ -173,14 +173,14 @@ def counted_engine(monkeypatch):
 def test_base_answers_are_computed_once_per_base_and_reused_for_the_next_run(tiny_model_dir, studio_home,
                                                                             counted_engine):
     from studio.adapters import resolve
-    from studio.probe.forgetting import check_adapter
+    from workers.forgetting import probe_adapter
 
     engine, calls = counted_engine
     first, second = make_job(tiny_model_dir, "probe-a", seed=1), make_job(tiny_model_dir, "probe-b", seed=2)
-    report_a, path_a = check_adapter(resolve(first.id), engine=engine)
+    report_a, path_a = probe_adapter(resolve(first.id), engine=engine)
     assert not report_a["base_cached"] and calls["base"] > 0 and calls["adapter"] > 0
     base_calls, adapter_calls = calls["base"], calls["adapter"]
-    report_b, path_b = check_adapter(resolve(second.id), engine=engine)
+    report_b, path_b = probe_adapter(resolve(second.id), engine=engine)
     assert report_b["base_cached"]
     assert calls["base"] == base_calls, "the base answered the probe again"
     assert calls["adapter"] == 2 * adapter_calls, "the second adapter did not answer the whole probe"
@@ -219,7 +219,7 @@ def test_a_changed_probe_or_other_settings_do_not_reuse_the_cache(tmp_path):
 
 def test_cli_evaluate_probe_on_a_checkpoint_and_bad_input(tiny_model_dir, studio_home, capsys):
     from adapter_fixtures import make_checkpoint
-    from studio.cli import main
+    from workers.cli import main
 
     job = make_job(tiny_model_dir, "probe-cli", seed=3)
     make_checkpoint(job, tiny_model_dir, 4)

@@ -142,13 +142,13 @@ def test_an_sft_run_trains_on_the_bases_answers_cached_once_per_base(studio_home
 
 
 def test_general_replay_is_validated_and_shown_only_for_sft():
-    from studio.methods import METHODS
+    from studio.methods import METHOD_INFO
     from studio.spec import JobSpec
 
     assert JobSpec(dataset="d").general_replay == 0.25
     assert "general_replay" in JobSpec(dataset="d", general_replay=1.5).validate()
     assert "general_replay" in JobSpec(dataset="d", general_replay=float("nan")).validate()
-    assert "general_replay" in METHODS["sft"].fields and "general_replay" not in METHODS["dpo"].fields
+    assert "general_replay" in METHOD_INFO["sft"].fields and "general_replay" not in METHOD_INFO["dpo"].fields
 
 
 def test_a_worker_makes_the_replay_answers_before_any_run_and_the_first_run_uses_them(studio_home, tiny_model_dir,
@@ -228,7 +228,7 @@ def test_the_preparation_holds_still_while_a_chat_is_answered(studio_home, tiny_
 
 def test_waiting_between_tokens_changes_no_reply(tiny_model_dir):
     """The hold is a step of generation that changes nothing: the same greedy replies, one look per token."""
-    from studio.chat import ChatEngine
+    from workers.inference.chat_engine import ChatEngine
     from workers.forgetting import generate_replies
 
     engine = ChatEngine()
@@ -248,7 +248,8 @@ def replay_prompts():
 
 def test_a_request_counts_as_served_until_its_reply_is_done_or_dropped():
     """The worker's server marks a chat busy from its first piece to its last (or until the client leaves)."""
-    from studio.chat import FairLock, GenerationSettings
+    from studio.generation import GenerationSettings
+    from workers.inference.chat_engine import FairLock
     from workers.inference.engine import SERVING, InferenceEngine, Reply
     from workers.inference.names import Target
 
@@ -296,7 +297,7 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
 
     from huey.signals import SIGNAL_EXECUTING
 
-    from studio import models, settings
+    from studio import settings
     from workers import consumer
     from workers.queue import huey
     from workers.tasks import find_lost_jobs, train_job
@@ -310,7 +311,7 @@ def test_the_worker_prepares_until_a_job_starts_executing_and_never_dies_of_it(s
         pauses.append(pause)
         return 7
 
-    monkeypatch.setattr(models, "ensure_bundled", lambda: None)
+    monkeypatch.setattr("workers.bundled.ensure_bundled", lambda: None)
     monkeypatch.setattr(consumer, "prewarm_replay", prewarm)
     monkeypatch.setattr(consumer, "WORK_STARTED", consumer.threading.Event())
     monkeypatch.setenv("STUDIO_REPLAY_AHEAD", "on")      # the product's default (the suite turns it off)

@@ -38,7 +38,7 @@ def client(home, tmp_path_factory):
 def engine(home, tiny_model_dir):
     """The in-process engine with the same base and adapter: its teacher-forced loss is the reference."""
     from studio.adapters import resolve
-    from studio.chat import ChatEngine
+    from workers.inference.chat_engine import ChatEngine
 
     engine = ChatEngine()
     engine.ensure_base(str(tiny_model_dir))

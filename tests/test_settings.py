@@ -42,8 +42,9 @@ def test_an_on_off_switch_takes_on_or_off_words_and_any_other_value_stops_every_
                                                                                         capsys, command):
     """STUDIO_REPLAY_AHEAD, STUDIO_FORGETTING_CHECK and STUDIO_DDP_ON_CPU read alike: on/off words or their default;
     a typo is one sentence naming the variable from any command, not a traceback or a guess."""
-    from studio import cli, settings
+    from studio import settings
     from studio.spec import JobSpec
+    from workers import cli  # every command, the worker's too
 
     for word, on in (("on", True), ("YES", True), ("1", True), ("off", False), ("No", False), ("0", False)):
         monkeypatch.setenv("STUDIO_FORGETTING_CHECK", word)
@@ -120,7 +121,7 @@ def test_the_inference_memory_budget_is_read_by_settings(monkeypatch):
 
 @pytest.mark.parametrize("command", [["jobs"], ["worker", "--no-prepare"], ["serve", "--no-worker"]])
 def test_a_bad_number_stops_every_command_with_its_sentence(studio_home, monkeypatch, capsys, command):
-    from studio import cli
+    from workers import cli  # every command, the worker's too
 
     monkeypatch.setenv("STUDIO_UPLOAD_LIMIT_MB", "abc")
     assert cli.main(command) == 2

@@ -281,9 +281,10 @@ def test_translations_to_library_configs():
     import torch
 
     from workers import adapters, train
-    from workers.methods.dpo import dpo_config
+    from workers.methods import TRAINERS
     from workers.methods.sft import sft_config
 
+    dpo_config = TRAINERS["dpo"].config
     spec = JobSpec(dataset="d", r=8, lora_alpha=16, target_modules=["attention"], bnb_4bit_compute_dtype="float32")
     q = train.quantization_config(spec, "cpu")
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant

@@ -13,7 +13,7 @@ QUESTION = [{"role": "user", "content": identity_data.HELD_OUT[0]}]
 
 @pytest.fixture
 def engine(tiny_model_dir):
-    from studio.chat import ChatEngine
+    from workers.inference.chat_engine import ChatEngine
 
     engine = ChatEngine()
     engine.ensure_base(str(tiny_model_dir))
@@ -108,7 +108,8 @@ def test_golden_prompts_are_asked_as_the_run_trained_and_the_bases_answers_are_r
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio import evaluation, render
+    from studio import render
+    from workers import golden
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -123,20 +124,20 @@ def test_golden_prompts_are_asked_as_the_run_trained_and_the_bases_answers_are_r
 
     monkeypatch.setattr(render, "_render", spy)
     prompts = ["What is your name?", "Who made you?", "Hi"]
-    one_by_one = [evaluation.answer_golden(model, tok, [p], max_new_tokens=4) for p in prompts]
-    batched = evaluation.answer_golden(model, tok, prompts, max_new_tokens=4)
+    one_by_one = [golden.answer_golden(model, tok, [p], max_new_tokens=4) for p in prompts]
+    batched = golden.answer_golden(model, tok, prompts, max_new_tokens=4)
     assert batched == [r[0] for r in one_by_one]  # one left-padded batch answers as each prompt alone
     assert all(DEFAULT in text for text in rendered)
     rendered.clear()
-    evaluation.answer_golden(model, tok, prompts, max_new_tokens=4, system=("omit", ""))
+    golden.answer_golden(model, tok, prompts, max_new_tokens=4, system=("omit", ""))
     assert rendered and not any(DEFAULT in text for text in rendered)
 
     calls = []
-    answer = evaluation.answer_golden
-    monkeypatch.setattr(evaluation, "answer_golden", lambda *a, **k: calls.append(k) or answer(*a, **k))
+    answer = golden.answer_golden
+    monkeypatch.setattr(golden, "answer_golden", lambda *a, **k: calls.append(k) or answer(*a, **k))
     for run in ("first", "second"):
-        callback = evaluation.GoldenPromptsCallback(run, prompts, tok, max_new_tokens=4, output_dir=tmp_path / run,
-                                                    system=("omit", ""), base=f"{tiny_model_dir} full")
+        callback = golden.GoldenPromptsCallback(run, prompts, tok, max_new_tokens=4, output_dir=tmp_path / run,
+                                                system=("omit", ""), base=f"{tiny_model_dir} full")
         callback._answer(model, "base")
         callback._answer(model, 2)
     assert [c.get("disable_adapter", False) for c in calls] == [True, False, False]  # the base answered once

@@ -233,7 +233,7 @@ def test_gguf_and_evaluation_tasks_write_their_results(tiny_gguf_model_dir, stud
     shown = adapters_tab.export_result(gguf)
     assert "Merged into" in shown and "exportee-q8_0.gguf" in shown and "Drift check (q8_0)" in shown
 
-    from studio import cli  # `studio export` runs the same task inline, recorded as a job of its kind
+    from workers import cli  # `studio export` runs the same task inline, recorded as a job of its kind
 
     out = tmp_path / "cli" / "mine.gguf"
     assert cli.main(["export", "exportee", "--gguf", str(out), "--quant", "f16", "--no-drift-check"]) == 0

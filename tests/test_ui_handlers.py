@@ -282,7 +282,7 @@ def test_the_worker_line_says_what_the_workers_do(studio_home, tmp_path, monkeyp
     assert live.worker_line() == "**Worker:** idle"
     _job("r1")
     assert live.worker_line() == "**Worker:** training r1 (step 2/10)"
-    models._mark_conversion(time.time() - 12, 2)
+    models.mark_preparation(time.time() - 12, "checking the weights", 2, 3)  # as workers.bundled marks it
     assert "training r1 (step 2/10); preparing the base model (step 2 of 3: checking the weights, 12 s)" \
         in live.worker_line()
     marker = models.conversion_marker()

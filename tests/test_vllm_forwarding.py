@@ -207,7 +207,7 @@ def test_the_server_registers_itself(setup):
 def test_without_vllm_the_engine_is_refused_in_one_sentence(tmp_path):
     if __import__("importlib.util").util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    done = subprocess.run([sys.executable, "-m", "studio.cli", "infer", "--engine", "vllm", "--port", "0"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "workers.cli", "infer", "--engine", "vllm", "--port", "0"], cwd=ROOT,
                           env=worker_env(tmp_path / "home"), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == ("error: vLLM is not installed here: `pip install vllm` on a GPU host, or leave "

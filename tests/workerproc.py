@@ -25,7 +25,7 @@ def worker_env(home: Path, **extra: str) -> dict:
 class Worker:
     def __init__(self, home: Path, log: Path, args: tuple[str, ...] = (), **extra: str):
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "worker", "--no-prepare", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--no-prepare", *args], cwd=ROOT,
                                      env=worker_env(home, **extra), stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 

@@ -133,8 +133,9 @@ def schedule(spec: JobSpec, n_train: int, world_size: int = 1, n_eval: int | Non
 
 def common_args(spec: JobSpec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None) -> dict:
     from workers import trackers
+    from workers.device import world_size as processes
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = processes()
     sched = schedule(spec, n_train, world_size)
     if spec.num_train_epochs == 0 and spec.max_steps == 0:
         log.info("epochs: automatic, %g for %d training rows (%d steps)", sched["epochs"], n_train, sched["total_steps"])

@@ -21,6 +21,7 @@ from studio import db
 from studio.cancel import Stopped, Watch
 from studio.methods import METHOD_METRICS
 from workers.checkpoints import COMPLETE_MARKER
+from workers.device import is_main, world_size
 from workers.stopping import SHUTDOWN, agree_on_stop
 
 log = logging.getLogger("studio.train")
@@ -48,8 +49,8 @@ class StudioCallback(TrainerCallback):
         self.last_flush = 0.0
         self.stop_reason: str | None = None   # "cancelled" | "interrupted"
         self._last_tokens: tuple[float, float] | None = None
-        self.is_main = int(os.environ.get("RANK", "0")) == 0
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = is_main()
+        self.world_size = world_size()
         # the cancel flag is read by the main rank only; every rank sees the shutdown flag
         self.watch = Watch(job_id if self.is_main else None, SHUTDOWN.is_set, poll_seconds)
         self.loop_started = self.step_ended = time.perf_counter()  # evaluations and saves follow a step's end
@@ -173,7 +174,7 @@ class FiniteGuard(TrainerCallback):
 
     def __init__(self):
         self.failure: str | None = None
-        self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.is_main = is_main()
 
     def _fail(self, control, sentence: str) -> None:
         if self.failure is None:

@@ -82,8 +82,9 @@ def prepare_bundled_model() -> None:
     find it ready, then have it answer the general-replay prompts (prewarm_replay, below) until a job starts
     (WORK_STARTED) or the worker stops, pausing while its inference server answers a chat; the line "worker
     prepared" ends it."""
-    from studio.models import ModelError, ensure_bundled
+    from studio.models import ModelError
     from studio.settings import get_settings
+    from workers.bundled import ensure_bundled
 
     started = time.time()
     stop = lambda: SHUTDOWN.is_set() or WORK_STARTED.is_set()  # noqa: E731
@@ -119,6 +120,7 @@ def prewarm_replay(stop, spec=None, pause=lambda: False) -> int:
     from studio.settings import get_settings
     from studio.spec import BUNDLED_MODEL, JobSpec
     from workers.replay import PREWARM_BATCH, base_answers
+    from workers.bundled import model_folder
     from workers.train import golden_base_key, load_model_for_training
 
     spec = spec or JobSpec(base_model=BUNDLED_MODEL)
@@ -129,7 +131,7 @@ def prewarm_replay(stop, spec=None, pause=lambda: False) -> int:
     what = "its own answers to general instructions, for general replay"
     models.mark_preparation(started, f"{what}: loading")
     try:
-        model_dir = models.resolve_model(spec.base_model)
+        model_dir = model_folder(spec.base_model)
         model, tokenizer = load_model_for_training(spec, model_dir)
         done, at = 0, [0]
 
@@ -193,7 +195,9 @@ class WorkerRegistration:
 
 def run_worker(gpus: str | None = None, prepare: bool = True) -> None:
     if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+        from workers.device import pin_devices
+
+        pin_devices(gpus)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     logging.getLogger("huey").setLevel(logging.INFO)
     import workers.tasks  # noqa: F401  registers the tasks

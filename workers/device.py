@@ -1,4 +1,6 @@
-"""The device a job or task runs on, as the Runs and Tasks tables show it. torch is imported on use."""
+"""The device a job or task runs on, as the Runs and Tasks tables show it, and this process's place in a multi-device
+run. The only reader of the launcher's variables (RANK, LOCAL_RANK, WORLD_SIZE) and of CUDA_VISIBLE_DEVICES;
+studio/settings.py reads the rest of the environment. torch is imported on use."""
 from __future__ import annotations
 
 import os
@@ -34,6 +36,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def visible_devices(env: dict[str, str] | None = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES as set (the devices this process may use), None when unset."""
+    return (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+
+
+def pin_devices(gpus: str) -> None:
+    """Use only the devices ``gpus`` names (e.g. "0,1"): CUDA_VISIBLE_DEVICES, before torch starts CUDA; the jobs
+    and launchers this process starts inherit it."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+
+
 def device_label(world: int | None = None) -> str:
     """What the Runs table shows as the job's device: 'cpu', 'cuda:1 (NVIDIA H100 80GB HBM3)',
     'cuda:0,1 (2 x NVIDIA H100 80GB HBM3, DDP)'. Physical ids, read through CUDA_VISIBLE_DEVICES."""
@@ -43,7 +56,7 @@ def device_label(world: int | None = None) -> str:
     if not torch.cuda.is_available():
         return "cpu" if world == 1 else f"cpu ({world} processes, DDP)"
     local = local_rank()
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = [v.strip() for v in (visible_devices() or "").split(",") if v.strip()]
     used = list(range(local, local + 1)) if world == 1 else list(range(world))
     ids = [visible[i] if i < len(visible) else str(i) for i in used]
     name = torch.cuda.get_device_name(local)

@@ -6,7 +6,7 @@ The consumer thread that picked the job up starts a launcher and waits for it::
       -> accelerate launch --multi_gpu --num_processes N ... -m workers.distributed run JOB_ID
            -> N ranks, each running the ordinary ``workers.train.run_job``
 
-Every rank trains; rank 0 alone writes to the database (``StudioCallback`` checks ``RANK``): metrics,
+Every rank trains; rank 0 alone writes to the database (``workers.device.is_main``): metrics,
 heartbeat, the job's status, the adapter. Rank 0 reads the cancel flag, every rank honours the
 consumer's shutdown, and ``agree_on_stop`` makes all ranks take the same decision at the same step.
 If the consumer is killed, the launcher and the ranks die with it (Linux parent-death signal), so a
@@ -27,8 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from studio import db, lifecycle
-from studio.settings import get_settings, switch
+from studio import db
+from studio.settings import child_env, get_settings, process_id, set_env, switch
 from workers.stopping import SHUTDOWN, agree_on_stop  # noqa: F401 (agree_on_stop: reached here too)
 
 log = logging.getLogger("studio.distributed")
@@ -53,8 +53,9 @@ def launch_backend(num_processes: int, env: dict[str, str] | None = None) -> str
     """"cuda" when this worker sees enough GPUs, "cpu" when CPU processes are allowed; else LaunchError."""
     import torch
 
-    env = os.environ if env is None else env
-    visible = env.get("CUDA_VISIBLE_DEVICES")
+    from workers.device import visible_devices
+
+    visible = visible_devices(env)
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have >= num_processes:
         return "cuda"
@@ -89,23 +90,31 @@ def accelerate_args(job_id: str, num_processes: int, resume: bool = False) -> li
 
 def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5) -> str:
     """The huey task's body for a multi-device job: launch, wait, make sure the job ends in a final state."""
+    from workers.runner import JobRun
+
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(f"job {job_id} does not exist")
-    if not lifecycle.allowed(job.status, "running"):  # cancelled while queued, or already picked up
-        log.warning("job %s is %s; not running it", job_id, job.status)
+    run = JobRun(job, beat=False)  # rank 0 moves the job to running and beats its heartbeat
+    if not run.allowed():  # cancelled while queued, or already picked up
         return job.status
-    n = int(job.spec.get("num_gpus") or 1)
-    out = get_settings().resolve(job.output_dir)
+    return run(lambda run: _launch_and_wait(run, resume, poll_seconds))
+
+
+def _launch_and_wait(run, resume: bool, poll_seconds: float) -> str:
+    """Start the launcher, pass the consumer's shutdown on as a stop file, and fail the job if no rank ended it."""
+    job_id = run.job.id
+    n = int(run.job.spec.get("num_gpus") or 1)
+    out = get_settings().resolve(run.job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
         backend = launch_backend(n)
     except LaunchError as exc:
-        return lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, error=str(exc), finished_at=time.time())
+        return run.settle("failed", "error", error=str(exc))
     stop = out / STOP_FILE
     stop.unlink(missing_ok=True)
     cmd = launcher_command(job_id, n, backend, resume)
-    env = {**os.environ, "STUDIO_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    env = child_env(STUDIO_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
     log.info("job %s: %d %s processes: %s", job_id, n, backend, " ".join(cmd))
     with open(out / LAUNCH_LOG, "ab") as fh:
         # a session of its own: a Ctrl-C meant for the consumer reaches the ranks only as a polite stop file
@@ -119,10 +128,9 @@ def run_distributed(job_id: str, resume: bool = False, poll_seconds: float = 0.5
     job = db.get_job(job_id)
     if job.status in db.ACTIVE:  # rank 0 never recorded an end: the launcher or a rank died
         where = f"step {job.current_step}" if job.status == "running" else "start-up"
-        return lifecycle.settle(
-            job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
-            error=(f"the {n} training processes stopped at {where} with exit code {proc.returncode}; "
-                   f"{LAUNCH_LOG} and train.log in the run folder have the details"))
+        return run.settle("failed", "error",
+                          error=(f"the {n} training processes stopped at {where} with exit code {proc.returncode}; "
+                                 f"{LAUNCH_LOG} and train.log in the run folder have the details"))
     return job.status
 
 
@@ -152,10 +160,10 @@ def _watch(stop_file: Path, shutdown: threading.Event, expected_parent: int | No
 def _launch(args) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    _die_with_parent(int(os.environ.get("STUDIO_PARENT_PID", "0")) or None)
-    os.environ["STUDIO_LAUNCHER_PID"] = str(os.getpid())  # the ranks are this process's children
+    _die_with_parent(process_id("STUDIO_PARENT_PID"))
+    set_env("STUDIO_LAUNCHER_PID", str(os.getpid()))  # the ranks are this process's children
     if args.cpu:
-        os.environ["ACCELERATE_USE_CPU"] = "true"
+        set_env("ACCELERATE_USE_CPU", "true")
     argv = accelerate_args(args.job_id, args.num_processes, args.resume)
     print("accelerate launch " + " ".join(argv), flush=True)
     try:
@@ -167,12 +175,12 @@ def _launch(args) -> int:
 
 
 def _run(args) -> int:
+    from workers.device import rank
     from workers.train import run_job
 
-    launcher = int(os.environ.get("STUDIO_LAUNCHER_PID", "0")) or None
+    launcher = process_id("STUDIO_LAUNCHER_PID")
     _die_with_parent(launcher)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank()} %(levelname)s %(name)s: %(message)s")
     for sig in (signal.SIGINT, signal.SIGTERM):  # stop at the end of the step, save, mark interrupted
         signal.signal(sig, lambda *_: SHUTDOWN.set())
     job = db.get_job(args.job_id)

@@ -27,6 +27,7 @@ from studio import db, lifecycle
 from studio.cancel import Stopped, Watch
 from studio.settings import get_settings
 from workers.checkpoints import last_complete_checkpoint
+from workers.device import is_main, world_size
 from workers.stopping import SHUTDOWN, watching
 
 log = logging.getLogger("studio.fit")
@@ -237,7 +238,7 @@ def train_with_retries(job_id: str, spec, start, output_dir: Path, checkpoint: P
     and then training does not begin; golden prompts and evaluation raise ``studio.cancel.Stopped`` out of
     training. Either way the run's ``StudioCallback`` gets the reason, and the run ends with it. Single-device
     runs only: the ranks of a multi-device run stop together at a step's end."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # every rank would have to retry (or stop) together
+    distributed = world_size() > 1  # every rank would have to retry (or stop) together
     watch = Watch(None if distributed else job_id, None if distributed else SHUTDOWN.is_set)
     with watching(watch):
         return _train(job_id, spec, start, output_dir, checkpoint, device, watch, distributed)
@@ -298,7 +299,7 @@ def stopped(trainer, reason: str) -> None:
 
 def _record(job_id: str, old, new, sentence: str):
     """The job's event log gets the sentence; its stored spec the batch, accumulation and checkpointing."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main():
         lifecycle.note(job_id, sentence)
         if new != old:
             db.update_job(job_id, spec_json=new.to_json())

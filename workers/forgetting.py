@@ -2,22 +2,28 @@
 
 The model is still in memory: it answers the general-skills probe as the base (peft's ``disable_adapter()``;
 those answers are cached once per base model, weights and probe version) and as base + adapter. Replies are
-greedy, in left-padded batches of similar lengths, each question with its short reply budget
-(``studio.probe.runner.max_new_tokens``). The report goes to ``<job>/probe/general.json`` and a short form of it
-into the job's summary.
+greedy, in left-padded batches of similar lengths (workers/inference/replies.py), each question with its short
+reply budget (``studio.probe.runner.max_new_tokens``). The report goes to ``<job>/probe/general.json`` and a short
+form of it into the job's summary.
+
+``probe_adapter`` runs the same probe on any adapter later (`studio evaluate --probe`), through the inference
+engine (workers/inference/chat_engine.py) instead of the training model.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import NoReturn
 
-import torch
-
+from studio.generation import GenerationSettings
 from studio.probe import PROBE_FOLDER, load_probe
-from studio.probe.runner import (CACHE_DIR, MAX_NEW_TOKENS, MAX_NEW_TOKENS_BY_CHECK, Generate, base_answers, compare,
-                                 flag_line, run_probe, write_json)
+from studio.probe.forgetting import check, result_folder
+from studio.probe.runner import (CACHE_DIR, DROP_THRESHOLD, MAX_NEW_TOKENS, MAX_NEW_TOKENS_BY_CHECK, Generate,
+                                 base_answers, compare, flag_line, run_probe, write_json)
+
+from .inference.chat_engine import base_key
+from .inference.replies import batch_replies, single_turn
 
 log = logging.getLogger("studio.forgetting")
 
@@ -43,47 +49,13 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, 
 
     Left-padded batches of prompts sorted by length; every module's train/eval flag is restored after, so a
     model that goes on training is left as it was."""
-    from studio.generation import GenerationSettings, stopping_criteria
-    from studio.render import _render, default_system_prompt, with_system_prompt
-
-    default = default_system_prompt(tokenizer)
-    texts = [_render(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
-                     generation_prompt=True) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    replies = [""] * len(texts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0).generate_kwargs()
-    if wait is not None:
-        from transformers import LogitsProcessor, LogitsProcessorList
+    return batch_replies(model, tokenizer, single_turn(tokenizer, prompts, system), {**kwargs, "use_cache": True},
+                         batch_size, base=base, stop=stop, halt=_stopped, wait=wait)
 
-        class Wait(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                wait()
-                return scores
-        kwargs["logits_processor"] = LogitsProcessorList([Wait()])
-    if stop is not None:
-        kwargs["stopping_criteria"] = stopping_criteria(stop)
-    device = next(model.parameters()).device
-    modes = [(m, m.training) for m in model.modules()]
-    ctx = model.disable_adapter() if base else contextlib.nullcontext()
-    model.eval()
-    try:
-        with ctx, torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                if stop is not None and stop():
-                    raise ProbeStopped
-                rows = order[start:start + batch_size]
-                enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, padding_side="left",
-                                add_special_tokens=False).to(device)
-                out = model.generate(**enc, pad_token_id=pad, use_cache=True, **kwargs)
-                if stop is not None and kwargs["stopping_criteria"][0].fired:  # these replies were cut short
-                    raise ProbeStopped
-                for i, ids in zip(rows, out[:, enc["input_ids"].shape[1]:]):
-                    replies[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    finally:
-        for module, training in modes:
-            module.training = training
-    return replies
+
+def _stopped() -> NoReturn:
+    raise ProbeStopped
 
 
 def model_generate(model, tokenizer, base: bool, batch_size: int = PROBE_BATCH, stop=None,
@@ -111,8 +83,6 @@ def generation_settings(spec, model, batch_size: int = PROBE_BATCH) -> dict:
 def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir: Path,
                 stop=None) -> tuple[dict, Path]:
     """Run the probe on the in-memory model as base (cached) and as adapter; the report and its file."""
-    from studio.chat import base_key
-
     probe = load_probe("general")
     key = base_key(spec.base_model)
     started = time.perf_counter()
@@ -171,3 +141,46 @@ def after_run(job_id: str, spec, model, tokenizer, out: Path, summary: dict, ski
     if db.get_job(job_id) is not None:  # deleted meanwhile: nothing to record
         db.update_job(job_id, summary_json=__import__("json").dumps(summary))
     return summary
+
+
+# ---- an adapter on its own, through the inference engine (`studio evaluate --probe`) ----------------------
+
+def engine_generate(engine, adapter: str | None) -> Generate:
+    """Greedy single-turn replies of the engine's base (adapter=None) or of base + ``adapter``."""
+    def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0)
+        return engine.generate_batch([[{"role": "user", "content": p}] for p in prompts], adapter, settings)
+
+    return generate
+
+
+def engine_settings() -> dict:
+    """What the cached base answers depend on besides the model and the probe."""
+    from .inference.chat_engine import GENERATE_BATCH
+
+    return {"backend": "chat-engine", "greedy": True, "repetition_penalty": 1.0, "batch": GENERATE_BATCH,
+            "max_new_tokens": MAX_NEW_TOKENS, "max_new_tokens_by_check": MAX_NEW_TOKENS_BY_CHECK}
+
+
+def probe_adapter(ref, probe_name: str = "general", engine=None, threshold: float | None = None) -> tuple[dict, Path]:
+    """Run the probe on an adapter (``studio.adapters.AdapterRef``) and its base; the report and its file
+    (``studio.probe.forgetting.result_folder``). ``threshold``: the run's forgetting_threshold by default
+    (DROP_THRESHOLD for an imported adapter). ``engine``: a ChatEngine to reuse, else a new one."""
+    from studio import db
+    from studio.settings import get_settings
+
+    from .inference.chat_engine import ChatEngine
+
+    if threshold is None:
+        job = db.get_job(ref.job_id) if ref.job_id else None
+        threshold = float((job.spec if job else {}).get("forgetting_threshold", DROP_THRESHOLD))
+
+    probe = load_probe(probe_name)
+    engine = engine or ChatEngine()
+    engine.ensure_base(ref.base_model)
+    engine.ensure_adapter(ref.key, ref.folder)
+    key = base_key(ref.base_model)
+    report = check(probe, key, engine_generate(engine, None), engine_generate(engine, ref.key),
+                   get_settings().home / CACHE_DIR, engine_settings(), threshold)
+    report.update(adapter=ref.ref, adapter_name=ref.name)
+    return report, write_json(result_folder(ref) / f"{probe.name}.json", report)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from transformers import TrainerCallback
 from transformers.integrations import (MLflowCallback, TensorBoardCallback, TrackioCallback, WandbCallback,
                                        is_tensorboard_available)
 
+from studio.settings import env_text, set_env
 from studio.spec import JobSpec
 
 log = logging.getLogger("studio.trackers")
@@ -72,17 +72,17 @@ def check(spec: JobSpec) -> Plan:
                     name, name)
         return Plan()
     if name == "mlflow":
-        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        uri = env_text("MLFLOW_TRACKING_URI")
         if uri.startswith(("http://", "https://")):
             if not reachable(uri.rstrip("/") + "/health"):
                 log.warning("report_to mlflow: the tracking server %s does not answer; training goes on without it",
                             uri)
                 return Plan()
             # a server that goes away mid-run should cost seconds, not MLflow's default minutes of retries
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    if name == "wandb" and os.environ.get("WANDB_MODE", "online") not in ("offline", "dryrun", "disabled"):
-        url = os.environ.get("WANDB_BASE_URL", WANDB_URL)
+            set_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1", only_unset=True)
+            set_env("MLFLOW_HTTP_REQUEST_TIMEOUT", "10", only_unset=True)
+    if name == "wandb" and env_text("WANDB_MODE", "online") not in ("offline", "dryrun", "disabled"):
+        url = env_text("WANDB_BASE_URL", WANDB_URL)
         if not reachable(url):
             log.warning("report_to wandb: %s does not answer; logging offline instead (upload later with "
                         "`wandb sync`)", url)
@@ -149,11 +149,11 @@ class TrackerRun(TrainerCallback):
         if self.plan.name == "mlflow":
             import mlflow
 
-            if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            if uri := env_text("MLFLOW_TRACKING_URI"):
                 mlflow.set_tracking_uri(uri)
             if mlflow.active_run() is not None:  # left open by a run of this worker that failed
                 mlflow.end_run("FAILED")
-            if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+            if name := env_text("MLFLOW_EXPERIMENT_NAME"):
                 mlflow.set_experiment(name)
             self.run = mlflow.start_run(run_name=self.run_name).info.run_id
             mlflow.log_params(_flat(self.spec))
@@ -162,7 +162,7 @@ class TrackerRun(TrainerCallback):
 
             if wandb.run is not None:
                 wandb.finish(exit_code=1)
-            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=self.run_name,
+            self.run = wandb.init(project=env_text("WANDB_PROJECT", PROJECT), name=self.run_name,
                                   config={"spec": self.spec.to_dict()},
                                   mode="offline" if self.plan.offline else None)
 
@@ -195,7 +195,7 @@ def attach(trainer, spec: JobSpec, plan: Plan, job_dir: Path, run_name: str) -> 
     and put the TrackerRun callback first."""
     handler = trainer.callback_handler
     trainer.args.run_name = run_name
-    trainer.args.project = os.environ.get("TRACKIO_PROJECT", PROJECT)
+    trainer.args.project = env_text("TRACKIO_PROJECT", PROJECT)
     kept = []
     for cb in handler.callbacks:
         name = next((n for n, cls in INTEGRATIONS.items() if type(cb) is cls), None)

@@ -1,23 +1,21 @@
 """Run one job: JobSpec -> bitsandbytes / peft configs -> the method's TRL trainer (workers/methods/).
 
 Small pure translation functions at the top (testable without a GPU), then ``run_job`` which the huey
-task calls. Reports go to the database only, through ``StudioCallback``.
+task calls: a ``Training`` run through ``workers.runner.JobRun`` (the allowed-check, running, the heartbeat, the
+settle on exit, as for every job kind). Reports go to the database only, through ``StudioCallback``.
 """
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
-import os
 import shutil
-import socket
 import time
-import traceback
 import weakref
 from pathlib import Path
 
 import torch
 
-from studio import db, lifecycle
+from studio import db
 from studio.library import split_rows
 from studio.settings import get_settings
 from studio.spec import JobSpec
@@ -26,7 +24,9 @@ from workers.checkpoints import CHECKPOINTS, last_complete_checkpoint
 from workers.arguments import (CADENCE_BUDGET, EVAL_BATCH_COST, MAX_ROUNDS, SAVE_COST, SHORT_RUN,  # noqa: F401
                                bf16_is_fast, cadence, common_args, compute_dtype, device_facts, device_name,
                                encode_rows, optimizer, precision_flags, quantization_config, schedule)
-from workers.heartbeat import Heartbeat
+from workers.device import is_main, local_rank
+from workers.runner import JobRun
+from workers.stopping import SHUTDOWN
 
 log = logging.getLogger("studio.train")
 
@@ -64,7 +64,7 @@ def resolve_system_prompt(job_id: str, spec: JobSpec, rows: list[dict]) -> JobSp
         return spec
     teaches = carries_identity(rows)
     resolved = dataclasses.replace(spec, system_prompt_mode=spec.resolved_system_prompt_mode(teaches))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main():
         db.update_job(job_id, spec_json=resolved.to_json())
         log.info("system prompt: the replies teach their own name or maker, so the chat template's default system "
                  "prompt is left out (omit)" if teaches else "system prompt: the chat template's default is kept (keep)")
@@ -73,9 +73,9 @@ def resolve_system_prompt(job_id: str, spec: JobSpec, rows: list[dict]) -> JobSp
 
 def _for_method(spec: JobSpec, kind: str, rows: list[dict]) -> tuple[str, list[dict]]:
     """The rows as the chosen method trains them (workers/methods/)."""
-    from workers.methods import METHODS
+    from workers.methods import TRAINERS
 
-    return METHODS[spec.method].prepare(spec, kind, rows)
+    return TRAINERS[spec.method].prepare(spec, kind, rows)
 
 
 # ---- model ----------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
         log.info("4-bit on a CPU without fast 4-bit kernels: the frozen base is loaded at full precision instead "
                  "of quantised and dequantised again (the same memory, no quantisation pass, the weights chat uses)")
         qconfig = None
-    # the frozen base as chat serves it (studio.chat): bf16 on a GPU training in bf16 (no per-step casts, half the
+    # the frozen base as chat serves it (workers/inference/chat_engine.py): bf16 on a GPU training in bf16 (no per-step casts, half the
     # memory), fp32 on a CPU, where bf16 training autocasts over it. An adapter trained over bf16-rounded weights
     # on a CPU forgot more: the 36-row acceptance identity set lost 11.5 probe points against 3.5 over the fp32
     # base, at the same speed (bench/forgetting.py --data acceptance, AVX512-BF16 CPU).
@@ -119,7 +119,7 @@ def load_model_for_training(spec: JobSpec, model_dir: Path, device: str | None =
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         if device == "cuda":
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+            kwargs["device_map"] = {"": local_rank()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if qconfig is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
@@ -187,7 +187,7 @@ def refused_write(exc: BaseException, out: Path, writing: str | None, step: int 
     from workers import disk
 
     error = disk.sentence(exc, out, writing, again="resume the run from its last checkpoint", step=step)
-    if error is not None and int(os.environ.get("RANK", "0")) == 0:
+    if error is not None and is_main():
         disk.give_back(out, writing)
     return error
 
@@ -250,139 +250,160 @@ def run_job(job_id: str, resume: bool = False, check_status: bool = True) -> str
 
     ``check_status=False``: a rank of a multi-device job; its launcher checked the status already, and
     rank 0 may have set 'running' before the other ranks read the job."""
-    from studio.datasets.stats import placeholder_note
-    from studio.evaluation import GoldenPromptsCallback, golden_prompts_for
-    from studio.models import resolve_model
-    from workers.callbacks import SHUTDOWN, FiniteGuard, StudioCallback
-    from workers.device import device_label
-    from workers import adapters, trackers
-    from workers.fit import train_with_retries
-    from workers.methods import golden_answer
-
-    settings = get_settings()
     job = db.get_job(job_id)
     if job is None:
         raise KeyError(f"job {job_id} does not exist")
-    if check_status and not lifecycle.allowed(job.status, "running"):  # cancelled while queued, or already picked up
-        log.warning("job %s is %s; not running it", job_id, job.status)
+    run = JobRun(job)
+    if check_status and not run.allowed():  # cancelled while queued, or already picked up
         return job.status
     try:
         spec = JobSpec.from_dict(job.spec)
     except ValueError as exc:  # a row stored by an older build that today's spec refuses
-        return lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
-                                error=f"The stored configuration is no longer valid: {exc}")
-    out = settings.resolve(job.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = device_name()
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    step = 0
-    writing = None  # what a refused write was writing: "checkpoint" while training, "adapter" while saving it
-    latest = [lambda: None]  # the trainer built last, weakly: its step names the checkpoint a refused write was
-    with JobLog(out / "train.log"), (
-            Heartbeat(lambda: db.update_job(job_id, heartbeat_at=time.time()), name=f"heartbeat-{job_id}")
-            if is_main else contextlib.nullcontext()):
-        try:
-            checkpoint = last_complete_checkpoint(out) if resume else None
-            if is_main:
-                lifecycle.transition(job_id, "running", "resumed" if resume else "started", started_at=time.time(),
-                                     heartbeat_at=time.time(), worker_host=socket.gethostname(),
-                                     worker_pid=os.getpid(), device=device_label(), error=None,
-                                     cancel_requested=False, finished_at=None)
-                if checkpoint is not None:
-                    step = int(checkpoint.name.split("-")[1])
-                    db.delete_metrics_after(job_id, step)
-                elif resume:
-                    db.delete_metrics_after(job_id, 0)
-            kind, train_rows, eval_rows = load_training_rows(spec)
-            model_dir = resolve_model(spec.base_model)
-            log.info("job %s: %d train rows, %d eval rows, base %s on %s", job_id, len(train_rows), len(eval_rows),
-                     model_dir, device)
-            if is_main and (blanks := placeholder_note(train_rows)):
-                log.warning("job %s: %s", job_id, blanks)
-            if kind == "chat":
-                spec = resolve_system_prompt(job_id, spec, train_rows + eval_rows)
-            golden = golden_prompts_for(spec, eval_rows)
-            tracking = trackers.check(spec) if is_main else trackers.Plan()
+        return run.settle("failed", "error", error=f"The stored configuration is no longer valid: {exc}")
+    training = Training(job, spec, resume)
+    run.error = training.error
+    with JobLog(training.out / "train.log"):
+        return run(training)
 
-            replayed: list[list[dict]] = []  # made once, by the first model loaded (the fit check's or the run's)
 
-            def start(spec):  # a fresh model and trainer: the fit check and each retry after running out of memory
-                started = time.perf_counter()
-                model, tokenizer = load_model_for_training(spec, model_dir, device)
-                log.info("timing model-load %.3f s at step 0", time.perf_counter() - started)
-                if not replayed:
-                    replayed.append(general_replay(spec, kind, train_rows, model, tokenizer, model_dir))
-                callback = StudioCallback(job_id)
-                trainer = build_trainer(spec, kind, model, tokenizer, train_rows + replayed[0], eval_rows, out, callback,
-                                        device)
-                if is_main:
-                    adapters.prepare_saving(trainer, spec, out)  # PiSSA / OLoRA: saved fitting the original base
-                guard = FiniteGuard()
-                trainer.add_callback(guard)
-                if golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
-                    trainer.add_callback(GoldenPromptsCallback(job_id, golden, tokenizer, skip=SHUTDOWN.is_set,
-                                                               automatic=not spec.save_steps,
-                                                               system=(spec.system_prompt_mode, spec.system_prompt),
-                                                               base=golden_base_key(spec, model_dir),
-                                                               answer=golden_answer(spec, train_rows + eval_rows,
-                                                                                    trainer),
-                                                               max_length=spec.max_length))
-                trackers.attach(trainer, spec, tracking, out, job.name)
-                latest[0] = weakref.ref(trainer)
-                return trainer, callback, guard, model
+class Training:
+    """One training job in this process, the body its ``JobRun`` runs: the rows, the model, training (smaller
+    again after running out of memory), the adapter and the summary. It keeps what a failure's sentence names:
+    the step reached, what a refused write was writing, the trainer built last."""
 
-            writing = "checkpoint"
-            (trainer, callback, guard, model), spec = train_with_retries(job_id, spec, start, out, checkpoint, device)
-            writing = None
-            step = trainer.state.global_step
-            if guard.failure:
-                raise ValueError(guard.failure)
-            if callback.stop_reason:
-                trackers.finish(trainer, None)
-                if is_main:
-                    return lifecycle.settle(job_id, callback.stop_reason, f"stopped at step {step}", stop=SHUTDOWN,
-                                            finished_at=time.time(), current_step=step)
-                return callback.stop_reason
-            if is_main:
-                saving = time.perf_counter()
-                adapter_dir = out / ADAPTER
-                shutil.rmtree(adapter_dir, ignore_errors=True)
-                writing = ADAPTER
-                adapters.save(trainer.model, spec, adapter_dir, out)
-                writing = None
-                log.info("timing final-save %.3f s at step %d", time.perf_counter() - saving, step)
-                summary = _summary(trainer, adapter_dir, model)
-                summary["general_replay_rows"] = len(replayed[0]) if replayed else 0
-                summary.update(best_checkpoints(spec, out, trainer.state, eval_rows))
-                probing = spec.forgetting_check and spec.method == "sft"
-                if probing:
-                    summary["forgetting"] = {"state": "checking"}
-                trackers.finish(trainer, adapter_dir)
-                status = lifecycle.settle(job_id, "completed", f"finished {step} steps", stop=SHUTDOWN,
-                                          finished_at=time.time(),
-                                          error=None, adapter_path=settings.relative(adapter_dir), current_step=step,
-                                          summary_json=__import__("json").dumps(summary))
-                if probing and status == "completed":  # the run is complete; the check only adds to its summary
-                    from workers.forgetting import after_run
+    def __init__(self, job: db.Job, spec: JobSpec, resume: bool):
+        self.job, self.spec, self.resume = job, spec, resume
+        self.out = get_settings().resolve(job.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = device_name()
+        self.main = is_main()
+        self.step = 0
+        self.writing: str | None = None  # what a refused write was writing: "checkpoint" while training, "adapter"
+        self.latest = lambda: None  # the trainer built last, weakly: its step names the checkpoint a refused write was
 
-                    after_run(job_id, spec, trainer.model, trainer.processing_class, out, summary, skip=SHUTDOWN.is_set)
-                return status
-            return "completed"
-        except lifecycle.IllegalTransition as exc:  # moved by another process before it started: leave it be
-            log.warning("job %s: %s; not running it", job_id, exc)
-            return db.get_job(job_id).status
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes a readable job state
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            status = "failed"
-            if is_main:
-                trainer = latest[0]() if writing == "checkpoint" else None  # kept alive by the traceback
-                error = (refused_write(exc, out, writing, trainer.state.global_step if trainer is not None else None)
-                         or human_error(exc, getattr(exc, "failed_step", step), spec))
-                status = lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
-                                          error=error)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            return status
+    def error(self, exc: BaseException) -> str:
+        """The job's error: the write the disk refused, else what stopped training at which step."""
+        trainer = self.latest() if self.writing == "checkpoint" else None  # kept alive by the traceback
+        return (refused_write(exc, self.out, self.writing, trainer.state.global_step if trainer is not None else None)
+                or human_error(exc, getattr(exc, "failed_step", self.step), self.spec))
+
+    def __call__(self, run: JobRun) -> str:
+        from studio.datasets.stats import placeholder_note
+        from workers import trackers
+        from workers.bundled import model_folder
+        from workers.fit import train_with_retries
+
+        checkpoint = self.begin(run)
+        kind, train_rows, eval_rows = load_training_rows(self.spec)
+        model_dir = model_folder(self.spec.base_model)
+        log.info("job %s: %d train rows, %d eval rows, base %s on %s", self.job.id, len(train_rows), len(eval_rows),
+                 model_dir, self.device)
+        if self.main and (blanks := placeholder_note(train_rows)):
+            log.warning("job %s: %s", self.job.id, blanks)
+        if kind == "chat":
+            self.spec = resolve_system_prompt(self.job.id, self.spec, train_rows + eval_rows)
+        build = TrainerBuilder(self, kind, train_rows, eval_rows, model_dir)
+        self.writing = "checkpoint"
+        (trainer, callback, guard, model), self.spec = train_with_retries(self.job.id, self.spec, build, self.out,
+                                                                          checkpoint, self.device)
+        self.writing = None
+        self.step = trainer.state.global_step
+        if guard.failure:
+            raise ValueError(guard.failure)
+        if callback.stop_reason:
+            trackers.finish(trainer, None)
+            return run.settle(callback.stop_reason, f"stopped at step {self.step}", current_step=self.step)
+        return self.save(run, trainer, model, build.replayed, eval_rows) if self.main else "completed"
+
+    def begin(self, run: JobRun) -> Path | None:
+        """The job running, its metrics past the checkpoint it resumes from deleted; that checkpoint, or None."""
+        checkpoint = last_complete_checkpoint(self.out) if self.resume else None
+        if self.main:
+            run.start("resumed" if self.resume else "started")
+            if checkpoint is not None:
+                self.step = int(checkpoint.name.split("-")[1])
+                db.delete_metrics_after(self.job.id, self.step)
+            elif self.resume:
+                db.delete_metrics_after(self.job.id, 0)
+        return checkpoint
+
+    def save(self, run: JobRun, trainer, model, replayed: list[dict] | None, eval_rows: list[dict]) -> str:
+        """The adapter and the summary (main rank), and the job completed; the forgetting check after it (SFT)."""
+        from workers import adapters, trackers
+
+        spec, out, step = self.spec, self.out, self.step
+        saving = time.perf_counter()
+        adapter_dir = out / ADAPTER
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        self.writing = ADAPTER
+        adapters.save(trainer.model, spec, adapter_dir, out)
+        self.writing = None
+        log.info("timing final-save %.3f s at step %d", time.perf_counter() - saving, step)
+        summary = _summary(trainer, adapter_dir, model)
+        summary["general_replay_rows"] = len(replayed or [])
+        summary.update(best_checkpoints(spec, out, trainer.state, eval_rows))
+        probing = spec.forgetting_check and spec.method == "sft"
+        if probing:
+            summary["forgetting"] = {"state": "checking"}
+        trackers.finish(trainer, adapter_dir)
+        status = run.settle("completed", f"finished {step} steps", error=None,
+                            adapter_path=get_settings().relative(adapter_dir), current_step=step,
+                            summary_json=json.dumps(summary))
+        if probing and status == "completed":  # the run is complete; the check only adds to its summary
+            from workers.forgetting import after_run
+
+            after_run(self.job.id, spec, trainer.model, trainer.processing_class, out, summary, skip=SHUTDOWN.is_set)
+        return status
+
+
+class TrainerBuilder:
+    """A fresh model and trainer for a spec: the fit check's and each retry's after running out of memory
+    (``workers.fit.train_with_retries`` calls it). The general-replay rows are made once, by the first model
+    loaded; the golden prompts and the trackers are chosen once, for the run."""
+
+    def __init__(self, training: Training, kind: str, train_rows: list[dict], eval_rows: list[dict], model_dir: Path):
+        from studio.evaluation import golden_prompts_for
+        from workers import trackers
+
+        self.training, self.kind, self.train_rows, self.eval_rows, self.model_dir = (training, kind, train_rows,
+                                                                                      eval_rows, model_dir)
+        self.golden = golden_prompts_for(training.spec, eval_rows)
+        self.tracking = trackers.check(training.spec) if training.main else trackers.Plan()
+        self.replayed: list[dict] | None = None
+
+    def __call__(self, spec: JobSpec):
+        """(trainer, its StudioCallback, its FiniteGuard, the model) for ``spec``."""
+        from workers import adapters, trackers
+        from workers.callbacks import FiniteGuard, StudioCallback
+
+        t = self.training
+        started = time.perf_counter()
+        model, tokenizer = load_model_for_training(spec, self.model_dir, t.device)
+        log.info("timing model-load %.3f s at step 0", time.perf_counter() - started)
+        if self.replayed is None:
+            self.replayed = general_replay(spec, self.kind, self.train_rows, model, tokenizer, self.model_dir)
+        callback = StudioCallback(t.job.id)
+        trainer = build_trainer(spec, self.kind, model, tokenizer, self.train_rows + self.replayed, self.eval_rows,
+                                t.out, callback, t.device)
+        if t.main:
+            adapters.prepare_saving(trainer, spec, t.out)  # the adapter type's own (LoRA: PiSSA / OLoRA)
+        guard = FiniteGuard()
+        trainer.add_callback(guard)
+        if self.golden:  # answered at train begin (base), every checkpoint and the end, into <job>/golden/
+            trainer.add_callback(self.golden_callback(spec, tokenizer, trainer))
+        trackers.attach(trainer, spec, self.tracking, t.out, t.job.name)
+        t.latest = weakref.ref(trainer)
+        return trainer, callback, guard, model
+
+    def golden_callback(self, spec: JobSpec, tokenizer, trainer):
+        from workers.golden import GoldenPromptsCallback
+        from workers.methods import golden_answer
+
+        rows = self.train_rows + self.eval_rows
+        return GoldenPromptsCallback(self.training.job.id, self.golden, tokenizer, skip=SHUTDOWN.is_set,
+                                     automatic=not spec.save_steps, system=(spec.system_prompt_mode, spec.system_prompt),
+                                     base=golden_base_key(spec, self.model_dir),
+                                     answer=golden_answer(spec, rows, trainer), max_length=spec.max_length)
 
 
 def general_replay(spec: JobSpec, kind: str, train_rows: list[dict], model, tokenizer, model_dir: Path) -> list[dict]:
@@ -404,12 +425,12 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
     """The chosen method's TRL trainer (workers/methods/), reporting through ``callback``."""
     from transformers import EarlyStoppingCallback
 
-    from workers.methods import METHODS
+    from workers.methods import TRAINERS
 
     callbacks = [callback]
     if spec.early_stopping_patience and eval_rows:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
-    return METHODS[spec.method].build(spec, kind, model, tokenizer, train_rows, eval_rows, out / CHECKPOINTS,
+    return TRAINERS[spec.method].build(spec, kind, model, tokenizer, train_rows, eval_rows, out / CHECKPOINTS,
                                       callbacks, device)
 
 

@@ -2,7 +2,6 @@
 tokenizer and max length, how many tokens are trained, masked and cut off."""
 from __future__ import annotations
 
-import functools
 import re
 from statistics import mean
 
@@ -263,19 +262,14 @@ def token_stats(tokenizer, rows: list[dict], kind: str, max_length: int) -> dict
             "overlong_rows": overlong, "truncated_share": round(truncated / total, 4) if total else 0.0}
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
 def tokenizer_for(base_model: str):
-    """The chosen base model's tokenizer (with its chat template), or None when the model is not on disk yet."""
+    """The chosen base model's tokenizer (with its chat template), read without torch (studio.tokenizer), or None
+    when the model is not on disk yet."""
+    from .. import tokenizer
     from ..models import cached_dir
 
     model_dir = cached_dir(base_model)
-    return None if model_dir is None else _tokenizer(str(model_dir))
+    return None if model_dir is None else tokenizer.load(model_dir)
 
 
 def _conversation(row: dict, kind: str) -> list[dict]:

@@ -26,7 +26,8 @@ def build_ui() -> gr.Blocks:
             chat = chat_tab.build()
             library = adapters_tab.build()
         datasets_tab.wire(data, [train["components"]["dataset"]])
-        datasets_tab.follow(data, train["components"]["base_model"], train["components"]["max_length"])
+        datasets_tab.follow(data, *(train["components"][n] for n in ("base_model", "max_length", "system_prompt_mode",
+                                                                     "system_prompt")))
 
         def after_start(job_id):
             """Show this session's new run in the Runs tab (never another session's)."""

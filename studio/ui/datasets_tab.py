@@ -12,7 +12,7 @@ from ..datasets.stats import (carries_identity, parse_fill, placeholders, shown_
                               tools_sentence)
 from ..limits import FILL_VALUE_CHARS
 from ..settings import UnsafePath
-from ..spec import BUNDLED_MODEL
+from ..spec import BUNDLED_MODEL, JobSpec
 
 PREVIEW_ROWS = 5
 STATS_ROWS = 2000  # rows the preview tokenises for its statistics
@@ -54,16 +54,19 @@ def _preview_conversation(loaded) -> tuple[list[dict], list | None, bool]:
     return first["prompt"] + first.get("completion", []), first.get("tools"), "completion" not in first
 
 
-def template_preview(loaded, base_model: str, max_length: int):
+def template_preview(loaded, base_model: str, max_length: int, system_prompt_mode: str = "auto",
+                     system_prompt: str = ""):
     """(highlighted segments of the first row, token-length histogram, notes on how the chosen model's template
-    renders the data, token statistics) for this base model and max length; Nones when it is not on disk yet."""
+    renders the data, token statistics) for this base model and max length; Nones when it is not on disk yet.
+    Conversations are rendered under the run's system-prompt choice as training renders them (workers/arguments
+    ``encode_rows``): ``auto`` resolved on every row SFT trains, as the worker's ``resolve_system_prompt`` does."""
     tok = tokenizer_for(base_model)
     if tok is None:
         return None, None, [f"the model '{base_model}' is not on disk yet, so the preview cannot use its template"], {}
     from .. import render
     from ..charts import length_histogram
 
-    sample = loaded.rows[:STATS_ROWS]
+    sample = as_trained = loaded.rows[:STATS_ROWS]  # as_trained: under the run's system-prompt choice
     if loaded.kind == "text" and loaded.rows[0].get("segments"):
         segments = [(seg["text"], "trained" if seg["train"] else None) for seg in loaded.rows[0]["segments"]]
         notes = ["template-free segments: each is trained as written (no chat template, no special tokens added); "
@@ -75,6 +78,15 @@ def template_preview(loaded, base_model: str, max_length: int):
                  f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}, every token trained"]
     else:
         messages, tools, prompt_only = _preview_conversation(loaded)
+        chosen, teaches = None, carries_identity(sample)  # preference and prompt rows: TRL renders them as they are
+        if not prompt_only and loaded.kind in ("chat", "unpaired_preference"):  # what SFT trains as conversations
+            chosen, teaches = system_prompt_mode or "auto", carries_identity(sft_rows(loaded.kind, loaded.rows)[0])
+            mode = JobSpec(system_prompt_mode=chosen).resolved_system_prompt_mode(teaches)
+            default = render.default_system_prompt(tok)
+            messages = render.with_system_prompt(messages, mode, system_prompt or "", default)
+            turns = "messages" if loaded.kind == "chat" else "prompt"  # unpaired: the prompt before the reply
+            as_trained = [{**r, turns: render.with_system_prompt(r[turns], mode, system_prompt or "", default)}
+                          for r in sample]
         if prompt_only:
             text, _ = render.render_chat(tok, messages, tools, generation_prompt=True)
             segments = [(text, None)]
@@ -82,10 +94,11 @@ def template_preview(loaded, base_model: str, max_length: int):
             segments = [(text, "trained" if trained else None)
                         for text, trained in render.preview_segments(tok, messages, max_length, tools)]
         notes = render.template_notes(tok, sample)
-        if system := render.system_prompt_note(tok, sample, carries_identity(sample)):
+        if system := render.system_prompt_note(tok, sample, teaches, chosen):
             notes.append(system)
-    lengths = render.token_lengths(tok, sample, loaded.kind)
-    return segments, length_histogram(lengths, max_length), notes, token_stats(tok, sample, loaded.kind, max_length)
+    lengths = render.token_lengths(tok, as_trained, loaded.kind)
+    return (segments, length_histogram(lengths, max_length), notes,
+            token_stats(tok, as_trained, loaded.kind, max_length))
 
 
 def tokens_markdown(tokens: dict, max_length: int, sampled: bool) -> str:
@@ -132,9 +145,10 @@ def fill_box(loaded) -> dict:
 
 
 def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: float, mapping: str = "",
-                 fill: str = ""):
+                 fill: str = "", system_prompt_mode: str = "auto", system_prompt: str = ""):
     """Preview without storing: message, rows table, stats, highlighted template, histogram, the column mapping
-    used (proposed automatically when the file's names differ), and the template blanks to fill in."""
+    used (proposed automatically when the file's names differ), and the template blanks to fill in. The row is
+    rendered under the Train tab's base model, max length and system-prompt choice, as training renders it."""
     empty = ("", gr.update(value=[], visible=False), "", gr.update(value=None, visible=False),
              gr.update(value=None, visible=False), gr.update(),
              gr.update() if (fill or "").strip() else gr.update(value="", visible=False))
@@ -157,7 +171,8 @@ def check_upload(file, fmt: str, drop_bad: bool, base_model: str, max_length: fl
     base_model, max_length = base_model or BUNDLED_MODEL, int(max_length or 512)
     stats_md += f"\n\nPreview for **{base_model}** at max length **{max_length}**."
     try:
-        segments, hist, notes, tokens = template_preview(loaded, base_model, max_length)
+        segments, hist, notes, tokens = template_preview(loaded, base_model, max_length, system_prompt_mode,
+                                                         system_prompt)
     except Exception as exc:  # the preview is a help, never a blocker
         segments, hist, notes, tokens = None, None, [], {}
         stats_md += f"\n\n(template preview unavailable: {exc})"
@@ -247,16 +262,32 @@ def build() -> dict:
             "table": table, "chosen": chosen, "delete": delete_btn}
 
 
-def follow(parts: dict, base_model, max_length) -> None:
-    """Check and preview on every change of the file or its options, and of the Train tab's base model and max
-    length (``base_model`` / ``max_length``: that tab's components), so the preview shows what training will do."""
+def follow(parts: dict, base_model, max_length, system_prompt_mode=None, system_prompt=None) -> None:
+    """Check and preview on every change of the file or its options, and of the Train tab's base model, max
+    length and system-prompt choice (that tab's components), so the preview shows what training will do."""
+    train = [c for c in (system_prompt_mode, system_prompt) if c is not None]
     inputs = [parts["upload"], parts["fmt"], parts["drop_bad"], base_model, max_length, parts["mapping"],
-              parts["fill"]]
+              parts["fill"], *train]
     outputs = [parts[k] for k in ("message", "preview", "stats", "segments", "hist", "mapping", "fill")]
-    parts["upload"].change(lambda *a: check_upload(*a[:-2], "", ""), inputs, outputs)  # a new file: afresh
-    for trigger in (parts["fmt"].change, parts["drop_bad"].change, parts["mapping"].submit, parts["mapping"].blur,
-                    parts["fill"].submit, parts["fill"].blur, base_model.change, max_length.change):
+    parts["upload"].change(lambda *a: check_upload(*a[:5], "", "", *a[7:]), inputs, outputs)  # a new file: afresh
+    triggers = [parts["fmt"].change, parts["drop_bad"].change, parts["mapping"].submit, parts["mapping"].blur,
+                parts["fill"].submit, parts["fill"].blur, base_model.change, max_length.change]
+    if system_prompt_mode is not None:
+        triggers.append(system_prompt_mode.change)
+    if system_prompt is not None:
+        triggers += [system_prompt.submit, system_prompt.blur]
+    for trigger in triggers:
         trigger(check_upload, inputs, outputs)
+
+
+def fan_out_to(handler, n: int):
+    """``handler`` -> (message, table, update) returned as (message, table, and the update for each of ``n``
+    dropdowns): a copy each, since gradio pops "value" from an update dict as it applies it, so one dict shared
+    by several outputs set the value of the first only (the Train tab's dropdown stayed empty after Add)."""
+    def run(*args):
+        message, table, update = handler(*args)
+        return (message, table, *[dict(update) for _ in range(n)])
+    return run
 
 
 def wire(parts: dict, dataset_dropdowns: list) -> None:
@@ -264,10 +295,7 @@ def wire(parts: dict, dataset_dropdowns: list) -> None:
     dropdowns = [parts["chosen"], *dataset_dropdowns]
 
     def fan_out(handler):
-        def run(*args):
-            message, table, update = handler(*args)
-            return (message, table, *[update] * len(dropdowns))
-        return run
+        return fan_out_to(handler, len(dropdowns))
 
     parts["add"].click(fan_out(add_upload), [parts["upload"], parts["fmt"], parts["drop_bad"], parts["name"],
                                               parts["mapping"], parts["fill"]],

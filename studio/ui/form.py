@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from ..adapter_types import ADAPTER_TYPES
-from ..methods import METHOD_FIELDS, METHODS, shown_fields
+from ..methods import METHOD_FIELDS, METHOD_INFO, shown_fields
 from ..spec import JobSpec, SpecError, field_help
 
 # built by the Train tab itself: the model's own layer names, the uploaded datasets
@@ -19,13 +19,9 @@ def layout() -> dict[str, list[str]]:
     ``basic`` (advanced=False), ``method`` (fields only some methods read and not advanced: under the method
     choice) and ``advanced`` (advanced=True, in the Advanced accordion). SPECIAL fields and ``method`` itself
     are placed by the tab."""
-    out: dict[str, list[str]] = {"basic": [], "method": [], "advanced": []}
-    for name, meta in field_help().items():
-        if name in SPECIAL or name == "method":
-            continue
-        where = "advanced" if meta["advanced"] else "method" if name in METHOD_FIELDS else "basic"
-        out[where].append(name)
-    return out
+    from ..field_docs import groups
+
+    return {where: [n for n in names if n not in SPECIAL and n != "method"] for where, names in groups().items()}
 
 
 def adapter_fields() -> tuple[str, ...]:
@@ -56,9 +52,11 @@ def visible_for(spec_defaults: JobSpec, name: str) -> bool:
     return name not in adapter_fields() or name in ADAPTER_TYPES[spec_defaults.peft_type].fields
 
 
-def make_component(name: str, meta: dict, visible: bool = True) -> gr.components.Component:
+def make_component(name: str, meta: dict, visible: bool = True, **layout) -> gr.components.Component:
+    """The field's component: its label, its one line of help (``info``; the long explanation is ``details``,
+    behind the form's "What each field means"), its default and choices. ``layout``: scale, min_width."""
     label, info, default, choices = meta["label"] or name, meta["help"], meta["default"], meta["choices"]
-    common = {"label": label, "info": info, "elem_id": f"spec-{name}", "visible": visible}
+    common = {"label": label, "info": info, "elem_id": f"spec-{name}", "visible": visible, **layout}
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **common)
     if choices:
@@ -73,7 +71,7 @@ def make_component(name: str, meta: dict, visible: bool = True) -> gr.components
 def method_updates(method: str) -> dict[str, dict]:
     """Field -> gr.update for the fields some methods read: shown only for ``method``, with the help text
     that method gives a shared field (beta means something different to DPO, ORPO and GRPO)."""
-    info = METHODS.get(method)
+    info = METHOD_INFO.get(method)
     meta = field_help()
     return {name: gr.update(visible=shown, info=(info.help.get(name) if info else None) or meta[name]["help"])
             for name, shown in shown_fields(method).items()}

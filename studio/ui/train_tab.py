@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import charts, db, families, jobs, sweep
+from .. import charts, db, families, field_docs, jobs, sweep
 from ..models import ModelError, is_bundled, linear_layer_names
 from ..methods import METHOD_FIELDS, method_errors
 from ..spec import BUNDLED_MODEL, JobSpec, SpecError, field_help
@@ -189,19 +189,36 @@ def _bound(fn, names: list[str]):
     return bound
 
 
-ESTIMATE_INPUTS = ("base_model", "target_modules", "r", "load_in_4bit", "per_device_train_batch_size", "max_length",
-                   "gradient_checkpointing", "load_in_8bit", "method", "num_generations", "max_completion_length",
-                   "gradient_accumulation_steps", "peft_type", "num_virtual_tokens", "optim")
+# the fields the memory estimate reads (their spec metadata says so): a change to any recomputes the estimate shown
+ESTIMATE_INPUTS = tuple(name for name, meta in field_help().items() if meta["estimate"])
 
 
-def _rows(comps: dict, names: list[str], per_row: int, defaults: JobSpec) -> None:
-    """Fields in rows of ``per_row``; with ``per_row`` 0, one wrapping row (hidden fields leave no gap)."""
+def basic_rows(names: list[str]) -> list[list[str]]:
+    """The basic fields in two rows: the run's (epochs, learning rate, batch, length, system prompt), then the
+    adapter's (its type first, 4-bit, and the fields adapter types read)."""
+    from ..adapter_types import ADAPTER_TYPES
+
+    adapter = {"peft_type", "load_in_4bit", "load_in_8bit", *(f for t in ADAPTER_TYPES.values() for f in t.fields)}
+    return [[n for n in names if n not in adapter],
+            sorted((n for n in names if n in adapter), key=lambda n: n != "peft_type")]
+
+
+def _rows(comps: dict, names: list[str], defaults: JobSpec, min_width: int = 160, checks_apart: bool = False) -> None:
+    """Fields in one row that wraps at ``min_width`` per field (hidden fields leave no gap). gradio lays a
+    checkbox out with no minimum width, so in a row that wraps it is squeezed to its box: ``checks_apart`` puts
+    the checkboxes after the other fields, CHECKS_PER_ROW to a row."""
     meta = field_help()
-    per_row = per_row or len(names)
-    for i in range(0, len(names), per_row):
+    checks = [n for n in names if checks_apart and isinstance(meta[n]["default"], bool)]
+    rows = [[n for n in names if n not in checks]] + [checks[i:i + CHECKS_PER_ROW]
+                                                       for i in range(0, len(checks), CHECKS_PER_ROW)]
+    for row in filter(None, rows):
         with gr.Row():
-            for name in names[i:i + per_row]:
-                comps[name] = form.make_component(name, meta[name], visible=form.visible_for(defaults, name))
+            for name in row:
+                comps[name] = form.make_component(name, meta[name], visible=form.visible_for(defaults, name),
+                                                  min_width=min_width)
+
+
+CHECKS_PER_ROW = 5
 
 
 # ---- sweeps: a base job plus a grid or a random sample, queued as one group ---------------------------
@@ -296,30 +313,37 @@ def build() -> dict:
     comps: dict[str, gr.components.Component] = {}
     with gr.Tab("Train", id="train"):
         with gr.Row():
-            with gr.Column(scale=3):
+            with gr.Column(scale=2):
                 with gr.Row():
                     comps["base_model"] = gr.Dropdown(base_model_choices(), value=BUNDLED_MODEL,
                                                       allow_custom_value=True, label="Base model",
-                                                      info=meta["base_model"]["help"], elem_id="spec-base_model")
-                    comps["dataset"] = gr.Dropdown(dataset_names(), label="Dataset", info=meta["dataset"]["help"],
-                                                   elem_id="spec-dataset")
+                                                      info=meta["base_model"]["help"], elem_id="spec-base_model",
+                                                      scale=2)
+                    comps["dataset"] = gr.Dropdown(dataset_names(), label="Dataset",
+                                                   info=meta["dataset"]["help"], elem_id="spec-dataset")
+                    comps["method"] = form.make_component("method", meta["method"])
+                run, adapter = basic_rows(places["basic"])
+                # the chosen method's own fields first (hidden ones take no room in a wrapping row), then the
+                # run's, then the adapter's: five to a row
+                _rows(comps, places["method"] + run, defaults, min_width=140)
+                _rows(comps, adapter, defaults, min_width=140)
                 modules = module_choices(BUNDLED_MODEL)
-                comps["target_modules"] = gr.CheckboxGroup(modules, value=modules, label="Target modules",
-                                                           info="Linear layers of the chosen model that get adapters.",
-                                                           elem_id="spec-target_modules")
-                with gr.Row():
-                    attn_btn = gr.Button("Attention only", size="sm")
-                    mlp_btn = gr.Button("MLP only", size="sm")
-                    all_btn = gr.Button("All linear", size="sm")
-                _rows(comps, places["basic"], 4, defaults)
-                comps["method"] = form.make_component("method", meta["method"])
-                method_note = gr.Markdown(elem_id="method-note")
-                _rows(comps, places["method"], 0, defaults)
-                with gr.Accordion("Advanced", open=False):
-                    _rows(comps, places["advanced"], 3, defaults)
-            with gr.Column(scale=2):
+                with gr.Row(equal_height=True):
+                    comps["target_modules"] = gr.CheckboxGroup(modules, value=modules, label="Target modules",
+                                                               info=meta["target_modules"]["help"],
+                                                               elem_id="spec-target_modules", scale=5)
+                    with gr.Column(scale=1, min_width=120):
+                        attn_btn = gr.Button("Attention only", size="sm")
+                        mlp_btn = gr.Button("MLP only", size="sm")
+                        all_btn = gr.Button("All linear", size="sm")
+                with gr.Accordion("Advanced", open=False, elem_id="train-advanced"):
+                    _rows(comps, places["advanced"], defaults, min_width=180, checks_apart=True)  # four to a row
+                with gr.Accordion("What each field means", open=False, elem_id="field-docs"):
+                    gr.Markdown(field_docs.markdown(level=3, compact=True), elem_id="field-docs-text")
+            with gr.Column(scale=1, min_width=320):
                 start = gr.Button("Start training", variant="primary", elem_id="start-training")
                 status = gr.Markdown(elem_id="train-status")
+                method_note = gr.Markdown(elem_id="method-note")  # a dataset the chosen method cannot train
                 estimate = gr.Markdown(elem_id="memory-estimate")
                 with gr.Accordion("YAML", open=False):
                     yaml_file = gr.File(label="Import a job YAML", file_types=[".yaml", ".yml"])

@@ -1,10 +1,9 @@
-"""Adapter types on the worker: JobSpec -> peft config, one module per type, registered below.
+"""Adapter types, the worker half: one module per type (its peft config and how it saves), registered below.
 
-What each type supports (merge, GGUF, chat, 4-bit) is described torch-free in ``studio.adapter_types``.
-Each module exposes ``peft_config(spec, linear_names, model_dir)``: the spec, the model's linear layer
-names (lm_head excluded) and its folder (prompt tuning reads the tokenizer from it) in, a peft config out.
-LoRA also saves its own way (``prepare_saving`` before training, ``save`` after it): PiSSA and OLoRA change
-the base weights, so their adapters are written converted to fit the original base.
+The torch-free half (form fields, what it supports: merge, GGUF, chat, 4-bit; its memory terms) is
+``studio.adapter_types.ADAPTER_TYPES``. A new adapter type is one module here and one line below. LoRA saves its
+own way (``prepare_saving`` before training, ``save`` after it): PiSSA and OLoRA change the base weights, so
+their adapters are written converted to fit the original base; the other types save as peft does.
 """
 from __future__ import annotations
 
@@ -13,25 +12,27 @@ from pathlib import Path
 from studio.spec import JobSpec
 
 from . import ia3, lora, prefix_tuning, prompt_tuning
+from .base import WorkerAdapter
 
-BUILDERS = {
-    "lora": lora.peft_config,
-    "ia3": ia3.peft_config,
-    "prompt_tuning": prompt_tuning.peft_config,
-    "prefix_tuning": prefix_tuning.peft_config,
-}
+ADAPTERS: dict[str, WorkerAdapter] = {a.name: a for a in (
+    lora.ADAPTER,
+    ia3.ADAPTER,
+    prompt_tuning.ADAPTER,
+    prefix_tuning.ADAPTER,
+)}
 
 
 def peft_config(spec: JobSpec, linear_names: list[str], model_dir: Path):
     """The peft config of the spec's adapter type."""
-    return BUILDERS[spec.peft_type](spec, linear_names, model_dir)
+    return ADAPTERS[spec.peft_type].peft_config(spec, linear_names, model_dir)
 
 
 def prepare_saving(trainer, spec: JobSpec, run_dir: Path) -> None:
-    """What the saves need before training (PiSSA / OLoRA: the initial adapter, plain-LoRA checkpoint copies)."""
-    lora.prepare_saving(trainer, spec, run_dir)
+    """What the type's saves need before training (LoRA's PiSSA / OLoRA: the initial adapter, plain-LoRA
+    checkpoint copies)."""
+    ADAPTERS[spec.peft_type].prepare_saving(trainer, spec, run_dir)
 
 
 def save(model, spec: JobSpec, folder: Path, run_dir: Path) -> None:
     """The trained adapter in PEFT format (safetensors), loadable on the original base."""
-    lora.save(model, spec, folder, run_dir)
+    ADAPTERS[spec.peft_type].save(model, spec, folder, run_dir)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from studio.spec import MLP_NAMES, JobSpec
 
+from .base import WorkerAdapter
+
 
 def peft_config(spec: JobSpec, linear_names: list[str], model_dir: Path | None = None):
     from peft import IA3Config
@@ -13,3 +15,6 @@ def peft_config(spec: JobSpec, linear_names: list[str], model_dir: Path | None =
     targets = spec.resolved_target_modules(linear_names)
     return IA3Config(target_modules=targets, feedforward_modules=[t for t in targets if t in MLP_NAMES],
                      task_type="CAUSAL_LM")
+
+
+ADAPTER = WorkerAdapter("ia3", peft_config)

@@ -7,6 +7,8 @@ from pathlib import Path
 from studio.adapter_types import BASE_CHANGING_INITS, PLAIN_CHECKPOINTS
 from studio.spec import JobSpec
 
+from .base import WorkerAdapter
+
 INIT = {"default": True, "gaussian": "gaussian", "orthogonal": "orthogonal", "pissa": "pissa", "olora": "olora"}
 INITIAL = "adapter-initial"  # beside the run's adapter: the PiSSA / OLoRA adapter as it started
 
@@ -73,3 +75,6 @@ def save(model, spec: JobSpec, folder: Path, run_dir: Path) -> None:
         return
     model.save_pretrained(folder, safe_serialization=True,
                           path_initial_model_for_weight_conversion=str(run_dir / INITIAL))
+
+
+ADAPTER = WorkerAdapter("lora", peft_config, prepare_saving, save)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from studio.spec import JobSpec
 
+from .base import WorkerAdapter
+
 
 def peft_config(spec: JobSpec, linear_names: list[str], model_dir: Path):
     from peft import PromptTuningConfig, PromptTuningInit
@@ -15,3 +17,6 @@ def peft_config(spec: JobSpec, linear_names: list[str], model_dir: Path):
                                   tokenizer_name_or_path=str(model_dir), task_type="CAUSAL_LM")
     return PromptTuningConfig(num_virtual_tokens=spec.num_virtual_tokens, prompt_tuning_init=PromptTuningInit.RANDOM,
                               task_type="CAUSAL_LM")
+
+
+ADAPTER = WorkerAdapter("prompt_tuning", peft_config)

@@ -1,4 +1,4 @@
-"""Many bases, many adapters: one ``studio.chat.ChatEngine`` per base model, least recently used evicted.
+"""Many bases, many adapters: one ``ChatEngine`` (chat_engine.py) per base model, least recently used evicted.
 
 Each ChatEngine holds one copy of its base with adapters attached through peft (``set_adapter`` /
 ``disable_adapter``) and streams through transformers' ``TextIteratorStreamer``. This module adds what
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
-from studio.chat import ChatEngine, GenerationSettings, base_key
+from studio.generation import GenerationSettings
 from studio.models import shown_model
 
+from .chat_engine import ChatEngine, base_key
 from .names import Target
 
 log = logging.getLogger("studio.inference")
@@ -27,11 +27,11 @@ DEFAULT_BUDGET_SHARE = 0.5   # without STUDIO_INFER_MEMORY_GB: half the device's
 
 def memory_budget_bytes(env: dict[str, str] | None = None) -> int:
     """``STUDIO_INFER_MEMORY_GB``, else half of the GPU's (or, on a CPU, the machine's) memory."""
-    env = os.environ if env is None else env
-    if env.get("STUDIO_INFER_MEMORY_GB"):
-        from studio.settings import infer_memory_bytes  # one sentence for a value that is not a size
+    from studio.settings import infer_memory_bytes  # one sentence for a value that is not a size
 
-        return infer_memory_bytes(env)
+    budget = infer_memory_bytes(env)
+    if budget is not None:
+        return budget
     from workers.arguments import device_facts
 
     return int(device_facts()["memory_gb"] * 1e9 * DEFAULT_BUDGET_SHARE)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -83,11 +84,34 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
         progress("saving the merged model")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)  # carries the chat template (chat_template.jinja)
+        complete_tokenizer_files(tokenizer, [tokenizer_dir, base_dir], tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"seconds": round(time.perf_counter() - started, 3), "bytes": _size(out_dir)}
+
+
+def complete_tokenizer_files(tokenizer, sources: list[str | Path], folder: Path) -> None:
+    """Write into a saved ``folder`` what transformers 5's save_pretrained leaves out of a tokenizer and llama.cpp's
+    converter reads for a SentencePiece vocabulary (Gemma, Mistral, Phi-3-mini): the ``tokenizer.model`` itself,
+    copied from the first of ``sources`` that has it, and ``added_tokens_decoder`` in tokenizer_config.json (which
+    added tokens are special: without it ``<start_of_turn>`` is a plain piece to llama.cpp). A ``vocab_file`` there,
+    the path of the file loaded, is dropped: the folder carries its own."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.model").exists():
+        source = next((Path(s) / "tokenizer.model" for s in sources if (Path(s) / "tokenizer.model").is_file()), None)
+        if source is not None:
+            shutil.copyfile(source, folder / "tokenizer.model")
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    config.pop("vocab_file", None)
+    if "added_tokens_decoder" not in config:
+        config["added_tokens_decoder"] = {str(i): token.__getstate__()
+                                          for i, token in sorted(tokenizer.added_tokens_decoder.items())}
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +131,30 @@ def gguf_problem(model_dir: str | Path) -> str | None:
 
 def gguf_steps(quant: str, drift: bool, prompts: list[str]) -> int:
     """Progress steps of write_gguf + the llama.cpp check (+ the drift check's transformers side)."""
-    return 1 + (quant in llamacpp.QUANTIZER_TYPES) + (drift_steps(prompts) if drift else 1)
+    return 1 + (quant not in llamacpp.CONVERTER_TYPES) + (drift_steps(prompts) if drift else 1)
+
+
+_PHI3_NAMES = re.compile(r"phi-?3", re.I)
+
+
+def gguf_name(model_dir: str | Path, model_name: str | None = None) -> str | None:
+    """The name to give the GGUF (``general.name``; None: the converter's own choice), fitted to what llama.cpp
+    reads from it. llama.cpp gives Phi-3's special tokens the right-strip Phi-3's own tokenizer has (the newline
+    after ``<|user|>`` is no token) only in a GGUF whose name says phi3 or phi-3, and there it looks ``</s>``,
+    ``<s>``, ``<unk>`` and ``<|endoftext|>`` up by text, which only Llama 2's SentencePiece vocabulary
+    (Phi-3-mini's) has. So a phi3 model with that vocabulary gets " (Phi-3)" after a name without the word, and
+    one with a GPT-2 vocabulary (Phi-4, Phi-4-mini: ``tokenizer_class: GPT2Tokenizer``) has the word taken out."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        tokenizer = json.loads((Path(model_dir) / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return model_name
+    if str(config.get("model_type", "")).lower() != "phi3":
+        return model_name
+    name = model_name or Path(model_dir).name
+    if tokenizer.get("tokenizer_class") == "GPT2Tokenizer":
+        return _PHI3_NAMES.sub("phi", name)
+    return name if _PHI3_NAMES.search(name) else f"{name} (Phi-3)"
 
 
 def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16", model_name: str | None = None,
@@ -123,14 +170,15 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16", 
     tmp = _sibling_tmp(out_file)
     f16 = tmp.with_name(tmp.name + ".f16")
     try:
-        if quant in llamacpp.QUANTIZER_TYPES:
+        name = gguf_name(model_dir, model_name)
+        if quant in llamacpp.CONVERTER_TYPES:
+            progress(f"converting to GGUF ({quant}) with llama.cpp's convert_hf_to_gguf.py")
+            llamacpp.convert(model_dir, tmp, quant, name)
+        else:
             progress("converting to GGUF (f16) with llama.cpp's convert_hf_to_gguf.py")
-            llamacpp.convert(model_dir, f16, "f16", model_name)
+            llamacpp.convert(model_dir, f16, "f16", name)
             progress(f"quantizing to {quant.upper()} with llama.cpp")
             llamacpp.quantize(f16, tmp, quant)
-        else:
-            progress(f"converting to GGUF ({quant}) with llama.cpp's convert_hf_to_gguf.py")
-            llamacpp.convert(model_dir, tmp, quant, model_name)
         os.replace(tmp, out_file)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -263,12 +311,12 @@ def merge(ref_value: str, dtype: str = "float32", out: str | Path | None = None,
     """base + adapter -> <home>/exports/<name>-merged/, replacing an earlier merge there; or into ``out``
     (the CLI's choice), which must not exist yet. Returns {"path", "bytes", "seconds"}."""
     from studio.adapters import _export_paths, _mergeable, resolve
-    from studio.models import resolve_model
+    from workers.bundled import model_folder
 
     ref = _mergeable(resolve(ref_value))
     merged, _ = _export_paths(ref)
     target = Path(out) if out is not None else merged
-    result = merge_adapter(resolve_model(ref.base_model), ref.folder, target, dtype=dtype,
+    result = merge_adapter(model_folder(ref.base_model), ref.folder, target, dtype=dtype,
                            overwrite=out is None or target == merged, progress=progress)
     return {**result, "path": str(target)}
 
@@ -285,14 +333,14 @@ def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts
     cannot load is removed and the export fails with llama.cpp's message; the merged folder stays. The drift
     report is written atomically beside the GGUF as drift-<quant>.json, every field of it."""
     from studio.adapters import _chat_template, _drift_prompts, _export_paths, _merge_is_current, _mergeable, resolve
-    from studio.models import resolve_model
+    from workers.bundled import model_folder
 
     if quant not in GGUF_QUANTS:
         raise ValueError(f"quant must be one of {', '.join(GGUF_QUANTS)}, not {quant!r}")
     ref = _mergeable(resolve(ref_value))
     merged_dir, gguf_dir = _export_paths(ref)
     reuse = merged_out is None and _merge_is_current(merged_dir, ref.folder)
-    if problem := gguf_problem(merged_dir if reuse else resolve_model(ref.base_model)):
+    if problem := gguf_problem(merged_dir if reuse else model_folder(ref.base_model)):
         raise ValueError(problem)
     result: dict = {"name": ref.name}
     if merged_out is not None:

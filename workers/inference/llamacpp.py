@@ -1,9 +1,10 @@
 """llama.cpp, the runtime GGUF users run: its converter, its quantizer, and greedy replies from a GGUF.
 
     CONVERTER_DIR                          <venv>/llama.cpp: convert_hf_to_gguf.py + conversion/ + gguf-py/,
-                                           unpacked from the llama-cpp-python sdist at install (install_converter)
+                                           unpacked from the llama-cpp-python sdist at install (install_converter),
+                                           with models/ggml-vocab-qwen2.gguf (VOCABS: the tests' Qwen2 vocabulary)
     convert(model_dir, out, "f16")         HF folder -> GGUF with convert_hf_to_gguf.py (f32, f16, q8_0)
-    quantize(src, out, "q4_k_m")           GGUF -> k-quant GGUF with llama.cpp's llama_model_quantize
+    quantize(src, out, "q4_k_m")           GGUF -> q8_0 or k-quant GGUF with llama.cpp's llama_model_quantize
     answer(gguf, prompts, n)               load the GGUF in llama.cpp, answer each prompt greedily with the
                                            GGUF's own chat template: prompt ids, reply ids, last-position logits
 
@@ -27,7 +28,10 @@ CONVERTER_DIR = Path(sys.prefix) / "llama.cpp"
 CONVERTER = CONVERTER_DIR / "convert_hf_to_gguf.py"
 PACKAGE = "llama-cpp-python"
 CONVERTER_TYPES = ("f32", "f16", "q8_0")        # written by the converter itself
-QUANTIZER_TYPES = {"q4_k_m": 15}                 # written by llama_model_quantize (LLAMA_FTYPE_MOSTLY_Q4_K_M)
+QUANTIZER_TYPES = {"q8_0": 7, "q4_k_m": 15}      # written by llama_model_quantize from an f16 GGUF (LLAMA_FTYPE_*)
+# published vocabularies that ship in the sdist (llama.cpp's tokenizer tests read them): the suite builds its tiny
+# Qwen2.5-shaped model on Qwen2's own vocabulary, the only one whose pre-tokenizer the converter recognises for qwen2
+VOCABS = ("ggml-vocab-qwen2.gguf",)
 CONTEXT = 4096                                   # llama.cpp's context for the drift check: prompt + reply
 ANSWER_FAILED = 3                                # the child's exit status when the file loaded but answering failed
 
@@ -258,8 +262,8 @@ def _answer_all(llm, template: str | None, prompts: list[str], max_new_tokens: i
 
 def install_converter(dest: Path = CONVERTER_DIR, pinned: str | None = None) -> Path:
     """Fetch the sdist of the installed llama-cpp-python with pip (its cache makes a second time cheap) and
-    unpack convert_hf_to_gguf.py, conversion/ and gguf-py/ into ``dest``: the converter of the same llama.cpp
-    the runtime was built from."""
+    unpack convert_hf_to_gguf.py, conversion/, gguf-py/ and models/ (VOCABS only) into ``dest``: the converter of
+    the same llama.cpp the runtime was built from."""
     import shutil
     import tarfile
 
@@ -271,7 +275,7 @@ def install_converter(dest: Path = CONVERTER_DIR, pinned: str | None = None) -> 
                         "-d", scratch, f"{PACKAGE}=={pinned}"], check=True)
         archive = next(Path(scratch).glob("*.tar.gz"))
         wanted = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/",
-                  "vendor/llama.cpp/gguf-py/")
+                  "vendor/llama.cpp/gguf-py/", *(f"vendor/llama.cpp/models/{name}" for name in VOCABS))
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers()
                        if any(m.name.split("/", 1)[-1].startswith(w) for w in wanted)]

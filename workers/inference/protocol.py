@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from studio import limits
-from studio.chat import GenerationSettings
+from studio.generation import GenerationSettings
 
 DEFAULT_MAX_TOKENS = 512
 MAX_PROMPT_LOGPROBS = 20      # the most alternatives per prompt token (OpenAI's top_logprobs limit)

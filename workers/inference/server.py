@@ -340,7 +340,8 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, engine=Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with InferenceServer(host, port, engine=engine) as server:
-        where = "STUDIO_API_KEY" if os.environ.get("STUDIO_API_KEY") else get_settings().home / API_KEY_FILE
+        settings = get_settings()
+        where = "STUDIO_API_KEY" if settings.endpoint_key else settings.home / API_KEY_FILE
         print(f"OpenAI-compatible endpoint: {server.url} (key in {where})", flush=True)
         while not stop.wait(1.0):
             pass

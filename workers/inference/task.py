@@ -2,23 +2,21 @@
 
 A task is a row of ``jobs`` whose ``kind`` is not "train" (studio.jobs.submit_task wrote it, with its
 parameters as the spec). ``run_task`` moves it queued -> running -> completed | failed | cancelled through
-studio.lifecycle, beats its heartbeat from a thread, reports progress (current/total steps and a message)
+workers/runner.py (as a training run moves), beats its heartbeat from a thread, reports progress (current/total steps and a message)
 as each step starts, and reads the cancel flag there: a cancelled task stops before its next step and
 leaves no half-written file (every writer goes through a temporary path). The result is the job's summary.
 
-The queue's ``studio.task`` runs it on a worker; ``studio export`` runs it inline (see studio/cli.py).
+The queue's ``studio.task`` runs it on a worker; ``studio export`` runs it inline (see workers/cli.py).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 
-from studio import db, lifecycle
+from studio import db
 from studio.settings import get_settings
-from workers.stopping import SHUTDOWN
+from workers.runner import JobRun, one_line
 
 log = logging.getLogger("studio.task")
 
@@ -47,50 +45,37 @@ class Progress:
 
 def run_task(job_id: str) -> str:
     """Run the task to its end; returns its final status ("deleted" when the row is gone)."""
-    from workers.device import device_label
-    from workers.heartbeat import Heartbeat
-
     job = db.get_job(job_id)
     if job is None:
         log.warning("task %s no longer exists; skipping it", job_id)
         return "deleted"
-    if not lifecycle.allowed(job.status, "running"):  # cancelled while queued, or already picked up
-        log.warning("task %s is %s; not running it", job_id, job.status)
+    run = JobRun(job, noun="task", error=lambda exc: _failure(job, exc), failed={"progress_message": "failed"})
+    if not run.allowed():  # cancelled while queued, or already picked up
         return job.status
-    params = job.spec
-    lifecycle.transition(job_id, "running", f"{job.kind} started", started_at=time.time(), heartbeat_at=time.time(),
-                         worker_host=socket.gethostname(), worker_pid=os.getpid(), device=device_label(),
-                         cancel_requested=False,
-                         error=None, finished_at=None, progress_message="starting", current_step=0)
-    progress = Progress(job_id)
+    return run(_run)
+
+
+def _run(run: JobRun) -> str:
+    """The task's runner, step by step; a cancel seen between steps ends it cancelled."""
+    job = run.job
+    run.start(f"{job.kind} started", progress_message="starting", current_step=0)
+    progress = Progress(job.id)
     try:
-        with Heartbeat(lambda: db.update_job(job_id, heartbeat_at=time.time()), name=f"heartbeat-{job_id}"):
-            result = RUNNERS[job.kind](job, params, progress)
+        result = RUNNERS[job.kind](job, job.spec, progress)
     except TaskCancelled as exc:
-        return lifecycle.settle(job_id, "cancelled", f"cancelled before: {exc}", stop=SHUTDOWN,
-                                finished_at=time.time(), progress_message=f"cancelled before: {exc}")
-    except Exception as exc:  # noqa: BLE001 - the task fails with one sentence; the traceback goes to the log
-        log.exception("task %s (%s) failed", job_id, job.kind)
-        return lifecycle.settle(job_id, "failed", "error", stop=SHUTDOWN, finished_at=time.time(),
-                                error=_failure(job, exc), progress_message="failed")
+        return run.settle("cancelled", f"cancelled before: {exc}", progress_message=f"cancelled before: {exc}")
     total = progress.total or 0
-    return lifecycle.settle(job_id, "completed", "done", stop=SHUTDOWN, finished_at=time.time(),
-                            summary_json=json.dumps(result), current_step=total, total_steps=total,
-                            progress_message="done")
+    return run.settle("completed", "done", summary_json=json.dumps(result), current_step=total, total_steps=total,
+                      progress_message="done")
 
 
-def _sentence(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
-
-
-def _failure(job: db.Job, exc: Exception) -> str:
+def _failure(job: db.Job, exc: BaseException) -> str:
     """A write the disk refused, with its reason and folder (workers/disk.py); any other failure in one line."""
     from workers import disk
 
     settings = get_settings()
     folder = settings.resolve(job.output_dir) if job.output_dir else settings.exports_dir
-    return disk.sentence(exc, folder, f"the {job.kind} output", again="start it again") or _sentence(exc)
+    return disk.sentence(exc, folder, f"the {job.kind} output", again="start it again") or one_line(exc)
 
 
 # ---- one runner per kind -------------------------------------------------------------------------

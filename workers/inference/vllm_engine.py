@@ -13,7 +13,6 @@ import asyncio
 import importlib.util
 import json
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -106,12 +105,13 @@ class VLLMEngine:
         """Start ``vllm serve`` for ``base`` and wait until it answers; RuntimeError (one sentence) when it cannot."""
         if why := unavailable_reason():
             raise RuntimeError(why)
-        from studio.models import resolve_model
+        from studio.settings import child_env
+        from workers.bundled import model_folder
 
         port, key = _free_port(), secrets.token_urlsafe(24)
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_API_KEY": key}
+        env = child_env(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_API_KEY=key)
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        process = subprocess.Popen(vllm_command(resolve_model(base), shown_model(base), port, max_lora_rank),
+        process = subprocess.Popen(vllm_command(model_folder(base), shown_model(base), port, max_lora_rank),
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=_die_with_parent)
         engine = cls(base, f"http://127.0.0.1:{port}/v1", key, max_lora_rank, process)

@@ -13,9 +13,11 @@ class WorkerMethod:
     prepare: Callable
     # (spec, kind, model, tokenizer, train rows, eval rows, checkpoint dir, callbacks, device) -> Trainer
     build: Callable
-    # (spec, all rows, trainer) -> how golden prompts are answered (studio.evaluation.answer_golden's
+    # (spec, all rows, trainer) -> how golden prompts are answered (workers.golden.answer_golden's
     # signature, replies and extra JSON fields out); None: greedy replies
     golden: Callable | None = None
+    # (spec, checkpoint dir, train rows, has eval rows, device) -> the method's TRL config
+    config: Callable | None = None
 
 
 def as_is(spec, kind: str, rows: list[dict]) -> tuple[str, list[dict]]:
@@ -29,14 +31,43 @@ def datasets(train_rows: list[dict], eval_rows: list[dict]):
     return Dataset.from_list(train_rows), (Dataset.from_list(eval_rows) if eval_rows else None)
 
 
-def preference_config(config_cls, spec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None,
-                      **method_args):
-    """A TRL preference config (DPO, KTO, ORPO): the spec's beta and max length, the method's own arguments
-    and the arguments every method shares."""
-    from workers.arguments import common_args
+def _import(path: str):
+    """``"module:Name"`` -> the object, imported on first use (so that importing the registry imports no TRL)."""
+    import importlib
 
-    return config_cls(beta=spec.beta, max_length=spec.max_length, **method_args,
-                      **common_args(spec, output_dir, n_train, has_eval, device))
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A TRL preference method (DPO, KTO, ORPO, SimPO): its config and trainer classes as ``"module:Name"``, and
+    the config arguments it sets beyond the spec's beta and max length: ``args(spec) -> dict``."""
+    config_class: str
+    trainer_class: str
+    args: Callable | None = None
+
+    def config(self, spec, output_dir: Path, n_train: int, has_eval: bool, device: str | None = None):
+        """The method's TRL config: the spec's beta and max length, the method's own arguments and the arguments
+        every method shares (workers.arguments.common_args)."""
+        from workers.arguments import common_args
+
+        own = self.args(spec) if self.args else {}
+        return _import(self.config_class)(beta=spec.beta, max_length=spec.max_length, **own,
+                                          **common_args(spec, output_dir, n_train, has_eval, device))
+
+    def build(self, spec, kind, model, tokenizer, train_rows, eval_rows, output_dir: Path, callbacks, device):
+        """The method's TRL trainer on the rows as they are (TRL tokenises prompt and replies itself)."""
+        args = self.config(spec, output_dir, len(train_rows), bool(eval_rows), device)
+        train_ds, eval_ds = datasets(for_template(tokenizer, train_rows), for_template(tokenizer, eval_rows))
+        return _import(self.trainer_class)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                           processing_class=tokenizer, callbacks=callbacks)
+
+
+def preference_method(name: str, config_class: str, trainer_class: str, args: Callable | None = None) -> WorkerMethod:
+    """The worker half of a preference method: TRL's rows as they are, its config and its trainer."""
+    method = Preference(config_class, trainer_class, args)
+    return WorkerMethod(name, as_is, method.build, config=method.config)
 
 
 def for_template(tokenizer, rows: list[dict]) -> list[dict]:
@@ -48,10 +79,3 @@ def for_template(tokenizer, rows: list[dict]) -> list[dict]:
         return rows
     return [{**row, "prompt": fold_system(row["prompt"])} if isinstance(row.get("prompt"), list) else row
             for row in rows]
-
-
-def preference_trainer(trainer_cls, args, model, tokenizer, train_rows: list[dict], eval_rows: list[dict], callbacks):
-    """A TRL preference trainer on the rows as they are (TRL tokenises prompt and replies itself)."""
-    train_ds, eval_ds = datasets(for_template(tokenizer, train_rows), for_template(tokenizer, eval_rows))
-    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tokenizer, callbacks=callbacks)

@@ -84,7 +84,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, ar
 
     import torch
 
-    from studio.generation import stopping_criteria
+    from workers.inference.replies import stopping_criteria
     from studio.render import _render
 
     what = "the golden prompts" + (" (as the base)" if disable_adapter else "")
@@ -124,4 +124,4 @@ def _until_eos(ids: list[int], eos: int | None, pad: int) -> list[int]:
     return ids[:ids.index(eos) + 1] if eos in ids else [t for t in ids if t != pad]
 
 
-METHOD = WorkerMethod("grpo", prepare, build, golden)
+METHOD = WorkerMethod("grpo", prepare, build, golden, config=grpo_config)

@@ -42,17 +42,38 @@ def sft_config(spec, output_dir: Path, n_train: int, has_eval: bool, device: str
 @functools.cache
 def trainer_class():
     """StudioSFTTrainer, built on first use so that importing the registry does not import TRL."""
+    import collections
+
     import torch
+    from transformers import Trainer
     from trl import SFTTrainer
 
-    class StudioSFTTrainer(SFTTrainer):
+    class OwnMetrics(Trainer):
+        """Logs the metrics the studio computes itself (``own_metrics``: mode -> name -> values, averaged per log)
+        through Trainer.log, the override point transformers documents. StudioSFTTrainer's bases put this class
+        after TRL's SFTTrainer and before transformers' Trainer, so TRL's ``log`` adds its own metrics and hands the
+        logs on (``super().log``) to this one, whose values replace a TRL metric of the same name."""
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            mode = "train" if self.model.training else "eval"
+            own = {("eval_" if mode == "eval" else "") + key: sum(values) / len(values)
+                   for key, values in self.own_metrics[mode].items() if values}
+            self.own_metrics[mode].clear()
+            logs.update(own)
+            super().log(logs, start_time)
+
+    class StudioSFTTrainer(SFTTrainer, OwnMetrics):
         """TRL's SFTTrainer; with padding-free batches it counts real tokens, not the 4-D mask's cells, and on
-        CPU it takes the loss from the full logits (faster there than TRL's chunked lm_head).
+        CPU it takes the loss from the full logits (faster there than TRL's chunked lm_head). The token count
+        (``num_tokens``, which the Runs chart turns into tokens/s) and the token accuracy of its own loss are
+        computed here and logged through OwnMetrics, never written into TRL's state.
 
         ``batching``: the spec's batching mode; ``chunked``: TRL's fused, chunked loss."""
 
         def __init__(self, *args, batching: str = "random", chunked: bool = False, **kwargs):
             self.batching, self.chunked = batching, chunked
+            self.tokens_trained = 0  # real (non-padding) tokens of the training batches so far
+            self.own_metrics = {"train": collections.defaultdict(list), "eval": collections.defaultdict(list)}
             super().__init__(*args, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
@@ -70,14 +91,16 @@ def trainer_class():
             return self._logits_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def _fused_loss(self, model, inputs, return_outputs, num_items_in_batch):
-            """TRL's own loss (a fused, chunked lm_head + log-softmax); padding-free rows count real tokens."""
+            """TRL's own loss (a fused, chunked lm_head + log-softmax) and metrics; padding-free rows (a 4-D block
+            mask, whose cells TRL would count as tokens) count their real tokens here instead."""
             mask = inputs.get("attention_mask")
-            if mask is None or mask.dim() != 4 or not model.training:
+            if mask is None or mask.dim() != 4:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            before = self._total_train_tokens
+            mode = "train" if model.training else "eval"
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self._total_train_tokens = before + int(inputs["input_ids"].numel())
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            if mode == "train":
+                self.tokens_trained += int(inputs["input_ids"].numel())
+            self.own_metrics[mode]["num_tokens"] = [self.tokens_trained]
             return out
 
         def _logits_loss(self, model, inputs, return_outputs, num_items_in_batch):
@@ -100,13 +123,13 @@ def trainer_class():
             with torch.no_grad():
                 n = self.accelerator.gather_for_metrics(valid.sum()).sum()
                 correct = self.accelerator.gather_for_metrics(((logits.argmax(-1) == target) & valid).sum()).sum()
-                self._metrics[mode]["mean_token_accuracy"].append((correct / n).item() if n > 0 else 0.0)
+                self.own_metrics[mode]["mean_token_accuracy"].append((correct / n).item() if n > 0 else 0.0)
             if mode == "train":
                 mask = inputs.get("attention_mask")
                 real = inputs["input_ids"].numel() if mask is None or mask.dim() == 4 else mask.sum()
-                self._total_train_tokens += int(self.accelerator.gather_for_metrics(
+                self.tokens_trained += int(self.accelerator.gather_for_metrics(
                     torch.as_tensor(real, device=logits.device)).sum())
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            self.own_metrics[mode]["num_tokens"] = [self.tokens_trained]
             return (loss, outputs) if return_outputs else loss
 
     return StudioSFTTrainer
@@ -137,4 +160,4 @@ def build(spec, kind, model, tokenizer, train_rows, eval_rows, output_dir: Path,
                            batching=batching, chunked=chunked)
 
 
-METHOD = WorkerMethod("sft", prepare, build)
+METHOD = WorkerMethod("sft", prepare, build, config=sft_config)
