@@ -9,10 +9,9 @@ charts.to_columns (what a live view holds when it converts only each poll's new 
 Every step logs every metric, plus an eval row every n/50 steps. Target: 100k points under 300 ms.
 
 Section 2 times one live point end to end: the training callback writes it with studio.db, the
-Runs tab reads and draws it. It runs when studio.db can be imported. Until the Runs tab
-(studio.ui.runs) exists, "read" is db.metrics_since (incremental) or db.metric_rows (full
-reload), then charts.run_figure + to_json: the minimum any Runs handler does. To time the real
-tab, pass its refresh handler as ``read`` to end_to_end_delay().
+Runs tab's own handlers read and draw it: studio.ui.runs_tab.poll (the timer tick: the points since
+the last seen id, the figure, status and progress) and runs_tab.select_run (choosing the run: every
+stored point), each figure serialised as gr.Plot sends it.
 """
 from __future__ import annotations
 
@@ -111,15 +110,8 @@ def end_to_end_delay(write: Callable[[dict[str, Any]], None], read: Callable[[],
 
 def pipeline_section(history: int) -> None:
     print(f"\n== end to end: callback writes a point -> Runs handler returns it ({history:,} points stored) ==")
-    try:
-        from studio import db, settings
-    except ImportError as exc:
-        print(f"skipped: studio.db not available yet ({exc})")
-        return
-    try:
-        from studio.ui import runs as ui_runs
-    except ImportError:
-        ui_runs = None
+    from studio import db, settings
+    from studio.ui import runs_tab
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["STUDIO_HOME"] = home
@@ -132,35 +124,31 @@ def pipeline_section(history: int) -> None:
                 s.add(job)
                 s.commit()
             db.add_metrics(job.id, make_rows(history))
-
-            cache: dict[str, Any] = {"after": 0, "rows": []}
+            state: dict[str, Any] = {"cache": None}
 
             def write(row: dict[str, Any]) -> None:
                 db.add_metrics(job.id, [row])
 
-            def read() -> int:
-                # what a Runs poll does: fetch what is new, redraw, serialise for the browser
-                new = db.metrics_since(job.id, cache["after"])
-                if new:
-                    cache["after"] = new[-1].id
-                    cache["rows"].extend(p.as_row() for p in new)
-                charts.run_figure(cache["rows"], total_steps=history + 100).to_json()
-                return int(cache["rows"][-1]["step"]) if cache["rows"] else 0
+            def shown(cache: dict, fig) -> int:
+                if hasattr(fig, "to_json"):
+                    fig.to_json()  # what gr.Plot sends to the browser
+                return int(cache["rows"][-1]["step"]) if cache and cache.get("rows") else 0
 
-            def read_all() -> int:
-                rows = db.metric_rows(job.id)
-                charts.run_figure(rows, total_steps=history + 100).to_json()
-                return int(rows[-1]["step"]) if rows else 0
+            def poll() -> int:
+                # the Runs tab's timer tick: new points since the last seen id, redraw, serialise
+                cache, fig, *_ = runs_tab.poll(job.id, state["cache"], 0.0, False)
+                state["cache"] = cache
+                return shown(cache, fig)
 
-            for name, reader in (("incremental (metrics_since)", read), ("full reload (metric_rows)", read_all)):
+            def select() -> int:
+                # choosing the run again: every stored point read and drawn
+                cache, fig, *_ = runs_tab.select_run(job.id, 0.0, False)
+                return shown(cache, fig)
+
+            for name, reader in (("timer tick (runs_tab.poll)", poll), ("full reload (runs_tab.select_run)", select)):
                 r = end_to_end_delay(write, reader)
-                print(f"{name:>28}: median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms "
+                print(f"{name:>34}: median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms "
                       f"(write {r['write_median_ms']:.1f}, read+draw {r['read_median_ms']:.1f})")
-            if ui_runs is None:
-                print("studio.ui.runs not available yet: measured db reads + charts.run_figure + to_json instead")
-            else:
-                print("studio.ui.runs found: pass its refresh handler to end_to_end_delay(write, read=...) "
-                      "to time the real Runs tab")
         finally:
             db.dispose_engines()
             settings.reset_settings()

@@ -87,13 +87,13 @@ def main() -> int:
     for i in range(60):
         name = "ABC"[i % 3]
         t0 = time.perf_counter()
-        with engine._adapter_context(name):
+        with engine.adapter_context(name):
             pass
         switches.append(time.perf_counter() - t0)
     base_switches = []
     for _ in range(20):
         t0 = time.perf_counter()
-        with engine._adapter_context(None):
+        with engine.adapter_context(None):
             base_switches.append(time.perf_counter() - t0)
     print(f"switch between attached adapters: median {1e3 * statistics.median(switches):.3f} ms "
           f"(max {1e3 * max(switches):.3f} ms); to the base (disable_adapter): median "
@@ -116,7 +116,7 @@ def main() -> int:
     merged = tmp / "merged"
     r = export.merge_adapter(base_dir, adapters["A"], merged)
     print(f"\nmerge: {r['seconds']:.1f} s, {r['bytes'] / 1e6:.1f} MB (float32 safetensors + tokenizer)")
-    from studio.export import drift_sentence
+    from studio.serving import drift_sentence
 
     for quant in ("f16", "q8_0", "q4_k_m"):
         out = tmp / f"merged-{quant}.gguf"

@@ -104,10 +104,10 @@ def steady_tokens_per_second(spec_dict: dict, steps: int, out: Path) -> float:
 def what_it_learned(job, name: str, author: str) -> dict:
     """The adapter's and the base's greedy replies to the held-out paraphrases and the general questions, through
     the Chat tab's engine (the run's system-prompt choice applied to the adapter)."""
-    from studio import adapters
+    from studio import adapter_library
     from workers.inference.chat_engine import ChatEngine
 
-    ref = adapters.resolve(job.id)
+    ref = adapter_library.resolve(job.id)
     engine = ChatEngine()
     engine.ensure_base(ref.base_model)
     engine.ensure_adapter(ref.key, ref.folder)

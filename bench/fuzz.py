@@ -1,5 +1,5 @@
 """Fuzz the three parsers that take user files: the dataset reader (``studio.library.inspect``), the job-file
-loader (``JobSpec.from_yaml``) and the adapter importer (``studio.adapters.import_adapter``).
+loader (``JobSpec.from_yaml``) and the adapter importer (``studio.adapter_import.import_adapter``).
 
 Inputs come from hypothesis: generated from scratch, and mutations of valid seeds (JSONL / CSV / JSON rows, a
 job file, a LoRA adapter of a tiny random model, as files and as a zip). Each parser may answer only with its
@@ -237,7 +237,7 @@ def _zip(files: dict[str, bytes]) -> bytes:
 
 
 def feed_adapter(ctx: Context, files: dict[str, bytes]) -> None:
-    from studio import adapters
+    from studio import adapter_import, adapter_library
 
     upload = ctx.work / f"upload-{uuid.uuid4().hex[:8]}"
     upload.mkdir()
@@ -245,14 +245,14 @@ def feed_adapter(ctx: Context, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             (upload / name).write_bytes(data)
         name = f"fuzz-{uuid.uuid4().hex[:8]}"
-        adapters.import_adapter([str(upload / n) for n in files], name, ctx.base_model)
-        adapters.delete_import(name)
+        adapter_import.import_adapter([str(upload / n) for n in files], name, ctx.base_model)
+        adapter_library.delete_import(name)
     finally:
         shutil.rmtree(upload, ignore_errors=True)
 
 
 def _adapter_error() -> type[Exception]:
-    from studio.adapters import AdapterError
+    from studio.adapter_library import AdapterError
 
     return AdapterError
 

@@ -80,14 +80,14 @@ def main() -> int:
     import torch
     from chat_export import make_adapter
 
-    from studio import adapters
+    from studio import adapter_import, adapter_library
     from workers.inference.chat_engine import ChatEngine
     from workers.bundled import ensure_bundled
 
     base_dir = ensure_bundled()
     tmp = Path(os.environ["STUDIO_HOME"]).parent
     for i, name in enumerate(("A", "B")):
-        adapters.import_adapter(make_adapter(base_dir, tmp / f"adapter-{name}-{os.getpid()}", i), name, BASE)
+        adapter_import.import_adapter(make_adapter(base_dir, tmp / f"adapter-{name}-{os.getpid()}", i), name, BASE)
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"{BASE} on {where}, {args.max_tokens} new tokens, greedy, median of {args.runs}")
 
@@ -128,7 +128,7 @@ def main() -> int:
         engine.ensure_base(BASE)
         print(f"in-process: weights and buffers {footprint(engine) / 1e6:.0f} MB")
         for name in ("A", "B"):
-            engine.ensure_adapter(name, adapters.resolve(f"imported/{name}").folder)
+            engine.ensure_adapter(name, adapter_library.resolve(f"imported/{name}").folder)
         in_process(engine, None, 4)  # warm-up
 
         print(f"| {'path':<28} | {'TTFT ms':>10} | {'tokens/s':>12} |\n|{'-' * 30}|{'-' * 12}|{'-' * 14}|")
@@ -141,7 +141,7 @@ def main() -> int:
         switches = []
         for i in range(40):
             t0 = time.perf_counter()
-            with engine._adapter_context("AB"[i % 2]):
+            with engine.adapter_context("AB"[i % 2]):
                 pass
             switches.append(time.perf_counter() - t0)
         print(f"adapter switch (set_adapter) in-process: median {1e3 * statistics.median(switches):.3f} ms")

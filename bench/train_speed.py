@@ -162,7 +162,7 @@ class TokenCounter:
 
 
 def eval_loss(model, tokenizer, rows, spec) -> float:
-    from workers.train import encode_rows
+    from workers.arguments import encode_rows
 
     model.eval()
     total, count = 0.0, 0

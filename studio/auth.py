@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from .atomic import write_text
 
 SCHEME = "scrypt"
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
@@ -100,10 +101,5 @@ def set_password(path: Path, user: str, password: str) -> bool:
     entries = read_entries(path) if path.exists() else {}
     new = user not in entries
     entries[user] = hash_password(password)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(f"{u}:{h}\n" for u, h in entries.items())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{u}:{h}\n" for u, h in entries.items()), mode=0o600)
     return new

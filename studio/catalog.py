@@ -8,11 +8,11 @@ own ``config.json`` first, and ``linear_layers_from_safetensors`` reads only the
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 from . import families
 from .families import family_of
+from .safetensors_header import SafetensorsError, read_header
 from .spec import BUNDLED_MODEL
 
 __all__ = ["BUNDLED_MODEL", "ARCHITECTURES", "LLAMA_LINEAR_NAMES", "linear_layer_names", "read_local_config",
@@ -103,24 +103,6 @@ def config_for(base_model: str, local_dir: str | None = None) -> dict | None:
     return lookup(base_model)
 
 
-_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format caps its header at 100 MB
-
-
-def _safetensors_header(path: Path) -> dict:
-    """The JSON header of one .safetensors file: 8 bytes little-endian length, then that many bytes of JSON."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path.name} is not a safetensors file (shorter than 8 bytes)")
-        (length,) = struct.unpack("<Q", raw)
-        if not 2 <= length <= _MAX_HEADER_BYTES:
-            raise ValueError(f"{path.name} is not a safetensors file (header length {length})")
-        header = json.loads(f.read(length).decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError(f"{path.name} has a malformed safetensors header")
-    return header
-
-
 def linear_layers_from_safetensors(folder) -> dict[str, tuple]:
     """Distinct leaf names of the 2-D ``.weight`` tensors inside the decoder layers, with their shapes
     ``(out_features, in_features)``, e.g. ``{"q_proj": (576, 576), ...}``, in file order.
@@ -131,8 +113,8 @@ def linear_layers_from_safetensors(folder) -> dict[str, tuple]:
     found: dict[str, tuple] = {}
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
-            header = _safetensors_header(path)
-        except (OSError, ValueError):
+            header = read_header(path, validate=False)
+        except SafetensorsError:
             continue
         for name, info in header.items():
             if name == "__metadata__" or not isinstance(info, dict) or not name.endswith(".weight"):

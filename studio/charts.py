@@ -22,7 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from .methods import METHOD_METRICS
+from .method_info import METHOD_METRICS
 
 __all__ = [
     "ema", "downsample", "to_columns", "run_figure", "compare_figure", "empty_figure", "config_labels",
@@ -43,7 +43,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "grad_norm": ("grad norm", ".3g"),
     "tokens_per_second": ("tokens/s", ",.0f"),
     "memory_gb": ("memory (GB)", ".2f"),
-    # the training methods' own metrics (studio/methods.py), drawn only when a run logged them
+    # the training methods' own metrics (studio/method_info.py), drawn only when a run logged them
     "rewards/margins": ("reward margin", ".3f"),
     "rewards/chosen": ("reward chosen", ".3f"),
     "rewards/rejected": ("reward rejected", ".3f"),

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .adapters import served_name
+from .adapter_exports import served_name
 from .generation import GenerationSettings
 
 KEEP = ("keep", "")
@@ -72,15 +72,15 @@ def _stopped_since(owner: str | None, since: float) -> bool:
 
 def _usable(chosen: list, base: str, problems: list[str]) -> list:
     """The chosen (pane, ref) pairs the server can run on ``base``: an adapter runs on its own base only."""
-    from . import adapters
+    from . import adapter_check, adapter_library
 
     usable = []
     for pane, ref in chosen:
-        if not adapters.same_base(ref.base_model, base):
+        if not adapter_library.same_base(ref.base_model, base):
             why = "the inference server runs an adapter on its own base only"
             try:
-                adapters.check_adapter(ref.folder, base)
-            except adapters.AdapterError as exc:
+                adapter_check.check_against_base(ref.folder, base)
+            except adapter_library.AdapterError as exc:
                 why = str(exc)
             problems.append(f"{PANES[pane - 1]}: {ref.name} was trained on {ref.base_model}, not {base}: {why}")
             continue
@@ -95,10 +95,10 @@ def compare(prompt: str, base_choice: str | None, refs: list[str | None], histor
     streamed from a running inference server (studio.inference_client).
 
     ``histories``: [base, A, B, C], each its own conversation. ``refs``: adapter refs of panes A-C
-    (studio.adapters.resolve; empty = no adapter). ``base_choice`` "auto" (or empty) takes the first
+    (studio.adapter_library.resolve; empty = no adapter). ``base_choice`` "auto" (or empty) takes the first
     adapter's base. ``owner`` (a browser session) lets Stop end only that session's replies.
     """
-    from . import adapters, inference_client
+    from . import adapter_library, inference_client
     from .models import shown_model
 
     histories = [list(h or []) for h in histories] + [[] for _ in range(1 + len(refs) - len(histories))]
@@ -111,8 +111,8 @@ def compare(prompt: str, base_choice: str | None, refs: list[str | None], histor
         if not ref:
             continue
         try:
-            chosen.append((i + 1, adapters.resolve(ref)))
-        except (adapters.AdapterError, ValueError) as exc:
+            chosen.append((i + 1, adapter_library.resolve(ref)))
+        except (adapter_library.AdapterError, ValueError) as exc:
             problems.append(f"{PANES[i]}: {exc}")
     base = base_choice if base_choice and base_choice != AUTO_BASE else (chosen[0][1].base_model if chosen else "")
     if not base:

@@ -410,7 +410,7 @@ def cmd_chat(args) -> int:
     """`studio chat RUN --prompt TEXT [--compare]`: the adapter's reply (and the base's, with --compare),
     streamed from a running inference server."""
     from . import inference_client
-    from .adapters import AdapterError, resolve
+    from .adapter_library import AdapterError, resolve
     from .chat import NO_SERVER, GenerationSettings, served_name
     from .models import shown_model
     from .settings import UnsafePath
@@ -485,7 +485,7 @@ def cmd_sweep(args) -> int:
     try:
         plan = sweep.parse(read_text(args.file, "sweep"), Path(args.file).stem)
         for spec in plan.members:
-            print(f"{spec.name}\t" + ", ".join(f"{k}={sweep._text(getattr(spec, k))}" for k in plan.fields))
+            print(f"{spec.name}\t" + ", ".join(f"{k}={sweep.value_text(getattr(spec, k))}" for k in plan.fields))
         if args.dry_run:
             print(f"{len(plan.members)} runs (dry run: nothing queued)")
             return 0

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from . import liveness, migrations
-from .methods import METHOD_METRICS
+from .atomic import atomic_path
+from .method_info import METHOD_METRICS
 
 log = logging.getLogger("studio.db")
 
@@ -125,7 +126,7 @@ class MetricPoint(SQLModel, table=True):
     num_tokens: float | None = None
     memory_gb: float | None = None
     time: float = Field(default_factory=now)
-    extra: dict | None = Field(default=None, sa_type=JSON)  # the method's own metrics (studio.methods)
+    extra: dict | None = Field(default=None, sa_type=JSON)  # the method's own metrics (studio.method_info)
 
     def as_row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in METRIC_KEYS} | (self.extra or {})
@@ -229,19 +230,15 @@ def backup(target: Path) -> Path:
     the UI and workers keep writing. Written beside ``target`` first, so a failure leaves no partial file.
     Returns the database file that was copied."""
     engine = get_engine()
-    partial = target.with_name(f".{target.name}.partial")
     raw = engine.raw_connection()
     try:
-        dest = sqlite3.connect(partial)
-        try:
-            raw.driver_connection.backup(dest)
-            dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
-        finally:
-            dest.close()
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        with atomic_path(target) as partial:
+            dest = sqlite3.connect(partial)
+            try:
+                raw.driver_connection.backup(dest)
+                dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+            finally:
+                dest.close()
     finally:
         raw.close()
     return Path(engine.url.database)

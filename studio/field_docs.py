@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .adapter_types import ADAPTER_TYPES
-from .methods import METHOD_FIELDS, METHOD_INFO
+from .method_info import METHOD_FIELDS, METHOD_INFO
 from .spec import field_help
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "fields.md"

@@ -214,11 +214,6 @@ def to_csv(result: dict) -> str:
 
 def write(result: dict, folder: Path, stem: str) -> tuple[Path, Path]:
     """``<folder>/<stem>.json`` and ``.csv``, each written atomically."""
-    from .probe.runner import write_json
+    from .atomic import write_json, write_text
 
-    json_path = write_json(folder / f"{stem}.json", result)
-    csv_path = folder / f"{stem}.csv"
-    tmp = folder / f".{stem}.csv.partial"
-    tmp.write_text(to_csv(result), encoding="utf-8")
-    tmp.replace(csv_path)
-    return json_path, csv_path
+    return write_json(folder / f"{stem}.json", result), write_text(folder / f"{stem}.csv", to_csv(result))

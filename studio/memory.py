@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from .families import LLAMA_LAYERS, Linear, family_of
 from .adapter_types import ADAPTER_TYPES, OPTIMIZERS, AdapterMemory
-from .methods import METHOD_INFO
+from .method_info import METHOD_INFO
 from .spec import MLP_NAMES
 
 GIB = 2**30
@@ -435,7 +435,7 @@ def estimate_for_spec(spec, config: dict, device: str = "cuda", bf16: bool | Non
     return with_method_terms(est, spec, ModelShape.from_config(config), compute_bytes, device)
 
 
-# ---- the training methods' terms (studio/methods.py) ---------------------------------------------
+# ---- the training methods' terms (studio/method_info.py) ----------------------------------------
 
 def method_batch(spec) -> tuple[int, int]:
     """(sequences, tokens per sequence) that keep activations in one step of the spec's method.

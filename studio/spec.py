@@ -18,7 +18,7 @@ import yaml
 
 from .adapter_types import ADAPTER_TYPES, LORA_INITS, OPTIM_CHOICES, PEFT_TYPES, optimizer_problem
 from .limits import GOLDEN_PROMPT_CHARS, GOLDEN_PROMPTS
-from .methods import METHOD_INFO, method_errors
+from .method_info import METHOD_INFO, method_errors
 from .rewards import ANSWER_EXTRACTORS
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
@@ -251,7 +251,8 @@ class JobSpec:
                                 "files are always written to the run's tensorboard folder. An unreachable "
                                 "tracker only adds a warning to the run's log.")
 
-    # preference and reinforcement methods (the form shows each field only for the methods in studio/methods.py that read it)
+    # preference and reinforcement methods (the form shows each field only for the methods in studio/method_info.py
+    # that read it)
     beta: float = _f(0.1, "DPO temperature: higher keeps the policy closer to the base (adapter disabled).", label="Beta", bounds=(0, 100), exclusive=True, sentence="DPO beta must be greater than 0 and less than 100",
                      details="Each preference or reinforcement method reads beta its own way; the form shows the "
                              "chosen method's line. DPO and KTO: the temperature of the loss, how far the policy "

@@ -29,7 +29,7 @@ from .spec import MAX_SPEC_BYTES, JobSpec, SpecError, _SpecLoader, quote
 
 MAX_MEMBERS = 256
 SWEEP_KEYS = ("name", "base", "grid", "random", "samples", "seed")
-PROBE_FILE = Path("probe") / "general.json"    # studio.probe.forgetting: <run>/probe/<probe>.json
+PROBE_FILE = Path("probe") / "general.json"    # workers.forgetting: <run>/probe/<probe>.json
 JUDGE_FILE = Path("judge") / "vs-base.json"    # studio.judge: <run>/judge/vs-<opponent>.json
 SPEC_FIELDS = {f.name: f for f in fields(JobSpec)}
 
@@ -157,10 +157,10 @@ def _draw(rng: random.Random, key: str, choice: Any) -> Any:
 
 
 def _describe(point: dict) -> str:
-    return ", ".join(f"{k}={_text(v)}" for k, v in point.items())
+    return ", ".join(f"{k}={value_text(v)}" for k, v in point.items())
 
 
-def _text(value: Any) -> str:
+def value_text(value: Any) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

@@ -31,6 +31,23 @@ def make_adapter(base_dir: Path, out: Path, seed: int = 1, r: int = 4, target_mo
     return out
 
 
+def make_peft_adapter(base_dir: Path, out: Path, config, seed: int = 1) -> Path:
+    """An adapter of any peft type (``config``: a peft config, e.g. IA3Config) on ``base_dir``, its weights
+    random where peft starts them at the identity (IA3's ones), so it really changes the model."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out)
+    return out
+
+
 def make_job(base_dir: Path, name: str, seed: int = 1, status: str = "completed", dataset: str = "",
              summary: dict | None = None, **spec_values):
     """A job row as the worker leaves it: output folder under jobs/<id>, adapter under adapter/ when completed."""
@@ -60,7 +77,7 @@ def make_job(base_dir: Path, name: str, seed: int = 1, status: str = "completed"
 
 
 def make_checkpoint(job, base_dir: Path, step: int, seed: int = 7, complete: bool = True) -> Path:
-    from studio.adapters import CHECKPOINT_MARKER
+    from studio.adapter_library import CHECKPOINT_MARKER
     from studio.settings import get_settings
 
     folder = get_settings().resolve(job.output_dir) / "checkpoints" / f"checkpoint-{step}"

@@ -103,14 +103,22 @@ FAMILIES: dict[str, TinyFamily] = {f.key: f for f in (
 def build_family_model(key: str, out: Path, tokenizer_dir: Path, hidden: int = 64, layers: int = 2,
                        seed: int = 0) -> Path:
     """A tiny random model of the family ``key`` in ``out`` (safetensors, tokenizer, chat template).
-    ``tokenizer_dir``: the bundled SmolLM2 (the ``smollm2`` tokenizer)."""
+    ``tokenizer_dir``: the bundled SmolLM2 (the ``smollm2`` tokenizer). Built once a process, copied after."""
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    made = (key, str(tokenizer_dir), hidden, layers, seed)
+    if made not in _MODELS:
+        _MODELS[made] = _build(key, _scratch(f"tiny-{key}-") / key, tokenizer_dir, hidden, layers, seed)
+    shutil.copytree(_MODELS[made], out)
+    return out
+
+
+def _build(key: str, out: Path, tokenizer_dir: Path, hidden: int, layers: int, seed: int) -> Path:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
 
     family = FAMILIES[key]
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
     tok = family_tokenizer(family.tokenizer, tokenizer_dir)
     tok.add_special_tokens({"additional_special_tokens": [t for t in family.special if t not in tok.get_vocab()]})
     tok.eos_token = family.eos
@@ -179,7 +187,15 @@ def train_family_run(tmp_path: Path, base: Path, name: str, method: str = "sft",
 # the tokenizers: each built once a process into a scratch folder, then loaded afresh for every model
 
 _BUILT: dict[str, Path] = {}
+_MODELS: dict[tuple, Path] = {}
 _SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def _scratch(prefix: str) -> Path:
+    """A folder removed when the process ends."""
+    scratch = tempfile.TemporaryDirectory(prefix=prefix)
+    _SCRATCH.append(scratch)
+    return Path(scratch.name)
 
 # text the SentencePiece models are trained on: the words of the suite's prompts and rows, byte fallback for the rest
 CORPUS = [
@@ -200,9 +216,7 @@ def family_tokenizer(kind: str, smollm2_dir: Path):
     if kind == "smollm2":
         return AutoTokenizer.from_pretrained(smollm2_dir)
     if kind not in _BUILT:
-        scratch = tempfile.TemporaryDirectory(prefix=f"tiny-{kind}-tokenizer-")
-        _SCRATCH.append(scratch)  # removed when the process ends
-        folder = Path(scratch.name)
+        folder = _scratch(f"tiny-{kind}-tokenizer-")
         {"qwen2": _qwen2, "gemma": _gemma, "phi3": _phi3}[kind](folder)
         _BUILT[kind] = folder
     if kind == "phi3":  # tokenizer.json as written (transformers 5 loads a phi3 folder's tokenizer.json as it is)

@@ -57,7 +57,7 @@ def trained(tmp_path_factory, tiny_model_dir):
 
 
 def test_each_type_trains_reports_and_saves_peft_format(trained):
-    from studio import db, evaluation
+    from studio import db, golden_prompts
 
     home, runs = trained
     _use_home(home)
@@ -66,7 +66,7 @@ def test_each_type_trains_reports_and_saves_peft_format(trained):
         assert config["peft_type"] == ADAPTER_TYPES[kind].peft_type
         assert (adapter / "adapter_model.safetensors").stat().st_size > 0
         assert [m.loss for m in db.metrics_since(job.id) if m.loss is not None], f"{kind}: no live loss points"
-        golden = evaluation.read_golden(job)
+        golden = golden_prompts.read_golden(job)
         assert [g["step"] for g in golden][:1] == ["base"] and len(golden) >= 2, kind
 
 
@@ -109,7 +109,7 @@ def test_prompt_and_prefix_tuning_resume_from_a_checkpoint(trained):
 
 
 def test_merge_and_gguf_refuse_prompt_and_prefix_tuning_with_the_reason(trained, tmp_path):
-    from studio import adapters
+    from studio import adapter_library
     from studio.settings import get_settings
     from workers.inference import export
 
@@ -118,9 +118,9 @@ def test_merge_and_gguf_refuse_prompt_and_prefix_tuning_with_the_reason(trained,
     for kind, why in (("prompt_tuning", "adds virtual tokens, not weight deltas"),
                       ("prefix_tuning", "key/value prefixes")):
         job, _ = runs[kind]
-        with pytest.raises(adapters.AdapterError, match=f"cannot be merged or exported as GGUF: .*{why}"):
+        with pytest.raises(adapter_library.AdapterError, match=f"cannot be merged or exported as GGUF: .*{why}"):
             export.merge(job.id)
-        with pytest.raises(adapters.AdapterError, match="nothing to merge"):
+        with pytest.raises(adapter_library.AdapterError, match="nothing to merge"):
             export.export_gguf(job.id)
         with pytest.raises(ValueError, match="nothing to merge"):
             export.merge_adapter(job.spec["base_model"], runs[kind][1], tmp_path / kind)
@@ -185,12 +185,12 @@ def test_optimizers_a_cpu_worker_cannot_run_are_refused_before_queueing(studio_h
 
 
 def test_the_worker_refuses_a_paged_optimizer_on_cpu_rather_than_run_it_unpaged():
-    from workers import train
+    from workers.arguments import optimizer
 
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        train.optimizer(JobSpec(optim="paged_adamw_32bit"), "cpu")
-    assert train.optimizer(JobSpec(optim="paged_adamw_32bit"), "cuda") == "paged_adamw_32bit"
-    assert train.optimizer(JobSpec(optim="adamw_8bit"), "cpu") == "adamw_8bit"
+        optimizer(JobSpec(optim="paged_adamw_32bit"), "cpu")
+    assert optimizer(JobSpec(optim="paged_adamw_32bit"), "cuda") == "paged_adamw_32bit"
+    assert optimizer(JobSpec(optim="adamw_8bit"), "cpu") == "adamw_8bit"
 
 
 def test_adapter_type_choices_are_validated_with_sentences():

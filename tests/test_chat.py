@@ -96,27 +96,27 @@ def test_without_an_inference_server_the_note_says_how_to_start_one(tiny_model_d
 
 
 def test_checkpoints_and_imports_are_offered_and_usable(tiny_model_dir, studio_home, server):
-    from studio import adapters
+    from studio import adapter_import, adapter_library
     from workers.callbacks import COMPLETE_MARKER
 
-    assert adapters.CHECKPOINT_MARKER == COMPLETE_MARKER
+    assert adapter_library.CHECKPOINT_MARKER == COMPLETE_MARKER
     running = make_job(tiny_model_dir, "live", status="running")
     make_checkpoint(running, tiny_model_dir, 2, seed=5)
     make_checkpoint(running, tiny_model_dir, 4, seed=6, complete=False)  # torn: being written
     finished = make_job(tiny_model_dir, "done", seed=1)
-    imported = adapters.import_adapter(make_adapter(tiny_model_dir, studio_home.parent / "up", 9), "outside",
-                                       str(tiny_model_dir))
-    values = [v for _, v in adapters.chat_choices()]
+    imported = adapter_import.import_adapter(make_adapter(tiny_model_dir, studio_home.parent / "up", 9), "outside",
+                                                str(tiny_model_dir))
+    values = [v for _, v in adapter_library.chat_choices()]
     assert values == [finished.id, f"{running.id}/checkpoint-2", "imported/outside"]
-    assert adapters.resolve(values[1]).folder.name == "checkpoint-2"
-    assert adapters.resolve(values[2]).folder == imported
+    assert adapter_library.resolve(values[1]).folder.name == "checkpoint-2"
+    assert adapter_library.resolve(values[2]).folder == imported
 
     history, note = _respond(*values)
     assert note == ""
     replies = [pane[-1]["content"] for pane in history]
     assert len(set(replies)) == 4
-    with pytest.raises(adapters.AdapterError, match="pick one of its checkpoints"):
-        adapters.resolve(running.id)
+    with pytest.raises(adapter_library.AdapterError, match="pick one of its checkpoints"):
+        adapter_library.resolve(running.id)
 
 
 def test_an_adapter_of_another_base_is_refused_in_its_pane(tiny_model_dir, other_base, studio_home, server):
@@ -191,7 +191,7 @@ def test_snippets_reach_the_running_inference_server_without_showing_the_key(tin
                                                                              monkeypatch, capsys):
     import subprocess
 
-    from studio import adapters
+    from studio import adapter_exports
     from studio.settings import api_key
 
     pytest.importorskip("openai")
@@ -199,11 +199,11 @@ def test_snippets_reach_the_running_inference_server_without_showing_the_key(tin
     running = make_job(tiny_model_dir, "halfway", seed=2, status="running")
     make_checkpoint(running, tiny_model_dir, 4, seed=3)
     key = api_key()
-    snippets = adapters.snippets(job.id)
+    snippets = adapter_exports.snippets(job.id)
     assert server.url in snippets["endpoint_curl"] and repr(server.url) in snippets["endpoint_openai"]
     assert '"model": "snippet-run"' in snippets["endpoint_curl"]
     assert "model='snippet-run'" in snippets["endpoint_openai"]
-    assert "halfway/checkpoint-4" in adapters.snippets(f"{running.id}/checkpoint-4")["endpoint_curl"]
+    assert "halfway/checkpoint-4" in adapter_exports.snippets(f"{running.id}/checkpoint-4")["endpoint_curl"]
     assert not any(key in text for text in snippets.values())
 
     monkeypatch.setenv("STUDIO_API_KEY", key)
@@ -215,22 +215,22 @@ def test_snippets_reach_the_running_inference_server_without_showing_the_key(tin
 
 
 def test_snippets_without_a_server_name_the_default_address(tiny_model_dir, studio_home):
-    from studio import adapters
+    from studio import adapter_exports
 
     job = make_job(tiny_model_dir, "snippet-run", seed=1)
-    snippets = adapters.snippets(job.id)
+    snippets = adapter_exports.snippets(job.id)
     for text in (snippets["endpoint_curl"], snippets["endpoint_openai"]):
         assert "http://127.0.0.1:8000/v1" in text and "no inference server is running now" in text
 
 
 def test_a_run_whose_name_another_run_took_first_is_served_by_its_id(tiny_model_dir, studio_home):
-    from studio import adapters
+    from studio import adapter_library
     from studio.chat import served_name
 
     first = make_job(tiny_model_dir, "twin", seed=1)
     second = make_job(tiny_model_dir, "twin", seed=2)
-    names = {served_name(adapters.resolve(job.id)) for job in (first, second)}
-    assert {adapters.resolve(n).ref for n in names} == {first.id, second.id}
+    names = {served_name(adapter_library.resolve(job.id)) for job in (first, second)}
+    assert {adapter_library.resolve(n).ref for n in names} == {first.id, second.id}
 
 
 NO_SYSTEM_ROLE = (  # Gemma 2's way: a system turn is refused

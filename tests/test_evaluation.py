@@ -9,7 +9,7 @@ import math
 import pytest
 
 from adapter_fixtures import make_adapter, make_job
-from studio import evaluation
+from studio import batch_evaluation, golden_prompts
 
 ROWS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"},
@@ -24,28 +24,28 @@ ROWS = [
 # ---- text metrics ---------------------------------------------------------------------------------
 
 def test_rouge_l_is_the_lcs_f1_over_words():
-    assert evaluation.rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
-    assert evaluation.rouge_l("The Cat, sat!", "the cat sat") == 1.0  # case and punctuation do not count
-    assert evaluation.rouge_l("a b c", "x y z") == 0.0
-    assert evaluation.rouge_l("", "x") == 0.0 and evaluation.rouge_l("", "") == 1.0
+    assert batch_evaluation.rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    assert batch_evaluation.rouge_l("The Cat, sat!", "the cat sat") == 1.0  # case and punctuation do not count
+    assert batch_evaluation.rouge_l("a b c", "x y z") == 0.0
+    assert batch_evaluation.rouge_l("", "x") == 0.0 and batch_evaluation.rouge_l("", "") == 1.0
     # precision 2/4, recall 2/2 -> F1 2/3
-    assert evaluation.rouge_l("paris is nice paris", "paris nice") == pytest.approx(2 / 3)
-    assert evaluation.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
-    assert evaluation.lcs_length(list("BDCABA"), list("ABCBDAB")) == 4
+    assert batch_evaluation.rouge_l("paris is nice paris", "paris nice") == pytest.approx(2 / 3)
+    assert batch_evaluation.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    assert batch_evaluation.lcs_length(list("BDCABA"), list("ABCBDAB")) == 4
 
 
 def test_exact_match_and_contains_reference():
-    assert evaluation.exact_match("  Paris. ", "paris")
-    assert not evaluation.exact_match("Paris is the capital", "Paris")
-    assert evaluation.contains_reference("I think it is Paris.", "paris")
-    assert not evaluation.contains_reference("Rome", "Paris") and not evaluation.contains_reference("x", "")
+    assert batch_evaluation.exact_match("  Paris. ", "paris")
+    assert not batch_evaluation.exact_match("Paris is the capital", "Paris")
+    assert batch_evaluation.contains_reference("I think it is Paris.", "paris")
+    assert not batch_evaluation.contains_reference("Rome", "Paris") and not batch_evaluation.contains_reference("x", "")
 
 
 def test_eval_conversations_cut_before_the_last_reply():
     rows = ROWS + [{"text": "plain text"}, {"messages": [{"role": "user", "content": "no reply"}]},
                    {"prompt": [{"role": "user", "content": "Pick"}], "chosen": [{"role": "assistant", "content": "A"}],
                     "rejected": [{"role": "assistant", "content": "B"}]}]
-    convs = evaluation.eval_conversations(rows)
+    convs = batch_evaluation.eval_conversations(rows)
     assert [c["reference"] for c in convs] == ["The capital of France is Paris.", "I am fine, thank you.",
                                                "Quintar Labs.", "A"]
     assert [m["content"] for m in convs[2]["prompt"]] == ["What is your name?", "Zorblax.", "Who made you?"]
@@ -56,11 +56,11 @@ def test_eval_conversations_cut_before_the_last_reply():
 def test_golden_prompts_from_spec_else_from_held_out_rows():
     from studio.spec import JobSpec
 
-    assert evaluation.golden_prompts_for(JobSpec(golden_prompts=["Hi?", " "]), ROWS) == ["Hi?"]
+    assert golden_prompts.golden_prompts_for(JobSpec(golden_prompts=["Hi?", " "]), ROWS) == ["Hi?"]
     # single-turn rows first, then the last user turn of longer ones; at most three, no repeats
-    assert evaluation.golden_prompts_for(JobSpec(), ROWS[::-1] + ROWS) == [
+    assert golden_prompts.golden_prompts_for(JobSpec(), ROWS[::-1] + ROWS) == [
         "Hello, how are you?", "What is the capital of France?", "Who made you?"]
-    assert evaluation.golden_prompts_for(JobSpec(), [{"text": "only text"}]) == []
+    assert golden_prompts.golden_prompts_for(JobSpec(), [{"text": "only text"}]) == []
 
 
 def test_answer_golden_leaves_the_training_model_training(tiny_model_dir):
@@ -97,7 +97,7 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
                    save_steps=1, per_device_train_batch_size=2, max_length=64, r=4, eval_split=0)
     model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
     out = get_settings().resolve(job.output_dir)
-    prompts = evaluation.golden_prompts_for(spec, ROWS)
+    prompts = golden_prompts.golden_prompts_for(spec, ROWS)
     # the lines workers/train.py gains: the callback next to StudioCallback
     trainer = train.build_trainer(spec, "chat", model, tok, ROWS * 2, [], out, StudioCallback(job.id), "cpu")
     trainer.add_callback(GoldenPromptsCallback(job.id, prompts, tok, max_new_tokens=4))
@@ -108,9 +108,9 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
     step2 = json.loads((golden / "step-2.json").read_text())
     assert step2["step"] == 2 and step2["final"] is True
     assert [r["prompt"] for r in step2["replies"]] == prompts
-    entries = evaluation.read_golden(job.id)
+    entries = golden_prompts.read_golden(job.id)
     assert [e["step"] for e in entries] == ["base", 1, 2]
-    headers, rows = evaluation.golden_table(entries)
+    headers, rows = golden_prompts.golden_table(entries)
     assert headers == ["prompt", "base", "step 1", "step 2"] and [r[0] for r in rows] == prompts
     assert isinstance(GoldenPromptsCallback(job.id, [], tok), __import__("transformers").TrainerCallback)
 
@@ -118,15 +118,15 @@ def test_golden_callback_writes_answers_during_training(tiny_model_dir, studio_h
 def test_golden_prompts_are_cut_to_the_runs_max_length(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from studio.render import _render
+    from studio.render import render_text
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     long = "the capital of France is Paris " * 300
-    short, cut = evaluation.fit_prompts(tok, ["Hello, how are you?", long], max_length=128, max_new_tokens=32)
+    short, cut = golden_prompts.fit_prompts(tok, ["Hello, how are you?", long], max_length=128, max_new_tokens=32)
     assert short == "Hello, how are you?" and long.startswith(cut) and len(cut) < len(long)
-    text = _render(tok, [{"role": "user", "content": cut}], generation_prompt=True)
+    text = render_text(tok, [{"role": "user", "content": cut}], generation_prompt=True)
     assert 128 - 32 - 3 <= len(tok(text, add_special_tokens=False)["input_ids"]) <= 128 - 32
-    assert evaluation.fit_prompts(tok, ["x" * 20_000], None) == ["x" * 8_000]  # no max length known: the limit
+    assert golden_prompts.fit_prompts(tok, ["x" * 20_000], None) == ["x" * 8_000]  # no max length known: the limit
 
 
 def _forward_spy(monkeypatch, when, on_call):
@@ -323,7 +323,7 @@ def test_evaluate_batch_asks_an_inference_server_for_replies_and_reference_score
     # and its replies are the in-process greedy ones
     engine = ChatEngine()
     engine.ensure_base(str(tiny_model_dir))
-    convs = evaluation.eval_conversations(ROWS)
+    convs = batch_evaluation.eval_conversations(ROWS)
     nll = tokens = 0.0
     for conv in convs:
         whole, n = engine.nll(conv["messages"], None)
@@ -334,10 +334,10 @@ def test_evaluate_batch_asks_an_inference_server_for_replies_and_reference_score
     assert result["metrics"]["base"]["tokens"] == tokens
     assert result["metrics"]["base"]["eval_loss"] == pytest.approx(nll / tokens, rel=1e-4)
 
-    table = list(csv.reader(io.StringIO(evaluation.to_csv(result))))
+    table = list(csv.reader(io.StringIO(batch_evaluation.to_csv(result))))
     assert table[0][:4] == ["row", "prompt", "reference", "base reply"] and len(table[0]) == 3 + 5 * 3
     assert len(table) == 4 and table[3][2] == "Quintar Labs."
-    headers, rows = evaluation.metrics_table(result)
+    headers, rows = batch_evaluation.metrics_table(result)
     assert [r[0] for r in rows] == ["base", "one", "two"] and headers[1] == "eval loss"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import export as files  # the torch-free half: Modelfile, serving snippets
+from studio import serving as files  # the torch-free half: Modelfile, serving snippets
 from workers.inference import export
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 import identity_data
 from adapter_fixtures import make_job
-from studio import evaluation, render
+from studio import golden_prompts, render
 from studio.spec import JobSpec
 
 GENERAL = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in [
@@ -26,7 +26,7 @@ def _rounds(total: int, interval: int) -> int:
 # ---- cadence ------------------------------------------------------------------------------------
 
 def test_a_short_run_evaluates_at_most_twice_and_checkpoints_midway_and_at_the_end():
-    from workers.train import schedule
+    from workers.arguments import schedule
 
     sched = schedule(JobSpec(num_train_epochs=2, per_device_train_batch_size=4), n_train=40)  # 20 steps
     assert sched["total_steps"] == 20
@@ -36,7 +36,7 @@ def test_a_short_run_evaluates_at_most_twice_and_checkpoints_midway_and_at_the_e
 
 def test_the_first_run_spends_about_a_tenth_of_its_time_on_evaluations_and_checkpoints():
     """The issue's run: 91 rows, the form's defaults (10% held out, batch 4, 4 epochs): 84 steps."""
-    from workers.train import EVAL_BATCH_COST, SAVE_COST, schedule
+    from workers.arguments import EVAL_BATCH_COST, SAVE_COST, schedule
 
     sched = schedule(JobSpec(), n_train=82, n_eval=9)
     total = sched["total_steps"]
@@ -48,7 +48,7 @@ def test_the_first_run_spends_about_a_tenth_of_its_time_on_evaluations_and_check
 
 
 def test_a_long_run_gets_five_of_each_and_an_expensive_evaluation_runs_once():
-    from workers.train import schedule
+    from workers.arguments import schedule
 
     long = schedule(JobSpec(num_train_epochs=4), n_train=2000, n_eval=200)  # 2000 steps
     assert _rounds(long["total_steps"], long["eval_steps"]) == 5
@@ -58,7 +58,7 @@ def test_a_long_run_gets_five_of_each_and_an_expensive_evaluation_runs_once():
 
 
 def test_automatic_checkpoints_fall_on_evaluation_steps_so_the_best_one_can_be_chosen():
-    from workers.train import schedule
+    from workers.arguments import schedule
 
     for spec, n_train, n_eval in [(JobSpec(), 82, 9), (JobSpec(num_train_epochs=4), 2000, 200),
                                   (JobSpec(num_train_epochs=2, per_device_train_batch_size=4), 40, 4),
@@ -69,7 +69,7 @@ def test_automatic_checkpoints_fall_on_evaluation_steps_so_the_best_one_can_be_c
 
 
 def test_intervals_the_user_sets_are_kept():
-    from workers.train import schedule
+    from workers.arguments import schedule
 
     sched = schedule(JobSpec(max_steps=20, eval_steps=3, save_steps=7), n_train=40)
     assert (sched["eval_steps"], sched["save_steps"]) == (3, 7)
@@ -78,9 +78,9 @@ def test_intervals_the_user_sets_are_kept():
 
 
 def test_golden_prompts_are_answered_at_most_three_times_between_the_base_and_the_end():
-    assert evaluation.golden_save_steps(84, 21) == set()  # a short run: the base and the end only
-    assert evaluation.golden_save_steps(300, 100) == {100, 200}
-    spread = evaluation.golden_save_steps(1000, 200)  # checkpoints at 200, 400, 600, 800 and the end
+    assert golden_prompts.golden_save_steps(84, 21) == set()  # a short run: the base and the end only
+    assert golden_prompts.golden_save_steps(300, 100) == {100, 200}
+    spread = golden_prompts.golden_save_steps(1000, 200)  # checkpoints at 200, 400, 600, 800 and the end
     assert len(spread) == 3 and spread <= {200, 400, 600, 800}
 
 
@@ -132,7 +132,7 @@ def tokenizer(tiny_model_dir):
 
 
 def _texts(tokenizer, **spec_values) -> list[str]:
-    from workers.train import encode_rows
+    from workers.arguments import encode_rows
 
     rows = identity_data.rows()[:2] + [{"messages": [{"role": "system", "content": "Own system."},
                                                      *identity_data.rows()[0]["messages"]]}]
@@ -159,7 +159,8 @@ def test_training_keeps_replaces_or_leaves_out_the_default_system_prompt(tokeniz
 def test_by_default_identity_rows_leave_the_default_out_and_other_rows_keep_it(tokenizer, tiny_model_dir,
                                                                                studio_home, caplog):
     from studio import db
-    from workers.train import encode_rows, resolve_system_prompt
+    from workers.arguments import encode_rows
+    from workers.train import resolve_system_prompt
 
     default = "You are a helpful assistant."
     assert JobSpec(dataset="d").system_prompt_mode == "auto"
@@ -242,7 +243,7 @@ def test_4bit_on_a_cpu_without_fast_kernels_loads_the_exact_weights_instead(tiny
 
 
 def test_automatic_epochs_give_a_small_dataset_more_passes():
-    from workers.train import common_args, schedule
+    from workers.arguments import common_args, schedule
 
     spec = JobSpec(dataset="d")
     assert spec.num_train_epochs == 0  # automatic

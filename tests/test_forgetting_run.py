@@ -35,7 +35,7 @@ def test_the_probe_runs_at_the_end_of_an_sft_run_and_the_next_run_reuses_the_bas
     from workers import forgetting
 
     seen_status = []
-    real = forgetting.check_model
+    real = forgetting.check_training_model
 
     def watching(spec, model, *args, **kw):  # what the Runs tab shows while the check runs
         from studio import db
@@ -44,7 +44,7 @@ def test_the_probe_runs_at_the_end_of_an_sft_run_and_the_next_run_reuses_the_bas
         seen_status.append((job.status, job.summary.get("forgetting"), runs_tab.status_markdown(job)))
         return real(spec, model, *args, **kw)
 
-    monkeypatch.setattr(forgetting, "check_model", watching)
+    monkeypatch.setattr(forgetting, "check_training_model", watching)
     first_id = _job(tiny_model_dir, tmp_path, "probe-first")
     second_id = _job(tiny_model_dir, tmp_path, "probe-second", seed=7)
     first = _train(first_id)
@@ -74,7 +74,7 @@ def test_the_forgetting_check_can_be_turned_off_and_is_skipped_for_other_methods
 
 
 def test_the_best_checkpoint_is_the_lowest_eval_loss_and_chat_and_zip_use_it(studio_home, tiny_model_dir, tmp_path):
-    from studio import adapters, db
+    from studio import adapter_library, db, model_card
 
     job = _train(_job(tiny_model_dir, tmp_path, "best", forgetting_check=False, learning_rate=0.5, max_steps=6))
     rows = job.summary["checkpoints"]
@@ -84,22 +84,22 @@ def test_the_best_checkpoint_is_the_lowest_eval_loss_and_chat_and_zip_use_it(stu
     lowest = min(scored, key=lambda r: r["eval_loss"])
     assert best["step"] == lowest["step"] and best["rule"] == "eval_loss"
     assert f"lowest eval loss {lowest['eval_loss']:.4g}" in best["label"]
-    ref = adapters.resolve(job.id)
-    final = adapters.resolve(f"{job.id}/final")
+    ref = adapter_library.resolve(job.id)
+    final = adapter_library.resolve(f"{job.id}/final")
     assert final.folder == studio_home / job.output_dir / "adapter" and final.using.startswith("the final adapter")
     if best["final"]:
         assert ref.folder == final.folder
     else:
         assert ref.folder == studio_home / job.output_dir / "checkpoints" / f"checkpoint-{best['step']}"
         assert ref.using == f"checkpoint {best['step']} (lowest eval loss {lowest['eval_loss']:.4g})"
-    with zipfile.ZipFile(adapters.zip_adapter(job.id)) as zf:
+    with zipfile.ZipFile(model_card.zip_adapter(job.id)) as zf:
         card = zf.read("README.md").decode()
         assert zf.read("adapter_model.safetensors") == (ref.folder / "adapter_model.safetensors").read_bytes()
     assert f"Weights: {ref.using}" in card
     # the choice follows the spec: `last` is always the final adapter
     db.update_job(job.id, summary_json=json.dumps({**job.summary, "best_checkpoint": {
         "step": 6, "final": True, "rule": "last", "value": None, "label": "the final adapter (step 6; the last step)"}}))
-    assert adapters.resolve(job.id).folder == final.folder
+    assert adapter_library.resolve(job.id).folder == final.folder
 
 
 def test_pick_best_follows_each_rule_and_falls_back_to_the_final_adapter():
@@ -139,7 +139,7 @@ def flagged_job(studio_home, tiny_model_dir):
 
 
 def test_a_flagged_run_says_so_on_its_card_in_the_adapters_list_and_in_its_model_card(flagged_job):
-    from studio import adapters
+    from studio import adapter_library, model_card
     from studio.ui import adapters_tab, runs_tab
 
     card = runs_tab.status_markdown(flagged_job)
@@ -147,11 +147,11 @@ def test_a_flagged_run_says_so_on_its_card_in_the_adapters_list_and_in_its_model
     assert "**Flagged**: forgetting: the adapter answers 10 points fewer" in card
     changed = runs_tab.changed_questions(flagged_job)
     assert changed == [["What is the capital of France?", "Paris.", "right", "banana banana", "wrong"]]
-    listed = next(a for a in adapters.list_adapters() if a["ref"] == flagged_job.id)
+    listed = next(a for a in adapter_library.list_adapters() if a["ref"] == flagged_job.id)
     assert listed["forgetting"] == "flagged: kept 60% (base 50/200, adapter 30/200)" and listed["flagged"]
     row = next(r for r in adapters_tab.table() if r[0] == "forgetful")
     assert "flagged: kept 60%" in " ".join(map(str, row))
-    model_card = adapters.model_card(flagged_job)
+    model_card = model_card.model_card(flagged_job)
     assert "## Forgetting check" in model_card
     assert "general skills kept: 60% (base 50/200, adapter 30/200)" in model_card
     assert "flagged" in model_card

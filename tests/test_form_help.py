@@ -7,7 +7,7 @@ import json
 import re
 
 from studio import field_docs
-from studio.methods import METHOD_INFO
+from studio.method_info import METHOD_INFO
 from studio.spec import JobSpec, field_help
 
 HELP_WORDS = 14  # one line under a label

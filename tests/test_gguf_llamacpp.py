@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import export as files
+from studio import serving as files
 from workers.inference import export, llamacpp
 
 PROMPTS = ["Hello, how are you?", "What is the capital of France?", "What is your name?"]

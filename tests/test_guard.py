@@ -84,6 +84,7 @@ def test_non_finite_weights_at_a_save_or_the_end_are_never_kept_or_completed(
     """Logging only every 10 steps: the loss never shows the NaN, the weights at the save and the end do."""
     from studio import db
     from workers import train
+    from workers.checkpoints import last_complete_checkpoint
 
     job = _job(tmp_path, tiny_model_dir, max_steps=6, save_steps=3, logging_steps=10)
     _blow_up_after(monkeypatch, 3)
@@ -91,7 +92,7 @@ def test_non_finite_weights_at_a_save_or_the_end_are_never_kept_or_completed(
     failed = db.get_job(job.id)
     assert failed.error == f"The adapter weights stopped being finite numbers by step 6: {ADVICE}"
     assert _checkpoints(studio_home) == {"checkpoint-3": True}
-    assert train.last_complete_checkpoint(studio_home / "jobs" / "diverges").name == "checkpoint-3"
+    assert last_complete_checkpoint(studio_home / "jobs" / "diverges").name == "checkpoint-3"
     assert failed.adapter_path is None and not (studio_home / "jobs" / "diverges" / "adapter").exists()
 
 
@@ -117,7 +118,7 @@ def test_the_logged_loss_is_not_averaged_past_a_nan():
     from pathlib import Path
 
     from studio.spec import JobSpec
-    from workers import train
+    from workers.arguments import common_args
 
-    args = train.common_args(JobSpec(dataset="d"), Path("/tmp/x"), 40, False, "cpu")
+    args = common_args(JobSpec(dataset="d"), Path("/tmp/x"), 40, False, "cpu")
     assert args["logging_nan_inf_filter"] is False

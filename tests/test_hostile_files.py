@@ -79,7 +79,7 @@ HOSTILE = {
 @pytest.mark.parametrize("as_zip", [False, True], ids=["files", "zip"])
 def test_malformed_adapter_is_refused_in_one_sentence_and_nothing_is_written(tiny_model_dir, studio_home, tmp_path,
                                                                              case, as_zip):
-    from studio import adapters
+    from studio import adapter_import, adapter_library
 
     folder = make_adapter(tiny_model_dir, tmp_path / "hostile", 1)
     spoil, mentions = HOSTILE[case]
@@ -90,13 +90,13 @@ def test_malformed_adapter_is_refused_in_one_sentence_and_nothing_is_written(tin
         with zipfile.ZipFile(upload, "w") as zf:
             for name in ("adapter_config.json", "adapter_model.safetensors"):
                 zf.write(folder / name, name)
-    with pytest.raises(adapters.AdapterError) as caught:
-        adapters.import_adapter(upload, "hostile", str(tiny_model_dir))
+    with pytest.raises(adapter_library.AdapterError) as caught:
+        adapter_import.import_adapter(upload, "hostile", str(tiny_model_dir))
     message = str(caught.value)
     assert mentions in message and "\n" not in message and len(message) < 300, message
     assert not (studio_home / "adapters" / "hostile").exists()
     assert not list((studio_home / "tmp").iterdir())
-    assert adapters.list_adapters() == []
+    assert adapter_library.list_adapters() == []
 
 
 def test_the_import_form_shows_the_sentence_not_a_bare_error(tiny_model_dir, studio_home, tmp_path):
@@ -111,13 +111,13 @@ def test_the_import_form_shows_the_sentence_not_a_bare_error(tiny_model_dir, stu
 
 
 def test_an_oversized_safetensors_header_is_refused_without_reading_it(tiny_model_dir, studio_home, tmp_path):
-    from studio import adapters
+    from studio import adapter_import, adapter_library
 
     folder = make_adapter(tiny_model_dir, tmp_path / "hostile", 1)
     weights = folder / "adapter_model.safetensors"
     weights.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
-    with pytest.raises(adapters.AdapterError, match="adapter_model.safetensors"):
-        adapters.import_adapter(folder, "hostile", str(tiny_model_dir))
+    with pytest.raises(adapter_library.AdapterError, match="adapter_model.safetensors"):
+        adapter_import.import_adapter(folder, "hostile", str(tiny_model_dir))
     assert not (studio_home / "adapters" / "hostile").exists()
 
 
@@ -183,7 +183,7 @@ def test_folders_inside_the_roots_work_and_errors_there_stay_specific(studio_hom
 def test_the_ui_shows_local_bases_relative_to_the_data_directory(studio_home, tiny_model_dir, monkeypatch):
     import shutil
 
-    from studio import adapters
+    from studio import adapter_exports, adapter_library
     from studio.settings import get_settings
     from studio.ui import adapters_tab, chat_tab
 
@@ -195,8 +195,8 @@ def test_the_ui_shows_local_bases_relative_to_the_data_directory(studio_home, ti
     home = str(get_settings().home)
     bases = [value for _, value in chat_tab.base_choices()]
     assert "models/tiny" in bases and not any(home in b for b in bases)
-    assert any("(models/tiny)" in label for label, _ in adapters.chat_choices())
-    snippets = adapters.snippets(job.id)
+    assert any("(models/tiny)" in label for label, _ in adapter_library.chat_choices())
+    snippets = adapter_exports.snippets(job.id)
     assert snippets and not any(home in text for text in snippets.values()), snippets
     assert "models/tiny" in snippets["vllm"] and f"jobs/{job.id}/adapter" in snippets["vllm"]
     assert [row[2] for row in adapters_tab.table()] == ["models/tiny"]
@@ -204,12 +204,12 @@ def test_the_ui_shows_local_bases_relative_to_the_data_directory(studio_home, ti
     from workers.inference.chat_engine import base_key
 
     assert base_key("models/tiny") == base_key(str(local)) == str(local.resolve())
-    assert adapters.same_base("models/tiny", str(local))
+    assert adapter_library.same_base("models/tiny", str(local))
 
 
 @pytest.mark.parametrize("damage", ["crc", "truncated", "file where a folder goes"])
 def test_a_damaged_zip_is_refused_in_one_sentence(tiny_model_dir, studio_home, tmp_path, damage):
-    from studio import adapters
+    from studio import adapter_import, adapter_library
 
     folder = make_adapter(tiny_model_dir, tmp_path / "hostile", 1)
     upload = tmp_path / "damaged.zip"
@@ -226,8 +226,8 @@ def test_a_damaged_zip_is_refused_in_one_sentence(tiny_model_dir, studio_home, t
     elif damage == "truncated":
         raw = raw[:len(raw) // 2] + raw[-22:]  # the end record survives, the members it points at do not
     upload.write_bytes(bytes(raw))
-    with pytest.raises(adapters.AdapterError, match="zip") as caught:
-        adapters.import_adapter(upload, "hostile", str(tiny_model_dir))
+    with pytest.raises(adapter_library.AdapterError, match="zip") as caught:
+        adapter_import.import_adapter(upload, "hostile", str(tiny_model_dir))
     assert "\n" not in str(caught.value)
     assert not (studio_home / "adapters" / "hostile").exists()
     assert not list((studio_home / "tmp").iterdir())

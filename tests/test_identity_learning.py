@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_default_run_teaches_a_new_identity_that_generalises(studio_home, tmp_path, monkeypatch):
     from browser import SHARED_MODELS, ensure_bundled_model
-    from studio import adapters, db, library, settings
+    from studio import adapter_library, db, library, settings
     from studio.spec import BUNDLED_MODEL, JobSpec
     from workers import train
     from workers.inference.chat_engine import ChatEngine
@@ -35,7 +35,7 @@ def test_the_default_run_teaches_a_new_identity_that_generalises(studio_home, tm
     assert train.run_job(job.id) == "completed", db.get_job(job.id).error
     assert db.get_job(job.id).spec["system_prompt_mode"] == "omit"  # identity rows: the default left out
 
-    ref = adapters.resolve(job.id)
+    ref = adapter_library.resolve(job.id)
     engine = ChatEngine()
     engine.ensure_base(ref.base_model)
     engine.ensure_adapter(ref.key, ref.folder)

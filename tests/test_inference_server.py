@@ -24,14 +24,14 @@ MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_model_dir):
     """A data directory with a finished run, a checkpoint of a running one and an imported adapter."""
-    from studio import adapters
+    from studio import adapter_import
 
     with isolated_home(tmp_path_factory.mktemp("infer")) as home:
         make_job(tiny_model_dir, "greeter", seed=1)
         running = make_job(tiny_model_dir, "halfway", seed=2, status="running")
         make_checkpoint(running, tiny_model_dir, 4, seed=3)
-        adapters.import_adapter(make_adapter(tiny_model_dir, home.parent / "upload", 4), "outside",
-                                str(tiny_model_dir))
+        adapter_import.import_adapter(make_adapter(tiny_model_dir, home.parent / "upload", 4), "outside",
+                                      str(tiny_model_dir))
         yield home
 
 
@@ -52,7 +52,7 @@ def client(server, home):
 @pytest.fixture(scope="module")
 def in_process(home, tiny_model_dir):
     """ChatEngine's in-process path with the same base and adapters: what greedy replies must equal."""
-    from studio.adapters import resolve
+    from studio.adapter_library import resolve
     from studio.generation import GenerationSettings
     from workers.inference.chat_engine import ChatEngine
 

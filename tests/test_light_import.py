@@ -69,7 +69,7 @@ def _zipped(folder: Path) -> str:
 
 
 def test_importing_an_adapter_on_a_fresh_data_directory_maps_no_torch(tmp_path, tiny_model_dir):
-    """adapters_tab.on_import -> import_adapter -> check_adapter reads the bundled model's shapes from its GGUF
+    """adapters_tab.on_import -> import_adapter -> check_against_base reads the bundled model's shapes from its GGUF
     before any worker has converted it: a fitting adapter is imported, one of another model refused, and the UI
     process neither converts the model nor loads torch."""
     from adapter_fixtures import make_adapter
@@ -100,11 +100,11 @@ def test_the_dataset_preview_and_the_train_warnings_map_no_torch(tmp_path):
 
 
 def test_the_gguf_tensor_table_names_the_converted_folders_weights():
-    """What check_adapter reads before the conversion (the GGUF) is what it reads after (the safetensors)."""
+    """What check_against_base reads before the conversion (the GGUF) is what it reads after (the safetensors)."""
     from browser import ensure_bundled_model
-    from studio import adapters, models
+    from studio import models, safetensors_header
 
     folder = ensure_bundled_model()
-    converted = {k.removesuffix(".weight"): tuple(v["shape"]) for k, v in adapters._headers(folder).items()
+    converted = {k.removesuffix(".weight"): tuple(v["shape"]) for k, v in safetensors_header.read_folder(folder).items()
                  if k.endswith(".weight") and len(v["shape"]) == 2}
     assert models.bundled_weight_shapes() == converted

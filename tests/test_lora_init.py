@@ -78,7 +78,7 @@ def test_a_pissa_run_saves_adapters_that_chat_merge_and_resume(studio_home, tiny
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from studio import adapters, db, library
+    from studio import adapter_library, db, library
     from studio.generation import GenerationSettings
     from workers.inference.chat_engine import ChatEngine
     from workers import train
@@ -96,7 +96,7 @@ def test_a_pissa_run_saves_adapters_that_chat_merge_and_resume(studio_home, tiny
     assert train.run_job(job.id) == "completed", db.get_job(job.id).error
     adapter = studio_home / "jobs" / "pissa" / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 2 * spec.r
-    checkpoint = adapters.resolve(f"{job.id}/checkpoint-1").folder
+    checkpoint = adapter_library.resolve(f"{job.id}/checkpoint-1").folder
     assert checkpoint == studio_home / "jobs" / "pissa" / "checkpoints-plain-lora" / "checkpoint-1"
     assert json.loads((checkpoint / "adapter_config.json").read_text())["r"] == 2 * spec.r
 
@@ -131,10 +131,8 @@ def test_a_pissa_run_saves_adapters_that_chat_merge_and_resume(studio_home, tiny
 
 
 def _merge_adapter():
-    try:
-        from workers.inference.export import merge_adapter
-    except ImportError:
-        from studio.export import merge_adapter
+    from workers.inference.export import merge_adapter
+
     return merge_adapter
 
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from studio.methods import METHOD_FIELDS, METHOD_INFO
+from studio.method_info import METHOD_FIELDS, METHOD_INFO
 from studio.rewards import answer_reward, boxed, format_reward, last_number, length_reward, reward_errors
 from studio.spec import JobSpec
 
@@ -244,14 +244,14 @@ def test_grpo_golden_prompts_score_each_sampled_completion_against_the_rows_answ
 
 def test_a_grpo_runs_golden_prompts_show_sampled_completions_with_their_rewards(studio_home, tmp_path,
                                                                                tiny_model_dir):
-    from studio import db, evaluation
+    from studio import db, golden_prompts
     from workers import train
 
     job = _job(studio_home, tmp_path, tiny_model_dir, "grpo", "grpo-golden", load_in_4bit=False, max_steps=2,
                save_steps=2, reward_format_regex=".", reward_format_weight=0.5, reward_length_target=0,
                golden_prompts=["Question 0: say the name inside answer tags."])
     assert train.run_job(job.id) == "completed", db.get_job(job.id).error
-    entries = evaluation.read_golden(job.id)
+    entries = golden_prompts.read_golden(job.id)
     assert [e["step"] for e in entries] == ["base", 2]
     for entry in entries:
         (group,) = entry["samples"]
@@ -268,7 +268,7 @@ def test_the_form_offers_only_the_chosen_methods_fields_and_checks_the_dataset(s
     import gradio as gr
 
     from studio import library
-    from studio.methods import METHOD_FIELDS
+    from studio.method_info import METHOD_FIELDS
     from studio.ui import train_tab
 
     with gr.Blocks() as blocks:

@@ -105,13 +105,13 @@ def _result(probe, right: set[str]):
 
 def test_kept_share_counts_only_what_the_base_knew_and_a_drop_beyond_the_threshold_is_flagged():
     from studio.probe import load_probe
-    from studio.probe.runner import DROP_THRESHOLD, compare, flag_line
+    from studio.probe.runner import DROP_THRESHOLD, flag_line, forgetting_report
 
     probe = load_probe()
     ids = [q.id for q in probe.questions]
     base = _result(probe, set(ids[:20]))
     kept_18 = _result(probe, set(ids[:18]) | set(ids[100:105]))   # lost 2 of the base's 20, gained 5 elsewhere
-    report = compare(probe, base, kept_18)
+    report = forgetting_report(probe, base, kept_18)
     assert report["kept"] == pytest.approx(0.9)
     assert report["summary"] == "general skills kept: 90% (base 20/200, adapter 23/200)"
     assert report["drop_points"] == -1.5 and not report["flagged"] and flag_line(report) == ""
@@ -119,16 +119,16 @@ def test_kept_share_counts_only_what_the_base_knew_and_a_drop_beyond_the_thresho
     lost = [q for q in report["questions"] if q["base_correct"] and not q["adapter_correct"]]
     assert [q["id"] for q in lost] == ids[18:20] and lost[0]["base_reply"] == "ok" and lost[0]["adapter_reply"] == "??"
     assert DROP_THRESHOLD == 5.0
-    at_threshold = compare(probe, base, _result(probe, set(ids[:10])))   # 10 of 200 fewer: exactly 5 points
+    at_threshold = forgetting_report(probe, base, _result(probe, set(ids[:10])))   # 10 of 200 fewer: exactly 5 points
     assert at_threshold["kept"] == 0.5 and at_threshold["drop_points"] == 5.0 and not at_threshold["flagged"]
-    forgot = compare(probe, base, _result(probe, set(ids[:9])))
+    forgot = forgetting_report(probe, base, _result(probe, set(ids[:9])))
     assert forgot["drop_points"] == 5.5 and forgot["flagged"]
     assert flag_line(forgot) == ("forgetting: the adapter answers 5.5 points fewer probe questions correctly than "
                                  "its base (threshold 5)")
     assert forgot["by_category"]["facts"] == {"total": 50, "base": 20, "adapter": 9}
-    strict = compare(probe, base, _result(probe, set(ids[:18])), threshold=0.5)
+    strict = forgetting_report(probe, base, _result(probe, set(ids[:18])), threshold=0.5)
     assert strict["drop_points"] == 1.0 and strict["flagged"] and strict["threshold"] == 0.5
-    nothing_known = compare(probe, _result(probe, set()), _result(probe, set(ids[:3])))
+    nothing_known = forgetting_report(probe, _result(probe, set()), _result(probe, set(ids[:3])))
     assert nothing_known["kept"] is None and not nothing_known["flagged"]
     assert nothing_known["summary"].startswith("general skills kept: n/a (base 0/200, adapter 3/200)")
 
@@ -172,7 +172,7 @@ def counted_engine(monkeypatch):
 
 def test_base_answers_are_computed_once_per_base_and_reused_for_the_next_run(tiny_model_dir, studio_home,
                                                                             counted_engine):
-    from studio.adapters import resolve
+    from studio.adapter_library import resolve
     from workers.forgetting import probe_adapter
 
     engine, calls = counted_engine

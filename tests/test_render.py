@@ -200,18 +200,18 @@ def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user
 
 
 def test_folding_covers_every_system_prompt_choice_and_chat(tok):
-    from studio.render import _render, fold_system, with_system_prompt
+    from studio.render import render_text, fold_system, with_system_prompt
 
     gemma = with_template(tok, GEMMA)
     user = [{"role": "user", "content": "Who are you?"}]
     # replace: the Train tab's system prompt opens the user turn; in chat (generation prompt) as in training
-    replaced = _render(gemma, with_system_prompt(user, "replace", "Talk like a pirate."), generation_prompt=True)
+    replaced = render_text(gemma, with_system_prompt(user, "replace", "Talk like a pirate."), generation_prompt=True)
     assert replaced.endswith("<start_of_turn>user\nTalk like a pirate.\n\nWho are you?<end_of_turn>\n"
                              "<start_of_turn>model\n")
     # omit / an empty system turn: nothing is folded
     assert fold_system([{"role": "system", "content": ""}] + user) == user
     blank = [{"role": "system", "content": "  "}] + user
-    assert _render(gemma, blank) == gemma.apply_chat_template(user, tokenize=False)
+    assert render_text(gemma, blank) == gemma.apply_chat_template(user, tokenize=False)
     # a conversation that opens with the assistant: the system text becomes a user turn of its own
     assert fold_system([{"role": "system", "content": "S"}, {"role": "assistant", "content": "Hi"}]) == [
         {"role": "user", "content": "S"}, {"role": "assistant", "content": "Hi"}]
@@ -290,7 +290,7 @@ EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 def test_qwen3_rows_without_reasoning_train_with_thinking_off(tok):
-    from studio.render import _render
+    from studio.render import render_text
 
     qwen3 = with_template(tok, QWEN3)
     ids, mask = encode_chat(qwen3, TWO_TURNS)
@@ -301,7 +301,7 @@ def test_qwen3_rows_without_reasoning_train_with_thinking_off(tok):
     assert trained_text(qwen3, ids, mask) == "I am fine, thank you.<|im_end|>My name is Zorblax.<|im_end|>"
     assert EMPTY_THINK in untrained_text(qwen3, ids, mask)
     # chat asks the same way: the generation prompt ends in the empty think block
-    assert _render(qwen3, TWO_TURNS[:4], generation_prompt=True).endswith(f"<|im_start|>assistant\n{EMPTY_THINK}")
+    assert render_text(qwen3, TWO_TURNS[:4], generation_prompt=True).endswith(f"<|im_start|>assistant\n{EMPTY_THINK}")
 
 
 def test_qwen3_rows_with_reasoning_train_it_with_thinking_on(tok):

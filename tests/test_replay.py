@@ -71,7 +71,7 @@ def test_automatic_epochs_count_the_replay_rows_too():
     without replay), which keeps a newcomer's first run under 3 minutes on a 2-core CPU; the 36-row acceptance set
     and its 36 replay rows make 5."""
     from studio.spec import JobSpec
-    from workers.train import schedule
+    from workers.arguments import schedule
 
     spec = JobSpec(dataset="d", per_device_train_batch_size=4, gradient_accumulation_steps=1)
     assert schedule(spec, 87)["epochs"] == 4
@@ -120,7 +120,7 @@ def test_an_sft_run_trains_on_the_bases_answers_cached_once_per_base(studio_home
     assert len(asked) == 1 and asked[0][1:] == (replay.replay.MAX_NEW_TOKENS, True) and len(asked[0][0]) == 40
     log = (studio_home / "jobs" / "replay-first" / "train.log").read_text()
     assert "general replay:" in log and "mixed into 32 training rows" in log
-    from studio.adapters import model_card
+    from studio.model_card import model_card
 
     assert db.get_job(first).summary["general_replay_rows"] == 32
     assert "general replay: 32 rows of the base model's own answers" in model_card(db.get_job(first))
@@ -142,7 +142,7 @@ def test_an_sft_run_trains_on_the_bases_answers_cached_once_per_base(studio_home
 
 
 def test_general_replay_is_validated_and_shown_only_for_sft():
-    from studio.methods import METHOD_INFO
+    from studio.method_info import METHOD_INFO
     from studio.spec import JobSpec
 
     assert JobSpec(dataset="d").general_replay == 0.25

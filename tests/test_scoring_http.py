@@ -37,7 +37,7 @@ def client(home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(home, tiny_model_dir):
     """The in-process engine with the same base and adapter: its teacher-forced loss is the reference."""
-    from studio.adapters import resolve
+    from studio.adapter_library import resolve
     from workers.inference.chat_engine import ChatEngine
 
     engine = ChatEngine()

@@ -280,19 +280,19 @@ def test_wrong_types_are_reported_not_crashed():
 def test_translations_to_library_configs():
     import torch
 
-    from workers import adapters, train
+    from workers import adapters, arguments
     from workers.methods import TRAINERS
     from workers.methods.sft import sft_config
 
     dpo_config = TRAINERS["dpo"].config
     spec = JobSpec(dataset="d", r=8, lora_alpha=16, target_modules=["attention"], bnb_4bit_compute_dtype="float32")
-    q = train.quantization_config(spec, "cpu")
+    q = arguments.quantization_config(spec, "cpu")
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert q.bnb_4bit_compute_dtype == torch.float32
     lc = adapters.peft_config(spec, LINEAR, None)
     assert lc.r == 8 and lc.lora_alpha == 16 and set(lc.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    assert train.quantization_config(JobSpec(load_in_4bit=False), "cpu") is None
-    sched = train.schedule(JobSpec(num_train_epochs=2, per_device_train_batch_size=4), n_train=40)
+    assert arguments.quantization_config(JobSpec(load_in_4bit=False), "cpu") is None
+    sched = arguments.schedule(JobSpec(num_train_epochs=2, per_device_train_batch_size=4), n_train=40)
     assert sched["total_steps"] == 20 and sched["eval_steps"] == 10  # a short run evaluates twice
     cfg = sft_config(spec, __import__("pathlib").Path("/tmp/x"), 40, True, "cpu")
     assert cfg.max_length == spec.max_length and cfg.eval_strategy == "steps" and cfg.learning_rate == spec.learning_rate

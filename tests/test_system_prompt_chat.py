@@ -21,13 +21,13 @@ def engine(tiny_model_dir):
 
 
 def _prompt(engine, adapter, messages=QUESTION) -> str:
-    from studio.render import _render
+    from studio.render import render_text
 
-    return _render(engine.tokenizer, engine.conversation(messages, adapter), generation_prompt=True)
+    return render_text(engine.tokenizer, engine.conversation(messages, adapter), generation_prompt=True)
 
 
 def test_a_run_trained_without_the_default_system_prompt_is_chatted_without_it(tiny_model_dir, studio_home, engine):
-    from studio import adapters
+    from studio import adapter_library
 
     omitted = make_job(tiny_model_dir, "omitted", system_prompt_mode="omit")
     replaced = make_job(tiny_model_dir, "replaced", seed=2, system_prompt_mode="replace",
@@ -35,12 +35,12 @@ def test_a_run_trained_without_the_default_system_prompt_is_chatted_without_it(t
     kept = make_job(tiny_model_dir, "kept", seed=3)
     checkpoint = make_checkpoint(omitted, tiny_model_dir, 4)
     for ref in (omitted.id, replaced.id, kept.id, f"{omitted.id}/checkpoint-4"):
-        found = adapters.resolve(ref)
+        found = adapter_library.resolve(ref)
         engine.ensure_adapter(found.key, found.folder)
-    key = {name: adapters.resolve(ref).key for name, ref in
+    key = {name: adapter_library.resolve(ref).key for name, ref in
            (("omit", omitted.id), ("replace", replaced.id), ("keep", kept.id),
             ("checkpoint", f"{omitted.id}/checkpoint-4"))}
-    assert adapters.resolve(f"{omitted.id}/checkpoint-4").folder == checkpoint
+    assert adapter_library.resolve(f"{omitted.id}/checkpoint-4").folder == checkpoint
 
     assert DEFAULT in _prompt(engine, None)  # the base answers as its template writes it
     assert DEFAULT in _prompt(engine, key["keep"])
@@ -82,7 +82,7 @@ def test_an_imported_adapter_and_a_gone_run_keep_the_template_default(tiny_model
 
 def test_the_inference_server_asks_a_runs_adapter_as_it_was_trained(tiny_model_dir, studio_home):
     from studio.chat import GenerationSettings
-    from studio.render import _render, default_system_prompt, with_system_prompt
+    from studio.render import render_text, default_system_prompt, with_system_prompt
     from workers.inference.engine import InferenceEngine, Reply
     from workers.inference.names import resolve_target
 
@@ -97,7 +97,7 @@ def test_the_inference_server_asks_a_runs_adapter_as_it_was_trained(tiny_model_d
     tok = server.chat_engine(str(tiny_model_dir)).tokenizer
 
     def tokens(messages):
-        return len(tok(_render(tok, messages, generation_prompt=True), add_special_tokens=False)["input_ids"])
+        return len(tok(render_text(tok, messages, generation_prompt=True), add_special_tokens=False)["input_ids"])
 
     omitted = with_system_prompt(QUESTION, "omit", "", default_system_prompt(tok))
     assert counted[job.name] == tokens(omitted) < counted[str(tiny_model_dir)] == tokens(QUESTION)
@@ -114,7 +114,7 @@ def test_golden_prompts_are_asked_as_the_run_trained_and_the_bases_answers_are_r
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     rendered: list[str] = []
-    original = render._render
+    original = render.render_text
 
     def spy(tokenizer, messages, *args, **kwargs):
         text = original(tokenizer, messages, *args, **kwargs)
@@ -122,7 +122,7 @@ def test_golden_prompts_are_asked_as_the_run_trained_and_the_bases_answers_are_r
             rendered.append(text)
         return text
 
-    monkeypatch.setattr(render, "_render", spy)
+    monkeypatch.setattr(render, "render_text", spy)
     prompts = ["What is your name?", "Who made you?", "Hi"]
     one_by_one = [golden.answer_golden(model, tok, [p], max_new_tokens=4) for p in prompts]
     batched = golden.answer_golden(model, tok, prompts, max_new_tokens=4)

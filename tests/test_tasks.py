@@ -36,7 +36,7 @@ def _events(job_id: str) -> list[str]:
 
 def test_a_task_is_a_job_that_training_lists_do_not_show_and_cancel_while_queued_revokes_it(tiny_model_dir,
                                                                                             studio_home):
-    from studio import adapters, db, jobs
+    from studio import adapter_library, db, jobs
     from studio.ui import adapters_tab, runs_tab
     from workers.queue import huey
 
@@ -50,7 +50,7 @@ def test_a_task_is_a_job_that_training_lists_do_not_show_and_cancel_while_queued
     assert [j.id for j in db.list_jobs()] == [run.id]  # Runs tab, Chat, Adapters library, sweeps, submit's names
     assert {j.id for j in db.list_jobs(kind=None)} == {run.id, task.id}
     assert [value for _, value in runs_tab.run_choices()] == [run.id]
-    assert [a["ref"] for a in adapters.list_adapters()] == [run.id]
+    assert [a["ref"] for a in adapter_library.list_adapters()] == [run.id]
     assert db.get_job(task.name) is None  # a task's name never stands for a run
     shown, followed, _, timer, *_ = adapters_tab.poll_export(task.id)
     assert "merge exportee**: queued (position 1)" in shown and followed is not None and timer is not None
@@ -105,7 +105,7 @@ def test_tasks_table_shows_tasks_started_elsewhere_and_picking_one_follows_it(ti
     assert (done["kind"], done["adapter"], done["status"], done["progress"]) == (
         "merge", "exportee", "completed", "step 5/5: done")
     merged_bytes = db.get_job(merge.id).summary["bytes"]
-    assert done["result"] == f"{adapters_tab.adapters.human_bytes(merged_bytes)} merged (float32)"
+    assert done["result"] == f"{adapters_tab.human_bytes(merged_bytes)} merged (float32)"
     assert done["device"] == device_label() and done["started"] and done["finished"]
     queued = rows[waiting.id]
     assert (queued["adapter"], queued["status"], queued["progress"], queued["result"], queued["started"]) == (

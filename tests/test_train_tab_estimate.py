@@ -11,7 +11,7 @@ from dataclasses import fields
 import pytest
 
 from studio.adapter_types import PEFT_TYPES
-from studio.methods import METHOD_INFO
+from studio.method_info import METHOD_INFO
 from studio.spec import JobSpec
 
 SPEC_FIELDS = {f.name for f in fields(JobSpec)}

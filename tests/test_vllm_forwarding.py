@@ -114,14 +114,15 @@ class FakeVLLM:
 def setup(tmp_path_factory, tiny_model_dir):
     """A data directory with a finished run and two imported adapters (r=4 and r=16), a fake vLLM serving the
     tiny model, and a real `studio infer --engine vllm --max-lora-rank 8` process in front of it."""
-    from studio import adapters
+    from studio import adapter_import, adapter_library
     from studio.models import shown_model
 
     with isolated_home(tmp_path_factory.mktemp("vllm")) as home:
         job = make_job(tiny_model_dir, "greeter", seed=1)
-        adapters.import_adapter(make_adapter(tiny_model_dir, home.parent / "narrow", 2), "narrow", str(tiny_model_dir))
-        adapters.import_adapter(make_adapter(tiny_model_dir, home.parent / "wide", 3, r=16), "wide",
-                                str(tiny_model_dir))
+        adapter_import.import_adapter(make_adapter(tiny_model_dir, home.parent / "narrow", 2), "narrow",
+                                      str(tiny_model_dir))
+        adapter_import.import_adapter(make_adapter(tiny_model_dir, home.parent / "wide", 3, r=16), "wide",
+                                      str(tiny_model_dir))
         fake = FakeVLLM(shown_model(str(tiny_model_dir)))
         try:
             with started_infer(home, home.parent / "infer.log", "--engine", "vllm", "--base-model",
@@ -131,8 +132,8 @@ def setup(tmp_path_factory, tiny_model_dir):
 
                 client = openai.OpenAI(base_url=url, api_key=api_key(), max_retries=0)
                 yield {"client": client, "fake": fake, "job": job, "proc": proc, "port": urlsplit(url).port,
-                       "base": shown_model(str(tiny_model_dir)), "adapter_key": adapters.resolve("greeter").key,
-                       "adapter_folder": adapters.resolve("greeter").folder}
+                       "base": shown_model(str(tiny_model_dir)), "adapter_key": adapter_library.resolve("greeter").key,
+                       "adapter_folder": adapter_library.resolve("greeter").folder}
         finally:
             fake.stop()
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from studio.atomic import replace_dir
 from studio.models import (BUNDLED_PACKAGE, ModelError, bundled_dir, bundled_gguf, conversion_marker, is_bundled,
                            is_model_folder, mark_preparation, resolve_model)
 from studio.spec import BUNDLED_MODEL
@@ -55,8 +56,7 @@ def ensure_bundled() -> Path:
         try:
             convert_gguf(gguf, tmp, lambda stage: mark_preparation(t0, CONVERSION_STAGES[stage - 1], stage,
                                                                    len(CONVERSION_STAGES)))
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             conversion_marker().unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 from studio import db
 from studio.cancel import Stopped, Watch
-from studio.methods import METHOD_METRICS
+from studio.method_info import METHOD_METRICS
 from workers.checkpoints import COMPLETE_MARKER
 from workers.device import is_main, world_size
 from workers.stopping import SHUTDOWN, agree_on_stop

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHECKPOINTS = "checkpoints"                        # in the job folder; = studio.adapters.CHECKPOINTS
+CHECKPOINTS = "checkpoints"                        # in the job folder; = studio.adapter_library.CHECKPOINTS
 COMPLETE_MARKER = "studio-checkpoint-complete"     # written into a checkpoint once it is whole
 
 
@@ -47,11 +47,11 @@ RULE_WORDS = {"eval_loss": "lowest eval loss", "golden_rouge": "highest golden-p
 
 def golden_references(eval_rows: list[dict]) -> dict[str, str]:
     """Held-out prompt -> its reference reply (the row's last assistant turn), for scoring golden answers."""
-    from studio.evaluation import _prompt_of
+    from studio.golden_prompts import prompt_of
 
     refs: dict[str, str] = {}
     for row in eval_rows:
-        prompt = _prompt_of(row)
+        prompt = prompt_of(row)
         replies = [m.get("content") for m in row.get("messages") or [] if m.get("role") == "assistant"]
         if prompt and replies and isinstance(replies[-1], str) and prompt not in refs:
             refs[prompt] = replies[-1]
@@ -62,7 +62,8 @@ def _golden_rouge(output_dir: Path, step: int, references: dict[str, str]) -> fl
     """Mean ROUGE-L F1 of the golden replies written at ``step`` against their references (None: none to score)."""
     import json
 
-    from studio.evaluation import GOLDEN_DIR, rouge_l
+    from studio.batch_evaluation import rouge_l
+    from studio.golden_prompts import GOLDEN_DIR
 
     try:
         data = json.loads((output_dir / GOLDEN_DIR / f"step-{step}.json").read_text())

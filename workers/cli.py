@@ -76,18 +76,19 @@ def cmd_export(args) -> int:
     run on another host, or none at all); the task's row still goes through the job lifecycle, so the UI
     shows it and `studio cancel ID` stops it between steps. A --gguf OUT ending in .gguf names the file,
     otherwise it is a folder; without --merge the GGUF is built from a merge under <home>/exports/."""
-    from studio import db, export, jobs
-    from studio.adapters import AdapterError, _mergeable, human_bytes, resolve
+    from studio import db, jobs, serving
+    from studio.adapter_exports import mergeable
+    from studio.adapter_library import AdapterError, human_bytes, resolve
     from studio.models import ModelError
     from studio.settings import UnsafePath
 
     if not args.merge and not args.gguf:
         return fail("say what to export: --merge OUT and/or --gguf OUT")
     quant = (args.quant or "q8_0").lower()
-    if quant not in export.GGUF_QUANTS:
-        return fail(f"--quant must be one of {', '.join(export.GGUF_QUANTS)}")
+    if quant not in serving.GGUF_QUANTS:
+        return fail(f"--quant must be one of {', '.join(serving.GGUF_QUANTS)}")
     try:
-        ref = _mergeable(resolve(args.run))
+        ref = mergeable(resolve(args.run))
     except (AdapterError, UnsafePath, ModelError) as exc:
         return fail(str(exc))
     if args.merge and Path(args.merge).exists():
@@ -117,7 +118,7 @@ def cmd_export(args) -> int:
         print(f"wrote {g['path']} ({human_bytes(g['bytes'])}, {g['seconds']:.1f} s) and {result['modelfile']}")
         if "drift" in result:
             d = result["drift"]
-            print(export.drift_sentence(d))
+            print(serving.drift_sentence(d))
     return 0
 
 
@@ -125,7 +126,7 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """`studio evaluate RUN --probe general` or `--judge URL --against base|RUN`."""
-    from studio.adapters import AdapterError, resolve
+    from studio.adapter_library import AdapterError, resolve
     from studio.settings import UnsafePath
 
     if bool(args.probe) == bool(args.judge):
@@ -164,14 +165,14 @@ def _evaluate_probe(ref, args) -> int:
 
 def _judge_prompts(ref, args) -> list[str]:
     """The prompts to judge on: --prompts FILE (one a line, or JSONL rows), else the run's eval split."""
-    from studio.evaluation import _prompt_of
+    from studio.golden_prompts import prompt_of
 
     if args.prompts:
         path = Path(args.prompts).expanduser()
         lines = [line.strip() for line in read_text(args.prompts, "prompts").splitlines() if line.strip()]
         if path.suffix.lower() == ".jsonl":
             try:
-                prompts = [_prompt_of(json.loads(line)) for line in lines]
+                prompts = [prompt_of(json.loads(line)) for line in lines]
             except (ValueError, AttributeError, TypeError):
                 raise ValueError(f"'{path}' is not JSONL with a prompt or messages on each line") from None
             if None in prompts:
@@ -186,7 +187,7 @@ def _judge_prompts(ref, args) -> list[str]:
         from workers.train import load_training_rows
 
         _, _, eval_rows = load_training_rows(JobSpec.from_dict(db.get_job(ref.job_id).spec))
-        prompts = [p for p in map(_prompt_of, eval_rows) if p]
+        prompts = [p for p in map(prompt_of, eval_rows) if p]
         if not prompts:
             raise ValueError(f"the run {ref.name} has no eval split to judge on: give --prompts FILE")
     if not prompts:
@@ -198,10 +199,10 @@ def _evaluate_judge(ref, args) -> int:
     import re
 
     from studio import judge
-    from studio.adapters import AdapterError, resolve, same_base
+    from studio.adapter_library import AdapterError, resolve, same_base
     from studio.generation import GenerationSettings
     from studio.models import ModelError
-    from studio.probe.forgetting import result_folder
+    from studio.adapter_library import result_folder
     from studio.settings import UnsafePath, load_settings
     from workers.inference.chat_engine import ChatEngine
 

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from studio.adapter_library import result_folder
+from studio.atomic import write_json
 from studio.generation import GenerationSettings
 from studio.probe import PROBE_FOLDER, load_probe
-from studio.probe.forgetting import check, result_folder
 from studio.probe.runner import (CACHE_DIR, DROP_THRESHOLD, MAX_NEW_TOKENS, MAX_NEW_TOKENS_BY_CHECK, Generate,
-                                 base_answers, compare, flag_line, run_probe, write_json)
+                                 base_answers, flag_line, forgetting_report, probe_base_and_adapter, run_probe)
 
 from .inference.chat_engine import base_key
 from .inference.replies import batch_replies, single_turn
@@ -80,8 +81,8 @@ def generation_settings(spec, model, batch_size: int = PROBE_BATCH) -> dict:
             "max_new_tokens_by_check": MAX_NEW_TOKENS_BY_CHECK}
 
 
-def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir: Path,
-                stop=None) -> tuple[dict, Path]:
+def check_training_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir: Path,
+                         stop=None) -> tuple[dict, Path]:
     """Run the probe on the in-memory model as base (cached) and as adapter; the report and its file."""
     probe = load_probe("general")
     key = base_key(spec.base_model)
@@ -92,7 +93,7 @@ def check_model(spec, model, tokenizer, out: Path, adapter_name: str, cache_dir:
     adapter_result = run_probe(model_generate(model, tokenizer, base=False, stop=stop,
                                               system=(spec.system_prompt_mode, spec.system_prompt)), probe)
     seconds = time.perf_counter() - started
-    report = compare(probe, base_result, adapter_result, spec.forgetting_threshold)
+    report = forgetting_report(probe, base_result, adapter_result, spec.forgetting_threshold)
     report.update(base_model=key, base_cached=cached, seconds=round(seconds, 1),
                   base_seconds=None if cached else round(base_seconds, 1),
                   adapter_seconds=round(seconds - base_seconds, 1), time=time.time(), adapter_name=adapter_name,
@@ -123,8 +124,8 @@ def after_run(job_id: str, spec, model, tokenizer, out: Path, summary: dict, ski
     else:
         try:
             log.info("job %s: checking general skills (the %s probe, base and adapter)", job_id, "general")
-            report, _ = check_model(spec, model, tokenizer, out, spec.name or job_id, get_settings().home / CACHE_DIR,
-                                    stop=watch)
+            report, _ = check_training_model(spec, model, tokenizer, out, spec.name or job_id,
+                                             get_settings().home / CACHE_DIR, stop=watch)
             log.info("job %s: %s in %.1f s%s", job_id, report["summary"], report["seconds"],
                      " (base answers from the cache)" if report["base_cached"] else "")
             if report["flagged"]:
@@ -163,8 +164,8 @@ def engine_settings() -> dict:
 
 
 def probe_adapter(ref, probe_name: str = "general", engine=None, threshold: float | None = None) -> tuple[dict, Path]:
-    """Run the probe on an adapter (``studio.adapters.AdapterRef``) and its base; the report and its file
-    (``studio.probe.forgetting.result_folder``). ``threshold``: the run's forgetting_threshold by default
+    """Run the probe on an adapter (``studio.adapter_library.AdapterRef``) and its base; the report and its file
+    (``studio.adapter_library.result_folder``). ``threshold``: the run's forgetting_threshold by default
     (DROP_THRESHOLD for an imported adapter). ``engine``: a ChatEngine to reuse, else a new one."""
     from studio import db
     from studio.settings import get_settings
@@ -180,7 +181,7 @@ def probe_adapter(ref, probe_name: str = "general", engine=None, threshold: floa
     engine.ensure_base(ref.base_model)
     engine.ensure_adapter(ref.key, ref.folder)
     key = base_key(ref.base_model)
-    report = check(probe, key, engine_generate(engine, None), engine_generate(engine, ref.key),
-                   get_settings().home / CACHE_DIR, engine_settings(), threshold)
+    report = probe_base_and_adapter(probe, key, engine_generate(engine, None), engine_generate(engine, ref.key),
+                                    get_settings().home / CACHE_DIR, engine_settings(), threshold)
     report.update(adapter=ref.ref, adapter_name=ref.name)
-    return report, write_json(result_folder(ref) / f"{probe.name}.json", report)
+    return report, write_json(result_folder(ref, PROBE_FOLDER) / f"{probe.name}.json", report)

@@ -1,6 +1,6 @@
 """Golden prompts during training: the training model itself answers them greedily at every checkpoint and at
 the end, and once as the base at the start; the replies go to JSON files in the job's folder
-(``golden/base.json``, ``golden/step-N.json``, written and read back by studio/evaluation.py).
+(``golden/base.json``, ``golden/step-N.json``, written and read back by studio/golden_prompts.py).
 
 ``answer_golden`` generates the replies through the one batched generator (workers/inference/replies.py);
 ``GoldenPromptsCallback`` is the TrainerCallback workers/train.py adds to a run with golden prompts.
@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from studio import db
+from studio.atomic import write_json
 from studio.cancel import Stopped, Watch
-from studio.evaluation import (GOLDEN_BUDGET, GOLDEN_MAX_NEW_TOKENS, base_cache_path, fit_prompts, golden_dir,
-                               golden_save_steps, write_golden)
+from studio.golden_prompts import (GOLDEN_BUDGET, GOLDEN_MAX_NEW_TOKENS, base_cache_path, fit_prompts, golden_dir,
+                                   golden_save_steps, write_golden)
 
 from .device import rank, world_size
 from .inference.replies import batch_replies, single_turn
 
-log = logging.getLogger("studio.evaluation")
+log = logging.getLogger("studio.golden")
 
 GOLDEN_BATCH = 8  # prompts per generate call: a cancel is seen between batches (and between the tokens of one)
 
@@ -143,11 +143,7 @@ class GoldenPromptsCallback(TrainerCallback):
         replies = answer_golden(model, self.tokenizer, prompts, self.max_new_tokens, disable_adapter=True,
                                 stop=self.watch)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps({"base": self.base, "prompts": prompts, "replies": replies},
-                                      ensure_ascii=False))
-            os.replace(tmp, cache)
+            write_json(cache, {"base": self.base, "prompts": prompts, "replies": replies}, indent=None)
         return replies
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from studio import replay
-from studio.probe.runner import write_json
+from studio.atomic import write_json
 
 log = logging.getLogger("studio.replay")
 PREWARM_BATCH = 16  # prompts per generate call ahead of any run: a run that starts waits for one batch at most

@@ -20,10 +20,7 @@ from studio.library import split_rows
 from studio.settings import get_settings
 from studio.spec import JobSpec
 from workers.checkpoints import CHECKPOINTS, last_complete_checkpoint
-# re-exported: callers and tests have long reached these through workers.train
-from workers.arguments import (CADENCE_BUDGET, EVAL_BATCH_COST, MAX_ROUNDS, SAVE_COST, SHORT_RUN,  # noqa: F401
-                               bf16_is_fast, cadence, common_args, compute_dtype, device_facts, device_name,
-                               encode_rows, optimizer, precision_flags, quantization_config, schedule)
+from workers.arguments import compute_dtype, device_facts, device_name, precision_flags, quantization_config
 from workers.device import is_main, local_rank
 from workers.runner import JobRun
 from workers.stopping import SHUTDOWN
@@ -362,7 +359,7 @@ class TrainerBuilder:
     loaded; the golden prompts and the trackers are chosen once, for the run."""
 
     def __init__(self, training: Training, kind: str, train_rows: list[dict], eval_rows: list[dict], model_dir: Path):
-        from studio.evaluation import golden_prompts_for
+        from studio.golden_prompts import golden_prompts_for
         from workers import trackers
 
         self.training, self.kind, self.train_rows, self.eval_rows, self.model_dir = (training, kind, train_rows,
@@ -436,7 +433,7 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
 
 def best_checkpoints(spec: JobSpec, out: Path, state, eval_rows: list[dict]) -> dict:
     """The run's checkpoints with their eval loss and golden-prompt score, and the one ``spec.best_checkpoint``
-    picks (chat, export and the adapter zip use it; ``studio.adapters.resolve``)."""
+    picks (chat, export and the adapter zip use it; ``studio.adapter_library.resolve``)."""
     from workers.checkpoints import checkpoint_scores, golden_references, pick_best
 
     rows = checkpoint_scores(out, state.log_history, state.global_step, golden_references(eval_rows))

@@ -1,8 +1,11 @@
-"""Dataset intake: read a file (``read``), detect its format and normalise its rows (``formats``), count
-(``stats``); every problem is one sentence naming the row or line.
+"""Dataset intake: ``load_file`` reads a file (``read``: files -> records), detects its format and normalises
+its rows (``formats``: a registry of formats, each ``detect`` + ``normalise``), maps columns, drops empty rows
+and exact duplicates; ``stats`` counts turns and tokens. Every problem is one sentence naming the row or line.
 
-Pure Python: the UI process imports this package, so no torch and no transformers. Nothing here writes
-anywhere; callers store the file once ``load_file`` accepts it. The row shapes are described in ``formats``.
+torch-free at import and at run time: the UI process uses this package, and the token counts of a preview
+take the light tokenizer of studio.tokenizer (any object with a chat template and ``__call__`` will do).
+Nothing here writes anywhere; callers store the file once ``load_file`` accepts it. The row shapes are
+described in ``formats``.
 """
 from __future__ import annotations
 
@@ -11,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats import (BY_NAME, CANONICAL_COLUMNS, FORMAT_FIELDS, FORMAT_HINTS, FORMATS, KIND_OF, KINDS, REGISTRY,
-                      ROLES, Format, _apply_mapping, _Bad, _blank, detect_format, media_column, one_row,
+                      ROLES, BadRow, Format, apply_mapping, detect_format, is_blank, media_column, one_row,
                       propose_mapping, sft_rows)
 from .read import EXTENSIONS, MAX_DEPTH, DatasetError, Records, content_hash, read_file, read_records, split_documents
-from .read import _q
+from .read import quote
 from .stats import check_fill, fill_note, fill_placeholders, placeholder_note, token_stats, turn_stats
 
 __all__ = ["BY_NAME", "CANONICAL_COLUMNS", "EXTENSIONS", "FORMATS", "FORMAT_FIELDS", "FORMAT_HINTS", "KINDS", "KIND_OF",
@@ -73,7 +76,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
     (one sentence naming the column and how many). Raises DatasetError when nothing usable remains.
     """
     if format is not None and format not in FORMATS:
-        raise DatasetError(f"unknown dataset format {_q(format)}; choose one of {', '.join(FORMATS)}")
+        raise DatasetError(f"unknown dataset format {quote(format)}; choose one of {', '.join(FORMATS)}")
     read = read_file(path, max_bytes=max_bytes, one_row=one_row)
     records, columns = read.rows, read.columns
     fill, filled = check_fill(records, {str(k): str(v) for k, v in fill.items()}) if fill else ({}, {})
@@ -83,12 +86,12 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
     rows_in, cols_in = records, columns
     if mapping:
         used = {str(k): str(v) for k, v in mapping.items() if str(k) != str(v)}
-        rows_in, cols_in = _apply_mapping(records, columns, used)
+        rows_in, cols_in = apply_mapping(records, columns, used)
     try:
         detected = detect_format(rows_in, cols_in)
     except DatasetError:
         proposal = {} if mapping else propose_mapping(columns)
-        mapped = _apply_mapping(records, columns, proposal) if proposal else None
+        mapped = apply_mapping(records, columns, proposal) if proposal else None
         if mapped is None or not _detects(mapped, format):
             if format is None:
                 raise
@@ -106,7 +109,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
     empty = duplicates = 0
     for i, record in enumerate(rows_in, 1):
         present = [record[k] for k in fmt.fields if k in record]
-        if _blank(present or list(record.values())):
+        if is_blank(present or list(record.values())):
             dropped.append((i, f"row {i}: empty row"))
             empty += 1
             continue
@@ -116,7 +119,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
             continue
         try:
             row = fmt.normalise(record)
-        except _Bad as exc:
+        except BadRow as exc:
             bad.append((i, f"row {i}: {exc}"))
             continue
         key = _row_key(row)
@@ -150,7 +153,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
                           placeholder_note(rows)] if n]
     return LoadedDataset(
         format=fmt.name, kind=fmt.kind, rows=rows, total_rows=total,
-        dropped=[reason for _, reason in sorted(dropped + bad + [(i, f"row {i}: holds media in {_q(c)}")
+        dropped=[reason for _, reason in sorted(dropped + bad + [(i, f"row {i}: holds media in {quote(c)}")
                                                                   for i, c in media])],
         columns=list(columns), mapping=used, fill=fill, empty_dropped=empty, duplicates_dropped=duplicates,
         bad_dropped=len(bad), media_dropped=len(media), notes=notes,
@@ -159,7 +162,7 @@ def load_file(path, *, format: str | None = None, mapping: dict | None = None, d
 
 def _media_sentence(media: list[tuple[int, str]], total: int) -> str:
     columns = list(dict.fromkeys(c for _, c in media))
-    where = " and ".join(_q(c) for c in columns)
+    where = " and ".join(quote(c) for c in columns)
     return (f"{len(media)} of {total} rows hold pictures, video or audio (in {where}), and the studio trains "
             "text-only models, so they cannot be trained as text without them")
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .read import MAX_DEPTH, DatasetError, _a, _names, _q, _too_deep
+from .read import MAX_DEPTH, DatasetError, kind_of, name_list, quote, too_deep
 
 KINDS = ("chat", "text", "preference", "unpaired_preference", "prompt_only")
 
@@ -47,7 +47,7 @@ _CHAT_KEYS = ("messages", "conversations", "conversation")
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|H|A): ")
 
 
-class _Bad(Exception):
+class BadRow(Exception):
     """The problem of one row, without its row number."""
 
 
@@ -56,8 +56,8 @@ class _Bad(Exception):
 def _maybe_json(value: Any) -> Any:
     """A list of turns or an object stored as a JSON string (CSV, some Parquet exports); other values unchanged."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
-        if _too_deep(value):
-            raise _Bad(f"a field nests lists or objects more than {MAX_DEPTH} levels deep")
+        if too_deep(value):
+            raise BadRow(f"a field nests lists or objects more than {MAX_DEPTH} levels deep")
         try:
             parsed = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
@@ -67,7 +67,7 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
     """None, whitespace, or containers of those (role names and part types do not count as content)."""
     stack = [value]
     while stack:
@@ -88,9 +88,9 @@ def _blank(value: Any) -> bool:
 
 def _field(row: dict, key: str, what: str = "text") -> Any:
     if key not in row:
-        raise _Bad(f"missing the '{key}' field")
+        raise BadRow(f"missing the '{key}' field")
     if row[key] is None:
-        raise _Bad(f"'{key}' is null; expected {what}")
+        raise BadRow(f"'{key}' is null; expected {what}")
     return row[key]
 
 
@@ -102,11 +102,11 @@ def _text(row: dict, key: str, *, required: bool = True) -> str:
     if isinstance(value, list):
         value, _, calls = _parts(value, f"'{key}'")
         if calls:
-            raise _Bad(f"'{key}' holds a tool call; expected text")
+            raise BadRow(f"'{key}' holds a tool call; expected text")
     if not isinstance(value, str):
-        raise _Bad(f"'{key}' is {_a(value)}; expected text")
+        raise BadRow(f"'{key}' is {kind_of(value)}; expected text")
     if required and not value.strip():
-        raise _Bad(f"'{key}' is empty; expected text")
+        raise BadRow(f"'{key}' is empty; expected text")
     return value
 
 
@@ -118,13 +118,13 @@ def _label(row: dict, key: str) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
-    raise _Bad(f"'{key}' is {_q(value)}; expected true (a desirable reply) or false (an undesirable one)")
+    raise BadRow(f"'{key}' is {quote(value)}; expected true (a desirable reply) or false (an undesirable one)")
 
 
 def media_column(record: dict) -> str | None:
     """The column holding pictures, video or audio in this row (or the turn list with such parts), else None."""
     for key in MEDIA_COLUMNS:
-        if key in record and not _blank(record[key]):
+        if key in record and not is_blank(record[key]):
             return key
     for key in _CHAT_KEYS + ("prompt", "chosen", "rejected", "completion"):
         turns = record.get(key)
@@ -170,23 +170,23 @@ def _parts(parts: list, where: str) -> tuple[str, str, list[dict]]:
             text.append(part)
             continue
         if not isinstance(part, dict):
-            raise _Bad(f"part {i} of {where} is {_a(part)}; expected {{\"type\": \"text\", \"text\": ...}}")
+            raise BadRow(f"part {i} of {where} is {kind_of(part)}; expected {{\"type\": \"text\", \"text\": ...}}")
         kind = part.get("type", "text")
         if not isinstance(kind, str):
-            raise _Bad(f"part {i} of {where} has {_a(kind)} as its type; expected text such as 'text'")
+            raise BadRow(f"part {i} of {where} has {kind_of(kind)} as its type; expected text such as 'text'")
         value = part.get("text", part.get("value", part.get(kind)))
         if kind in ("text", "reasoning", "thinking") and isinstance(value, str):
             (text if kind == "text" else reasoning).append(value)
         elif kind in TOOL_CALL_PARTS and value is not None:
             if isinstance(value, str) and not isinstance(_maybe_json(value), (dict, list)):
-                raise _Bad(f"part {i} of {where} is a tool call that is not a JSON object; expected "
+                raise BadRow(f"part {i} of {where} is a tool call that is not a JSON object; expected "
                            "{\"name\": ..., \"arguments\": {...}}")
             calls += _calls(value, f"part {i} of {where}")
         elif kind in MEDIA_PARTS:
-            raise _Bad(f"part {i} of {where} is of the type {_q(kind)}; the studio trains text-only models")
+            raise BadRow(f"part {i} of {where} is of the type {quote(kind)}; the studio trains text-only models")
         else:
-            raise _Bad(f"part {i} of {where} has the type {_q(kind)} without a text value; expected text, reasoning "
-                       "or tool_call parts such as {\"type\": \"text\", \"text\": \"...\"}")
+            raise BadRow(f"part {i} of {where} has the type {quote(kind)} without a text value; expected text, "
+                         "reasoning or tool_call parts such as {\"type\": \"text\", \"text\": \"...\"}")
     return "\n".join(text), "\n".join(reasoning), calls
 
 
@@ -196,9 +196,9 @@ def _arguments(args: Any, where: str) -> dict:
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError:
-            raise _Bad(f"{where} has tool call arguments that are not valid JSON") from None
+            raise BadRow(f"{where} has tool call arguments that are not valid JSON") from None
     if not isinstance(args, dict):
-        raise _Bad(f"{where} has tool call arguments that are {_a(args)}; expected a JSON object")
+        raise BadRow(f"{where} has tool call arguments that are {kind_of(args)}; expected a JSON object")
     return args
 
 
@@ -208,12 +208,12 @@ def _calls(calls: Any, where: str) -> list[dict]:
     if isinstance(calls, dict):
         calls = [calls]
     if not isinstance(calls, list):
-        raise _Bad(f"{where} has tool calls that are {_a(calls)}; expected a list")
+        raise BadRow(f"{where} has tool calls that are {kind_of(calls)}; expected a list")
     out = []
     for call in calls:
         fn = call.get("function", call) if isinstance(call, dict) else call
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _Bad(f"{where} has a tool call without a function name")
+            raise BadRow(f"{where} has a tool call without a function name")
         one = {"type": "function", "function": {"name": fn["name"], "arguments": _arguments(fn.get("arguments"), where)}}
         if isinstance(call, dict) and call.get("id"):
             one["id"] = str(call["id"])
@@ -231,20 +231,20 @@ def _flag(turn: dict, where: str) -> bool | None:
         return value
     if isinstance(value, (int, float)) and value >= 0:
         return value > 0
-    raise _Bad(f"{where} has {_q(key)} = {_q(value)}; expected 0 or 1 (or true/false)")
+    raise BadRow(f"{where} has {quote(key)} = {quote(value)}; expected 0 or 1 (or true/false)")
 
 
 def _turn(turn: Any, where: str) -> dict:
     if not isinstance(turn, dict):
-        raise _Bad(f"{where} is {_a(turn)}; expected an object with 'role' and 'content'")
+        raise BadRow(f"{where} is {kind_of(turn)}; expected an object with 'role' and 'content'")
     role = turn.get("role", turn.get("from"))
     if role is None:
-        raise _Bad(f"{where} has no 'role' (or 'from') field")
+        raise BadRow(f"{where} has no 'role' (or 'from') field")
     if not isinstance(role, str):
-        raise _Bad(f"{where} has {_a(role)} as its role; expected text such as 'user'")
+        raise BadRow(f"{where} has {kind_of(role)} as its role; expected text such as 'user'")
     mapped = ROLES.get(role.strip().lower())
     if mapped is None:
-        raise _Bad(f"{where} has the unknown role {_q(role)}; expected system (or developer), user, assistant or "
+        raise BadRow(f"{where} has the unknown role {quote(role)}; expected system (or developer), user, assistant or "
                    "tool (ShareGPT: system, human, gpt, function_call, observation)")
     key = next((k for k in ("content", "value", "text") if k in turn), None)
     content = turn[key] if key else None
@@ -258,7 +258,7 @@ def _turn(turn: Any, where: str) -> dict:
         out["content"] = "" if content is None else _content(content, where, key, out)
         out["tool_calls"] = _calls(calls, where)
     elif key is None and not any(turn.get(k) for k in REASONING_KEYS):
-        raise _Bad(f"{where} has no 'content' (or 'value') field")
+        raise BadRow(f"{where} has no 'content' (or 'value') field")
     else:
         out["content"] = _content(content, where, key, out) if key else ""
     reasoning = next((turn[k] for k in REASONING_KEYS if isinstance(turn.get(k), str) and turn[k].strip()), None)
@@ -275,18 +275,18 @@ def _turn(turn: Any, where: str) -> dict:
 
 def _content(content: Any, where: str, key: str | None, out: dict) -> str:
     if content is None:
-        raise _Bad(f"{where} has null '{key}'; expected text")
+        raise BadRow(f"{where} has null '{key}'; expected text")
     if isinstance(content, list):
         text, reasoning, calls = _parts(content, f"the content of {where}")
         if reasoning:
             out["reasoning"] = reasoning
         if calls:
             if out["role"] != "assistant":
-                raise _Bad(f"{where} is a {out['role']} turn holding a tool call; only assistant turns call tools")
+                raise BadRow(f"{where} is a {out['role']} turn holding a tool call; only assistant turns call tools")
             out["tool_calls"] = out.get("tool_calls", []) + calls
         return text
     if not isinstance(content, str):
-        raise _Bad(f"{where} has '{key}' that is {_a(content)}; expected text")
+        raise BadRow(f"{where} has '{key}' that is {kind_of(content)}; expected text")
     return content
 
 
@@ -296,10 +296,10 @@ _SIMPLE = frozenset(("role", "content")), frozenset(("from", "value"))
 def _turns(value: Any, key: str) -> list[dict]:
     value = _maybe_json(value)
     if not isinstance(value, list):
-        raise _Bad(f"'{key}' is {_a(value)}; expected a list of turns like "
+        raise BadRow(f"'{key}' is {kind_of(value)}; expected a list of turns like "
                    "{\"role\": \"user\", \"content\": \"...\"}")
     if not value:
-        raise _Bad(f"'{key}' is an empty list")
+        raise BadRow(f"'{key}' is an empty list")
     out = []
     for i, turn in enumerate(value, 1):
         if type(turn) is dict and turn.keys() in _SIMPLE:  # the common case, fast
@@ -315,7 +315,7 @@ def _turns(value: Any, key: str) -> list[dict]:
 
 def _tools(row: dict) -> list[dict]:
     """Row-level function schemas (``tools``, or OpenAI's older ``functions``) as chat-template tools."""
-    key = next((k for k in ("tools", "functions") if not _blank(row.get(k))), None)
+    key = next((k for k in ("tools", "functions") if not is_blank(row.get(k))), None)
     if key is None:
         return []
     value = row[key]
@@ -323,16 +323,16 @@ def _tools(row: dict) -> list[dict]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise _Bad(f"'{key}' is not valid JSON; expected a list of function schemas") from None
+            raise BadRow(f"'{key}' is not valid JSON; expected a list of function schemas") from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        raise _Bad(f"'{key}' is {_a(value)}; expected a list of function schemas")
+        raise BadRow(f"'{key}' is {kind_of(value)}; expected a list of function schemas")
     out = []
     for i, tool in enumerate(value, 1):
         fn = tool.get("function", tool) if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _Bad(f"item {i} of '{key}' is not a function schema with a 'name'")
+            raise BadRow(f"item {i} of '{key}' is not a function schema with a 'name'")
         out.append({"type": "function", "function": fn})
     return out
 
@@ -352,10 +352,10 @@ def _need_assistant(turns: list[dict], key: str) -> None:
     if any(_trainable(t) and t.get("train", True) for t in turns):
         return
     if any(_trainable(t) for t in turns):
-        raise _Bad(f"every assistant turn in '{key}' is marked not to be trained, so there is nothing to train on")
+        raise BadRow(f"every assistant turn in '{key}' is marked not to be trained, so there is nothing to train on")
     if any(t["role"] == "assistant" for t in turns):
-        raise _Bad(f"every assistant turn in '{key}' is empty")
-    raise _Bad(f"'{key}' has no assistant turn, so there is nothing to train on")
+        raise BadRow(f"every assistant turn in '{key}' is empty")
+    raise BadRow(f"'{key}' has no assistant turn, so there is nothing to train on")
 
 
 def _with_tools(row: dict, out: dict) -> dict:
@@ -389,10 +389,10 @@ def _norm_alpaca(row: dict) -> dict:
     history = _maybe_json(row.get("history"))
     if history not in (None, "", []):
         if not isinstance(history, list):
-            raise _Bad(f"'history' is {_a(history)}; expected a list of [user, assistant] pairs")
+            raise BadRow(f"'history' is {kind_of(history)}; expected a list of [user, assistant] pairs")
         for i, pair in enumerate(history, 1):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                raise _Bad(f"item {i} of 'history' is not a [user, assistant] pair of texts")
+                raise BadRow(f"item {i} of 'history' is not a [user, assistant] pair of texts")
             turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     turns += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
@@ -414,7 +414,7 @@ def _norm_prompt_only(row: dict) -> dict:
     """A prompt, and the reference answer GRPO's answer reward compares with when the row has one."""
     turns = _with_system(row, _prompt_turns(row, "prompt"))
     if not any(t["content"].strip() for t in turns):
-        raise _Bad("'prompt' is empty")
+        raise BadRow("'prompt' is empty")
     given = row.get("answer")
     answer = {} if given is None else {
         "answer": str(given) if isinstance(given, (int, float)) and not isinstance(given, bool) else _text(row, "answer")}
@@ -430,28 +430,29 @@ def _norm_segments(row: dict) -> dict:
     is trained exactly as written (its own special tokens, no chat template)."""
     segments = _maybe_json(_field(row, "segments", "a list of {\"label\", \"text\"} segments"))
     if not isinstance(segments, list) or not segments:
-        raise _Bad(f"'segments' is {_a(segments)}; expected a list of {{\"label\": true, \"text\": \"...\"}} segments")
+        raise BadRow(f"'segments' is {kind_of(segments)}; "
+                   f"expected a list of {{\"label\": true, \"text\": \"...\"}} segments")
     out = []
     for i, segment in enumerate(segments, 1):
         where = f"segment {i} of 'segments'"
         if not isinstance(segment, dict) or not isinstance(segment.get("text"), str):
-            raise _Bad(f"{where} is {_a(segment)}; expected an object with 'text' and 'label'")
+            raise BadRow(f"{where} is {kind_of(segment)}; expected an object with 'text' and 'label'")
         label = _label(segment, "label") if "label" in segment else True
         out.append({"text": segment["text"], "train": label})
     if not any(s["train"] and s["text"].strip() for s in out):
-        raise _Bad("no segment of 'segments' is labelled true with text, so there is nothing to train on")
+        raise BadRow("no segment of 'segments' is labelled true with text, so there is nothing to train on")
     return {"text": "".join(s["text"] for s in out), "segments": out}
 
 
 def _reply(row: dict, key: str) -> dict | list[dict]:
     """chosen/rejected: text, one turn object, or a list of turns (which may repeat the prompt)."""
     if key not in row:
-        raise _Bad(f"missing the '{key}' field; a preference row needs a prompt, chosen and rejected")
+        raise BadRow(f"missing the '{key}' field; a preference row needs a prompt, chosen and rejected")
     value = _maybe_json(_field(row, key, "text or an assistant turn"))
     if isinstance(value, dict):
         turn = _turn(value, f"'{key}'")
         if turn["role"] != "assistant":
-            raise _Bad(f"'{key}' has the role '{turn['role']}'; expected an assistant reply")
+            raise BadRow(f"'{key}' has the role '{turn['role']}'; expected an assistant reply")
         return turn
     if isinstance(value, list):
         return _turns(value, key)
@@ -462,7 +463,7 @@ def _pair(row: dict, prompt: list[dict], chosen, rejected, names: tuple[str, str
     """A preference row from a prompt and two replies (turns or turn lists that may repeat the prompt)."""
     prompt_key, chosen_key, rejected_key = names
     if chosen == rejected:
-        raise _Bad(f"'{chosen_key}' and '{rejected_key}' are identical, so the pair teaches nothing")
+        raise BadRow(f"'{chosen_key}' and '{rejected_key}' are identical, so the pair teaches nothing")
     if isinstance(chosen, list) and isinstance(rejected, list):
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
@@ -476,22 +477,22 @@ def _pair(row: dict, prompt: list[dict], chosen, rejected, names: tuple[str, str
         if isinstance(rejected, list) and rejected[:len(prompt)] == prompt:
             rejected = rejected[len(prompt):]
     if not prompt:
-        raise _Bad(f"missing the '{prompt_key}' field; a preference row needs {prompt_key}, "
+        raise BadRow(f"missing the '{prompt_key}' field; a preference row needs {prompt_key}, "
                    f"{chosen_key} and {rejected_key}")
     if not any(t["content"].strip() for t in prompt):
-        raise _Bad(f"'{prompt_key}' is empty")
+        raise BadRow(f"'{prompt_key}' is empty")
     replies = {}
     for key, value in ((chosen_key, chosen), (rejected_key, rejected)):
         if isinstance(value, list):
             if len(value) != 1 or value[0]["role"] != "assistant":
-                raise _Bad(f"'{key}' should hold one assistant reply after the prompt, found "
+                raise BadRow(f"'{key}' should hold one assistant reply after the prompt, found "
                            f"{len(value)} turn{'s' if len(value) != 1 else ''}")
             value = value[0]
         if not _trainable(value):
-            raise _Bad(f"'{key}' is empty; expected the {key.split('_')[0]} reply")
+            raise BadRow(f"'{key}' is empty; expected the {key.split('_')[0]} reply")
         replies[key] = value
     if replies[chosen_key] == replies[rejected_key]:
-        raise _Bad(f"'{chosen_key}' and '{rejected_key}' are identical, so the pair teaches nothing")
+        raise BadRow(f"'{chosen_key}' and '{rejected_key}' are identical, so the pair teaches nothing")
     return _with_tools(row, {"prompt": _with_system(row, prompt), "chosen": [replies[chosen_key]],
                              "rejected": [replies[rejected_key]]})
 
@@ -510,7 +511,7 @@ def _norm_openai_preference(row: dict) -> dict:
     """OpenAI preference fine-tuning: ``input`` {messages, tools}, ``preferred_output`` / ``non_preferred_output``."""
     given = _maybe_json(_field(row, "input", "an object with 'messages'"))
     if not isinstance(given, dict) or "messages" not in given:
-        raise _Bad(f"'input' is {_a(given)}; expected an object with 'messages'")
+        raise BadRow(f"'input' is {kind_of(given)}; expected an object with 'messages'")
     prompt = _turns(given["messages"], "input")
     replies = [_turns(_field(row, k, "a list with one assistant turn"), k)
                for k in ("preferred_output", "non_preferred_output")]
@@ -522,7 +523,7 @@ def hh_turns(text: str, key: str) -> list[dict]:
     """An Anthropic HH transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as turns."""
     marks = list(_HH_TURN.finditer(text))
     if not marks or text[:marks[0].start()].strip():
-        raise _Bad(f"'{key}' is not a transcript of '\\n\\nHuman: ...' and '\\n\\nAssistant: ...' turns")
+        raise BadRow(f"'{key}' is not a transcript of '\\n\\nHuman: ...' and '\\n\\nAssistant: ...' turns")
     turns = []
     for mark, nxt in zip(marks, marks[1:] + [None]):
         body = text[mark.end(): nxt.start() if nxt else len(text)]
@@ -533,19 +534,19 @@ def hh_turns(text: str, key: str) -> list[dict]:
 def _norm_hh(row: dict) -> dict:
     chosen, rejected = (hh_turns(_text(row, k), k) for k in ("chosen", "rejected"))
     if chosen == rejected:
-        raise _Bad("'chosen' and 'rejected' are identical, so the pair teaches nothing")
+        raise BadRow("'chosen' and 'rejected' are identical, so the pair teaches nothing")
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
     if not shared:
-        raise _Bad("'chosen' and 'rejected' do not start with the same Human turn, so they share no prompt")
+        raise BadRow("'chosen' and 'rejected' do not start with the same Human turn, so they share no prompt")
     return _pair(row, chosen[:shared], chosen[shared:], rejected[shared:], ("chosen", "chosen", "rejected"))
 
 
 def _split_last_reply(row: dict, chat: Callable[[dict], dict]) -> tuple[list[dict], list[dict]]:
     messages = chat(row)["messages"]
     if messages[-1]["role"] != "assistant":
-        raise _Bad("the conversation does not end with the assistant reply that the label judges")
+        raise BadRow("the conversation does not end with the assistant reply that the label judges")
     return messages[:-1], messages[-1:]
 
 
@@ -556,7 +557,7 @@ def _norm_unpaired(row: dict) -> dict:
     shape = next((f for f in ("messages", "sharegpt", "alpaca", "prompt_completion")
                   if BY_NAME[f].detect(set(row), row)), None)
     if shape is None:
-        raise _Bad(f"'{label_key}' labels no reply: the row has neither a conversation nor prompt and completion")
+        raise BadRow(f"'{label_key}' labels no reply: the row has neither a conversation nor prompt and completion")
     prompt, completion = _split_last_reply(row, BY_NAME[shape].normalise)
     return _with_tools(row, {"prompt": prompt, "completion": completion, "label": label})
 
@@ -566,7 +567,7 @@ def _norm_unpaired(row: dict) -> dict:
 def _sample_turn(sample: dict, key: str) -> dict | None:
     try:
         turns = _maybe_json(sample.get(key)) if isinstance(sample, dict) else None
-    except _Bad:
+    except BadRow:
         return None
     return next((t for t in turns if isinstance(t, dict)), None) if isinstance(turns, list) else None
 
@@ -671,11 +672,11 @@ def one_row(record: dict) -> bool:
 def detect_format(records: list[dict], columns: list[str]) -> str:
     """The format of these rows, from their columns (and the shape of the first non-empty row)."""
     cols = set(columns)
-    sample = next((r for r in records if not _blank(r)), records[0] if records else {})
+    sample = next((r for r in records if not is_blank(r)), records[0] if records else {})
     for fmt in _DETECT_ORDER:
         if fmt.detect(cols, sample):
             return fmt.name
-    raise DatasetError(f"no known dataset format in the columns {_names(columns)}; expected one of: "
+    raise DatasetError(f"no known dataset format in the columns {name_list(columns)}; expected one of: "
                        f"{'; '.join(FORMAT_HINTS.values())}")
 
 
@@ -733,16 +734,16 @@ def propose_mapping(columns: list[str]) -> dict[str, str]:
     return proposal or {}
 
 
-def _apply_mapping(records: list[dict], columns: list[str], mapping: dict[str, str]) -> tuple[list[dict], list[str]]:
+def apply_mapping(records: list[dict], columns: list[str], mapping: dict[str, str]) -> tuple[list[dict], list[str]]:
     for source, target in mapping.items():
         if source not in columns:
-            raise DatasetError(f"the column mapping names {_q(source)}, which is not a column of the file "
-                               f"(columns: {_names(columns)})")
+            raise DatasetError(f"the column mapping names {quote(source)}, which is not a column of the file "
+                               f"(columns: {name_list(columns)})")
         if target not in CANONICAL_COLUMNS:
-            raise DatasetError(f"the column mapping sends {_q(source)} to {_q(target)}, which the studio does not read; "
-                               f"use one of {', '.join(CANONICAL_COLUMNS)}")
+            raise DatasetError(f"the column mapping sends {quote(source)} to {quote(target)}, which the studio does "
+                               f"not read; use one of {', '.join(CANONICAL_COLUMNS)}")
         if target in columns and target not in mapping:
-            raise DatasetError(f"the column mapping renames {_q(source)} to '{target}', but the file already has "
+            raise DatasetError(f"the column mapping renames {quote(source)} to '{target}', but the file already has "
                                f"a '{target}' column")
     targets = list(mapping.values())
     twice = next((t for i, t in enumerate(targets) if t in targets[:i]), None)

@@ -41,10 +41,6 @@ class DatasetError(ValueError):
     """One specific human sentence: which row or line, which field, what was expected."""
 
 
-class _Bad(Exception):
-    """The problem of one row, without its row number."""
-
-
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -82,16 +78,16 @@ def read_file(path, *, max_bytes: int, one_row: Callable[[dict], bool] | None = 
     ext = next((e for e in EXTENSIONS if base.endswith(e)), None)
     if ext is None:
         suffix = Path(base).suffix
-        shown = (f"{_q(suffix)} files are" if suffix else
+        shown = (f"{quote(suffix)} files are" if suffix else
                  "'.gz' files that do not name what they hold are" if compressed else "files without an extension are")
         raise DatasetError(f"{shown} not supported; upload one of {', '.join(EXTENSIONS)} (optionally gzip-compressed, "
                            "e.g. .jsonl.gz)")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise DatasetError(f"the file {_q(path.name)} does not exist") from None
+        raise DatasetError(f"the file {quote(path.name)} does not exist") from None
     if path.is_dir():
-        raise DatasetError(f"{_q(path.name)} is a folder, not a file")
+        raise DatasetError(f"{quote(path.name)} is a folder, not a file")
     if size > max_bytes:
         raise DatasetError(f"the file is {_size(size)}, over the {_size(max_bytes)} limit")
     data = path.read_bytes()
@@ -197,7 +193,7 @@ _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
-def _too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
     """Whether JSON text nests lists/objects deeper than ``limit``, without recursion (C-speed string passes)."""
     if text.count("[") + text.count("{") <= limit:
         return False
@@ -212,7 +208,7 @@ def _too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
     return bool(brackets)
 
 
-def _q(value: Any, limit: int = 40) -> str:
+def quote(value: Any, limit: int = 40) -> str:
     """A name or value from the file, quoted for a one-line sentence: control characters escaped, long ones cut."""
     text = str(value)
     if len(text) > limit:
@@ -220,12 +216,12 @@ def _q(value: Any, limit: int = 40) -> str:
     return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
-def _names(names: list, limit: int = 20) -> str:
-    shown = ", ".join(_q(n) for n in list(names)[:limit]) or "none"
+def name_list(names: list, limit: int = 20) -> str:
+    shown = ", ".join(quote(n) for n in list(names)[:limit]) or "none"
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _a(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """The JSON type of a value with its article: "a string", "an object", "null"."""
     name = _json_type(value)
     return name if name == "null" else ("an " if name[0] in "aeiou" else "a ") + name
@@ -268,8 +264,9 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
 def _read_json(text: str, fallback: bool = True, one_row: Callable[[dict], bool] | None = None) -> list[dict]:
     start = text.lstrip()[:1]
     if start not in ('[', '{', '"', '-', 't', 'f', 'n') and not start.isdigit():
-        raise DatasetError(f"the file is not JSON: it starts with {_q(start)} where '[' (a list of rows) was expected")
-    if _too_deep(text):
+        raise DatasetError(f"the file is not JSON: it starts with {quote(start)} "
+                           "where '[' (a list of rows) was expected")
+    if too_deep(text):
         raise DatasetError(f"the JSON nests lists or objects more than {MAX_DEPTH} levels deep; "
                            "rows must be objects of text fields and turn lists")
     try:
@@ -281,7 +278,7 @@ def _read_json(text: str, fallback: bool = True, one_row: Callable[[dict], bool]
             except DatasetError:
                 pass
         raise DatasetError(f"the file is not valid JSON: {_json_problem(exc)}") from None
-    except RecursionError:  # belt and braces: _too_deep already refuses this
+    except RecursionError:  # belt and braces: too_deep already refuses this
         raise DatasetError(f"the JSON nests lists or objects more than {MAX_DEPTH} levels deep") from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
@@ -290,9 +287,10 @@ def _read_json(text: str, fallback: bool = True, one_row: Callable[[dict], bool]
         elif len(lists) == 1:
             data = data[lists[0]]
         elif lists:
-            raise DatasetError(f"the JSON object holds several lists ({_names(lists)}); keep exactly one list of rows")
+            raise DatasetError(f"the JSON object holds several lists ({name_list(lists)}); "
+                               "keep exactly one list of rows")
         else:
-            raise DatasetError(f"the JSON object (keys: {_names(list(data))}) holds no list of rows; "
+            raise DatasetError(f"the JSON object (keys: {name_list(list(data))}) holds no list of rows; "
                                "expected an array of objects such as [{\"messages\": [...]}]")
     if not isinstance(data, list):
         raise DatasetError(f"the file holds a single JSON {_json_type(data)}, not rows; "
@@ -301,19 +299,19 @@ def _read_json(text: str, fallback: bool = True, one_row: Callable[[dict], bool]
         raise DatasetError("the JSON array is empty: there are no rows")
     for i, row in enumerate(data, 1):
         if not isinstance(row, dict):
-            raise DatasetError(f"row {i} is {_a(row)}, not an object; each row must be an object "
+            raise DatasetError(f"row {i} is {kind_of(row)}, not an object; each row must be an object "
                                "such as {\"text\": \"...\"}")
     return data
 
 
 def _read_jsonl(text: str, fallback: bool = True, one_row: Callable[[dict], bool] | None = None) -> list[dict]:
     lines = text.split("\n")
-    deep = _too_deep(text)
+    deep = too_deep(text)
     records = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        if deep and _too_deep(line):
+        if deep and too_deep(line):
             raise DatasetError(f"line {lineno} nests lists or objects more than {MAX_DEPTH} levels deep")
         try:
             row = json.loads(line)
@@ -330,7 +328,7 @@ def _read_jsonl(text: str, fallback: bool = True, one_row: Callable[[dict], bool
         except RecursionError:
             raise DatasetError(f"line {lineno} nests lists or objects more than {MAX_DEPTH} levels deep") from None
         if not isinstance(row, dict):
-            raise DatasetError(f"line {lineno} is {_a(row)}, not an object; each line must hold one "
+            raise DatasetError(f"line {lineno} is {kind_of(row)}, not an object; each line must hold one "
                                "object such as {\"text\": \"...\"}")
         records.append(row)
     return records
@@ -352,7 +350,7 @@ def _read_csv(text: str, word: str, delimiter: str) -> tuple[list[dict], list[st
                 header = [c.strip() or f"column_{i}" for i, c in enumerate(cells, 1)]
                 twice = next((c for i, c in enumerate(header) if c in header[:i]), None)
                 if twice is not None:
-                    raise DatasetError(f"the {word} header names the column {_q(twice)} twice")
+                    raise DatasetError(f"the {word} header names the column {quote(twice)} twice")
                 continue
             if len(cells) != len(header):
                 raise DatasetError(f"line {reader.line_num} has {len(cells)} fields but the header has "
@@ -363,7 +361,7 @@ def _read_csv(text: str, word: str, delimiter: str) -> tuple[list[dict], list[st
     if header is None:
         raise DatasetError(f"the {word} file has no header row")
     if not records:
-        raise DatasetError(f"the {word} file has a header ({_names(header)}) but no rows")
+        raise DatasetError(f"the {word} file has a header ({name_list(header)}) but no rows")
     return records, header
 
 
@@ -384,7 +382,7 @@ def _read_parquet(data: bytes, max_bytes: int) -> tuple[list[dict], list[str]]:
     if size > max_bytes:
         raise DatasetError(f"the Parquet data is {_size(size)} once read, over the {_size(max_bytes)} limit")
     if table.num_rows == 0:
-        raise DatasetError(f"the Parquet file has the columns {_names(columns)} but no rows")
+        raise DatasetError(f"the Parquet file has the columns {name_list(columns)} but no rows")
     try:
         return table.to_pylist(), columns
     except (UnicodeDecodeError, pa.ArrowException) as exc:

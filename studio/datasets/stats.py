@@ -297,8 +297,8 @@ def tool_stats(rows: list[dict], kind: str, tokenizer=None, token_rows: int | No
         added = 0
         for r in counted:
             turns = _conversation(r, kind)
-            added += (len(tokenizer(render._rendered(tokenizer, turns, r), add_special_tokens=False)["input_ids"])
-                      - len(tokenizer(render._rendered(tokenizer, turns, {}), add_special_tokens=False)["input_ids"]))
+            added += (len(tokenizer(render.render_row(tokenizer, turns, r), add_special_tokens=False)["input_ids"])
+                      - len(tokenizer(render.render_row(tokenizer, turns, {}), add_special_tokens=False)["input_ids"]))
         per_row = added / len(counted)
         out["schema_tokens"] = added if len(counted) == len(with_tools) else round(per_row * len(with_tools))
         out["schema_tokens_per_row"] = round(per_row, 1)

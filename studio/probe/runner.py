@@ -1,20 +1,21 @@
 """Answer a probe with any generation backend, score it, cache the base's answers, compare base and adapter.
 
-``Generate`` is ``(prompts, max_new_tokens) -> replies``, one single-turn user prompt each, greedy: the
-in-process ``ChatEngine`` today, an HTTP inference server tomorrow. Everything here is pure apart from
-the cache file. torch-free.
+``Generate`` is ``(prompts, max_new_tokens) -> replies``, one single-turn user prompt each, greedy, built on a
+worker: the training model right after a run (``workers.forgetting.model_generate``) or the inference engine
+(``workers.forgetting.engine_generate``, for `studio evaluate --probe`). Everything here is pure apart from
+the base's cache file (written atomically, studio.atomic). torch-free.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import write_json
 from . import Probe
 from .checks import check
 
@@ -104,15 +105,6 @@ def base_answers(generate: Generate, probe: Probe, base_key: str, cache_dir: Pat
     return result, False
 
 
-def write_json(path: Path, data: dict) -> Path:
-    """Write atomically: a reader sees the old file or the whole new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
-
-
 # ---- base vs adapter ------------------------------------------------------------------------------
 
 def kept_share(base: ProbeResult, adapter: ProbeResult) -> float | None:
@@ -143,7 +135,7 @@ def flag_line(report: dict) -> str:
             f"its base (threshold {report['threshold']:g})")
 
 
-def compare(probe: Probe, base: ProbeResult, adapter: ProbeResult, threshold: float = DROP_THRESHOLD) -> dict:
+def forgetting_report(probe: Probe, base: ProbeResult, adapter: ProbeResult, threshold: float = DROP_THRESHOLD) -> dict:
     """The forgetting report: kept share, drop in points, flag (a drop beyond ``threshold`` points), scores per
     category, and every question side by side (``changed``: right for one and wrong for the other)."""
     if base.version != probe.version or adapter.version != probe.version:
@@ -165,3 +157,15 @@ def compare(probe: Probe, base: ProbeResult, adapter: ProbeResult, threshold: fl
             "adapter_correct": adapter.correct, "total": len(probe.questions),
             "summary": summary_line(kept, base.correct, adapter.correct, len(probe.questions)),
             "by_category": by_category, "questions": questions}
+
+
+def probe_base_and_adapter(probe: Probe, base_key: str, base: Generate, adapter: Generate, cache_dir: Path,
+                           generation: dict | None = None, threshold: float = DROP_THRESHOLD) -> dict:
+    """The probe answered by the base (cached) and by the adapter, any backend behind either ``Generate``:
+    ``forgetting_report`` plus where the base answers came from and how long it took."""
+    started = time.perf_counter()
+    base_result, cached = base_answers(base, probe, base_key, cache_dir, generation)
+    adapter_result = run_probe(adapter, probe)
+    report = forgetting_report(probe, base_result, adapter_result, threshold)
+    return {**report, "base_model": base_key, "base_cached": cached,
+            "seconds": round(time.perf_counter() - started, 1), "time": time.time()}

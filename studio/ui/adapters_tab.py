@@ -1,12 +1,13 @@
 """Adapters tab: the library of finished runs and imported adapters, zip download, import, merge and
 GGUF export (with drift check and serving snippets), golden-prompt answers and batch evaluation.
 
-Layout and glue only: the work is in studio.adapters and studio.evaluation. Model work (merge, GGUF,
-batch evaluation) is a queued task on a worker (studio.jobs.submit_task, workers/inference/task.py): a
-button queues it and returns at once, a timer follows its progress and shows its result, Cancel stops it.
-Each page follows the tasks it started (a gr.State). The Tasks table lists every recent task, wherever it
-was started (another browser, `studio export`), kept in step with the database by the shared tick
-(studio/ui/__init__.py); picking one follows it in its area: progress and Cancel, then its result.
+Layout and glue only: the work is in studio.adapter_library, adapter_import, adapter_exports, model_card,
+golden_prompts and batch_evaluation. Model work (merge, GGUF, batch evaluation) is a queued task on a worker
+(studio.jobs.submit_task, workers/inference/task.py): a button queues it and returns at once, a timer
+follows its progress and shows its result, Cancel stops it. Each page follows the tasks it started (a
+gr.State). The Tasks table lists every recent task, wherever it was started (another browser, `studio
+export`), kept in step with the database by the shared tick (studio/ui/__init__.py); picking one follows it
+in its area: progress and Cancel, then its result.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import adapters, db, jobs
-from ..export import drift_sentence
+from .. import adapter_exports, adapter_import, adapter_library, db, jobs, model_card
+from ..adapter_library import AdapterError, chat_choices, human_bytes, list_adapters, resolve
 from ..chat import AUTO_BASE
 from ..models import shown_model, shown_path
+from ..serving import drift_sentence
 from . import downloads
 from .runs_tab import file_box
 
@@ -45,16 +47,16 @@ def _num(value, digits: int = 4):
 
 def table() -> list[list]:
     rows = []
-    for a in adapters.list_adapters():
+    for a in list_adapters():
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["created_at"])) if a["created_at"] else ""
         rows.append([a["name"], a["kind"], shown_model(a["base_model"]), a["config"], _num(a["final_loss"]),
-                     _num(a["best_eval_loss"]), a.get("forgetting", ""), a["steps"], adapters.human_bytes(a["bytes"]),
+                     _num(a["best_eval_loss"]), a.get("forgetting", ""), a["steps"], human_bytes(a["bytes"]),
                      created])
     return rows
 
 
 def library_choices() -> list[tuple[str, str]]:
-    return [(f"{a['name']} ({a['kind']}, {shown_model(a['base_model'])})", a["ref"]) for a in adapters.list_adapters()]
+    return [(f"{a['name']} ({a['kind']}, {shown_model(a['base_model'])})", a["ref"]) for a in list_adapters()]
 
 
 def eval_sources() -> list[tuple[str, str]]:
@@ -69,9 +71,10 @@ def refresh_values() -> tuple:
     from .chat_tab import base_choices
 
     recent = recent_tasks()
-    return (table(), gr.update(choices=library_choices()), gr.update(choices=adapters.chat_choices()),
+    return (table(), gr.update(choices=library_choices()), gr.update(choices=chat_choices()),
             gr.update(choices=eval_sources()), gr.update(choices=base_choices()),
-            gr.update(choices=adapters.base_choices()), tasks_table(recent), gr.update(choices=task_choices(recent)))
+            gr.update(choices=adapter_library.base_choices()), tasks_table(recent),
+            gr.update(choices=task_choices(recent)))
 
 
 # ---- the Tasks table ----------------------------------------------------------------------------
@@ -93,8 +96,8 @@ def _adapter_name(ref: str | None) -> str:
     if not ref:
         return ""
     try:
-        return adapters.resolve(ref).name
-    except (adapters.AdapterError, ValueError):
+        return resolve(ref).name
+    except (AdapterError, ValueError):
         return ref  # the run or import is gone; its ref still says which it was
 
 
@@ -123,10 +126,10 @@ def task_result(job: db.Job) -> str:
         return ""
     result = job.summary
     if job.kind == "merge":
-        return f"{adapters.human_bytes(result['bytes'])} merged ({job.spec.get('dtype', 'float32')})"
+        return f"{human_bytes(result['bytes'])} merged ({job.spec.get('dtype', 'float32')})"
     if job.kind == "gguf":
         g = result["gguf"]
-        line = f"{adapters.human_bytes(g['bytes'])} GGUF ({job.spec.get('quant', '?')})"
+        line = f"{human_bytes(g['bytes'])} GGUF ({job.spec.get('quant', '?')})"
         if d := result.get("drift"):
             line += f"; {drift_sentence(d)}"
         return line
@@ -164,11 +167,11 @@ def on_zip(ref):
     if not ref:
         return file_box(), "Choose an adapter first."
     try:
-        path = adapters.zip_adapter(ref)
-    except (adapters.AdapterError, ValueError) as exc:
+        path = model_card.zip_adapter(ref)
+    except (AdapterError, ValueError) as exc:
         return file_box(), f"**Error:** {exc}"
     return (file_box(_download_copy(path)),
-            f"Zip ready: {path.name} ({adapters.human_bytes(path.stat().st_size)}).")
+            f"Zip ready: {path.name} ({human_bytes(path.stat().st_size)}).")
 
 
 def _snippet_values(ref, gguf_file=None) -> list:
@@ -177,8 +180,8 @@ def _snippet_values(ref, gguf_file=None) -> list:
     snippets = {}
     if ref:
         try:
-            snippets = adapters.snippets(ref, gguf_file)
-        except (adapters.AdapterError, ValueError):
+            snippets = adapter_exports.snippets(ref, gguf_file)
+        except (AdapterError, ValueError):
             pass  # an adapter that cannot be resolved any more: no commands to show
     return [gr.update(value=snippets.get(key, ""), visible=bool(snippets.get(key))) for key, _, _ in SNIPPETS]
 
@@ -195,17 +198,17 @@ def drift_markdown(report: dict) -> str:
 
 def on_select(ref):
     """Golden answers, stored drift reports and serving snippets of the chosen adapter."""
-    from .. import evaluation
+    from .. import golden_prompts
 
     headers, rows = ["prompt"], []
     note = ""
     if ref:
         try:
-            a = adapters.resolve(ref)
+            a = resolve(ref)
             if a.job_id:
-                headers, rows = evaluation.golden_table(evaluation.read_golden(a.job_id))
-            note = "\n\n".join(drift_markdown(r) for r in adapters.read_drift(ref))
-        except (adapters.AdapterError, KeyError, ValueError) as exc:
+                headers, rows = golden_prompts.golden_table(golden_prompts.read_golden(a.job_id))
+            note = "\n\n".join(drift_markdown(r) for r in adapter_exports.read_drift(ref))
+        except (AdapterError, KeyError, ValueError) as exc:
             note = f"**Error:** {exc}"
     return (gr.update(value=rows, headers=headers), note, *_snippet_values(ref))
 
@@ -224,8 +227,8 @@ def on_merge(ref, dtype):
     if not ref:
         return "Choose an adapter first.", None, *_watching(False)
     try:
-        a = adapters._mergeable(adapters.resolve(ref))
-    except (adapters.AdapterError, ValueError) as exc:
+        a = adapter_exports.mergeable(resolve(ref))
+    except (AdapterError, ValueError) as exc:
         return f"**Error:** {exc}", None, *_watching(False)
     job = jobs.submit_task("merge", f"merge {a.name}", {"ref": a.ref, "dtype": dtype or "float32"})
     return _queued(job, f"merge {a.name} into its base ({dtype})"), job.id, *_watching(True)
@@ -236,8 +239,8 @@ def on_gguf(ref, quant, drift):
     if not ref:
         return "Choose an adapter first.", None, *_watching(False)
     try:
-        a = adapters._mergeable(adapters.resolve(ref))
-    except (adapters.AdapterError, ValueError) as exc:
+        a = adapter_exports.mergeable(resolve(ref))
+    except (AdapterError, ValueError) as exc:
         return f"**Error:** {exc}", None, *_watching(False)
     job = jobs.submit_task("gguf", f"gguf {a.name} {quant}", {"ref": a.ref, "quant": quant, "drift": bool(drift)})
     return _queued(job, f"GGUF export of {a.name} ({quant})"), job.id, *_watching(True)
@@ -274,11 +277,11 @@ def export_result(job: db.Job) -> str:
     lines = []
     merged = result if job.kind == "merge" else result.get("merge")
     if merged:
-        lines.append(f"Merged into `{shown_path(merged['path'])}` ({adapters.human_bytes(merged['bytes'])}, "
+        lines.append(f"Merged into `{shown_path(merged['path'])}` ({human_bytes(merged['bytes'])}, "
                      f"{merged['seconds']:.1f} s).")
     if job.kind == "gguf":
         g = result["gguf"]
-        lines.append(f"Wrote `{shown_path(g['path'])}` ({adapters.human_bytes(g['bytes'])}, {g['seconds']:.1f} s) "
+        lines.append(f"Wrote `{shown_path(g['path'])}` ({human_bytes(g['bytes'])}, {g['seconds']:.1f} s) "
                      f"and `{shown_path(result['modelfile'])}`.")
         if "drift" in result:
             lines.append(drift_markdown(result["drift"]))
@@ -303,8 +306,8 @@ def on_import(files, name, base):
             *refresh_values()
     paths = [getattr(f, "name", f) for f in (files if isinstance(files, list) else [files])]
     try:
-        folder = adapters.import_adapter(paths, name, base)
-    except (adapters.AdapterError, ValueError) as exc:
+        folder = adapter_import.import_adapter(paths, name, base)
+    except (AdapterError, ValueError) as exc:
         return f"**Error:** {exc}", *refresh_values()
     return (f"Imported **{folder.name}** for {shown_model(base)}; it is now in the Chat tab's adapter lists.",
             *refresh_values())
@@ -312,20 +315,20 @@ def on_import(files, name, base):
 
 def on_evaluate(base, refs, source, limit, max_new_tokens):
     """Check the choice and queue a batch evaluation; returns (note, task id, Cancel button, timer)."""
-    from .. import evaluation
+    from .. import batch_evaluation
 
     off = _watching(False)
     refs = [r for r in (refs or []) if r][:3]
     try:
-        chosen = [adapters.resolve(r) for r in refs]
+        chosen = [resolve(r) for r in refs]
         base_model = base if base and base != AUTO_BASE else (chosen[0].base_model if chosen else "")
         if not base_model:
             return "Choose a base model or at least one adapter.", None, *off
-        rows = evaluation.eval_conversations(evaluation.eval_rows(source))
+        rows = batch_evaluation.eval_conversations(batch_evaluation.eval_rows(source))
         if not rows:
             return ("**Error:** no row to evaluate: batch evaluation needs conversations that end with an "
                     "assistant reply."), None, *off
-    except (adapters.AdapterError, ValueError, KeyError) as exc:
+    except (AdapterError, ValueError, KeyError) as exc:
         return f"**Error:** {exc}", None, *off
     names: dict[str, str] = {}
     for a in chosen:
@@ -343,14 +346,14 @@ def eval_result(job: db.Job) -> tuple:
     """(note, metrics table, per-row table, CSV file) of a finished batch evaluation."""
     import json
 
-    from .. import evaluation
+    from .. import batch_evaluation
 
     if job.status != "completed":
         return (f"**{job.name}**: {job.status}." + (f" {job.error}" if job.error else ""), gr.update(), gr.update(),
                 file_box())
     summary = job.summary
     result = json.loads(Path(summary["result"]).read_text(encoding="utf-8"))
-    headers, metric_rows = evaluation.metrics_table(result)
+    headers, metric_rows = batch_evaluation.metrics_table(result)
     row_headers = ["prompt", "reference", *result["models"]]
     detail = [[r["prompt"], r["reference"], *[r["replies"][m] for m in result["models"]]] for r in result["rows"]]
     note = f"Evaluated {len(result['rows'])} rows on {len(result['models'])} models in {result['seconds']:.1f} s."
@@ -448,7 +451,7 @@ def build() -> dict:
                                  file_types=[".zip", ".safetensors", ".json"], elem_id="adapters-upload")
                 with gr.Column():
                     imp_name = gr.Textbox(label="Name", elem_id="adapters-import-name")
-                    imp_base = gr.Dropdown(choices=adapters.base_choices(), allow_custom_value=True,
+                    imp_base = gr.Dropdown(choices=adapter_library.base_choices(), allow_custom_value=True,
                                            label="Base model it was trained on", elem_id="adapters-import-base")
                     imp_btn = gr.Button("Import", elem_id="adapters-import")
             imp_note = gr.Markdown(elem_id="adapters-import-note")
@@ -456,7 +459,7 @@ def build() -> dict:
             with gr.Row():
                 ev_base = gr.Dropdown(choices=base_choices(), value=AUTO_BASE, label="Base model",
                                       allow_custom_value=True)
-                ev_refs = gr.Dropdown(choices=adapters.chat_choices(), multiselect=True, max_choices=3,
+                ev_refs = gr.Dropdown(choices=chat_choices(), multiselect=True, max_choices=3,
                                       label="Adapters (up to 3)", elem_id="adapters-eval-adapters")
                 ev_source = gr.Dropdown(choices=eval_sources(), label="Rows", elem_id="adapters-eval-source")
             with gr.Row():

@@ -1,7 +1,7 @@
 """Chat tab: one prompt, side-by-side streaming replies of the base model and up to three adapters.
 
 Panes: base | A | B | C, each with its own history. An adapter is a finished run, a checkpoint of any
-run, or an imported adapter (studio.adapters). Every pane streams from a running inference server over HTTP
+run, or an imported adapter (studio.adapter_library). Every pane streams from a running inference server over HTTP
 (studio.inference_client), so this process never loads a model. Generation waits its turn (one reply at a
 time across sessions); Stop ends only this session's reply.
 """
@@ -12,7 +12,7 @@ from typing import Callable
 
 import gradio as gr
 
-from .. import adapters, db
+from .. import adapter_library, db
 from ..chat import AUTO_BASE, PANES
 
 MAX_ADAPTERS = len(PANES)
@@ -23,11 +23,11 @@ RUN_IDS = ("chat-run", "chat-run-2", "chat-run-3")
 
 def adapter_choices() -> list[tuple[str, str]]:
     """Finished runs (value: the job id), then checkpoints and imported adapters."""
-    return adapters.chat_choices()
+    return adapter_library.chat_choices()
 
 
 def base_choices() -> list[tuple[str, str]]:
-    return [("Base of adapter A", AUTO_BASE)] + [(b, b) for b in adapters.base_choices()]
+    return [("Base of adapter A", AUTO_BASE)] + [(b, b) for b in adapter_library.base_choices()]
 
 
 def newest_finished() -> str | None:

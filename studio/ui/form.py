@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from ..adapter_types import ADAPTER_TYPES
-from ..methods import METHOD_FIELDS, METHOD_INFO, shown_fields
+from ..method_info import METHOD_FIELDS, METHOD_INFO, shown_fields
 from ..spec import JobSpec, SpecError, field_help
 
 # built by the Train tab itself: the model's own layer names, the uploaded datasets

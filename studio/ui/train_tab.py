@@ -8,7 +8,7 @@ import gradio as gr
 
 from .. import charts, db, families, field_docs, jobs, sweep
 from ..models import ModelError, is_bundled, linear_layer_names
-from ..methods import METHOD_FIELDS, method_errors
+from ..method_info import METHOD_FIELDS, method_errors
 from ..spec import BUNDLED_MODEL, JobSpec, SpecError, field_help
 from . import downloads, form
 from .datasets_tab import dataset_names

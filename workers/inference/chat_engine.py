@@ -229,7 +229,7 @@ class ChatEngine:
         mode, text = self.systems.get(adapter, KEEP)
         return with_system_prompt(messages, mode, text, self.default_system)
 
-    def _adapter_context(self, adapter: str | None):
+    def adapter_context(self, adapter: str | None):
         """The context that makes the next forward pass the base (adapter=None) or base + ``adapter``."""
         shared = any(name not in self.solo for name in self.adapters)
         if adapter is None:
@@ -264,9 +264,9 @@ class ChatEngine:
 
     def encode(self, messages: list[dict], adapter: str | None) -> list[int]:
         """The prompt's token ids: the conversation rendered with the generation prompt, as ``stream`` sends it."""
-        from studio.render import _render
+        from studio.render import render_text
 
-        text = _render(self.tokenizer, self.conversation(messages, adapter), generation_prompt=True)
+        text = render_text(self.tokenizer, self.conversation(messages, adapter), generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def stream(self, messages: list[dict], adapter: str | None, settings: GenerationSettings,
@@ -327,13 +327,13 @@ class ChatEngine:
                 with torch.inference_mode():
                     if sliced:   # read the prompt in pieces, all but its last token, into the cache
                         for start in range(0, x.size(1) - 1, PREFILL_SLICE):
-                            with lock(x.size(1) - start + budget), self._adapter_context(adapter):
+                            with lock(x.size(1) - start + budget), self.adapter_context(adapter):
                                 if cancelled.is_set():
                                     return
                                 piece = x[:, start:min(start + PREFILL_SLICE, x.size(1) - 1)]
                                 cache = self.model(input_ids=piece, cache=cache, use_cache=True).cache
                     while generated < budget and not cancelled.is_set():
-                        with lock(budget - generated), self._adapter_context(adapter):
+                        with lock(budget - generated), self.adapter_context(adapter):
                             ends.started, ends.work = time.monotonic(), budget - generated
                             _set_rng_state(state)
                             out = self.model.generate(
@@ -379,13 +379,13 @@ class ChatEngine:
         (``replies.batch_replies``: left-padded batches of similar lengths); replies come back in the order of
         ``conversations``. Greedy by default; each row stops at its own end of turn.
         """
-        from studio.render import _render
+        from studio.render import render_text
 
         settings = settings or GenerationSettings(temperature=0.0, repetition_penalty=1.0)
         with self.lock:
-            texts = [_render(self.tokenizer, self.conversation(messages, adapter), generation_prompt=True)
+            texts = [render_text(self.tokenizer, self.conversation(messages, adapter), generation_prompt=True)
                      for messages in conversations]
-            with self._adapter_context(adapter):
+            with self.adapter_context(adapter):
                 return batch_replies(self.model, self.tokenizer, texts, settings.generate_kwargs(), batch_size,
                                      seed=settings.seed)
 
@@ -402,7 +402,7 @@ class ChatEngine:
             if len(ids) < 2 or not targets.any():
                 return 0.0, 0
             x = torch.tensor([ids], device=self.model.device)
-            with self._adapter_context(adapter), torch.inference_mode():
+            with self.adapter_context(adapter), torch.inference_mode():
                 # prompt tuning returns logits for its virtual tokens first: keep the positions of the input
                 logits = self.model(input_ids=x).logits[0, -x.size(1):-1].float()
             targets = targets.to(logits.device)
@@ -425,7 +425,7 @@ class ChatEngine:
             text = render_scored(tok, self.conversation(messages, adapter), add_generation_prompt,
                                  continue_final_message)
             x = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.model.device)
-            with self._adapter_context(adapter), torch.inference_mode():
+            with self.adapter_context(adapter), torch.inference_mode():
                 # prompt tuning returns logits for its virtual tokens first: keep the positions of the input
                 logprobs = self.model(input_ids=x).logits[0, -x.size(1):-1].float().log_softmax(-1)
                 torch.manual_seed(settings.seed)
@@ -451,18 +451,18 @@ CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker for where t
 
 def render_scored(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
                   continue_final_message: bool = False) -> str:
-    """The conversation as generation renders it (``studio.render._render``: a system turn folded into the first
+    """The conversation as generation renders it (``studio.render.render_text``: a system turn folded into the first
     user turn where the template has no system role, the thinking switch set from the conversation), with the
     generation prompt after it, or with its last turn left open (``continue_final_message``, cut where its content
     ends as transformers' ``apply_chat_template`` cuts it)."""
-    from studio.render import _render
+    from studio.render import render_text
 
     if add_generation_prompt and continue_final_message:
         raise ValueError("continue_final_message and add_generation_prompt are not compatible")
     if not continue_final_message:
-        return _render(tokenizer, messages, generation_prompt=add_generation_prompt)
+        return render_text(tokenizer, messages, generation_prompt=add_generation_prompt)
     final = messages[-1]["content"]
-    text = _render(tokenizer, [*messages[:-1], {**messages[-1], "content": final + CONTINUE_TAG}])
+    text = render_text(tokenizer, [*messages[:-1], {**messages[-1], "content": final + CONTINUE_TAG}])
     if final.strip() not in text or CONTINUE_TAG.strip() not in text:
         raise ValueError("continue_final_message is set but the final message does not appear in the chat after "
                          "applying the chat template")

@@ -4,21 +4,21 @@
 studio.inference_client) over HTTP: each reply is generated greedily and streamed, and the reference
 reply is scored with vLLM's ``prompt_logprobs`` extension (its teacher-forced negative log-likelihood),
 so the task holds no model of its own and works against vLLM as well. The replies are scored with
-studio/evaluation.py's text metrics. ``run_evaluation`` is what the queued task does: the rows from their
+studio/batch_evaluation.py's text metrics. ``run_evaluation`` is what the queued task does: the rows from their
 source, the result as result.json and a CSV in the task's folder.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from studio import inference_client
-from studio.evaluation import (contains_reference, eval_conversations, eval_rows, exact_match, last_user, rouge_l,
-                               to_csv)
+from studio.atomic import write_json, write_text
+from studio.batch_evaluation import (contains_reference, eval_conversations, eval_rows, exact_match, last_user,
+                                     rouge_l, to_csv)
 from studio.generation import GenerationSettings
 
 RESULT_FILE = "result.json"
@@ -95,7 +95,7 @@ def run_evaluation(params: dict, folder: Path, progress) -> dict:
     """The task: rows from ``params["source"]``, the replies and scores from a live inference server, the
     result written into ``folder`` (result.json, batch-evaluation.csv, each through a rename). Returns the
     job's summary: models, metrics, rows, seconds, the server asked and the two files' paths."""
-    from studio.adapters import resolve
+    from studio.adapter_library import resolve
 
     refs = dict(params.get("adapters", {}))
     folders = {label: str(resolve(ref).folder) for label, ref in refs.items()}  # a ref that is gone fails here
@@ -104,11 +104,8 @@ def run_evaluation(params: dict, folder: Path, progress) -> dict:
                             limit=int(params.get("limit") or 0) or None,
                             progress=lambda done, total: progress(f"{done} of {total} replies", total=total, done=done))
     result["adapters"] = folders
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in ((RESULT_FILE, json.dumps(result, indent=2, ensure_ascii=False)), (CSV_FILE, to_csv(result))):
-        tmp = folder / f".{name}.partial"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, folder / name)
+    write_json(folder / RESULT_FILE, result)
+    write_text(folder / CSV_FILE, to_csv(result))
     return {"models": result["models"], "metrics": result["metrics"], "rows": len(result["rows"]),
             "seconds": result["seconds"], "server": result["server"], "result": str(folder / RESULT_FILE),
             "csv": str(folder / CSV_FILE)}

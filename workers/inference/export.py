@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Callable
 
 from studio.adapter_types import merge_problem
-from studio.export import GGUF_QUANTS, MERGE_DTYPES, _replace_dir, _sibling_tmp, _size, write_modelfile
+from studio.adapter_library import folder_bytes
+from studio.atomic import replace_dir, temp_beside
+from studio.serving import GGUF_QUANTS, MERGE_DTYPES, write_modelfile
 
 from . import llamacpp
 
@@ -68,7 +70,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    tmp = _sibling_tmp(out_dir)
+    tmp = temp_beside(out_dir)
     try:
         progress("loading the tokenizer")
         tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
@@ -85,11 +87,11 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)  # carries the chat template (chat_template.jinja)
         complete_tokenizer_files(tokenizer, [tokenizer_dir, base_dir], tmp)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"seconds": round(time.perf_counter() - started, 3), "bytes": _size(out_dir)}
+    return {"seconds": round(time.perf_counter() - started, 3), "bytes": folder_bytes(out_dir)}
 
 
 def complete_tokenizer_files(tokenizer, sources: list[str | Path], folder: Path) -> None:
@@ -167,7 +169,7 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16", 
         raise ValueError(problem)
     out_file = Path(out_file)
     started = time.perf_counter()
-    tmp = _sibling_tmp(out_file)
+    tmp = temp_beside(out_file)
     f16 = tmp.with_name(tmp.name + ".f16")
     try:
         name = gguf_name(model_dir, model_name)
@@ -310,11 +312,12 @@ def _first_difference(prompt: int, ours: list[int], theirs: dict, tokenizer) -> 
 def merge(ref_value: str, dtype: str = "float32", out: str | Path | None = None, progress: Progress = _quiet) -> dict:
     """base + adapter -> <home>/exports/<name>-merged/, replacing an earlier merge there; or into ``out``
     (the CLI's choice), which must not exist yet. Returns {"path", "bytes", "seconds"}."""
-    from studio.adapters import _export_paths, _mergeable, resolve
+    from studio.adapter_exports import export_paths, mergeable
+    from studio.adapter_library import resolve
     from workers.bundled import model_folder
 
-    ref = _mergeable(resolve(ref_value))
-    merged, _ = _export_paths(ref)
+    ref = mergeable(resolve(ref_value))
+    merged, _ = export_paths(ref)
     target = Path(out) if out is not None else merged
     result = merge_adapter(model_folder(ref.base_model), ref.folder, target, dtype=dtype,
                            overwrite=out is None or target == merged, progress=progress)
@@ -332,14 +335,15 @@ def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts
     A model of a family the converter does not take fails before the merge, in one sentence. A GGUF llama.cpp
     cannot load is removed and the export fails with llama.cpp's message; the merged folder stays. The drift
     report is written atomically beside the GGUF as drift-<quant>.json, every field of it."""
-    from studio.adapters import _chat_template, _drift_prompts, _export_paths, _merge_is_current, _mergeable, resolve
+    from studio.adapter_exports import chat_template, drift_prompts, export_paths, merge_is_current, mergeable
+    from studio.adapter_library import resolve
     from workers.bundled import model_folder
 
     if quant not in GGUF_QUANTS:
         raise ValueError(f"quant must be one of {', '.join(GGUF_QUANTS)}, not {quant!r}")
-    ref = _mergeable(resolve(ref_value))
-    merged_dir, gguf_dir = _export_paths(ref)
-    reuse = merged_out is None and _merge_is_current(merged_dir, ref.folder)
+    ref = mergeable(resolve(ref_value))
+    merged_dir, gguf_dir = export_paths(ref)
+    reuse = merged_out is None and merge_is_current(merged_dir, ref.folder)
     if problem := gguf_problem(merged_dir if reuse else model_folder(ref.base_model)):
         raise ValueError(problem)
     result: dict = {"name": ref.name}
@@ -350,8 +354,8 @@ def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts
         result["merge"] = merge(ref.ref, out=merged_dir, progress=progress)
     out = Path(gguf_out) if gguf_out is not None else gguf_dir
     gguf_file = out if out.suffix == ".gguf" else out / f"{ref.name}-{quant}.gguf"
-    prompts = (prompts or _drift_prompts(ref)) if drift else []
-    staged = _sibling_tmp(gguf_file)
+    prompts = (prompts or drift_prompts(ref)) if drift else []
+    staged = temp_beside(gguf_file)
     try:
         written = write_gguf(merged_dir, staged, quant, model_name=ref.name, progress=progress)
         in_llama_cpp = check_in_llama_cpp(staged, prompts, name=gguf_file.name, progress=progress)
@@ -362,7 +366,7 @@ def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts
             raise llamacpp.LlamaCppError(f"{exc} (the merged model stays in {merged_dir.name})") from exc
         raise
     result["gguf"] = {**written, "path": str(gguf_file), "quant": quant}
-    modelfile = write_modelfile(gguf_file, gguf_file.parent / "Modelfile", _chat_template(merged_dir))
+    modelfile = write_modelfile(gguf_file, gguf_file.parent / "Modelfile", chat_template(merged_dir))
     result["modelfile"] = str(modelfile)
     if drift:
         report = drift_check(merged_dir, in_llama_cpp, prompts, progress=progress)

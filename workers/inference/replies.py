@@ -40,11 +40,11 @@ def stopping_criteria(stop: Callable[[], bool]):
 def single_turn(tokenizer, prompts: list[str], system: tuple[str, str] = ("keep", "")) -> list[str]:
     """Each prompt rendered as one user turn with the generation prompt, under the system-prompt choice ``system``
     (mode, text): an adapter asked as it was trained, and as the Chat tab asks it."""
-    from studio.render import _render, default_system_prompt, with_system_prompt
+    from studio.render import render_text, default_system_prompt, with_system_prompt
 
     default = default_system_prompt(tokenizer)
-    return [_render(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
-                    generation_prompt=True) for p in prompts]
+    return [render_text(tokenizer, with_system_prompt([{"role": "user", "content": p}], *system, default),
+                        generation_prompt=True) for p in prompts]
 
 
 def batch_replies(model, tokenizer, texts: list[str], generate_kwargs: dict, batch_size: int, *, base: bool = False,

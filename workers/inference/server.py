@@ -1,5 +1,5 @@
 """The OpenAI-compatible inference server: ``/v1/models`` and ``/v1/chat/completions`` (streamed as
-server-sent events, or not), where ``model`` names a base model or an adapter (studio.adapters).
+server-sent events, or not), where ``model`` names a base model or an adapter (studio.adapter_library).
 
 Every ``/v1`` request carries ``Authorization: Bearer <key>`` (studio.settings.api_key). The server runs
 uvicorn on a thread of its process (beside a worker's queue consumer, or alone for `studio infer`) and

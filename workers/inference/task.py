@@ -90,7 +90,8 @@ def _merge(job: db.Job, params: dict, progress: Progress) -> dict:
 def _gguf(job: db.Job, params: dict, progress: Progress) -> dict:
     from pathlib import Path
 
-    from studio.adapters import _drift_prompts, _export_paths, _merge_is_current, resolve
+    from studio.adapter_exports import drift_prompts, export_paths, merge_is_current
+    from studio.adapter_library import resolve
 
     from .export import MERGE_STEPS, export_gguf, gguf_steps
 
@@ -98,8 +99,8 @@ def _gguf(job: db.Job, params: dict, progress: Progress) -> dict:
     merged_out = params.get("merged_out")
     quant = params.get("quant", "q8_0")
     drift = bool(params.get("drift", True))
-    prompts = _drift_prompts(ref) if drift else []
-    needs_merge = merged_out is not None or not _merge_is_current(_export_paths(ref)[0], ref.folder)
+    prompts = drift_prompts(ref) if drift else []
+    needs_merge = merged_out is not None or not merge_is_current(export_paths(ref)[0], ref.folder)
     progress.total = MERGE_STEPS * needs_merge + gguf_steps(quant, drift, prompts)
     return export_gguf(ref.ref, quant=quant, drift=drift, prompts=prompts or None,
                        gguf_out=params.get("gguf_out"), merged_out=Path(merged_out) if merged_out else None,

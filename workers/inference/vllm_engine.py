@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from studio.adapters import same_base
+from studio.adapter_library import same_base
 from studio.models import shown_model
 
 from .names import Target

@@ -1,6 +1,6 @@
 """Training methods, the worker half: each module turns a JobSpec into its TRL config and trainer.
 
-The torch-free half (dataset kinds, form fields, metrics, memory terms) is ``studio.methods.METHOD_INFO``. A
+The torch-free half (dataset kinds, form fields, metrics, memory terms) is ``studio.method_info.METHOD_INFO``. A
 new method is one module here and one line below.
 """
 from __future__ import annotations

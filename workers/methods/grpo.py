@@ -52,9 +52,9 @@ def golden(spec, rows: list[dict], trainer):
     Returns ``answer(model, tokenizer, prompts, disable_adapter)`` -> (one text per prompt listing its samples
     as ``[reward 1.50] completion``, {"samples": [[{"completion", "reward"}, ...] per prompt], "temperature"}).
     The reference answer of a prompt comes from the dataset row whose last user turn it is."""
-    from studio.evaluation import _prompt_of
+    from studio.golden_prompts import prompt_of
 
-    references = {_prompt_of(row): row.get("answer") for row in rows}
+    references = {prompt_of(row): row.get("answer") for row in rows}
     funcs, weights = rewards_for(spec)
     args = trainer.args
     n = min(spec.num_generations, GOLDEN_SAMPLES)
@@ -85,7 +85,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, ar
     import torch
 
     from workers.inference.replies import stopping_criteria
-    from studio.render import _render
+    from studio.render import render_text
 
     what = "the golden prompts" + (" (as the base)" if disable_adapter else "")
     criteria = {"stopping_criteria": stopping_criteria(stop)} if stop is not None else {}
@@ -101,7 +101,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int, ar
             for prompt in prompts:
                 if stop is not None:
                     stop.check(what)
-                text = _render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
+                text = render_text(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
                 ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
                 generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None,

@@ -1,27 +1,20 @@
-"""Watching behaviour, not only loss: golden prompts during training, batch evaluation after it.
+"""Golden prompts: a few prompts the training model answers as it trains, to watch behaviour, not only loss.
 
-Golden prompts are answered greedily by the training model itself at every checkpoint and at the end, and once
-by the base at the start (workers/golden.py: ``answer_golden`` and ``GoldenPromptsCallback``); the replies go to
+They are answered greedily by the training model itself at every checkpoint and at the end, and once by the
+base at the start (workers/golden.py: ``answer_golden`` and ``GoldenPromptsCallback``); the replies go to
 JSON files in the job's folder (``golden/base.json``, ``golden/step-N.json``) that ``write_golden`` writes and
 ``read_golden`` reads back. Here: which prompts (``golden_prompts_for``, ``fit_prompts``), when
 (``golden_save_steps``), where (``golden_dir``, ``base_cache_path``) and the table the UI shows.
-
-Batch evaluation runs held-out conversations (``eval_rows`` picks them) through the base and up to three
-adapters as a queued task on a worker (workers/inference/evaluation.py): replies, teacher-forced eval
-loss and perplexity on the reference replies, and the text metrics here (exact match,
-contains-reference, ROUGE-L F1). ``metrics_table`` and ``to_csv`` show the result.
 
 No torch: ``fit_prompts`` only calls the tokenizer it is handed.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
-import re
 import time
 from pathlib import Path
+
+from .atomic import write_json
 
 GOLDEN_DIR = "golden"
 GOLDEN_FROM_EVAL = 3          # prompts taken from the eval split when the spec names none
@@ -30,7 +23,7 @@ GOLDEN_MAX_NEW_TOKENS = 32  # a glimpse of the behaviour: each new token is a fo
 
 # ---- golden prompts -------------------------------------------------------------------------------
 
-def _prompt_of(row: dict) -> str | None:
+def prompt_of(row: dict) -> str | None:
     """The user turn a held-out row answers: the last user message before its last assistant turn."""
     messages = row.get("messages") or row.get("prompt") or []
     if not isinstance(messages, list):
@@ -51,7 +44,7 @@ def golden_prompts_for(spec, eval_rows: list[dict]) -> list[str]:
 
     out: list[str] = []
     for row in sorted(eval_rows, key=lambda r: turns(r) != 1):  # stable: single-turn rows first
-        text = _prompt_of(row)
+        text = prompt_of(row)
         if text and text not in out:
             out.append(text)
         if len(out) == GOLDEN_FROM_EVAL:
@@ -69,7 +62,7 @@ def fit_prompts(tokenizer, prompts: list[str], max_length: int | None, max_new_t
     bounds what answering a prompt holds in memory, however long the prompt. Prompts that fit are returned whole;
     without a ``max_length``, prompts are cut to GOLDEN_PROMPT_CHARS characters."""
     from .limits import GOLDEN_PROMPT_CHARS
-    from .render import _render, default_system_prompt, with_system_prompt
+    from .render import render_text, default_system_prompt, with_system_prompt
 
     if max_length is None:
         return [p[:GOLDEN_PROMPT_CHARS] for p in prompts]
@@ -77,8 +70,8 @@ def fit_prompts(tokenizer, prompts: list[str], max_length: int | None, max_new_t
     budget = max(1, max_length - max_new_tokens)
 
     def length(content: str) -> int:
-        text = _render(tokenizer, with_system_prompt([{"role": "user", "content": content}], *system, default),
-                       generation_prompt=True)
+        text = render_text(tokenizer, with_system_prompt([{"role": "user", "content": content}], *system, default),
+                           generation_prompt=True)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     out = []
@@ -130,10 +123,7 @@ def write_golden(folder: Path, step: int | str, prompts: list[str], replies: lis
     name = "base.json" if step == "base" else f"step-{int(step)}.json"
     data = {"step": step, "replies": [{"prompt": p, "reply": r} for p, r in zip(prompts, replies)],
             "time": time.time(), **extra}
-    tmp = folder / f".{name}.partial"
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, folder / name)
-    return folder / name
+    return write_json(folder / name, data)
 
 
 def read_golden(job) -> list[dict]:
@@ -180,134 +170,3 @@ def golden_save_steps(total_steps: int, save_steps: int, rounds: int = GOLDEN_RO
     if len(saves) <= rounds:
         return set(saves)
     return {saves[(i + 1) * len(saves) // rounds - 1] for i in range(rounds)}
-
-
-# ---- text metrics -------------------------------------------------------------------------------
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def normalise(text: str) -> str:
-    """Lower case, collapsed whitespace, no surrounding punctuation: what exact match compares."""
-    return " ".join((text or "").lower().split()).strip(" .,!?;:\"'")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall((text or "").lower())
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence (two-row dynamic programme, O(len(a) * len(b)))."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 over lower-cased word tokens: LCS-based precision and recall, their harmonic mean."""
-    cand, ref = words(candidate), words(reference)
-    if not cand or not ref:
-        return 1.0 if not cand and not ref else 0.0
-    lcs = lcs_length(cand, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(cand), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match(candidate: str, reference: str) -> bool:
-    return normalise(candidate) == normalise(reference)
-
-
-def contains_reference(candidate: str, reference: str) -> bool:
-    ref = normalise(reference)
-    return bool(ref) and ref in normalise(candidate)
-
-
-# ---- batch evaluation -----------------------------------------------------------------------------
-
-def eval_conversations(rows: list[dict]) -> list[dict]:
-    """Normalised rows -> {"prompt": messages before the last assistant turn, "reference", "messages"}.
-
-    Chat rows ending in an assistant turn are used; preference rows use prompt + chosen. Others are skipped.
-    """
-    out = []
-    for row in rows:
-        if "messages" in row:
-            messages = row["messages"]
-        elif "prompt" in row and "chosen" in row:
-            chosen = row["chosen"]
-            chosen = chosen if isinstance(chosen, list) else [{"role": "assistant", "content": chosen}]
-            messages = list(row["prompt"]) + list(chosen)
-        else:
-            continue
-        if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
-            continue
-        out.append({"prompt": messages[:-1], "reference": messages[-1]["content"], "messages": messages})
-    return out
-
-
-def eval_rows(source: str) -> list[dict]:
-    """The rows a batch evaluation answers: ``dataset:NAME`` (the whole dataset) or ``run:ID`` (the rows the
-    run held out: its eval dataset, else the same seeded split training made)."""
-    from . import db, library
-    from .spec import JobSpec
-
-    kind, _, value = (source or "").partition(":")
-    if kind == "dataset":
-        return library.load(value).rows
-    if kind == "run":
-        job = db.get_job(value)
-        if job is None:
-            raise ValueError("that run no longer exists")
-        spec = JobSpec.from_dict(job.spec)
-        if spec.eval_dataset:
-            return library.load(spec.eval_dataset).rows
-        _, held_out = library.split_rows(library.load(spec.dataset).rows, spec.eval_split, spec.seed)
-        if not held_out:
-            raise ValueError(f"{job.name} held out no rows (eval split 0); choose a dataset instead")
-        return held_out
-    raise ValueError("choose where the evaluation rows come from")
-
-
-def last_user(messages: list[dict]) -> str:
-    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
-
-
-def metrics_table(result: dict) -> tuple[list[str], list[list]]:
-    headers = ["model", "eval loss", "perplexity", "exact match", "contains reference", "ROUGE-L", "rows"]
-    rows = []
-    for model in result["models"]:
-        m = result["metrics"][model]
-        rows.append([model, _round(m["eval_loss"]), _round(m["perplexity"]), _round(m["exact_match"]),
-                     _round(m["contains_reference"]), _round(m["rouge_l"]), m["rows"]])
-    return headers, rows
-
-
-def _round(value, digits: int = 4):
-    return None if value is None else round(float(value), digits)
-
-
-def to_csv(result: dict) -> str:
-    """One line per held-out row: prompt, reference, then each model's reply, ROUGE-L, exact, contains, loss."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    header = ["row", "prompt", "reference"]
-    for model in result["models"]:
-        header += [f"{model} reply", f"{model} rouge_l", f"{model} exact_match", f"{model} contains_reference",
-                   f"{model} loss"]
-    writer.writerow(header)
-    for i, row in enumerate(result["rows"], 1):
-        line = [i, row["prompt"], row["reference"]]
-        for model in result["models"]:
-            s = row["scores"][model]
-            line += [row["replies"][model], f"{s['rouge_l']:.4f}", int(s["exact_match"]),
-                     int(s["contains_reference"]), "" if s["loss"] is None else f"{s['loss']:.4f}"]
-        writer.writerow(line)
-    return buf.getvalue()

@@ -1,12 +1,13 @@
-"""The torch-free side of export: the choices, the Ollama Modelfile, serving snippets, atomic file moves.
+"""Serving an adapter or its exports, torch-free: the export choices, the Ollama Modelfile, the drift report
+in a sentence, and copy-paste serving commands.
 
-    write_modelfile(gguf, "Modelfile", ...)  Ollama Modelfile: FROM, TEMPLATE, PARAMETERs, stops
+    MERGE_DTYPES / GGUF_QUANTS               what a merge and a GGUF export may be asked for
+    write_modelfile(gguf, "Modelfile", ...)  Ollama Modelfile: FROM, TEMPLATE, PARAMETERs, stops (written atomically)
     drift_sentence(report)                   a drift report (drift-<quant>.json) in one sentence
     serving_snippets(base, adapter, name)    vLLM, peft, Ollama and llama.cpp commands
 
 The model work (merge, GGUF through llama.cpp's converter, the drift check in llama.cpp) runs on a worker
-as a queued task: workers/inference/export.py. Every writer goes through a temporary path and a rename, so a failure
-leaves nothing half-written.
+as a queued task: workers/inference/export.py. Where an adapter's exports live: studio.adapter_exports.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import json
 import os
 import re
 import shlex
-import shutil
-import uuid
 from pathlib import Path
+
+from .atomic import write_text
 
 
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
@@ -74,11 +75,7 @@ def write_modelfile(gguf_file: str | Path, out_path: str | Path, chat_template: 
     extra = (generation or {}).get("stop") or []
     for stop in dict.fromkeys(stops + ([extra] if isinstance(extra, str) else list(extra))):
         lines.append(f"PARAMETER stop {json.dumps(stop)}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    tmp.write_text("\n".join(lines).rstrip() + "\n")
-    os.replace(tmp, out_path)
-    return out_path
+    return write_text(Path(out_path), "\n".join(lines).rstrip() + "\n")
 
 
 def drift_sentence(report: dict) -> str:
@@ -158,27 +155,3 @@ def _adapter_rank(adapter_dir: str) -> int | None:
         return None
     ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
     return max(ranks) or None
-
-
-# ---------------------------------------------------------------------------------------------
-# files
-
-
-def _sibling_tmp(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing one is swapped out, then removed."""
-    old = None
-    if target.exists():
-        old = _sibling_tmp(target)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
