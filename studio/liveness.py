@@ -24,7 +24,7 @@ log = logging.getLogger("studio.liveness")
 
 # ---- is it alive --------------------------------------------------------------------------------
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """/proc/PID/stat from field 3 (state) on, or None where there is no such entry to read."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -35,7 +35,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def process_start(pid: int) -> int | None:
     """When the process started, in clock ticks since boot (/proc/PID/stat field 22); None without /proc."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[19]) if fields else None
 
 
@@ -54,7 +54,7 @@ def pid_alive(pid: int | None, started: int | None = None) -> bool:
     that started then. Without /proc (or where it hides the process) a signal probe is all there is."""
     if not pid:
         return False
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return _signal_probe(pid)
     if fields[0] in ("Z", "X"):  # exited; only its parent's wait() is missing

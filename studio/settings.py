@@ -49,6 +49,8 @@ class Settings:
     endpoint_key: str | None = field(default=None, repr=False)  # STUDIO_API_KEY: the inference endpoint's key
                                                                  # (unset: <home>/api_key, see api_key())
     judge_key: str | None = field(default=None, repr=False)     # STUDIO_JUDGE_KEY: `studio evaluate --judge`'s key
+    train_threads: int | str = "auto"     # STUDIO_TRAIN_THREADS: auto (follow the cores other processes leave
+                                          # free, workers/threads.py), all (torch's count throughout) or a number
 
     @property
     def upload_limit_text(self) -> str:
@@ -192,6 +194,16 @@ def infer_advertise(env: dict[str, str] | None = None) -> str | None:
                      f"by (no scheme, port or path), got '{value[:40]}'")
 
 
+def train_threads(env: dict[str, str] | None = None) -> int | str:
+    """``STUDIO_TRAIN_THREADS``: "auto" (the default), "all", or a whole number of threads from 1 to 1024."""
+    env = os.environ if env is None else env
+    value = env.get("STUDIO_TRAIN_THREADS", "").strip().lower()
+    if value in ("", "auto", "all"):
+        return value or "auto"
+    return whole_number(env, "STUDIO_TRAIN_THREADS", 0, "auto, all or a whole number of threads from 1 to 1024",
+                        1, 1024)
+
+
 def _port(env, name: str, default: int, low: int) -> int:
     what = "a port number from 1 to 65535" if low else "a port number from 1 to 65535, or 0 for a free one"
     return whole_number(env, name, default, what, low, 65535)
@@ -277,6 +289,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
                                                 f"greater than 0 (at most {STALE_MOST:,})", STALE_MOST),
         endpoint_key=env.get("STUDIO_API_KEY") or None,
         judge_key=env.get("STUDIO_JUDGE_KEY") or None,
+        train_threads=train_threads(env),
     )
 
 

@@ -187,8 +187,8 @@ def test_ranks_die_with_the_process_that_started_them(tmp_path):
     import subprocess
     import sys
 
-    child = ("import os, sys, time\nfrom workers.distributed import _die_with_parent\n"
-             "_die_with_parent(int(os.environ['EXPECTED_PARENT']))\nprint(os.getpid(), flush=True)\ntime.sleep(120)")
+    child = ("import os, sys, time\nfrom workers.distributed import die_with_parent\n"
+             "die_with_parent(int(os.environ['EXPECTED_PARENT']))\nprint(os.getpid(), flush=True)\ntime.sleep(120)")
     parent = ("import os, subprocess, sys, time\n"
               f"subprocess.Popen([sys.executable, '-c', {child!r}],\n"
               "                 env=dict(os.environ, EXPECTED_PARENT=str(os.getpid())))\n"
@@ -218,10 +218,10 @@ def test_ranks_die_with_the_process_that_started_them(tmp_path):
 
 
 def test_the_stop_watch_turns_the_file_into_shutdown(tmp_path):
-    from workers.distributed import _watch
+    from workers.distributed import watch_for_stop
 
     stop, event = tmp_path / "stop", threading.Event()
-    thread = threading.Thread(target=_watch, args=(stop, event, None), daemon=True)
+    thread = threading.Thread(target=watch_for_stop, args=(stop, event, None), daemon=True)
     thread.start()
     time.sleep(0.2)
     assert not event.is_set()

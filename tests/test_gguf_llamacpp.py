@@ -270,8 +270,8 @@ def test_bundled_smollm2_in_llama_cpp(tmp_path, monkeypatch, record_property):
         out = tmp_path / f"m-{quant}.gguf"
         written = export.write_gguf(merged, out, quant)
         sizes[quant] = written["bytes"]
-        in_llama_cpp = export.check_in_llama_cpp(out, golden, max_new_tokens=32)
-        report = reports[quant] = export.drift_check(merged, in_llama_cpp, golden, max_new_tokens=32)
+        in_llama_cpp = export.check_in_llama_cpp(out, golden, max_new_tokens=16)
+        report = reports[quant] = export.drift_check(merged, in_llama_cpp, golden, max_new_tokens=16)
         record_property(f"bundled_{quant}_identical_share", report["identical_share"])
         print(f"\nbundled {quant}: {written['bytes'] / 1e6:.1f} MB in {written['seconds']:.1f} s; "
               f"{files.drift_sentence({'quant': quant, **report})} ({report['seconds']:.1f} s)")

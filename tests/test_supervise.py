@@ -39,10 +39,10 @@ def _spec(tiny_model_dir, **kw):
 
 def _zombie() -> subprocess.Popen:
     """A child that has exited and that nobody has reaped yet."""
-    from studio.liveness import _stat_fields
+    from studio.liveness import stat_fields
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    wait_for(lambda: (_stat_fields(child.pid) or ["?"])[0] == "Z", 30, interval=0.05, what="the child to exit")
+    wait_for(lambda: (stat_fields(child.pid) or ["?"])[0] == "Z", 30, interval=0.05, what="the child to exit")
     return child
 
 

@@ -47,6 +47,28 @@ def _warnings(folder: Path) -> list[str]:
     return [line for line in (folder / "train.log").read_text().splitlines() if " WARNING " in line]
 
 
+def test_a_log_before_training_begins_writes_into_the_run_folder_not_the_working_directory(studio_home, tiny_model_dir,
+                                                                                           tmp_path, monkeypatch):
+    """TensorBoard opens its writer at the first log; a trainer that logs before training begins (a metric the
+    worker logs itself) must still write into the run's folder, never into ./runs where the process started."""
+    from transformers import TrainerCallback
+
+    from studio.spec import JobSpec
+    from workers import train
+
+    started_in = tmp_path / "cwd"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    spec = JobSpec(base_model=str(tiny_model_dir), dataset="d", load_in_4bit=False, r=4, lora_alpha=8, max_steps=1,
+                   max_length=64, eval_split=0.0)
+    model, tok = train.load_model_for_training(spec, tiny_model_dir, "cpu")
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    trainer = train.build_trainer(spec, "chat", model, tok, rows, [], tmp_path / "job", TrainerCallback(), "cpu")
+    trainer.log({"loss": 1.0})
+    assert list(started_in.iterdir()) == []
+    assert list((tmp_path / "job" / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_every_run_writes_tensorboard_events_in_its_folder(studio_home, tiny_model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -136,7 +136,7 @@ def _launch_and_wait(run, resume: bool, poll_seconds: float) -> str:
 
 # ---- inside the ranks ----------------------------------------------------------------------------
 
-def _die_with_parent(expected_parent: int | None) -> None:
+def die_with_parent(expected_parent: int | None) -> None:
     """Get SIGKILL when the process that started this one dies (Linux), so a killed consumer leaves no
     launcher or rank behind. If the parent is already gone, leave now."""
     if sys.platform.startswith("linux"):
@@ -148,7 +148,8 @@ def _die_with_parent(expected_parent: int | None) -> None:
         os._exit(75)
 
 
-def _watch(stop_file: Path, shutdown: threading.Event, expected_parent: int | None) -> None:
+def watch_for_stop(stop_file: Path, shutdown: threading.Event, expected_parent: int | None) -> None:
+    """Set ``shutdown`` once ``stop_file`` appears (a graceful stop); leave at once if the launcher is gone."""
     while not shutdown.is_set():
         if stop_file.exists():
             shutdown.set()
@@ -160,7 +161,7 @@ def _watch(stop_file: Path, shutdown: threading.Event, expected_parent: int | No
 def _launch(args) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    _die_with_parent(process_id("STUDIO_PARENT_PID"))
+    die_with_parent(process_id("STUDIO_PARENT_PID"))
     set_env("STUDIO_LAUNCHER_PID", str(os.getpid()))  # the ranks are this process's children
     if args.cpu:
         set_env("ACCELERATE_USE_CPU", "true")
@@ -179,7 +180,7 @@ def _run(args) -> int:
     from workers.train import run_job
 
     launcher = process_id("STUDIO_LAUNCHER_PID")
-    _die_with_parent(launcher)
+    die_with_parent(launcher)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank()} %(levelname)s %(name)s: %(message)s")
     for sig in (signal.SIGINT, signal.SIGTERM):  # stop at the end of the step, save, mark interrupted
         signal.signal(sig, lambda *_: SHUTDOWN.set())
@@ -188,7 +189,7 @@ def _run(args) -> int:
         print(f"job {args.job_id} does not exist", file=sys.stderr)
         return 1
     stop = get_settings().resolve(job.output_dir) / STOP_FILE
-    threading.Thread(target=_watch, args=(stop, SHUTDOWN, launcher), daemon=True, name="stop-watch").start()
+    threading.Thread(target=watch_for_stop, args=(stop, SHUTDOWN, launcher), daemon=True, name="stop-watch").start()
     # the consumer checked the job's status before launching; rank 0 sets 'running' while the others load
     status = run_job(args.job_id, resume=args.resume, check_status=False)
     return 0 if status in ("completed", "cancelled", "interrupted") else 1

@@ -190,6 +190,14 @@ class TrackerRun(TrainerCallback):
             self._safely("close the run", lambda: run.finish(exit_code=0 if adapter_dir else 1))
 
 
+def point_tensorboard(trainer, job_dir: Path) -> None:
+    """TensorBoard's events into ``<job>/tensorboard`` from the trainer's first log on (left unset, a log before
+    training begins would open them in ``./runs`` of whatever folder the process started in)."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb) is INTEGRATIONS["tensorboard"]:
+            cb.logging_dir = str(job_dir / TENSORBOARD_DIR)
+
+
 def attach(trainer, spec: JobSpec, plan: Plan, job_dir: Path, run_name: str) -> None:
     """Point TensorBoard at ``<job>/tensorboard``, drop a tracker ``check`` gave up on, guard the others,
     and put the TrackerRun callback first."""
@@ -203,7 +211,7 @@ def attach(trainer, spec: JobSpec, plan: Plan, job_dir: Path, run_name: str) -> 
             kept.append(cb)
             continue
         if name == "tensorboard":
-            cb.logging_dir = str(job_dir / TENSORBOARD_DIR)
+            point_tensorboard(trainer, job_dir)
         elif name != plan.name:
             continue  # the spec names it but this worker cannot reach it (check warned)
         kept.append(Guarded(cb, name))

@@ -422,13 +422,18 @@ def build_trainer(spec, kind, model, tokenizer, train_rows, eval_rows, out: Path
     """The chosen method's TRL trainer (workers/methods/), reporting through ``callback``."""
     from transformers import EarlyStoppingCallback
 
+    from workers import trackers
     from workers.methods import TRAINERS
+    from workers.threads import thread_callbacks
 
-    callbacks = [callback]
+    threads = get_settings().train_threads
+    callbacks = [callback, *thread_callbacks("all" if threads == "auto" and device != "cpu" else threads)]
     if spec.early_stopping_patience and eval_rows:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
-    return TRAINERS[spec.method].build(spec, kind, model, tokenizer, train_rows, eval_rows, out / CHECKPOINTS,
-                                      callbacks, device)
+    trainer = TRAINERS[spec.method].build(spec, kind, model, tokenizer, train_rows, eval_rows, out / CHECKPOINTS,
+                                         callbacks, device)
+    trackers.point_tensorboard(trainer, out)
+    return trainer
 
 
 def best_checkpoints(spec: JobSpec, out: Path, state, eval_rows: list[dict]) -> dict:

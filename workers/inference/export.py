@@ -19,17 +19,15 @@ merged model staying. ``progress(message)`` is called as each step starts; the t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
 from studio.adapter_types import merge_problem
 from studio.adapter_library import folder_bytes
-from studio.atomic import replace_dir, temp_beside
+from studio.atomic import atomic_path, replace_dir, temp_beside, write_text
 from studio.serving import GGUF_QUANTS, MERGE_DTYPES, write_modelfile
 
 from . import llamacpp
@@ -169,24 +167,20 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "f16", 
         raise ValueError(problem)
     out_file = Path(out_file)
     started = time.perf_counter()
-    tmp = temp_beside(out_file)
-    f16 = tmp.with_name(tmp.name + ".f16")
-    try:
-        name = gguf_name(model_dir, model_name)
+    name = gguf_name(model_dir, model_name)
+    with atomic_path(out_file) as tmp:
         if quant in llamacpp.CONVERTER_TYPES:
             progress(f"converting to GGUF ({quant}) with llama.cpp's convert_hf_to_gguf.py")
             llamacpp.convert(model_dir, tmp, quant, name)
         else:
-            progress("converting to GGUF (f16) with llama.cpp's convert_hf_to_gguf.py")
-            llamacpp.convert(model_dir, f16, "f16", name)
-            progress(f"quantizing to {quant.upper()} with llama.cpp")
-            llamacpp.quantize(f16, tmp, quant)
-        os.replace(tmp, out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        f16.unlink(missing_ok=True)
+            f16 = tmp.with_name(tmp.name + ".f16")
+            try:
+                progress("converting to GGUF (f16) with llama.cpp's convert_hf_to_gguf.py")
+                llamacpp.convert(model_dir, f16, "f16", name)
+                progress(f"quantizing to {quant.upper()} with llama.cpp")
+                llamacpp.quantize(f16, tmp, quant)
+            finally:
+                f16.unlink(missing_ok=True)
     return {"seconds": round(time.perf_counter() - started, 3), "bytes": out_file.stat().st_size,
             "converter": llamacpp.converter_label()}
 
@@ -355,24 +349,18 @@ def export_gguf(ref_value: str, quant: str = "q8_0", drift: bool = True, prompts
     out = Path(gguf_out) if gguf_out is not None else gguf_dir
     gguf_file = out if out.suffix == ".gguf" else out / f"{ref.name}-{quant}.gguf"
     prompts = (prompts or drift_prompts(ref)) if drift else []
-    staged = temp_beside(gguf_file)
     try:
-        written = write_gguf(merged_dir, staged, quant, model_name=ref.name, progress=progress)
-        in_llama_cpp = check_in_llama_cpp(staged, prompts, name=gguf_file.name, progress=progress)
-        os.replace(staged, gguf_file)
-    except BaseException as exc:
-        staged.unlink(missing_ok=True)
-        if isinstance(exc, llamacpp.LlamaCppError):
-            raise llamacpp.LlamaCppError(f"{exc} (the merged model stays in {merged_dir.name})") from exc
-        raise
+        with atomic_path(gguf_file) as staged:
+            written = write_gguf(merged_dir, staged, quant, model_name=ref.name, progress=progress)
+            in_llama_cpp = check_in_llama_cpp(staged, prompts, name=gguf_file.name, progress=progress)
+    except llamacpp.LlamaCppError as exc:
+        raise llamacpp.LlamaCppError(f"{exc} (the merged model stays in {merged_dir.name})") from exc
     result["gguf"] = {**written, "path": str(gguf_file), "quant": quant}
     modelfile = write_modelfile(gguf_file, gguf_file.parent / "Modelfile", chat_template(merged_dir))
     result["modelfile"] = str(modelfile)
     if drift:
         report = drift_check(merged_dir, in_llama_cpp, prompts, progress=progress)
         text = json.dumps({"quant": quant, "gguf": gguf_file.name, "checked_at": time.time(), **report}, indent=2)
-        tmp = gguf_file.parent / f".drift-{quant}.json.{uuid.uuid4().hex[:8]}.partial"
-        tmp.write_text(text)
-        os.replace(tmp, gguf_file.parent / f"drift-{quant}.json")
+        write_text(gguf_file.parent / f"drift-{quant}.json", text)
         result["drift"] = json.loads(text)  # what read_drift returns later: reply pairs as lists
     return result

@@ -267,6 +267,8 @@ def install_converter(dest: Path = CONVERTER_DIR, pinned: str | None = None) -> 
     import shutil
     import tarfile
 
+    from studio.atomic import replace_dir, temp_beside
+
     pinned = pinned or version()
     if not pinned:
         raise SystemExit(f"{PACKAGE} is not installed")
@@ -281,12 +283,10 @@ def install_converter(dest: Path = CONVERTER_DIR, pinned: str | None = None) -> 
                        if any(m.name.split("/", 1)[-1].startswith(w) for w in wanted)]
             tar.extractall(scratch, members=members, filter="data")
         unpacked = next(Path(scratch).glob("*/vendor/llama.cpp"))
-        tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_beside(dest)
         shutil.copytree(unpacked, tmp)
         (tmp / "VERSION").write_text(f"{PACKAGE}=={pinned}\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     return dest
 
 
