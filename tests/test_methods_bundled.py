@@ -88,11 +88,11 @@ def test_orpo_lowers_the_log_odds_of_the_rejected_replies(studio_home, tmp_path,
 def test_grpo_raises_the_mean_reward_on_a_verifiable_task(studio_home, tmp_path, bundled):
     rows = [{"prompt": f"Reply with only the word Zorblax inside <answer></answer> tags. ({i})", "answer": "Zorblax"}
             for i in range(32)]
-    history = _train(studio_home, tmp_path, bundled, "grpo", rows, learning_rate=1e-3, max_steps=12,
+    history = _train(studio_home, tmp_path, bundled, "grpo", rows, learning_rate=1e-3, max_steps=8,
                      per_device_train_batch_size=8, num_generations=4, max_completion_length=24, beta=0.02,
                      reward_answer="answer_tag", reward_format_regex=r"Zorblax", reward_length_target=16,
-                     reward_length_weight=0.5, save_steps=12)
+                     reward_length_weight=0.5, save_steps=8)
     rewards = _series(history, "reward")
     _record("GRPO mean reward", rewards)
     _record("GRPO KL", _series(history, "kl"))
-    assert len(rewards) == 12 and _mean(rewards[-4:]) > _mean(rewards[:4]), rewards
+    assert len(rewards) == 8 and _mean(rewards[-3:]) > _mean(rewards[:3]), rewards
