@@ -105,13 +105,17 @@ def test_a_bad_setting_is_one_sentence(value):
                                  f"1024, got '{value}'")
 
 
-def test_a_run_on_cpu_is_governed_unless_told(monkeypatch):
+def test_a_run_on_cpu_is_governed_unless_told():
     import torch
 
-    assert [type(c) for c in threads.thread_callbacks("auto")] == [ThreadGovernor]
-    assert threads.thread_callbacks("all") == []
     before = torch.get_num_threads()
     try:
+        assert [type(c) for c in threads.thread_callbacks("auto")] == [ThreadGovernor]
+        assert threads.thread_callbacks("all") == []
         assert threads.thread_callbacks(1) == [] and torch.get_num_threads() == 1
+        torch.set_num_threads(1)  # as a run that failed mid-step, while governed down to one thread, leaves it
+        governor, = threads.thread_callbacks("auto")
+        assert torch.get_num_threads() == before and governor.most == before  # the next run has them all again
+        assert threads.thread_callbacks("all") == [] and torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)

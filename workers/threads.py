@@ -95,6 +95,9 @@ class ThreadGovernor(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.load = self.load or OtherLoad()
         self.sampled = self.clock()
+        if self.threads != self.most:  # all of them until a neighbour is seen
+            self.set_threads(self.most)
+            self.threads = self.most
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.clock() - self.sampled < SAMPLE_SECONDS:
@@ -116,13 +119,16 @@ class ThreadGovernor(TrainerCallback):
             self.threads = self.started_with
 
 
+_PROCESS_THREADS: list[int] = []  # torch's count when this process first built a trainer
+
+
 def thread_callbacks(setting: int | str) -> list:
     """What STUDIO_TRAIN_THREADS asks of a run: auto, a governor (on CPU); a number, that many threads; all,
-    torch's own count."""
+    torch's own count. Each run starts from the process's own count, whatever a run before it ended with (one
+    that failed mid-step never reached on_train_end)."""
     import torch
 
-    if setting == "auto":
-        return [ThreadGovernor()]
-    if isinstance(setting, int):
-        torch.set_num_threads(setting)
-    return []
+    if not _PROCESS_THREADS:
+        _PROCESS_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(setting if isinstance(setting, int) else _PROCESS_THREADS[0])
+    return [ThreadGovernor(most=_PROCESS_THREADS[0])] if setting == "auto" else []
