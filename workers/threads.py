@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -38,7 +39,7 @@ def busy_seconds(cpus: set[int], stat: str = "/proc/stat") -> float | None:
     """CPU seconds the given cores have spent busy (not idle, not waiting for I/O) since boot; None where the
     kernel does not say."""
     try:
-        lines = open(stat).read().splitlines()
+        lines = Path(stat).read_text().splitlines()
     except OSError:
         return None
     ticks = 0
