@@ -59,11 +59,14 @@ def one(steps: int) -> dict:
     from transformers import TrainerCallback
 
     from bench import train_speed
+    from studio.datasets import load_file
     from studio.spec import JobSpec
 
-    rows = [{"messages": [{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()},
-                          {"role": "assistant", "content": r["output"]}]}
-            for r in identity_data.alpaca_rows(identity_data.NAME, identity_data.MAKER)]
+    out = Path(tempfile.mkdtemp(prefix="busy-core-"))
+    data = out / "identity.jsonl"  # read as the Datasets tab reads it: the rows the first run trains on
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                            for r in identity_data.alpaca_rows(identity_data.NAME, identity_data.MAKER)))
+    rows = load_file(data).rows
     spec = JobSpec(dataset="bench", max_steps=steps, eval_split=0.0)
     times: list[float] = []
     counts: list[int] = []
@@ -84,7 +87,6 @@ def one(steps: int) -> dict:
         return trainer, tok
 
     train_speed.studio_path = with_times
-    out = Path(tempfile.mkdtemp(prefix="busy-core-"))
     result = train_speed.run_one("studio", train_speed.bench_model("bundled", None, out), spec, rows, rows[:2], out)
     return {"real_tps": result["real_tps"], "seconds": result["seconds"], "step_times": times,
             "threads": counts}

@@ -79,7 +79,7 @@ class OtherLoad:
 
 class ThreadGovernor(TrainerCallback):
     """torch's thread count during training: the cores other processes leave free, re-read every
-    SAMPLE_SECONDS at a step's start; the count it found is restored when training ends."""
+    SAMPLE_SECONDS at a step's start; all ``most`` of them at the start and again when training ends."""
 
     def __init__(self, most: int | None = None, load: OtherLoad | None = None, clock=time.monotonic,
                  set_threads=None, get_threads=None):
@@ -89,7 +89,7 @@ class ThreadGovernor(TrainerCallback):
         self.get_threads = get_threads or torch.get_num_threads
         self.most = most or self.get_threads()
         self.load, self.clock = load, clock
-        self.started_with = self.threads = self.get_threads()
+        self.threads = self.get_threads()
         self.changes = 0
         self.sampled = 0.0
 
@@ -115,9 +115,9 @@ class ThreadGovernor(TrainerCallback):
             self.threads, self.changes = want, self.changes + 1
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.threads != self.started_with:
-            self.set_threads(self.started_with)
-            self.threads = self.started_with
+        if self.threads != self.most:
+            self.set_threads(self.most)
+            self.threads = self.most
 
 
 _PROCESS_THREADS: list[int] = []  # torch's count when this process first built a trainer
